@@ -1,0 +1,1 @@
+"""Development launcher: sets up a machine, runs the whole mesh locally, runs the tests."""
