@@ -1,0 +1,1 @@
+"""The auth service (SPEC §4): accounts, sessions, profiles and user search."""

@@ -1,0 +1,402 @@
+"""The auth service's domain: accounts, sessions, profiles and search (SPEC §3, §4).
+
+Plain async code on the storage layer; no gRPC types. Raises ServiceError subclasses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import sqlalchemy.exc
+
+from services.auth import rules, storage
+from services.auth.blocklist import BlockList
+from services.auth.passwords import Passwords
+from services.auth.sessions import (
+    AccessTokenIssuer,
+    looks_like_refresh_token,
+    new_refresh_token,
+    refresh_token_hash,
+)
+from services.auth.storage import SearchHit, UserRecord
+from services.common.cache import Cache
+from services.common.db import Database, violated_constraint
+from services.common.errors import Aborted, AlreadyExists, FieldErrors, InvalidArgument, Unauthenticated
+from services.common.ids import new_id, parse_uuid
+from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.tokens import Caller
+
+MAX_BATCH_IDS = 100
+SEARCH_DEFAULT_PAGE, SEARCH_MAX_PAGE = 10, 50
+IDEMPOTENCY_KEY_MAX = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    user: UserRecord
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    hits: list[SearchHit]
+    next_page_token: str
+
+
+class Accounts:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        cache: Cache,
+        passwords: Passwords,
+        issuer: AccessTokenIssuer,
+        block_list: BlockList,
+        refresh_ttl: timedelta,
+        profile_ttl_seconds: int,
+        search_ttl_seconds: int,
+    ) -> None:
+        self.db = db
+        self.cache = cache
+        self.passwords = passwords
+        self.issuer = issuer
+        self.block_list = block_list
+        self.refresh_ttl = refresh_ttl
+        self.profile_ttl = profile_ttl_seconds
+        self.search_ttl = search_ttl_seconds
+
+    # --- sign-up and log-in ------------------------------------------------------------------
+
+    async def sign_up(
+        self,
+        *,
+        email: str,
+        username: str,
+        password: str,
+        first_name: str = "",
+        last_name: str = "",
+        avatar_url: str = "",
+        country: str = "",
+        idempotency_key: str | None = None,
+    ) -> Session:
+        errors = FieldErrors()
+        fields = {
+            "email": rules.email(errors, email),
+            "username": rules.username(errors, username),
+            "first_name": rules.name(errors, first_name, "first_name"),
+            "last_name": rules.name(errors, last_name, "last_name"),
+            "avatar_url": rules.avatar_url(errors, avatar_url),
+            "country": rules.country(errors, country),
+        }
+        rules.password(errors, password)
+        _check_idempotency_key(errors, idempotency_key)
+        errors.raise_if_any()
+
+        # Hash before looking anything up: the answer takes as long whether or not the email exists.
+        password_hash = await self.passwords.hash(password)
+        request_hash = hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).digest()
+        claim = {"operation": "signup", "caller": fields["email"].lower(), "key": idempotency_key or ""}
+        try:
+            async with self.db.write() as conn:
+                prior = None
+                if idempotency_key:
+                    prior = await storage.claim_idempotency_key(conn, **claim, request_hash=request_hash)
+                if prior is None:
+                    user = await storage.insert_user(conn, id=new_id(), password_hash=password_hash, **fields)
+                    if idempotency_key:
+                        await storage.record_idempotent_result(conn, **claim, result_id=user.id)
+                    return await self._start_session(conn, user)
+        except sqlalchemy.exc.IntegrityError as exc:
+            raise _uniqueness_error(exc, prefix="") from None
+        # The same key was used before: the earlier sign-up stands; sign in to it if this is
+        # really the same request (same fields and password), otherwise refuse.
+        if prior.request_hash != request_hash or prior.result_id is None:
+            raise _key_reused()
+        async with self.db.read() as conn:
+            credentials = await storage.credentials(conn, user_id=prior.result_id)
+        if credentials is None or not await self.passwords.verify(credentials.password_hash, password):
+            raise _key_reused()
+        async with self.db.write() as conn:
+            return await self._start_session(conn, credentials.user)
+
+    async def log_in(self, *, email: str, username: str, password: str) -> Session:
+        errors = FieldErrors()
+        if email:
+            email = rules.email(errors, email)
+        elif username:
+            username = rules.username(errors, username)
+        else:
+            errors.add("email", "give an email or a username")
+        if not password:
+            errors.add("password", "is required")
+        errors.raise_if_any()
+
+        async with self.db.read() as conn:
+            credentials = await storage.credentials(conn, email=email, username=username)
+        ok = await self.passwords.verify(credentials.password_hash if credentials else None, password)
+        if not ok or credentials is None:
+            raise Unauthenticated("wrong email, username or password", reason="INVALID_CREDENTIALS")
+        async with self.db.write() as conn:
+            if self.passwords.needs_rehash(credentials.password_hash):
+                await storage.set_password_hash(conn, credentials.user.id, await self.passwords.hash(password))
+            return await self._start_session(conn, credentials.user)
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    async def refresh(self, refresh_token: str) -> Session:
+        if not refresh_token:
+            raise InvalidArgument("refresh_token is required", violations=[("refresh_token", "is required")])
+        if not looks_like_refresh_token(refresh_token):
+            raise _invalid_refresh()
+        failure: Unauthenticated | None = None
+        async with self.db.write() as conn:
+            row = await storage.lock_refresh_token(conn, refresh_token_hash(refresh_token))
+            if row is None or row.revoked_at is not None:
+                failure = _invalid_refresh()
+            elif row.used_at is not None:
+                # A spent token came back: someone holds a copy. End the whole session, for both.
+                await storage.revoke_family(conn, row.family_id)
+                failure = Unauthenticated(
+                    "this refresh token was already used; the session is revoked, log in again",
+                    reason="REFRESH_TOKEN_REUSED",
+                )
+            elif row.expires_at <= datetime.now(UTC):
+                failure = Unauthenticated("the refresh token has expired; log in again", reason="TOKEN_EXPIRED")
+            else:
+                user = await storage.user_by_id(conn, row.user_id)
+                if user is None:
+                    failure = _invalid_refresh()
+                else:
+                    await storage.mark_refresh_token_used(conn, row.id)
+                    return await self._start_session(conn, user, family_id=row.family_id)
+        # Raised after the transaction committed, so a reuse's revocation is kept.
+        raise failure
+
+    async def log_out(self, refresh_token: str) -> None:
+        if not refresh_token:
+            raise InvalidArgument("refresh_token is required", violations=[("refresh_token", "is required")])
+        if not looks_like_refresh_token(refresh_token):
+            return  # nothing it could end; log-out is idempotent
+        async with self.db.write() as conn:
+            family_id = await storage.family_of(conn, refresh_token_hash(refresh_token))
+            if family_id is not None:
+                await storage.revoke_family(conn, family_id)
+
+    async def _start_session(self, conn: object, user: UserRecord, family_id: uuid.UUID | None = None) -> Session:
+        family_id = family_id or new_id()
+        token = new_refresh_token()
+        await storage.insert_refresh_token(
+            conn,  # type: ignore[arg-type]
+            id=new_id(),
+            family_id=family_id,
+            user_id=user.id,
+            token_hash=refresh_token_hash(token),
+            expires_at=datetime.now(UTC) + self.refresh_ttl,
+        )
+        return Session(
+            user=user,
+            access_token=self.issuer.issue(user.id, family_id),
+            refresh_token=token,
+            expires_in=self.issuer.ttl_seconds,
+        )
+
+    # --- profiles ---------------------------------------------------------------------------
+
+    async def me(self, caller: Caller) -> UserRecord:
+        user = await self._profile(caller.user_id)
+        if user is None:
+            raise Unauthenticated("the account of this token no longer exists", reason="TOKEN_INVALID")
+        return user
+
+    async def update_me(self, caller: Caller, values: dict[str, str], mask: list[str]) -> UserRecord:
+        errors = FieldErrors()
+        paths = mask or [field for field in storage.UPDATABLE_COLUMNS if values.get(field)]
+        changes: dict[str, str] = {}
+        for path in dict.fromkeys(paths):
+            if path in storage.UPDATABLE_COLUMNS:
+                changes[path] = _validate_profile_field(errors, path, values.get(path, ""))
+            elif path == "email":
+                errors.add("update_mask", "email cannot be changed")
+            elif path in ("id", "created_at", "updated_at"):
+                errors.add("update_mask", f"{path} is set by the service and cannot be changed")
+            else:
+                errors.add("update_mask", f"'{path}' is not a field of the profile")
+        errors.raise_if_any()
+        if not changes:
+            return await self.me(caller)
+        try:
+            async with self.db.write() as conn:
+                user = await storage.update_user(conn, caller.user_id, changes)
+        except sqlalchemy.exc.IntegrityError as exc:
+            raise _uniqueness_error(exc, prefix="user.") from None
+        if user is None:
+            raise Unauthenticated("the account of this token no longer exists", reason="TOKEN_INVALID")
+        # Write-through after commit: the next read anywhere sees the change (SPEC §4).
+        await self.cache.put(self._profile_key(user.id), _encode_user(user), self.profile_ttl)
+        return user
+
+    async def username_available(self, username: str) -> tuple[str, bool]:
+        errors = FieldErrors()
+        username = rules.username(errors, username)
+        errors.raise_if_any()
+        async with self.db.read() as conn:
+            return username, not await storage.username_taken(conn, username)
+
+    async def profiles(self, ids: list[str]) -> list[UserRecord]:
+        """Users by id, in the order asked, leaving out unknown ids; one cache round trip and at
+        most one query."""
+        if len(ids) > MAX_BATCH_IDS:
+            raise InvalidArgument(
+                f"at most {MAX_BATCH_IDS} ids per call", violations=[("ids", f"at most {MAX_BATCH_IDS}")]
+            )
+        errors = FieldErrors()
+        wanted: list[uuid.UUID] = []
+        for index, raw in enumerate(ids):
+            parsed = parse_uuid(raw)
+            if parsed is None:
+                errors.add(f"ids[{index}]", "must be a UUID")
+            else:
+                wanted.append(parsed)
+        errors.raise_if_any()
+        wanted = list(dict.fromkeys(wanted))
+        keys = [self._profile_key(u) for u in wanted]
+        found: dict[uuid.UUID, UserRecord] = {}
+        for user_id, cached in zip(wanted, await self.cache.get_many(keys), strict=True):
+            if cached is not None:
+                found[user_id] = _decode_user(cached)
+        missing = [u for u in wanted if u not in found]
+        if missing:
+            async with self.db.read() as conn:
+                loaded = await storage.users_by_ids(conn, missing)
+            found.update((u.id, u) for u in loaded)
+            await self.cache.put_many_if_absent(
+                {self._profile_key(u.id): _encode_user(u) for u in loaded}, self.profile_ttl
+            )
+        return [found[u] for u in wanted if u in found]
+
+    async def _profile(self, user_id: uuid.UUID) -> UserRecord | None:
+        async def load() -> bytes | None:
+            async with self.db.read() as conn:
+                user = await storage.user_by_id(conn, user_id)
+            return _encode_user(user) if user else None
+
+        cached = await self.cache.get_or_load("profile", self._profile_key(user_id), self.profile_ttl, load)
+        return _decode_user(cached) if cached else None
+
+    def _profile_key(self, user_id: uuid.UUID) -> str:
+        return self.cache.key("user", str(user_id))
+
+    # --- search -----------------------------------------------------------------------------
+
+    async def search(self, caller: Caller, query: str, requested_page_size: int, page_token: str) -> SearchPage:
+        errors = FieldErrors()
+        query = rules.search_query(errors, query)
+        errors.raise_if_any()
+        size = page_size(requested_page_size, default=SEARCH_DEFAULT_PAGE, maximum=SEARCH_MAX_PAGE)
+        list_name = "users:search:" + query.lower()
+        after = decode_page_token(page_token, list_name, 2)
+        if after is not None and not (isinstance(after[0], int) and isinstance(after[1], str)):
+            raise InvalidArgument(
+                "page_token is malformed",
+                reason="MALFORMED_PAGE_TOKEN",
+                violations=[("page_token", "is not a token of this search")],
+            )
+        blocked = sorted(await self.block_list.blocked_with(caller))
+        # Results depend on the caller's block list: it is part of the key, so a new block is
+        # honoured at once rather than after the 30 s TTL.
+        fingerprint = hashlib.sha256(
+            orjson.dumps([query.lower(), size, page_token, [str(b) for b in blocked]])
+        ).hexdigest()[:32]
+
+        async def load() -> bytes:
+            async with self.db.read() as conn:
+                hits = await storage.search_users(
+                    conn,
+                    query=query,
+                    caller=caller.user_id,
+                    blocked=blocked,
+                    after=(after[0], after[1]) if after else None,  # type: ignore[arg-type]
+                    limit=size + 1,
+                )
+            next_token = ""
+            if len(hits) > size:
+                hits = hits[:size]
+                next_token = encode_page_token(list_name, [hits[-1].tier, hits[-1].username])
+            return orjson.dumps({"hits": [asdict(h) for h in hits], "next": next_token}, default=str)
+
+        key = self.cache.key("search", str(caller.user_id), fingerprint)
+        raw = await self.cache.get_or_load("search", key, self.search_ttl, load)
+        assert raw is not None
+        page = orjson.loads(raw)
+        hits = [SearchHit(**{**h, "id": uuid.UUID(h["id"])}) for h in page["hits"]]
+        return SearchPage(hits=hits, next_page_token=page["next"])
+
+
+def _validate_profile_field(errors: FieldErrors, path: str, value: str) -> str:
+    field = f"user.{path}"
+    if path == "username":
+        return rules.username(errors, value, field)
+    if path == "country":
+        return rules.country(errors, value, field)
+    if path == "avatar_url":
+        return rules.avatar_url(errors, value, field)
+    return rules.name(errors, value, field)
+
+
+def _check_idempotency_key(errors: FieldErrors, key: str | None) -> None:
+    if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
+        errors.add("idempotency_key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+
+
+def _uniqueness_error(exc: sqlalchemy.exc.IntegrityError, *, prefix: str) -> Exception:
+    constraint = violated_constraint(exc)
+    if constraint == "users_email_lower_key":
+        return AlreadyExists(
+            "an account with this email already exists",
+            reason="EMAIL_TAKEN",
+            violations=[(f"{prefix}email", "is already registered")],
+        )
+    if constraint == "users_username_key":
+        return AlreadyExists(
+            "this username is taken",
+            reason="USERNAME_TAKEN",
+            violations=[(f"{prefix}username", "is taken")],
+        )
+    return exc
+
+
+def _key_reused() -> Aborted:
+    return Aborted(
+        "this Idempotency-Key was already used for a different sign-up",
+        reason="IDEMPOTENCY_KEY_REUSED",
+        violations=[("idempotency_key", "use a new key for a new request")],
+    )
+
+
+def _invalid_refresh() -> Unauthenticated:
+    return Unauthenticated("the refresh token is not valid; log in again", reason="TOKEN_INVALID")
+
+
+def _encode_user(user: UserRecord) -> bytes:
+    return orjson.dumps(asdict(user), default=str)
+
+
+def _decode_user(raw: bytes) -> UserRecord:
+    data = orjson.loads(raw)
+    return UserRecord(
+        id=uuid.UUID(data["id"]),
+        email=data["email"],
+        username=data["username"],
+        first_name=data["first_name"],
+        last_name=data["last_name"],
+        avatar_url=data["avatar_url"],
+        country=data["country"],
+        created_at=datetime.fromisoformat(data["created_at"]),
+        updated_at=datetime.fromisoformat(data["updated_at"]),
+    )

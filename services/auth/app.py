@@ -1,0 +1,71 @@
+"""Wires the auth service together and serves it."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
+
+from services.auth.accounts import Accounts
+from services.auth.blocklist import BlockList, NobodyBlocked, RecipientsBlockList
+from services.auth.handlers import AuthHandlers
+from services.auth.passwords import Passwords
+from services.auth.sessions import AccessTokenIssuer, load_private_key
+from services.auth.settings import AuthSettings
+from services.common.cache import Cache
+from services.common.db import Database
+from services.common.server import ServiceHost
+from services.common.telemetry import configure_logging
+from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
+
+
+async def serve() -> None:
+    settings = AuthSettings.from_env()
+    common = settings.service
+    configure_logging(common.log_level)
+    host = ServiceHost(common)
+
+    db = Database(common.database)
+    cache = Cache(common.redis_url, common.cache_prefix)
+    passwords = Passwords(
+        time_cost=settings.argon2_time_cost,
+        memory_kib=settings.argon2_memory_kib,
+        parallelism=settings.argon2_parallelism,
+    )
+    block_list: BlockList = (
+        RecipientsBlockList(settings.recipients_target) if settings.recipients_target else NobodyBlocked()
+    )
+    host.on_close(db.close)
+    host.on_close(cache.close)
+    host.on_close(block_list.close)
+
+    private_key = load_private_key(settings.jwt_private_key_file)
+    issuer = AccessTokenIssuer(
+        private_key,
+        issuer=common.jwt_issuer,
+        audience=common.jwt_audience,
+        ttl_seconds=settings.access_token_ttl_seconds,
+    )
+    verifier = AccessTokenVerifier(
+        load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience
+    )
+    accounts = Accounts(
+        db=db,
+        cache=cache,
+        passwords=passwords,
+        issuer=issuer,
+        block_list=block_list,
+        refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
+        profile_ttl_seconds=settings.profile_cache_ttl_seconds,
+        search_ttl_seconds=settings.search_cache_ttl_seconds,
+    )
+    handlers = AuthHandlers(accounts, Authenticator(verifier))
+    host.add_service(
+        auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
+        lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(handlers, server),
+    )
+    logging.getLogger(__name__).info(
+        "auth service configured", extra={"fields": {"block_list": type(block_list).__name__}}
+    )
+    await host.run(ready=db.ping)

@@ -1,0 +1,116 @@
+"""gRPC handlers of capsule.auth.v1.AuthService: decode, authenticate, call the domain, encode.
+
+Errors raised by the domain become rich statuses in services.common.server's interceptor.
+"""
+
+from __future__ import annotations
+
+import grpc
+from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
+from capsule.common.v1 import common_pb2
+from google.protobuf import empty_pb2
+
+from services.auth.accounts import Accounts, Session
+from services.auth.storage import SearchHit, UserRecord
+from services.common.tokens import Authenticator, metadata_value
+
+
+class AuthHandlers(auth_pb2_grpc.AuthServiceServicer):
+    def __init__(self, accounts: Accounts, authenticator: Authenticator) -> None:
+        self.accounts = accounts
+        self.auth = authenticator
+
+    async def SignUp(self, request: auth_pb2.SignUpRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Session:
+        session = await self.accounts.sign_up(
+            email=request.email,
+            username=request.username,
+            password=request.password,
+            first_name=request.first_name,
+            last_name=request.last_name,
+            avatar_url=request.avatar_url,
+            country=request.country,
+            idempotency_key=metadata_value(context, "idempotency-key"),
+        )
+        return _session(session)
+
+    async def LogIn(self, request: auth_pb2.LogInRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Session:
+        session = await self.accounts.log_in(email=request.email, username=request.username, password=request.password)
+        return _session(session)
+
+    async def Refresh(self, request: auth_pb2.RefreshRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Session:
+        return _session(await self.accounts.refresh(request.refresh_token))
+
+    async def LogOut(self, request: auth_pb2.LogOutRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        await self.accounts.log_out(request.refresh_token)
+        return empty_pb2.Empty()
+
+    async def GetMe(self, request: auth_pb2.GetMeRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
+        caller = self.auth.require(context)
+        return _user(await self.accounts.me(caller))
+
+    async def UpdateMe(self, request: auth_pb2.UpdateMeRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
+        caller = self.auth.require(context)
+        u = request.user
+        values = {
+            "username": u.username,
+            "first_name": u.first_name,
+            "last_name": u.last_name,
+            "avatar_url": u.avatar_url,
+            "country": u.country,
+            "email": u.email,
+        }
+        return _user(await self.accounts.update_me(caller, values, list(request.update_mask.paths)))
+
+    async def CheckUsername(
+        self, request: auth_pb2.CheckUsernameRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.CheckUsernameResponse:
+        username, available = await self.accounts.username_available(request.username)
+        return auth_pb2.CheckUsernameResponse(username=username, available=available)
+
+    async def GetUsers(
+        self, request: auth_pb2.GetUsersRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.GetUsersResponse:
+        self.auth.require(context)
+        users = await self.accounts.profiles(list(request.ids))
+        return auth_pb2.GetUsersResponse(users=[_public(u) for u in users])
+
+    async def SearchUsers(
+        self, request: auth_pb2.SearchUsersRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.SearchUsersResponse:
+        caller = self.auth.require(context)
+        page = await self.accounts.search(caller, request.query, request.page_size, request.page_token)
+        return auth_pb2.SearchUsersResponse(users=[_public(h) for h in page.hits], next_page_token=page.next_page_token)
+
+
+def _user(user: UserRecord) -> auth_pb2.User:
+    message = auth_pb2.User(
+        id=str(user.id),
+        email=user.email,
+        username=user.username,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        avatar_url=user.avatar_url,
+        country=user.country,
+    )
+    message.created_at.FromDatetime(user.created_at)
+    message.updated_at.FromDatetime(user.updated_at)
+    return message
+
+
+def _public(user: UserRecord | SearchHit) -> common_pb2.PublicProfile:
+    return common_pb2.PublicProfile(
+        id=str(user.id),
+        username=user.username,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        avatar_url=user.avatar_url,
+    )
+
+
+def _session(session: Session) -> auth_pb2.Session:
+    return auth_pb2.Session(
+        user=_user(session.user),
+        access_token=session.access_token,
+        refresh_token=session.refresh_token,
+        expires_in=session.expires_in,
+    )

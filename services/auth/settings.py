@@ -1,0 +1,36 @@
+"""The auth service's settings: the shared ones plus signing keys, token lifetimes and hashing cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.settings import ServiceSettings, env_int, env_str
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    service: ServiceSettings
+    jwt_private_key_file: str
+    access_token_ttl_seconds: int
+    refresh_token_ttl_seconds: int
+    # argon2id cost; the defaults are argon2-cffi's RFC 9106 "low memory" profile. Tests lower them.
+    argon2_time_cost: int
+    argon2_memory_kib: int
+    argon2_parallelism: int
+    # Where the recipients service answers (through Envoy); empty: nobody is blocked yet.
+    recipients_target: str
+    profile_cache_ttl_seconds: int = 300
+    search_cache_ttl_seconds: int = 30
+
+    @classmethod
+    def from_env(cls) -> AuthSettings:
+        return cls(
+            service=ServiceSettings.from_env("auth", default_grpc_port=50051, default_admin_port=9461),
+            jwt_private_key_file=env_str("JWT_PRIVATE_KEY_FILE", ".run/keys/jwt-private.pem"),
+            access_token_ttl_seconds=env_int("ACCESS_TOKEN_TTL_SECONDS", 15 * 60),
+            refresh_token_ttl_seconds=env_int("REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600),
+            argon2_time_cost=env_int("ARGON2_TIME_COST", 3),
+            argon2_memory_kib=env_int("ARGON2_MEMORY_KIB", 64 * 1024),
+            argon2_parallelism=env_int("ARGON2_PARALLELISM", 4),
+            recipients_target=env_str("RECIPIENTS_TARGET", ""),
+        )

@@ -1,0 +1,330 @@
+"""The auth service's tables and queries (SQL through the service's SQLAlchemy async engine).
+
+Every query here is backed by an index of migrations/versions/0001 (tests check with EXPLAIN).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+USER_COLUMNS = "id, email, username, first_name, last_name, avatar_url, country, created_at, updated_at"
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: uuid.UUID
+    email: str
+    username: str
+    first_name: str
+    last_name: str
+    avatar_url: str
+    country: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    user: UserRecord
+    password_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshTokenRow:
+    id: uuid.UUID
+    family_id: uuid.UUID
+    user_id: uuid.UUID
+    expires_at: datetime
+    used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def _user(row: object) -> UserRecord:
+    m = row._mapping  # type: ignore[attr-defined]
+    return UserRecord(
+        id=m["id"],
+        email=m["email"],
+        username=m["username"],
+        first_name=m["first_name"],
+        last_name=m["last_name"],
+        avatar_url=m["avatar_url"],
+        country=m["country"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+# --- users -------------------------------------------------------------------------------------
+
+_INSERT_USER = text(
+    f"""
+    INSERT INTO users (id, email, username, password_hash, first_name, last_name, avatar_url, country)
+    VALUES (:id, :email, :username, :password_hash, :first_name, :last_name, :avatar_url, :country)
+    RETURNING {USER_COLUMNS}
+    """
+)
+
+
+async def insert_user(conn: AsyncConnection, **values: object) -> UserRecord:
+    row = (await conn.execute(_INSERT_USER, values)).one()
+    return _user(row)
+
+
+_USER_BY_ID = text(f"SELECT {USER_COLUMNS} FROM users WHERE id = :id")
+
+
+async def user_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> UserRecord | None:
+    row = (await conn.execute(_USER_BY_ID, {"id": user_id})).first()
+    return _user(row) if row else None
+
+
+_USERS_BY_IDS = text(f"SELECT {USER_COLUMNS} FROM users WHERE id = ANY(:ids)")
+
+
+async def users_by_ids(conn: AsyncConnection, user_ids: list[uuid.UUID]) -> list[UserRecord]:
+    rows = (await conn.execute(_USERS_BY_IDS, {"ids": user_ids})).all()
+    return [_user(r) for r in rows]
+
+
+_CREDENTIALS_BY_EMAIL = text(f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE lower(email) = lower(:v)")
+_CREDENTIALS_BY_USERNAME = text(f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = :v")
+_CREDENTIALS_BY_ID = text(f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE id = :v")
+
+
+async def credentials(
+    conn: AsyncConnection, *, email: str = "", username: str = "", user_id: uuid.UUID | None = None
+) -> Credentials | None:
+    if user_id is not None:
+        statement, value = _CREDENTIALS_BY_ID, user_id
+    elif email:
+        statement, value = _CREDENTIALS_BY_EMAIL, email  # type: ignore[assignment]
+    else:
+        statement, value = _CREDENTIALS_BY_USERNAME, username  # type: ignore[assignment]
+    row = (await conn.execute(statement, {"v": value})).first()
+    if row is None:
+        return None
+    return Credentials(user=_user(row), password_hash=row._mapping["password_hash"])
+
+
+async def set_password_hash(conn: AsyncConnection, user_id: uuid.UUID, password_hash: str) -> None:
+    await conn.execute(text("UPDATE users SET password_hash = :h WHERE id = :id"), {"h": password_hash, "id": user_id})
+
+
+UPDATABLE_COLUMNS = ("username", "first_name", "last_name", "avatar_url", "country")
+
+
+async def update_user(conn: AsyncConnection, user_id: uuid.UUID, changes: dict[str, str]) -> UserRecord | None:
+    assignments = ", ".join(f"{column} = :{column}" for column in changes if column in UPDATABLE_COLUMNS)
+    statement = text(f"UPDATE users SET {assignments}, updated_at = now() WHERE id = :id RETURNING {USER_COLUMNS}")
+    row = (await conn.execute(statement, {**changes, "id": user_id})).first()
+    return _user(row) if row else None
+
+
+_USERNAME_TAKEN = text("SELECT EXISTS (SELECT 1 FROM users WHERE username = :u)")
+
+
+async def username_taken(conn: AsyncConnection, username: str) -> bool:
+    return bool((await conn.execute(_USERNAME_TAKEN, {"u": username})).scalar_one())
+
+
+# --- search ------------------------------------------------------------------------------------
+# Four tiers, best first; each is one index-backed branch and leaves out what a better tier
+# already matched, so a user appears once and the (tier, username) keyset is stable:
+#   0 exact email (users_email_lower_key)   1 username prefix (users_username_key)
+#   2 first/last name prefix (…_prefix_idx) 3 fuzzy full name, 3+ characters (…_trgm_idx)
+# The caller and everyone in a block relation with the caller are excluded in SQL.
+
+_SEARCH = text(
+    """
+    WITH candidates AS (
+        (SELECT 0 AS tier, id, username, first_name, last_name, avatar_url FROM users
+          WHERE :is_email AND lower(email) = :q
+            AND id <> :caller AND NOT (id = ANY(:blocked)))
+        UNION ALL
+        (SELECT 1, id, username, first_name, last_name, avatar_url FROM users
+          WHERE username LIKE :prefix
+            AND NOT (:is_email AND lower(email) = :q)
+            AND id <> :caller AND NOT (id = ANY(:blocked))
+            AND (:after_tier < 1 OR (:after_tier = 1 AND username > :after_username))
+          ORDER BY username LIMIT :limit)
+        UNION ALL
+        (SELECT 2, id, username, first_name, last_name, avatar_url FROM users
+          WHERE (lower(first_name) LIKE :prefix OR lower(last_name) LIKE :prefix
+                 OR lower(first_name || ' ' || last_name) LIKE :prefix)
+            AND username NOT LIKE :prefix
+            AND NOT (:is_email AND lower(email) = :q)
+            AND id <> :caller AND NOT (id = ANY(:blocked))
+            AND (:after_tier < 2 OR (:after_tier = 2 AND username > :after_username))
+          ORDER BY username LIMIT :limit)
+        UNION ALL
+        (SELECT 3, id, username, first_name, last_name, avatar_url FROM users
+          WHERE :fuzzy AND lower(first_name || ' ' || last_name) % :q
+            AND NOT (lower(first_name) LIKE :prefix OR lower(last_name) LIKE :prefix
+                     OR lower(first_name || ' ' || last_name) LIKE :prefix)
+            AND username NOT LIKE :prefix
+            AND NOT (:is_email AND lower(email) = :q)
+            AND id <> :caller AND NOT (id = ANY(:blocked))
+            AND (:after_tier < 3 OR (:after_tier = 3 AND username > :after_username))
+          ORDER BY username LIMIT :limit)
+    )
+    SELECT tier, id, username, first_name, last_name, avatar_url FROM candidates
+     WHERE tier > :after_tier OR (tier = :after_tier AND username > :after_username)
+     ORDER BY tier, username
+     LIMIT :limit
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    tier: int
+    id: uuid.UUID
+    username: str
+    first_name: str
+    last_name: str
+    avatar_url: str
+
+
+def escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def search_users(
+    conn: AsyncConnection,
+    *,
+    query: str,
+    caller: uuid.UUID,
+    blocked: list[uuid.UUID],
+    after: tuple[int, str] | None,
+    limit: int,
+) -> list[SearchHit]:
+    q = query.lower()
+    after_tier, after_username = after if after else (-1, "")
+    rows = await conn.execute(
+        _SEARCH,
+        {
+            "q": q,
+            "prefix": escape_like(q) + "%",
+            "is_email": "@" in q,
+            "fuzzy": len(q) >= 3,
+            "caller": caller,
+            "blocked": blocked,
+            "after_tier": after_tier,
+            "after_username": after_username,
+            "limit": limit,
+        },
+    )
+    return [SearchHit(**r._mapping) for r in rows]
+
+
+# --- refresh tokens ------------------------------------------------------------------------------
+
+_INSERT_REFRESH = text(
+    """
+    INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at)
+    VALUES (:id, :family_id, :user_id, :token_hash, :expires_at)
+    """
+)
+
+
+async def insert_refresh_token(
+    conn: AsyncConnection,
+    *,
+    id: uuid.UUID,
+    family_id: uuid.UUID,
+    user_id: uuid.UUID,
+    token_hash: bytes,
+    expires_at: datetime,
+) -> None:
+    await conn.execute(
+        _INSERT_REFRESH,
+        {"id": id, "family_id": family_id, "user_id": user_id, "token_hash": token_hash, "expires_at": expires_at},
+    )
+
+
+_LOCK_REFRESH = text(
+    """
+    SELECT id, family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens
+     WHERE token_hash = :h FOR UPDATE
+    """
+)
+
+
+async def lock_refresh_token(conn: AsyncConnection, token_hash: bytes) -> RefreshTokenRow | None:
+    row = (await conn.execute(_LOCK_REFRESH, {"h": token_hash})).first()
+    return RefreshTokenRow(**row._mapping) if row else None
+
+
+async def mark_refresh_token_used(conn: AsyncConnection, token_id: uuid.UUID) -> None:
+    await conn.execute(text("UPDATE refresh_tokens SET used_at = now() WHERE id = :id"), {"id": token_id})
+
+
+async def revoke_family(conn: AsyncConnection, family_id: uuid.UUID) -> None:
+    await conn.execute(
+        text("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = :f AND revoked_at IS NULL"),
+        {"f": family_id},
+    )
+
+
+_FAMILY_OF = text("SELECT family_id FROM refresh_tokens WHERE token_hash = :h")
+
+
+async def family_of(conn: AsyncConnection, token_hash: bytes) -> uuid.UUID | None:
+    return (await conn.execute(_FAMILY_OF, {"h": token_hash})).scalar_one_or_none()
+
+
+# --- idempotency keys -------------------------------------------------------------------------
+# A key older than 24 h is replaced as if it were absent (ON CONFLICT … WHERE).
+
+_CLAIM_KEY = text(
+    """
+    INSERT INTO idempotency_keys (operation, caller, key, request_hash)
+    VALUES (:operation, :caller, :key, :request_hash)
+    ON CONFLICT (operation, caller, key) DO UPDATE
+       SET request_hash = EXCLUDED.request_hash, result_id = NULL, created_at = now()
+     WHERE idempotency_keys.created_at < now() - interval '24 hours'
+    RETURNING true
+    """
+)
+_READ_KEY = text(
+    """
+    SELECT request_hash, result_id FROM idempotency_keys
+     WHERE operation = :operation AND caller = :caller AND key = :key
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PriorRequest:
+    request_hash: bytes
+    result_id: uuid.UUID | None
+
+
+async def claim_idempotency_key(
+    conn: AsyncConnection, *, operation: str, caller: str, key: str, request_hash: bytes
+) -> PriorRequest | None:
+    """None when this call owns the key now; else what the earlier call with this key asked and got.
+    A concurrent call with the same key waits here until the first one commits or rolls back."""
+    params = {"operation": operation, "caller": caller, "key": key}
+    claimed = (await conn.execute(_CLAIM_KEY, {**params, "request_hash": request_hash})).first()
+    if claimed is not None:
+        return None
+    row = (await conn.execute(_READ_KEY, params)).one()
+    return PriorRequest(request_hash=bytes(row.request_hash), result_id=row.result_id)
+
+
+async def record_idempotent_result(
+    conn: AsyncConnection, *, operation: str, caller: str, key: str, result_id: uuid.UUID
+) -> None:
+    await conn.execute(
+        text(
+            "UPDATE idempotency_keys SET result_id = :r "
+            "WHERE operation = :operation AND caller = :caller AND key = :key"
+        ),
+        {"operation": operation, "caller": caller, "key": key, "r": result_id},
+    )

@@ -1,0 +1,69 @@
+"""Alembic, driven from code: each service keeps its revisions in `<service>/migrations/`.
+
+`upgrade(migrations_dir, database_url)` creates the service's database when it does not exist yet,
+then migrates it to head. Each service's `migrations/env.py` only calls `run_env()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import asyncpg
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+def upgrade(migrations_dir: Path, database_url: str) -> None:
+    asyncio.run(create_database_if_missing(database_url))
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+async def create_database_if_missing(database_url: str) -> None:
+    url = make_url(database_url)
+    name = url.database
+    if not name:
+        raise SystemExit("DATABASE_URL names no database")
+    admin = await asyncpg.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password,
+        database="postgres",
+    )
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            # Identifiers cannot be bound as parameters; quote it instead.
+            quoted = '"' + name.replace('"', '""') + '"'
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # created meanwhile by another process
+                await admin.execute(f"CREATE DATABASE {quoted}")
+    finally:
+        await admin.close()
+
+
+def run_env() -> None:
+    """Body of every service's migrations/env.py (online mode, async engine)."""
+    url = context.config.get_main_option("sqlalchemy.url")
+    assert url, "sqlalchemy.url is set by upgrade()"
+
+    def do_run(connection: Connection) -> None:
+        context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def run() -> None:
+        engine = create_async_engine(url, poolclass=pool.NullPool)
+        async with engine.connect() as connection:
+            await connection.run_sync(do_run)
+            await connection.commit()
+        await engine.dispose()
+
+    asyncio.run(run())

@@ -1,0 +1,218 @@
+"""Server bootstrap shared by every service.
+
+`ServiceHost` serves one service's gRPC API together with what every instance must offer
+(SPEC §2): `grpc.health.v1.Health` per service name and overall, server reflection, an admin HTTP
+port with `/metrics` and `/healthz`, the interceptor that maps domain errors to rich statuses and
+records RED metrics, and a graceful stop on SIGTERM/SIGINT:
+
+    NOT_SERVING → wait `drain_delay` (health checkers notice) → stop(grace) for in-flight calls
+    → close pools → exit 0.
+
+Health says SERVING only once the readiness check (e.g. the database answers) has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.common.errors import Internal, ServiceError
+from services.common.settings import ServiceSettings
+from services.common.telemetry import (
+    RPC_LATENCY,
+    RPC_REQUESTS,
+    request_id_var,
+    trace_id_from_traceparent,
+    trace_id_var,
+)
+
+log = logging.getLogger(__name__)
+
+Register = Callable[[grpc.aio.Server], None]
+Closer = Callable[[], Awaitable[None]]
+
+
+class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary handler: request/trace ids into the log context, RED metrics, and
+    ServiceError → status with google.rpc details; anything unexpected → INTERNAL, logged."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        full_method: str = handler_call_details.method  # type: ignore[attr-defined]
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        inner = handler.unary_unary
+        latency = RPC_LATENCY.labels(service, method)
+        metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = "OK"
+            for key, value in metadata or ():
+                if key == "x-request-id":
+                    request_id_var.set(str(value))
+                elif key == "traceparent":
+                    trace_id_var.set(trace_id_from_traceparent(str(value)))
+            try:
+                return await inner(request, context)
+            except ServiceError as exc:
+                code = exc.code.name
+                await context.abort_with_status(exc.to_status())
+            except grpc.aio.AbortError:
+                code = context.code().name if context.code() else "UNKNOWN"  # type: ignore[union-attr]
+                raise
+            except Exception:
+                code = "INTERNAL"
+                log.exception("unhandled error in %s", full_method)
+                await context.abort_with_status(Internal("internal error").to_status())
+            finally:
+                RPC_REQUESTS.labels(service, method, code).inc()
+                latency.observe(time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class ServiceHost:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.health = health_aio.HealthServicer()
+        self._service_names: list[str] = []
+        self._registrations: list[Register] = []
+        self._closers: list[Closer] = []
+        self._serving = False
+
+    def add_service(self, descriptor: ServiceDescriptor, register: Register) -> None:
+        self._service_names.append(descriptor.full_name)
+        self._registrations.append(register)
+
+    def on_close(self, closer: Closer) -> None:
+        """Closers run after the gRPC server stopped, last added first."""
+        self._closers.append(closer)
+
+    async def run(self, ready: Callable[[], Awaitable[None]]) -> None:
+        server = grpc.aio.server(
+            interceptors=[ErrorAndMetricsInterceptor()],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ],
+        )
+        for register in self._registrations:
+            register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if server.add_insecure_port(self.settings.grpc_listen) == 0:
+            raise SystemExit(f"cannot listen on {self.settings.grpc_listen}")
+        await server.start()
+        admin = await self._start_admin()
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        readiness = asyncio.create_task(self._become_ready(ready, stop))
+        log.info(
+            "serving",
+            extra={
+                "fields": {
+                    "grpc": self.settings.grpc_listen,
+                    "admin": self.settings.admin_listen,
+                    "services": self._service_names,
+                }
+            },
+        )
+        await stop.wait()
+        readiness.cancel()
+
+        log.info("stopping: reporting NOT_SERVING and draining")
+        self._serving = False
+        await self.health.enter_graceful_shutdown()
+        if self.settings.drain_delay_seconds > 0:
+            # Production behaviour, not test synchronisation: Envoy's health checks need this long
+            # to stop sending new calls here before the listener closes.
+            await asyncio.sleep(self.settings.drain_delay_seconds)
+        await server.stop(self.settings.shutdown_grace_seconds)
+        admin.close()
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("error while closing")
+        log.info("stopped")
+
+    async def _become_ready(self, ready: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                await ready()
+            except Exception as exc:
+                log.warning("not ready yet", extra={"fields": {"error": str(exc)}})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+            self._serving = True
+            return
+
+    async def _set_all(self, status: int) -> None:
+        for name in ("", *self._service_names):
+            await self.health.set(name, status)  # type: ignore[arg-type]
+
+    async def _start_admin(self) -> asyncio.Server:
+        host, _, port = self.settings.admin_listen.rpartition(":")
+        return await asyncio.start_server(self._admin_request, host or "127.0.0.1", int(port))
+
+    async def _admin_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A minimal HTTP/1.0 responder: enough for Prometheus scrapes and liveness probes."""
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
+            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request_line.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 else ""
+            if path == "/metrics":
+                status, content_type, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest()
+            elif path == "/healthz":
+                ok = self._serving
+                status = "200 OK" if ok else "503 Service Unavailable"
+                content_type, body = "text/plain", b"ok\n" if ok else b"not serving\n"
+            else:
+                status, content_type, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(
+                f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,112 @@
+"""Settings read from the environment once, at start-up, into frozen dataclasses."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"setting {name}={raw!r} is not an integer") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"setting {name}={raw!r} is not a number") from None
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"setting {name}={raw!r} is not a boolean")
+
+
+def env_list(name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """One service's database: a primary, optional read replicas, and the pool of SPEC §9."""
+
+    url: str
+    replica_urls: tuple[str, ...] = ()
+    pool_size: int = 20
+    max_overflow: int = 30
+    pool_timeout_seconds: float = 30.0
+    pool_recycle_seconds: int = 1800
+    pool_pre_ping: bool = True
+    # A primary that is down must fail writes fast (SPEC §10), not after asyncpg's 60 s default.
+    connect_timeout_seconds: float = 3.0
+    statement_timeout_ms: int = 10_000
+
+    @classmethod
+    def from_env(cls, default_database: str) -> DatabaseSettings:
+        return cls(
+            url=env_str("DATABASE_URL", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{default_database}"),
+            replica_urls=env_list("DATABASE_REPLICA_URLS"),
+            pool_size=env_int("DB_POOL_SIZE", 20),
+            max_overflow=env_int("DB_MAX_OVERFLOW", 30),
+            pool_timeout_seconds=env_float("DB_POOL_TIMEOUT_SECONDS", 30.0),
+            pool_recycle_seconds=env_int("DB_POOL_RECYCLE_SECONDS", 1800),
+            pool_pre_ping=env_bool("DB_POOL_PRE_PING", True),
+            connect_timeout_seconds=env_float("DB_CONNECT_TIMEOUT_SECONDS", 3.0),
+            statement_timeout_ms=env_int("DB_STATEMENT_TIMEOUT_MS", 10_000),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What every service process needs, whatever its domain."""
+
+    name: str
+    grpc_listen: str
+    admin_listen: str
+    database: DatabaseSettings
+    redis_url: str
+    cache_prefix: str
+    jwt_public_key_file: str
+    jwt_issuer: str
+    jwt_audience: str
+    log_level: str
+    # SIGTERM: report NOT_SERVING, wait drain_delay for health checkers to notice, then stop with
+    # grace for in-flight calls (NOTES-mesh: the order that loses nothing).
+    drain_delay_seconds: float
+    shutdown_grace_seconds: float
+
+    @classmethod
+    def from_env(cls, name: str, default_grpc_port: int, default_admin_port: int) -> ServiceSettings:
+        return cls(
+            name=name,
+            grpc_listen=env_str("GRPC_LISTEN", f"127.0.0.1:{default_grpc_port}"),
+            admin_listen=env_str("ADMIN_LISTEN", f"127.0.0.1:{default_admin_port}"),
+            database=DatabaseSettings.from_env(default_database=name),
+            redis_url=env_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            cache_prefix=env_str("CACHE_PREFIX", "") + f"{name}:",
+            jwt_public_key_file=env_str("JWT_PUBLIC_KEY_FILE", ".run/keys/jwt-public.pem"),
+            jwt_issuer=env_str("JWT_ISSUER", "capsule-mesh/auth"),
+            jwt_audience=env_str("JWT_AUDIENCE", "capsule-mesh"),
+            log_level=env_str("LOG_LEVEL", "INFO"),
+            drain_delay_seconds=env_float("DRAIN_DELAY_SECONDS", 0.0),
+            shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 10.0),
+        )
