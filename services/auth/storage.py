@@ -136,7 +136,7 @@ async def username_taken(conn: AsyncConnection, username: str) -> bool:
 # Four tiers, best first; each is one index-backed branch and leaves out what a better tier
 # already matched, so a user appears once and the (tier, username) keyset is stable:
 #   0 exact email (users_email_lower_key)   1 username prefix (users_username_key)
-#   2 first/last name prefix (…_prefix_idx) 3 fuzzy full name, 3+ characters (…_trgm_idx)
+#   2 first or last name prefix (…_prefix_idx)   3 fuzzy full name, 3+ characters (…_trgm_idx)
 # The caller and everyone in a block relation with the caller are excluded in SQL.
 
 _SEARCH = text(
@@ -154,8 +154,7 @@ _SEARCH = text(
           ORDER BY username LIMIT :limit)
         UNION ALL
         (SELECT 2, id, username, first_name, last_name, avatar_url FROM users
-          WHERE (lower(first_name) LIKE :prefix OR lower(last_name) LIKE :prefix
-                 OR lower(first_name || ' ' || last_name) LIKE :prefix)
+          WHERE (lower(first_name) LIKE :prefix OR lower(last_name) LIKE :prefix)
             AND username NOT LIKE :prefix
             AND NOT (:is_email AND lower(email) = :q)
             AND id <> :caller AND NOT (id = ANY(:blocked))
@@ -164,8 +163,7 @@ _SEARCH = text(
         UNION ALL
         (SELECT 3, id, username, first_name, last_name, avatar_url FROM users
           WHERE :fuzzy AND lower(first_name || ' ' || last_name) % :q
-            AND NOT (lower(first_name) LIKE :prefix OR lower(last_name) LIKE :prefix
-                     OR lower(first_name || ' ' || last_name) LIKE :prefix)
+            AND NOT (lower(first_name) LIKE :prefix OR lower(last_name) LIKE :prefix)
             AND username NOT LIKE :prefix
             AND NOT (:is_email AND lower(email) = :q)
             AND id <> :caller AND NOT (id = ANY(:blocked))
