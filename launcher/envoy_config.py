@@ -1,0 +1,376 @@
+"""Envoy v3 configuration, built as plain data from the topology.
+
+`build_bootstrap()` is a pure function: (listener, admin, services → instance addresses) in, one
+Envoy bootstrap (a JSON-serialisable dict) out. Nothing here starts processes or touches files
+except `write_bootstrap()`. A later issue replaces the static resources with an xDS control
+plane; `build_clusters()`, `build_route_config()` and `build_listener()` are then the snapshot
+builder's cluster/endpoint, route and listener halves, unchanged.
+
+Every value set below carries its reason. Values left out are Envoy's defaults on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from launcher.topology import SERVICES, ServiceSpec
+
+Address = tuple[str, int]
+Discovery = Literal["STATIC", "STRICT_DNS"]
+
+# --- tunables other parts of the launcher read ------------------------------------------------
+
+# Active health checks: a dead or draining instance is noticed within
+# HEALTH_CHECK_INTERVAL_S * UNHEALTHY_THRESHOLD (+ one timeout). The stack gives services a
+# drain delay just above that, so NOT_SERVING is seen before the server stops accepting calls.
+HEALTH_CHECK_INTERVAL_S = 1.0
+HEALTH_CHECK_TIMEOUT_S = 1.0
+UNHEALTHY_THRESHOLD = 2
+# One good answer makes a (re)started instance eligible again: a fresh process is ready when it
+# says SERVING, there is no reason to wait for a second round.
+HEALTHY_THRESHOLD = 1
+
+# Whole call, retries included (Envoy's route timeout covers every try). Long enough for the
+# slowest legitimate call (argon2 hashing on a busy 2-core machine), short enough that a hung
+# instance does not hold the caller for the default 15 s per retry.
+ROUTE_TIMEOUT_S = 15.0
+# One try. A try stuck on a wedged instance is abandoned and retried elsewhere; 3 tries fit in
+# the route timeout.
+PER_TRY_TIMEOUT_S = 5.0
+# The conditions under which a call is retried on another instance. connect-failure and
+# refused-stream never reached the application, so they are always safe. unavailable and
+# cancelled are what a draining or dying grpc.aio server answers. Issue scope: retried on every
+# RPC; non-idempotent RPCs (SignUp without an idempotency key...) get a narrower policy once
+# idempotency keys exist (SPEC §3) — see README "Not yet".
+RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled"
+NUM_RETRIES = 2
+
+
+def _duration(seconds: float) -> str:
+    """Protobuf JSON Duration ("1s", "0.025s")."""
+    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
+    return f"{text}s"
+
+
+def _socket_address(address: Address) -> dict[str, Any]:
+    host, port = address
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+# --- clusters (later: CDS + EDS resources) ------------------------------------------------------
+
+
+def build_load_assignment(spec: ServiceSpec, endpoints: Sequence[Address]) -> dict[str, Any]:
+    """The endpoints of one cluster (later: one EDS ClusterLoadAssignment)."""
+    return {
+        "cluster_name": spec.name,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(a)}} for a in endpoints]}],
+    }
+
+
+def build_cluster(spec: ServiceSpec, endpoints: Sequence[Address], discovery: Discovery = "STATIC") -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        # Cluster name = service name: what routes point at and what the admin /clusters shows.
+        "name": spec.name,
+        # STATIC: the launcher knows every instance address. STRICT_DNS (replaced below by the DNS
+        # cluster extension): compose, where one name resolves to every replica's IP.
+        # (Later: EDS from the control plane.)
+        "type": discovery,
+        # Local network: a connect that has not completed in 1 s is a host that is gone; fail it
+        # and let the retry policy pick another instance instead of waiting Envoy's 5 s default.
+        "connect_timeout": _duration(1.0),
+        # Least request (power of two choices): calls differ a lot in cost (an argon2 sign-up vs
+        # a cached GetMe), so counting in-flight requests balances better than round robin.
+        "lb_policy": "LEAST_REQUEST",
+        "common_lb_config": {
+            # No panic mode: Envoy's default (50 %) would, once half the hosts are unhealthy, send
+            # traffic to all hosts including the dead ones. With 2 or 3 instances that is one kill
+            # away. With 0 only healthy hosts get traffic; none healthy → fast UNAVAILABLE.
+            "healthy_panic_threshold": {"value": 0.0},
+        },
+        "load_assignment": build_load_assignment(spec, endpoints),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                # gRPC upstreams speak HTTP/2 only (h2c), and active gRPC health checks require
+                # HTTP/2 on the cluster (envoy#34570). Explicit, not ALPN: there is no TLS.
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        # HTTP/2 PING every 10 s on idle connections, dropped if unanswered for
+                        # 3 s: a host that vanished without a FIN (kill -9 of a VM, network
+                        # partition) is detected without waiting for a call to time out.
+                        "connection_keepalive": {
+                            "interval": _duration(10.0),
+                            "timeout": _duration(3.0),
+                        },
+                    }
+                },
+            }
+        },
+        "health_checks": [
+            {
+                # A health check answer slower than this counts as a failure.
+                "timeout": _duration(HEALTH_CHECK_TIMEOUT_S),
+                # Check every second: a dead instance leaves rotation within ~2 s (SPEC §10).
+                "interval": _duration(HEALTH_CHECK_INTERVAL_S),
+                "unhealthy_threshold": UNHEALTHY_THRESHOLD,
+                "healthy_threshold": HEALTHY_THRESHOLD,
+                # Envoy's default is 60 s for clusters that have not had traffic yet: a fresh
+                # stack (or a restarted instance) would wait up to a minute to be eligible.
+                "no_traffic_interval": _duration(HEALTH_CHECK_INTERVAL_S),
+                # The per-service status (not the overall ""), so a process that serves several
+                # services can take one out of rotation; it must answer SERVING/NOT_SERVING,
+                # never SERVICE_UNKNOWN (envoy#10825).
+                "grpc_health_check": {"service_name": spec.proto_service},
+            }
+        ],
+        # Passive health: faster than the active checks for hard failures between two rounds.
+        "outlier_detection": {
+            # Consecutive gateway failures (connect failure, reset, 502/503/504 — a killed
+            # instance) eject after 2, instead of waiting for the next health check round.
+            "consecutive_gateway_failure": 2,
+            # Envoy's default is 0 % (count but never eject): enforce it.
+            "enforcing_consecutive_gateway_failure": 100,
+            # Any 5xx (gRPC INTERNAL/UNKNOWN/UNAVAILABLE... map to 5xx): Envoy's default of 5 in a
+            # row; application errors such as NOT_FOUND or INVALID_ARGUMENT are 4xx and never count.
+            "consecutive_5xx": 5,
+            # Sweep every second so an ejection ends promptly once base_ejection_time is over.
+            "interval": _duration(1.0),
+            # Short ejection (default 30 s): an instance restarted on the same address is back in
+            # seconds; the active health check still keeps it out while it is really down.
+            "base_ejection_time": _duration(5.0),
+            # Never eject more than half the hosts: outlier detection must not empty a cluster
+            # that the active health checks still consider healthy.
+            "max_ejection_percent": 50,
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    # HTTP/2 multiplexes: a handful of connections per instance is normal.
+                    "max_connections": 1024,
+                    # Calls waiting for a connection to be set up; beyond it, fail fast.
+                    "max_pending_requests": 1024,
+                    # In-flight calls to the whole cluster. Above this, a Python instance would
+                    # only queue (its DB pool is ~50 connections); answering UNAVAILABLE at once
+                    # protects the instances and tells the gateway to back off.
+                    "max_requests": 1024,
+                    # Retries may add at most 20 % to the active requests (min 3 concurrent), so a
+                    # failing cluster is not hammered with retry storms. Replaces max_retries.
+                    "retry_budget": {
+                        "budget_percent": {"value": 20.0},
+                        "min_retry_concurrency": 3,
+                    },
+                    # Publish remaining_* gauges: the benchmarks and tests read them.
+                    "track_remaining": True,
+                }
+            ]
+        },
+    }
+    if discovery == "STRICT_DNS":
+        # Compose scales replicas behind one name, each resolved IP being one host. Envoy 1.40
+        # deprecates the Cluster-level DNS fields: the DNS cluster extension replaces `type`.
+        del cluster["type"]
+        cluster["cluster_type"] = {
+            "name": "envoy.cluster.dns",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
+                # Re-resolve every 5 s: a scaled-up replica gets traffic within seconds.
+                "dns_refresh_rate": _duration(5.0),
+                # IPv4 only: Docker's embedded DNS answers A records; AAAA lookups add latency.
+                "dns_lookup_family": "V4_ONLY",
+                # Every address is its own host (health-checked and balanced separately).
+                "all_addresses_in_single_endpoint": False,
+            },
+        }
+    return cluster
+
+
+def build_clusters(
+    endpoints: Mapping[str, Sequence[Address]],
+    services: Sequence[ServiceSpec] = SERVICES,
+    discovery: Discovery = "STATIC",
+) -> list[dict[str, Any]]:
+    """One cluster per service of the topology; a service without instances gets an empty one."""
+    return [build_cluster(spec, endpoints.get(spec.name, ()), discovery) for spec in services]
+
+
+# --- routes (later: RDS resource) ---------------------------------------------------------------
+
+
+def build_route(spec: ServiceSpec, prefix: str) -> dict[str, Any]:
+    return {
+        "name": f"{spec.name}:{prefix}",
+        # gRPC paths are /package.Service/Method: the package prefix selects the service.
+        # `grpc: {}` only matches requests with content-type application/grpc.
+        "match": {"prefix": prefix, "grpc": {}},
+        "route": {
+            "cluster": spec.name,
+            "timeout": _duration(ROUTE_TIMEOUT_S),
+            # A caller's grpc-timeout (the gateway sets a deadline on every call) becomes the
+            # limit instead, capped at the route timeout: Envoy never waits longer than the
+            # caller does.
+            "max_stream_duration": {"grpc_timeout_header_max": _duration(ROUTE_TIMEOUT_S)},
+            "retry_policy": {
+                "retry_on": RETRY_ON,
+                "num_retries": NUM_RETRIES,
+                "per_try_timeout": _duration(PER_TRY_TIMEOUT_S),
+                # 25 ms base (Envoy's default, written out), capped at 250 ms: a retry lands after
+                # the outlier detector / health checker had a chance to act, without stalling.
+                "retry_back_off": {
+                    "base_interval": _duration(0.025),
+                    "max_interval": _duration(0.25),
+                },
+                # Retry on a different instance than the ones already tried.
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/"
+                            "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                        },
+                    }
+                ],
+                # How many times host selection may be redone to satisfy the predicate.
+                "host_selection_retry_max_attempts": 3,
+            },
+        },
+    }
+
+
+def build_route_config(services: Sequence[ServiceSpec] = SERVICES) -> dict[str, Any]:
+    return {
+        "name": "grpc_routes",
+        "virtual_hosts": [
+            {
+                "name": "mesh",
+                # Callers use IPs and ports (127.0.0.1:10000, envoy:10000): match any authority.
+                "domains": ["*"],
+                # No catch-all: an unknown service gets Envoy's 404, which gRPC clients see as
+                # UNIMPLEMENTED — the right answer for a method nobody serves.
+                "routes": [build_route(spec, p) for spec in services for p in spec.route_prefixes],
+            }
+        ],
+    }
+
+
+# --- listener (later: LDS resource) -------------------------------------------------------------
+
+_ACCESS_LOG_FORMAT = {
+    "time": "%START_TIME%",
+    "path": "%REQ(:PATH)%",
+    "grpc_status": "%GRPC_STATUS(NUMBER)%",
+    "http_status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "upstream": "%UPSTREAM_HOST%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "duration_ms": "%DURATION%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "traceparent": "%REQ(TRACEPARENT)%",
+}
+
+
+def build_listener(address: Address, route_config: Mapping[str, Any], name: str = "grpc_ingress") -> dict[str, Any]:
+    hcm = {
+        "@type": "type.googleapis.com/"
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        # AUTO: plaintext HTTP/2 with prior knowledge (h2c) from gRPC clients, and HTTP/1.1 for
+        # anything else (curl on the listener gets a readable 404 instead of a reset).
+        "codec_type": "AUTO",
+        "http2_protocol_options": {
+            # Bounds one downstream connection's fan-in; a gateway instance uses few connections.
+            "max_concurrent_streams": 1024,
+            # Envoy's edge guidance (64 KiB stream / 1 MiB connection windows) instead of 256 MiB:
+            # bodies are ≤ 256 KiB and memory per connection stays bounded.
+            "initial_stream_window_size": 65536,
+            "initial_connection_window_size": 1048576,
+        },
+        # One JSON line per call on stdout (the launcher writes it to .run/logs/envoy.log):
+        # path, gRPC status, upstream instance, attempts, request id and trace context.
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": {"json_format": _ACCESS_LOG_FORMAT},
+                },
+            }
+        ],
+        "route_config": dict(route_config),
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+    }
+    return {
+        "name": name,
+        "address": _socket_address(address),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": hcm,
+                    }
+                ]
+            }
+        ],
+    }
+
+
+# --- bootstrap ------------------------------------------------------------------------------------
+
+
+def build_bootstrap(
+    *,
+    listen: Address,
+    admin: Address,
+    endpoints: Mapping[str, Sequence[Address]],
+    services: Sequence[ServiceSpec] = SERVICES,
+    discovery: Discovery = "STATIC",
+    node_id: str = "capsule-mesh-envoy",
+    max_downstream_connections: int = 50_000,
+) -> dict[str, Any]:
+    """Envoy bootstrap for the mesh: one gRPC listener routing by path prefix to one cluster per
+    service, with the instances in `endpoints` (service name → addresses)."""
+    unknown = set(endpoints) - {s.name for s in services}
+    if unknown:
+        raise ValueError(f"endpoints for services not in the topology: {sorted(unknown)}")
+    return {
+        # Identifies this Envoy to the xDS control plane of a later issue; harmless until then.
+        "node": {"id": node_id, "cluster": "capsule-mesh"},
+        # Admin: /ready, /clusters (health per endpoint), /stats, /config_dump. Loopback only
+        # outside compose: it can change Envoy's state (e.g. /healthcheck/fail).
+        "admin": {"address": _socket_address(admin)},
+        "static_resources": {
+            "listeners": [build_listener(listen, build_route_config(services))],
+            "clusters": build_clusters(endpoints, services, discovery),
+        },
+        # A hard cap on downstream connections across all listeners (Envoy warns at start-up when
+        # there is none): past it new connections are refused instead of exhausting memory/fds.
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/"
+                        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": max_downstream_connections,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def write_bootstrap(config: Mapping[str, Any], path: Path) -> Path:
+    """Write the config as JSON (Envoy reads JSON bootstraps; JSON is a subset of YAML)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+    return path

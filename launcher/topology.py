@@ -1,0 +1,62 @@
+"""The one registry of the mesh's services.
+
+Everything that needs to know which services exist reads it from here: the Envoy config builder
+(clusters, routes, health-check names), the stack (processes, databases, environment), the gateway's
+`GATEWAY_PROTO_MODULES`, compose.yaml's test. Adding a service is one `ServiceSpec` entry below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One gRPC service of the mesh, as the launcher and Envoy see it."""
+
+    # Short name: Envoy cluster name, process/log name prefix, `<NAME>_TARGET` env var.
+    name: str
+    # Python module run as `python -m <module>` (serve) and `python -m <module> migrate`.
+    module: str
+    # Full proto name of the service: what Envoy's active gRPC health check asks for.
+    proto_service: str
+    # gRPC path prefixes (`/package.Service/Method`) Envoy routes to this service's cluster.
+    route_prefixes: tuple[str, ...]
+    # Database this service owns (the stack may append a suffix for test isolation).
+    database: str
+    # Generated module whose `google.api.http`-annotated services the gateway exposes.
+    proto_module: str
+    # Instances started by `make up` and by the test stack (≥ 2 so one can be killed).
+    instances: int = 2
+    # Whether this service signs tokens (gets JWT_PRIVATE_KEY_FILE); every service verifies them.
+    signs_tokens: bool = False
+
+
+AUTH = ServiceSpec(
+    name="auth",
+    module="services.auth",
+    proto_service="capsule.auth.v1.AuthService",
+    # Server reflection lands on auth for now, so `grpcurl list` through Envoy lists auth's
+    # services only. Once several services exist, reflection needs one answer for the whole mesh.
+    route_prefixes=("/capsule.auth.v1.", "/grpc.reflection."),
+    database="auth",
+    proto_module="capsule.auth.v1.auth_pb2",
+    instances=2,
+    signs_tokens=True,
+)
+
+# Later issues: recipients (`/capsule.recipients.v1.`) and capsules (`/capsule.capsules.v1.`),
+# one entry each, appended here.
+SERVICES: tuple[ServiceSpec, ...] = (AUTH,)
+
+
+def by_name(name: str, services: tuple[ServiceSpec, ...] = SERVICES) -> ServiceSpec:
+    for spec in services:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no service named {name!r} in the topology (known: {[s.name for s in services]})")
+
+
+def gateway_proto_modules(services: tuple[ServiceSpec, ...] = SERVICES) -> str:
+    """Value of GATEWAY_PROTO_MODULES: every service's annotated module, in registry order."""
+    return ",".join(spec.proto_module for spec in services)

@@ -1,0 +1,1 @@
+"""Tests of the launcher: Envoy config, infra detection, the stack, compose/Dockerfiles."""
