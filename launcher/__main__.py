@@ -1,0 +1,263 @@
+"""`python3 -m launcher <command>`: the one entry point behind the Makefile.
+
+    setup          venv + pinned deps, stubs, dev keys, Postgres and Redis (installed if missing)
+    up             setup, then the whole mesh on fixed ports until Ctrl-C / SIGTERM
+    test [ARGS]    setup, then pytest ARGS inside the venv (exit code = pytest's)
+    lint           ruff check + mypy
+    protos         regenerate the gRPC stubs into gen/
+    clean          remove generated files, logs and caches (keeps .venv, keys, Postgres state)
+
+This module is imported by the machine's own python3 before the venv exists: it and
+launcher.bootstrap use only the standard library; everything else is imported after the launcher
+has re-executed itself inside .venv.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from launcher.bootstrap import REPO, SetupError, ensure_venv, in_venv, log, reexec_in_venv
+
+if TYPE_CHECKING:
+    from launcher.stack import Stack
+
+USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise SetupError(f"{name}={raw!r} is not an integer") from None
+
+
+class Prepared:
+    """What set-up decided, for the commands that run the mesh."""
+
+    def __init__(self) -> None:
+        from launcher import infra, protos
+        from launcher.keys import ensure_dev_keys
+
+        if protos.is_stale():
+            log("generating gRPC stubs (protos changed)")
+            protos.generate()
+        self.keys = ensure_dev_keys()
+        self.infra = infra.ensure(install=True)
+
+
+def cmd_setup(args: Sequence[str]) -> int:
+    prepared = Prepared()
+    pg = prepared.infra.postgres
+    print(f"venv      {REPO / '.venv'}")
+    print(f"postgres  {pg.host}:{pg.port} (user {pg.user}{', password set' if pg.password else ''})")
+    print(f"redis     {prepared.infra.redis_url}")
+    print(f"jwt keys  {prepared.keys.private.parent}")
+    return 0
+
+
+def cmd_protos(args: Sequence[str]) -> int:
+    from launcher import protos
+
+    protos.main()
+    return 0
+
+
+def cmd_lint(args: Sequence[str]) -> int:
+    from launcher import protos
+
+    if protos.is_stale():
+        protos.generate()
+    bin_dir = os.path.dirname(sys.executable)
+    targets = [d for d in ("launcher", "services", "gateway", "bench", "tests") if (REPO / d).is_dir()]
+    ruff = subprocess.call([os.path.join(bin_dir, "ruff"), "check", *targets], cwd=REPO)
+    # --explicit-package-bases: test folders without __init__.py may each have a conftest.py.
+    mypy = subprocess.call([os.path.join(bin_dir, "mypy"), "--explicit-package-bases", *targets], cwd=REPO)
+    return ruff or mypy
+
+
+def _forward_signals_to(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM/SIGHUP to the launcher become SIGINT to the child (pytest then runs its fixture
+    teardowns and stops the stack). Ctrl-C already reaches both (same process group)."""
+
+    def forward(signum: int, frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
+
+
+def cmd_test(args: Sequence[str]) -> int:
+    prepared = Prepared()
+    env = dict(os.environ)
+    env.update(prepared.infra.env())
+    env["JWT_KEYS_DIR"] = str(prepared.keys.private.parent)
+    argv = [sys.executable, "-m", "pytest", *args]
+    log("$ " + " ".join(argv))
+    proc = subprocess.Popen(argv, cwd=REPO, env=env)
+    _forward_signals_to(proc)
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:
+            continue  # pytest got the same SIGINT: wait for its teardown
+    if code == 5:
+        print(
+            "\n[test] FAILED: pytest collected no tests (exit code 5). A test run that runs nothing is "
+            "not a pass: check the paths / -k expression.",
+            file=sys.stderr,
+        )
+        return 5
+    return code
+
+
+def cmd_up(args: Sequence[str]) -> int:
+    import importlib.util
+
+    from launcher.process import StartupError, port_open
+    from launcher.stack import Stack, StackSettings
+    from launcher.topology import SERVICES
+
+    prepared = Prepared()
+    # Services and gateway are written in parallel issues: start what exists, say what does not.
+    services = tuple(s for s in SERVICES if importlib.util.find_spec(f"{s.module}.__main__") is not None)
+    for missing in sorted({s.name for s in SERVICES} - {s.name for s in services}):
+        log(f"WARNING: service {missing!r} is not written yet: not started")
+    with_gateway = importlib.util.find_spec("gateway.__main__") is not None
+    if not with_gateway:
+        log("WARNING: the gateway is not written yet: not started")
+    settings = StackSettings(
+        infra=prepared.infra,
+        keys=prepared.keys,
+        gateway_port=_env_int("GATEWAY_PORT", 8080),
+        envoy_port=_env_int("ENVOY_PORT", 10000),
+        envoy_admin_port=_env_int("ENVOY_ADMIN_PORT", 9901),
+        envoy_concurrency=_env_int("ENVOY_CONCURRENCY", 1),
+        services=services,
+        instances={s.name: _env_int(f"{s.name.upper()}_INSTANCES", s.instances) for s in services},
+        log_level=os.environ.get("LOG_LEVEL") or "INFO",
+        with_gateway=with_gateway,
+    )
+    ports = {"GATEWAY_PORT": settings.gateway_port, "ENVOY_PORT": settings.envoy_port}
+    ports["ENVOY_ADMIN_PORT"] = settings.envoy_admin_port
+    busy = [f"{name}={port}" for name, port in ports.items() if port_open(settings.host, port)]
+    if busy:
+        raise SetupError(f"ports already in use: {', '.join(busy)} (another `make up`?); set other values")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+    stack = Stack(settings)
+    code = 0
+    try:
+        log("starting the mesh (migrations, Envoy, services, gateway)")
+        stack.start()
+        _print_banner(stack)
+        reported: set[str] = set()
+        while True:
+            time.sleep(1.0)
+            _report_exits(stack, reported)
+    except KeyboardInterrupt:
+        log("stopping")
+    except StartupError as exc:
+        log(f"ERROR: {exc}")
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.close()
+        log(f"stopped; logs in {stack.log_dir}")
+    return code
+
+
+def _report_exits(stack: Stack, reported: set[str]) -> None:
+    procs = [inst.process for insts in stack.instances.values() for inst in insts]
+    procs += [p for p in (stack.envoy, stack.gateway) if p is not None]
+    for proc in procs:
+        if proc.returncode is not None and proc.name not in reported:
+            reported.add(proc.name)
+            log(f"WARNING: {proc.name} exited with code {proc.returncode}; see {proc.log_path}")
+
+
+def _print_banner(stack: Stack) -> None:
+    lines = ["", "capsule-mesh is up", ""]
+    if stack.gateway is not None:
+        lines.append(f"  gateway (HTTP/JSON)  {stack.gateway_url}")
+    lines.append(f"  Envoy (gRPC, h2c)    {stack.envoy_grpc}")
+    lines.append(f"  Envoy admin          {stack.envoy_admin_url}")
+    for insts in stack.instances.values():
+        for inst in insts:
+            lines.append(f"  {inst.name:<20} gRPC {inst.grpc_address}  admin http://{inst.admin_address}")
+    lines.append(f"  logs                 {stack.log_dir}/")
+    lines.append("")
+    if stack.gateway is not None:
+        lines.append("  try:")
+        lines.append(f"    curl -s -X POST {stack.gateway_url}/v1/auth:signup -H 'content-type: application/json' \\")
+        lines.append(
+            '      -d \'{"email":"ada@example.com","username":"ada","password":"correct horse battery",'
+            '"firstName":"Ada","lastName":"Lovelace"}\''
+        )
+    lines.append(f"    {REPO / '.venv/bin/grpcurl'} -plaintext {stack.envoy_grpc} list")
+    lines.append("")
+    lines.append("  Ctrl-C stops everything.")
+    print("\n".join(lines), flush=True)
+
+
+def cmd_clean(args: Sequence[str]) -> int:
+    """Generated files, logs and caches. Keeps .venv, .run/keys and .run/state (Postgres password)."""
+    targets = [REPO / "gen", REPO / ".run" / "logs", REPO / ".run" / "test-stacks"]
+    targets += [REPO / n for n in (".pytest_cache", ".mypy_cache", ".ruff_cache", "build")]
+    targets += list((REPO / ".run").glob("envoy-*.json"))
+    targets += list(REPO.glob("*.egg-info"))
+    for top in ("launcher", "services", "gateway", "tests", "bench"):
+        if (REPO / top).is_dir():
+            targets += list((REPO / top).rglob("__pycache__"))
+    for path in targets:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+    print(f"removed generated files, logs and caches under {REPO}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "setup": cmd_setup,
+    "up": cmd_up,
+    "test": cmd_test,
+    "lint": cmd_lint,
+    "protos": cmd_protos,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args else ""
+    if command == "clean":
+        return cmd_clean(args[1:])
+    if command not in COMMANDS:
+        print(f"usage: python3 -m launcher <command>\n\n{USAGE}", file=sys.stderr)
+        return 0 if command in ("help", "-h", "--help") else 2
+    try:
+        ensure_venv()
+        if not in_venv():
+            reexec_in_venv(args)  # does not return
+        return COMMANDS[command](args[1:])
+    except SetupError as exc:
+        print(f"[setup] ERROR: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

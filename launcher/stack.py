@@ -1,0 +1,579 @@
+"""The whole mesh on one machine: migrations, Envoy, N instances per service, the gateway.
+
+Used by `python3 -m launcher up` (fixed ports) and by the pytest `stack` fixture (free ports, unique
+database names and cache prefix, databases dropped at the end):
+
+    settings = StackSettings.for_tests(infra, keys, work_dir=...)
+    with Stack(settings) as stack:          # start(): blocks until everything is ready
+        stack.gateway_url, stack.envoy_grpc, stack.addresses("auth")
+        stack.kill_instance(stack.instances["auth"][0])
+        stack.wait_envoy_health("auth", healthy=1)
+
+Start order: migrations → service instances → Envoy (sees them healthy) → gateway.
+Close: the reverse (gateway, Envoy, instances), each step SIGTERM → wait → SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from launcher import envoy_config
+from launcher.bootstrap import REPO
+from launcher.infra import Infra
+from launcher.keys import KeyPair
+from launcher.process import (
+    GrpcHealthProbe,
+    ManagedProcess,
+    StartupError,
+    free_port,
+    http_ok,
+    run_to_completion,
+    stop_all,
+)
+from launcher.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
+
+# Every service may call every other through Envoy: `<NAME>_TARGET`. Names of services that do not
+# exist yet are set empty, so a stale value in the caller's shell never leaks in.
+KNOWN_TARGETS = ("auth", "recipients", "capsules")
+
+# Light argon2 for tests: hashing cost is not what the tests measure.
+TEST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_KIB": "8192"}
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    infra: Infra
+    keys: KeyPair
+    host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    envoy_port: int = 10000
+    envoy_admin_port: int = 9901
+    services: tuple[ServiceSpec, ...] = SERVICES
+    # Instance count per service name; missing names use the topology's default.
+    instances: Mapping[str, int] = field(default_factory=dict)
+    # Appended to every database name (tests: "_t<hex>"), so tests never touch `make up`'s data.
+    database_suffix: str = ""
+    # Redis key prefix for every process (services append "<name>:").
+    cache_prefix: str = ""
+    # Extra environment for the services / the gateway / every process.
+    service_env: Mapping[str, str] = field(default_factory=dict)
+    gateway_env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    with_gateway: bool = True
+    gateway_module: str = "gateway"
+    # Envoy worker threads. 1 on the 2-core target machine: the Python processes need the cores
+    # more (NOTES-mesh: Envoy costs ~0.2 ms CPU per proxied call, the Python side about twice that).
+    envoy_concurrency: int = 1
+    log_level: str = "INFO"
+    # Logs (<work_dir>/logs/<process>.log) and the generated Envoy bootstrap.
+    work_dir: Path = REPO / ".run"
+    ready_timeout: float = 60.0
+    # Seconds a service may take to exit after SIGTERM before SIGKILL.
+    stop_timeout: float = 20.0
+    # Services' SIGTERM handling: NOT_SERVING, wait drain_delay (Envoy's active health check must
+    # notice first), then stop with shutdown_grace for in-flight calls.
+    drain_delay_seconds: float = (
+        envoy_config.HEALTH_CHECK_INTERVAL_S * envoy_config.UNHEALTHY_THRESHOLD + envoy_config.HEALTH_CHECK_TIMEOUT_S
+    )
+    shutdown_grace_seconds: float = 10.0
+    drop_databases_on_close: bool = False
+    python: str = sys.executable
+
+    @classmethod
+    def for_tests(cls, infra: Infra, keys: KeyPair, *, work_dir: Path, **overrides: Any) -> StackSettings:
+        """Free ports, a unique database suffix and cache prefix, light argon2, databases dropped."""
+        token = uuid.uuid4().hex[:10]
+        base = cls(
+            infra=infra,
+            keys=keys,
+            gateway_port=free_port(),
+            envoy_port=free_port(),
+            envoy_admin_port=free_port(),
+            database_suffix=f"_t{token}",
+            cache_prefix=f"test:{token}:",
+            service_env=dict(TEST_ARGON2),
+            log_level="INFO",
+            work_dir=work_dir,
+            shutdown_grace_seconds=5.0,
+            drop_databases_on_close=True,
+        )
+        return replace(base, **overrides)
+
+    def instance_count(self, spec: ServiceSpec) -> int:
+        return int(self.instances.get(spec.name, spec.instances))
+
+
+@dataclass
+class Instance:
+    """One process of one service."""
+
+    service: ServiceSpec
+    index: int
+    grpc_address: str
+    admin_address: str
+    process: ManagedProcess
+
+    @property
+    def name(self) -> str:
+        return f"{self.service.name}-{self.index}"
+
+    @property
+    def grpc_port(self) -> int:
+        return int(self.grpc_address.rsplit(":", 1)[1])
+
+    @property
+    def running(self) -> bool:
+        return self.process.running
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+# Every live stack, stopped at interpreter exit if its owner forgot (or crashed before) close().
+_LIVE: weakref.WeakSet[Stack] = weakref.WeakSet()
+
+
+class Stack:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.log_dir = settings.work_dir / "logs"
+        self.envoy_config_path = settings.work_dir / f"envoy-{settings.envoy_admin_port}.json"
+        self.instances: dict[str, list[Instance]] = {
+            spec.name: [self._plan_instance(spec, i) for i in range(settings.instance_count(spec))]
+            for spec in settings.services
+        }
+        self.envoy: ManagedProcess | None = None
+        self.gateway: ManagedProcess | None = None
+        self.extra: list[ManagedProcess] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # --- addresses and settings other code reads ----------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self.settings.host
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.settings.gateway_port}"
+
+    @property
+    def envoy_grpc(self) -> str:
+        return f"{self.host}:{self.settings.envoy_port}"
+
+    @property
+    def envoy_admin_url(self) -> str:
+        return f"http://{self.host}:{self.settings.envoy_admin_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return self.settings.infra.redis_url
+
+    @property
+    def cache_prefix(self) -> str:
+        return self.settings.cache_prefix
+
+    @property
+    def jwt_public_key_file(self) -> Path:
+        return self.settings.keys.public
+
+    @property
+    def jwt_private_key_file(self) -> Path:
+        return self.settings.keys.private
+
+    def database_name(self, service: str) -> str:
+        return by_name(service, self.settings.services).database + self.settings.database_suffix
+
+    @property
+    def database_urls(self) -> dict[str, str]:
+        """Service name → SQLAlchemy URL of its database (as passed in DATABASE_URL)."""
+        pg = self.settings.infra.postgres
+        return {spec.name: pg.url(self.database_name(spec.name)) for spec in self.settings.services}
+
+    def addresses(self, service: str) -> list[str]:
+        """gRPC addresses (host:port) of the service's planned instances, running or not."""
+        return [inst.grpc_address for inst in self.instances[service]]
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    # --- environment -----------------------------------------------------------------------------
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PYTHONUNBUFFERED="1",
+            LOG_LEVEL=self.settings.log_level,
+            REDIS_URL=self.redis_url,
+            CACHE_PREFIX=self.cache_prefix,
+            JWT_PUBLIC_KEY_FILE=str(self.jwt_public_key_file),
+        )
+        env.update(self.settings.env)
+        return env
+
+    def migrate_env(self, spec: ServiceSpec) -> dict[str, str]:
+        env = self._base_env()
+        env["DATABASE_URL"] = self.database_urls[spec.name]
+        return env
+
+    def service_env(self, instance: Instance) -> dict[str, str]:
+        """The service process contract's environment for one instance."""
+        spec = instance.service
+        env = self._base_env()
+        env.update(
+            GRPC_LISTEN=instance.grpc_address,
+            ADMIN_LISTEN=instance.admin_address,
+            DATABASE_URL=self.database_urls[spec.name],
+            DATABASE_REPLICA_URLS="",
+            SHUTDOWN_GRACE_SECONDS=f"{self.settings.shutdown_grace_seconds:g}",
+            DRAIN_DELAY_SECONDS=f"{self.settings.drain_delay_seconds:g}",
+            SERVICE_INSTANCE=instance.name,
+        )
+        names = {s.name for s in self.settings.services}
+        for target in KNOWN_TARGETS:
+            env[f"{target.upper()}_TARGET"] = self.envoy_grpc if target in names else ""
+        if spec.signs_tokens:
+            env["JWT_PRIVATE_KEY_FILE"] = str(self.jwt_private_key_file)
+        else:
+            env.pop("JWT_PRIVATE_KEY_FILE", None)
+        env.update(self.settings.service_env)
+        return env
+
+    def gateway_env(self) -> dict[str, str]:
+        env = self._base_env()
+        env.update(
+            GATEWAY_LISTEN=f"{self.host}:{self.settings.gateway_port}",
+            GATEWAY_UPSTREAM=self.envoy_grpc,
+            GATEWAY_PROTO_MODULES=gateway_proto_modules(self.settings.services),
+        )
+        env.update(self.settings.gateway_env)
+        return env
+
+    # --- planning and config -------------------------------------------------------------------
+
+    def _plan_instance(self, spec: ServiceSpec, index: int) -> Instance:
+        grpc_address = f"{self.settings.host}:{free_port(self.settings.host)}"
+        admin_address = f"{self.settings.host}:{free_port(self.settings.host)}"
+        proc = ManagedProcess(
+            f"{spec.name}-{index}",
+            [self.settings.python, "-m", spec.module],
+            env={},  # filled at start: the environment depends on the instance
+            log_path=self.log_path(f"{spec.name}-{index}"),
+            ready=None,
+        )
+        return Instance(spec, index, grpc_address, admin_address, proc)
+
+    def envoy_bootstrap(self) -> dict[str, Any]:
+        """The Envoy config for the planned instances (pure: see launcher.envoy_config)."""
+        return envoy_config.build_bootstrap(
+            listen=(self.host, self.settings.envoy_port),
+            admin=(self.host, self.settings.envoy_admin_port),
+            endpoints={name: [_split(inst.grpc_address) for inst in insts] for name, insts in self.instances.items()},
+            services=self.settings.services,
+        )
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> Stack:
+        _LIVE.add(self)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in self.settings.services:
+            self.migrate(spec.name)
+        # Instances before Envoy: Envoy's initialisation waits for the first health-check round,
+        # so it starts with every instance healthy and balances from its first call. (Hosts that
+        # turn healthy after start-up can take one more health-check interval to get traffic.)
+        # Services reach each other through Envoy lazily (gRPC channels connect on first call).
+        for insts in self.instances.values():
+            for inst in insts:
+                self._launch(inst)
+        for insts in self.instances.values():
+            for inst in insts:
+                inst.process.wait_ready(self.settings.ready_timeout)
+        self.start_envoy()
+        for name, insts in self.instances.items():
+            self.wait_envoy_health(name, healthy=len(insts), timeout=self.settings.ready_timeout)
+        if self.settings.with_gateway:
+            self.start_gateway()
+        return self
+
+    def migrate(self, service: str) -> None:
+        spec = by_name(service, self.settings.services)
+        run_to_completion(
+            f"{spec.name}-migrate",
+            [self.settings.python, "-m", spec.module, "migrate"],
+            env=self.migrate_env(spec),
+            log_path=self.log_path(f"{spec.name}-migrate"),
+            timeout=max(self.settings.ready_timeout, 120.0),
+        )
+
+    def envoy_argv(self) -> list[str]:
+        envoy = Path(self.settings.python).parent / "envoy"
+        return [
+            str(envoy) if envoy.exists() else "envoy",
+            "-c", str(self.envoy_config_path),
+            # Shared-memory namespace of hot restart: distinct per Envoy so a test stack's Envoy
+            # and `make up`'s (different admin ports) never collide.
+            "--base-id", str(self.settings.envoy_admin_port),
+            "--log-level", "warn",
+            "--concurrency", str(self.settings.envoy_concurrency),
+            # Stopping: close listeners and exit quickly (nothing to drain on a dev machine).
+            "--drain-time-s", "1",
+        ]  # fmt: skip
+
+    def start_envoy(self) -> ManagedProcess:
+        envoy_config.write_bootstrap(self.envoy_bootstrap(), self.envoy_config_path)
+        self.envoy = ManagedProcess(
+            "envoy",
+            self.envoy_argv(),
+            env=self._base_env(),
+            log_path=self.log_path("envoy"),
+            ready=lambda: http_ok(f"{self.envoy_admin_url}/ready"),
+        )
+        self.envoy.start().wait_ready(self.settings.ready_timeout)
+        return self.envoy
+
+    def start_gateway(self) -> ManagedProcess:
+        self.gateway = ManagedProcess(
+            "gateway",
+            [self.settings.python, "-m", self.settings.gateway_module],
+            env=self.gateway_env(),
+            log_path=self.log_path("gateway"),
+            ready=lambda: http_ok(f"{self.gateway_url}/readyz"),
+        )
+        self.gateway.start().wait_ready(self.settings.ready_timeout)
+        return self.gateway
+
+    def _launch(self, inst: Instance) -> None:
+        inst.process.env = self.service_env(inst)
+        inst.process.ready = GrpcHealthProbe(inst.grpc_address, inst.service.proto_service)
+        inst.process.start()
+
+    def close(self) -> None:
+        """Stop everything in reverse start order; drop the test databases if asked. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        stop_all([p for p in self.extra if p.running], timeout=self.settings.stop_timeout)
+        if self.gateway is not None:
+            self.gateway.stop(self.settings.stop_timeout)
+        if self.envoy is not None:
+            self.envoy.stop(self.settings.stop_timeout)
+        stop_all(
+            [inst.process for insts in self.instances.values() for inst in insts if inst.process.running],
+            timeout=self.settings.stop_timeout,
+        )
+        if self.settings.drop_databases_on_close:
+            self.drop_databases()
+        _LIVE.discard(self)
+
+    def drop_databases(self) -> None:
+        names = [self.database_name(spec.name) for spec in self.settings.services]
+        drop_databases(self.settings.infra, names)
+
+    # --- individual processes (fault tests) -------------------------------------------------------
+
+    def instance(self, service: str, index: int) -> Instance:
+        return self.instances[service][index]
+
+    def start_instance(self, service: str, index: int | None = None, *, wait: bool = True) -> Instance:
+        """(Re)start instance `index` of `service` on its own addresses; None → a new instance.
+
+        A new instance gets free ports: it is NOT in Envoy's static config (reachable directly
+        only) until the xDS control plane of a later issue registers it. Restarting a stopped or
+        killed instance keeps its addresses, so Envoy's health checks bring it back.
+        """
+        spec = by_name(service, self.settings.services)
+        insts = self.instances[service]
+        if index is None:
+            inst = self._plan_instance(spec, len(insts))
+            insts.append(inst)
+        else:
+            inst = insts[index]
+            if inst.running:
+                raise RuntimeError(f"{inst.name} is already running")
+        self._launch(inst)
+        if wait:
+            inst.process.wait_ready(self.settings.ready_timeout)
+        return inst
+
+    def stop_instance(self, instance: Instance, timeout: float | None = None) -> int | None:
+        """SIGTERM (graceful: drain, exit 0 expected), then SIGKILL after `timeout`. Exit code."""
+        return instance.process.stop(self.settings.stop_timeout if timeout is None else timeout)
+
+    def kill_instance(self, instance: Instance) -> int | None:
+        """SIGKILL: a crash, nothing drained."""
+        return instance.process.kill()
+
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        ready: Any = None,
+        wait: bool = True,
+    ) -> ManagedProcess:
+        """Any extra process (a load generator, a second gateway...), logged to <name>.log and
+        stopped with the stack. `env` is added to the stack's base environment."""
+        proc = ManagedProcess(
+            name, argv, env={**self._base_env(), **(env or {})}, log_path=self.log_path(name), ready=ready
+        )
+        self.extra.append(proc)
+        proc.start()
+        if wait:
+            proc.wait_ready(self.settings.ready_timeout)
+        return proc
+
+    # --- what Envoy sees ---------------------------------------------------------------------------
+
+    def envoy_health(self, service: str) -> dict[str, bool]:
+        """Envoy's view of the service's cluster: "host:port" → healthy (admin /clusters)."""
+        return envoy_cluster_health(self.envoy_admin_url, service)
+
+    def wait_envoy_health(
+        self,
+        service: str,
+        *,
+        healthy: int | Sequence[str] | None = None,
+        unhealthy: Sequence[str] = (),
+        timeout: float = 15.0,
+    ) -> dict[str, bool]:
+        """Poll until Envoy sees `healthy` (a count, or exactly these addresses among the healthy
+        ones) and every address in `unhealthy` as unhealthy. Returns the last view."""
+        deadline = time.monotonic() + timeout
+        view: dict[str, bool] = {}
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                view = self.envoy_health(service)
+            good = {a for a, ok in view.items() if ok}
+            if healthy is None:
+                ok_healthy = True
+            elif isinstance(healthy, int):
+                ok_healthy = len(good) >= healthy
+            else:
+                ok_healthy = set(healthy) <= good
+            ok_unhealthy = all(view.get(a) is False for a in unhealthy)
+            if ok_healthy and ok_unhealthy:
+                return view
+            if self.envoy is not None and not self.envoy.running:
+                raise self.envoy.failure("exited")
+            if time.monotonic() > deadline:
+                raise StartupError(
+                    f"Envoy's view of {service!r} did not reach healthy={healthy} unhealthy={list(unhealthy)} "
+                    f"within {timeout:.0f} s: {view}; Envoy log: {self.log_path('envoy')}"
+                )
+            time.sleep(0.1)
+
+    # --- async variants (for tests on the session event loop: never block the loop) ------------------
+
+    async def astart_instance(self, service: str, index: int | None = None, *, wait: bool = True) -> Instance:
+        return await asyncio.to_thread(self.start_instance, service, index, wait=wait)
+
+    async def astop_instance(
+        self,
+        instance: Instance,
+        timeout: float | None = None,  # noqa: ASYNC109 (SIGTERM→SIGKILL delay)
+    ) -> int | None:
+        return await asyncio.to_thread(self.stop_instance, instance, timeout)
+
+    async def akill_instance(self, instance: Instance) -> int | None:
+        return await asyncio.to_thread(self.kill_instance, instance)
+
+    async def await_envoy_health(
+        self,
+        service: str,
+        *,
+        healthy: int | Sequence[str] | None = None,
+        unhealthy: Sequence[str] = (),
+        timeout: float = 15.0,  # noqa: ASYNC109 (the poll runs in a thread)
+    ) -> dict[str, bool]:
+        return await asyncio.to_thread(
+            self.wait_envoy_health, service, healthy=healthy, unhealthy=unhealthy, timeout=timeout
+        )
+
+
+def envoy_cluster_health(admin_url: str, cluster: str) -> dict[str, bool]:
+    """Envoy's view of one cluster from its admin /clusters: "host:port" → routable.
+
+    A host is routable when no failed_* / pending_* flag is set: failed_active_health_check,
+    failed_outlier_check (ejected), pending_active_hc, ...
+    """
+    with urllib.request.urlopen(f"{admin_url}/clusters?format=json", timeout=2) as response:
+        data = json.load(response)
+    result: dict[str, bool] = {}
+    for status in data.get("cluster_statuses", []):
+        if status.get("name") != cluster:
+            continue
+        for host in status.get("host_statuses", []):
+            sock = host["address"]["socket_address"]
+            flags = dict(host.get("health_status", {}))
+            eds = flags.pop("eds_health_status", "HEALTHY")
+            result[f"{sock['address']}:{sock['port_value']}"] = eds == "HEALTHY" and not any(flags.values())
+    return result
+
+
+def drop_databases(infra: Infra, names: Sequence[str]) -> None:
+    """DROP DATABASE … WITH (FORCE) for each name (test clean-up). Runs in its own thread and
+    event loop, so it works whether or not the caller is inside a running loop."""
+
+    async def _drop() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(infra.postgres.dsn("postgres"), timeout=10)
+        try:
+            for name in names:
+                ident = '"' + name.replace('"', '""') + '"'
+                await conn.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+    errors: list[BaseException] = []
+
+    def _run() -> None:
+        try:
+            asyncio.run(_drop())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=_run, name="drop-databases")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _close_leftovers() -> None:
+    for stack in list(_LIVE):
+        with contextlib.suppress(Exception):
+            stack.close()
+
+
+atexit.register(_close_leftovers)
