@@ -1,0 +1,170 @@
+"""Shared fixtures: the whole mesh on free ports, and what tests need to talk to it.
+
+    stack                  the running mesh (launcher.stack.Stack): real Postgres, Redis, Envoy,
+                           every service of the topology (2 instances each), the gateway.
+                           Session-scoped; started on first use, stopped at the end.
+    gateway_url            "http://127.0.0.1:PORT"
+    envoy_grpc             "127.0.0.1:PORT" (Envoy's gRPC listener; h2c)
+    client                 httpx.AsyncClient on the gateway (session-scoped)
+    jwt_private_key_file / jwt_public_key_file
+    infra                  launcher.infra.Infra (Postgres server + Redis URL), probed, never installs
+    postgres_admin_dsn     asyncpg DSN of the `postgres` database (to create/drop scratch databases)
+    processes              function-scoped: start extra processes, all stopped after the test
+
+Instances of a service: `stack.instances["auth"]` (list of launcher.stack.Instance: grpc_address,
+admin_address, process); `stack.kill_instance(i)`, `stack.stop_instance(i)`,
+`stack.start_instance("auth", index)`, `stack.wait_envoy_health("auth", healthy=..., unhealthy=...)`
+and their `a…`/`await_…` coroutine twins for tests running load on the session loop.
+
+Isolation: the stack's databases are `<name>_t<hex>` (dropped at the end) and its Redis prefix is
+`test:<hex>:`, so tests never see a running `make up` nor another test session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launcher import infra as infra_mod
+from launcher.bootstrap import REPO
+from launcher.keys import DEFAULT_DIR as DEFAULT_KEYS_DIR
+from launcher.keys import KeyPair, ensure_dev_keys
+from launcher.process import ManagedProcess, stop_all
+from launcher.stack import Stack, StackSettings
+
+STACKS_DIR = REPO / ".run" / "test-stacks"
+KEEP_STACK_DIRS = 5
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI timeout, `kill`) → KeyboardInterrupt: pytest then runs fixture teardowns and the
+    # stack's processes are stopped instead of being orphaned.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    # Tests that create their own scratch databases read this (with a trust-auth default).
+    os.environ.setdefault("TEST_POSTGRES_ADMIN_DSN", infra_mod.configured().postgres.dsn("postgres"))
+
+
+def _prune_old_stack_dirs() -> None:
+    if not STACKS_DIR.is_dir():
+        return
+    dirs = sorted((d for d in STACKS_DIR.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    for old in dirs[:-KEEP_STACK_DIRS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def infra() -> infra_mod.Infra:
+    """Postgres and Redis as `python3 -m launcher test` set them up (probed; never installs)."""
+    try:
+        return infra_mod.ensure(install=False)
+    except infra_mod.SetupError as exc:
+        pytest.fail(f"{exc}\n(run the tests with `make test`, which sets Postgres and Redis up)", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def jwt_keys() -> KeyPair:
+    return ensure_dev_keys(Path(os.environ.get("JWT_KEYS_DIR") or DEFAULT_KEYS_DIR))
+
+
+@pytest.fixture(scope="session")
+def jwt_private_key_file(jwt_keys: KeyPair) -> Path:
+    return jwt_keys.private
+
+
+@pytest.fixture(scope="session")
+def jwt_public_key_file(jwt_keys: KeyPair) -> Path:
+    return jwt_keys.public
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_dsn(infra: infra_mod.Infra) -> str:
+    return infra.postgres.dsn("postgres")
+
+
+def start_test_stack(infra: infra_mod.Infra, keys: KeyPair, **overrides: Any) -> Stack:
+    """Start a whole test stack (free ports, unique databases/prefix); the caller closes it.
+    `overrides` are StackSettings fields (services=..., instances={"auth": 3}, service_env=...)."""
+    _prune_old_stack_dirs()
+    work_dir = STACKS_DIR / uuid.uuid4().hex[:12]
+    stack = Stack(StackSettings.for_tests(infra, keys, work_dir=work_dir, **overrides))
+    try:
+        stack.start()
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+@pytest.fixture(scope="session")
+def stack(infra: infra_mod.Infra, jwt_keys: KeyPair) -> Iterator[Stack]:
+    mesh = start_test_stack(infra, jwt_keys)
+    try:
+        yield mesh
+    finally:
+        mesh.close()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(stack: Stack) -> str:
+    return stack.gateway_url
+
+
+@pytest.fixture(scope="session")
+def envoy_grpc(stack: Stack) -> str:
+    return stack.envoy_grpc
+
+
+@pytest.fixture(scope="session")
+async def client(stack: Stack) -> AsyncIterator[Any]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as http:
+        yield http
+
+
+class Processes:
+    """Extra processes for one test; every one still running is stopped when the test ends."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[ManagedProcess] = []
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        ready: Any = None,
+        timeout: float = 60.0,
+    ) -> ManagedProcess:
+        """Start `argv` (env added to os.environ), log to <log_dir>/<name>.log, wait for `ready`
+        (a () -> bool probe, e.g. launcher.process.GrpcHealthProbe(address, service))."""
+        proc = ManagedProcess(
+            name, argv, env={**os.environ, **(env or {})}, log_path=self.log_dir / f"{name}.log", ready=ready
+        )
+        self.started.append(proc)
+        proc.start().wait_ready(timeout)
+        return proc
+
+    def stop_all(self, timeout: float = 15.0) -> None:
+        stop_all([p for p in self.started if p.running], timeout)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    group = Processes(tmp_path / "logs")
+    try:
+        yield group
+    finally:
+        group.stop_all()

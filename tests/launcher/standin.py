@@ -1,0 +1,105 @@
+"""A stand-in service that follows the service process contract, for the launcher's own tests.
+
+    python -m tests.launcher.standin            # serve
+    python -m tests.launcher.standin migrate    # create the database of DATABASE_URL if missing
+
+Serves grpc.health.v1 (SERVING for STANDIN_SERVICE and ""), answers every method of
+STANDIN_SERVICE with an empty message and an `x-instance: <GRPC_LISTEN>` trailer (so a test sees
+which instance answered), and /healthz on ADMIN_LISTEN. SIGTERM: NOT_SERVING, wait
+DRAIN_DELAY_SECONDS, stop with SHUTDOWN_GRACE_SECONDS, exit 0.
+Fault switches: STANDIN_EXIT_AT_START=<code> exits at once; STANDIN_UNAVAILABLE=1 answers every
+call with UNAVAILABLE while reporting SERVING (a broken instance that passes health checks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+SERVICE = os.environ.get("STANDIN_SERVICE", "capsule.auth.v1.AuthService")
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+async def migrate() -> None:
+    import asyncpg
+
+    url = os.environ["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://")
+    base, name = url.rsplit("/", 1)
+    conn = await asyncpg.connect(f"{base}/postgres")
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    print(f"standin: database {name} ready", flush=True)
+
+
+class Answer(grpc.GenericRpcHandler):
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self.unavailable = os.environ.get("STANDIN_UNAVAILABLE") == "1"
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
+        if not handler_call_details.method.startswith(f"/{SERVICE}/"):
+            return None
+
+        async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            context.set_trailing_metadata((("x-instance", self.instance),))
+            if self.unavailable:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.instance} is broken")
+            return b""
+
+        return grpc.unary_unary_rpc_method_handler(answer)
+
+
+async def admin_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+    await writer.drain()
+    writer.close()
+
+
+async def serve() -> None:
+    code = os.environ.get("STANDIN_EXIT_AT_START")
+    if code:
+        print(f"standin: exiting at start with code {code} as asked", flush=True)
+        sys.exit(int(code))
+    listen = os.environ["GRPC_LISTEN"]
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((Answer(listen),))
+    server.add_insecure_port(listen)
+    admin_host, admin_port = _split(os.environ["ADMIN_LISTEN"])
+    admin = await asyncio.start_server(admin_http, admin_host, admin_port)
+    await server.start()
+    for name in (SERVICE, ""):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    print(f"standin: serving {SERVICE} on {listen}", flush=True)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    await stopping.wait()
+    print("standin: SIGTERM: NOT_SERVING, draining", flush=True)
+    await servicer.enter_graceful_shutdown()
+    await asyncio.sleep(float(os.environ.get("DRAIN_DELAY_SECONDS") or 0))
+    await server.stop(float(os.environ.get("SHUTDOWN_GRACE_SECONDS") or 5))
+    admin.close()
+    print("standin: stopped", flush=True)
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    asyncio.run(migrate() if command == "migrate" else serve())
