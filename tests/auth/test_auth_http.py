@@ -68,9 +68,7 @@ async def test_sign_up_missing_fields_are_all_named(client: httpx.AsyncClient) -
 
 
 async def test_sign_up_wrong_type_is_named(client: httpx.AsyncClient) -> None:
-    response = await client.post(
-        "/v1/auth:signup", json={"email": 5, "username": unique(), "password": PASSWORD}
-    )
+    response = await client.post("/v1/auth:signup", json={"email": 5, "username": unique(), "password": PASSWORD})
     assert response.status_code == 400
     assert [v["field"] for v in response.json()["fieldViolations"]] == ["email"]
 
@@ -193,8 +191,13 @@ def mint(private_key_file: Path, **claims: Any) -> str:
     key = serialization.load_pem_private_key(Path(private_key_file).read_bytes(), password=None)
     now = int(time.time())
     body = {
-        "iss": "capsule-mesh/auth", "aud": "capsule-mesh", "sub": str(uuid.uuid4()), "sid": "s",
-        "iat": now, "exp": now + 60, **claims,
+        "iss": "capsule-mesh/auth",
+        "aud": "capsule-mesh",
+        "sub": str(uuid.uuid4()),
+        "sid": "s",
+        "iat": now,
+        "exp": now + 60,
+        **claims,
     }
     return jwt.encode(body, key, algorithm="EdDSA")  # type: ignore[arg-type]
 
@@ -209,8 +212,9 @@ async def test_me_needs_a_valid_token(client: httpx.AsyncClient, jwt_private_key
     assert_problem(missing, 401, "UNAUTHENTICATED")
     assert missing.headers.get("www-authenticate", "").lower().startswith("bearer")
 
-    expired = mint(jwt_private_key_file, sub=session["user"]["id"], iat=int(time.time()) - 3600,
-                   exp=int(time.time()) - 1800)
+    expired = mint(
+        jwt_private_key_file, sub=session["user"]["id"], iat=int(time.time()) - 3600, exp=int(time.time()) - 1800
+    )
     assert_problem(await client.get("/v1/me", headers={"Authorization": f"Bearer {expired}"}), 401, "TOKEN_EXPIRED")
 
     token = session["accessToken"]
@@ -311,7 +315,10 @@ async def test_search_escapes_like_wildcards_and_validates(client: httpx.AsyncCl
     underscore = await client.get("/v1/users:search", params={"query": "u_"}, headers=bearer(me))
     assert all("_" in u["username"][:2] for u in underscore.json()["users"])
     assert_problem(
-        await client.get("/v1/users:search", params={"query": "a"}, headers=bearer(me)), 400, "INVALID_FIELDS", ["query"]
+        await client.get("/v1/users:search", params={"query": "a"}, headers=bearer(me)),
+        400,
+        "INVALID_FIELDS",
+        ["query"],
     )
     bad_token = await client.get("/v1/users:search", params={"query": "ab", "pageToken": "x"}, headers=bearer(me))
     assert_problem(bad_token, 400, "MALFORMED_PAGE_TOKEN", ["pageToken"])
