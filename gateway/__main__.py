@@ -1,0 +1,39 @@
+"""`python -m gateway`: serve the gateway with uvicorn (uvloop + httptools) until SIGTERM.
+
+On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to
+GATEWAY_SHUTDOWN_GRACE_SECONDS), then the lifespan closes the upstream channels; exit code 0.
+Behind a load balancer, uvicorn trusts X-Forwarded-For from FORWARDED_ALLOW_IPS (default
+127.0.0.1) for the client IP forwarded upstream.
+"""
+
+from __future__ import annotations
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.logs import configure_logging
+from gateway.settings import Settings
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        server_header=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Prometheus metrics of the HTTP side: requests by route template, method and status; latency.
+
+Routes are labelled by template (`/v1/usernames/{username}`), never by the raw path, and unknown
+paths and methods share one label value, so a scanner cannot blow up the series count.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Histogram
+from starlette.routing import Route as StarletteRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.routing import MATCH_SCOPE_KEY, RouteMatch
+
+REQUESTS = Counter(
+    "gateway_http_requests_total", "HTTP requests answered by the gateway", ["route", "method", "status"]
+)
+LATENCY = Histogram(
+    "gateway_http_request_duration_seconds",
+    "Time from the request's arrival to the end of the response",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+UNMATCHED = "unmatched"
+KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+
+def route_label(scope: Scope) -> str:
+    match = scope.get(MATCH_SCOPE_KEY)
+    if isinstance(match, RouteMatch):
+        return match.route.binding.template
+    route = scope.get("route")
+    if isinstance(route, StarletteRoute):
+        return route.path
+    return UNMATCHED
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = route_label(scope)
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            REQUESTS.labels(route, method, str(status)).inc()
+            LATENCY.labels(route, method).observe(time.perf_counter() - started)
