@@ -374,3 +374,32 @@ def write_bootstrap(config: Mapping[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
     return path
+
+
+# --- compose -------------------------------------------------------------------------------------
+
+COMPOSE_FILE = Path(__file__).resolve().parent.parent / "envoy" / "compose.json"
+COMPOSE_GRPC_PORT = 50051  # GRPC_LISTEN of every service container (compose.yaml)
+
+
+def compose_bootstrap(services: Sequence[ServiceSpec] = SERVICES) -> dict[str, Any]:
+    """Envoy's config in compose.yaml: every service by its compose DNS name (all replicas),
+    listener and admin on all interfaces of the container (compose publishes them on loopback)."""
+    return build_bootstrap(
+        listen=("0.0.0.0", 10000),
+        admin=("0.0.0.0", 9901),
+        endpoints={spec.name: [(spec.name, COMPOSE_GRPC_PORT)] for spec in services},
+        services=services,
+        discovery="STRICT_DNS",
+    )
+
+
+if __name__ == "__main__":
+    # `python -m launcher.envoy_config compose`: regenerate envoy/compose.json (a test checks
+    # the committed file is what this function builds).
+    import sys
+
+    if sys.argv[1:] != ["compose"]:
+        raise SystemExit("usage: python -m launcher.envoy_config compose")
+    write_bootstrap(compose_bootstrap(), COMPOSE_FILE)
+    print(f"wrote {COMPOSE_FILE}")
