@@ -1,0 +1,31 @@
+# Every target delegates to the Python launcher (launcher/__main__.py), which sets the machine up
+# (venv, pinned dependencies, stubs, keys, Postgres, Redis) before doing its job.
+#
+#   make up                  the whole mesh on 127.0.0.1 (gateway :8080, Envoy :10000, admin :9901)
+#   make test                the test suite;  make test ARGS="tests/launcher -k envoy"
+#   make lint                ruff + mypy
+#   make protos              regenerate the gRPC stubs into gen/
+#   make clean               generated files, logs and caches (keeps .venv, keys, Postgres state)
+
+PYTHON ?= python3
+ARGS ?=
+
+.PHONY: up test lint protos clean setup
+
+up:
+	$(PYTHON) -m launcher up
+
+test:
+	$(PYTHON) -m launcher test $(ARGS)
+
+lint:
+	$(PYTHON) -m launcher lint
+
+protos:
+	$(PYTHON) -m launcher protos
+
+setup:
+	$(PYTHON) -m launcher setup
+
+clean:
+	$(PYTHON) -m launcher clean
