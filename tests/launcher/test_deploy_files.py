@@ -1,0 +1,220 @@
+"""compose.yaml, the Dockerfiles, the Makefile and .ci/run, checked statically (no Docker engine
+here): structure, the service process contract's environment, health checks, and agreement with
+launcher/topology.py and the Envoy config builder."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launcher import envoy_config
+from launcher.bootstrap import REPO
+from launcher.topology import SERVICES, gateway_proto_modules
+from tests.launcher.yaml_subset import YamlSubsetError, loads
+
+SERVICE_CONTRACT_ENV = {
+    "GRPC_LISTEN",
+    "ADMIN_LISTEN",
+    "DATABASE_URL",
+    "DATABASE_REPLICA_URLS",
+    "REDIS_URL",
+    "CACHE_PREFIX",
+    "JWT_PUBLIC_KEY_FILE",
+    "LOG_LEVEL",
+    "SHUTDOWN_GRACE_SECONDS",
+}
+DOCKERFILES = {"auth": REPO / "services" / "auth" / "Dockerfile", "gateway": REPO / "gateway" / "Dockerfile"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = loads((REPO / "compose.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+# --- the YAML subset parser itself ---------------------------------------------------------------
+
+
+def test_yaml_subset_parses_what_compose_uses() -> None:
+    text = 'a:\n  b: "x # not a comment"  # a comment\n  c: [1, "two"]\n  d:\n    - "e"\n    - f\n  g: {}\n  h: 3\n'
+    assert loads(text) == {"a": {"b": "x # not a comment", "c": [1, "two"], "d": ["e", "f"], "g": {}, "h": 3}}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a: &anchor 1\n", "a: *alias\n", "a: |\n  text\n", "a:\n  - b: 1\n", "a: 1\na: 2\n", "a: 'single'\n", "a:\tb\n"],
+)
+def test_yaml_subset_refuses_everything_else(text: str) -> None:
+    with pytest.raises(YamlSubsetError):
+        loads(text)
+
+
+# --- compose.yaml --------------------------------------------------------------------------------
+
+
+def test_compose_has_the_whole_topology(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"postgres", "redis", "envoy", "gateway"} <= set(services)
+    for spec in SERVICES:
+        assert spec.name in services and f"{spec.name}-migrate" in services
+        assert services[spec.name]["deploy"]["replicas"] >= 2
+
+
+def test_every_long_running_container_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if service.get("restart") == "no":  # one-shot jobs
+            continue
+        check = service.get("healthcheck")
+        assert check and check["test"][0] == "CMD", name
+        assert {"interval", "timeout", "retries"} <= set(check), name
+
+
+def test_dependencies_exist_and_wait_for_the_right_condition(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for dep, how in service.get("depends_on", {}).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            expected = "service_completed_successfully" if services[dep].get("restart") == "no" else "service_healthy"
+            assert how == {"condition": expected}, (name, dep)
+
+
+def test_services_get_the_contract_environment(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for spec in SERVICES:
+        service = services[spec.name]
+        env = service["environment"]
+        assert set(env) >= SERVICE_CONTRACT_ENV, SERVICE_CONTRACT_ENV - set(env)
+        assert env["DATABASE_URL"].startswith("postgresql+asyncpg://")
+        assert env["DATABASE_URL"].rsplit("/", 1)[1] == spec.database
+        assert env["GRPC_LISTEN"].endswith(f":{envoy_config.COMPOSE_GRPC_PORT}")
+        assert ("JWT_PRIVATE_KEY_FILE" in env) == spec.signs_tokens
+        assert service["healthcheck"]["test"][-1] == spec.proto_service
+        assert service["command"] == ["python", "-m", spec.module]
+        migrate = services[f"{spec.name}-migrate"]
+        assert migrate["command"] == ["python", "-m", spec.module, "migrate"]
+        assert migrate["environment"]["DATABASE_URL"] == env["DATABASE_URL"]
+    gateway = services["gateway"]["environment"]
+    assert gateway["GATEWAY_UPSTREAM"] == "envoy:10000"
+    assert gateway["GATEWAY_PROTO_MODULES"] == gateway_proto_modules()
+
+
+def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
+    published = [p for s in compose["services"].values() for p in s.get("ports", [])]
+    assert sorted(published) == ["127.0.0.1:10000:10000", "127.0.0.1:8080:8080", "127.0.0.1:9901:9901"]
+
+
+def test_builds_and_volumes_point_at_real_things(compose: dict[str, Any]) -> None:
+    declared = set(compose["volumes"])
+    for name, service in compose["services"].items():
+        if "build" in service:
+            assert (REPO / service["build"]["context"] / service["build"]["dockerfile"]).is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), volume
+            else:
+                assert source in declared, volume
+
+
+def test_envoy_compose_config_is_the_builders_and_envoy_accepts_it(compose: dict[str, Any], tmp_path: Path) -> None:
+    mount = next(v for v in compose["services"]["envoy"]["volumes"] if v.startswith("./envoy/"))
+    committed = json.loads((REPO / mount.split(":")[0]).read_text())
+    assert committed == envoy_config.compose_bootstrap(), "run `python -m launcher.envoy_config compose`"
+    envoy = str(Path(sys.executable).parent / "envoy")
+    result = subprocess.run(
+        [
+            envoy,
+            "--mode",
+            "validate",
+            "-c",
+            str(envoy_config.COMPOSE_FILE),
+            "--base-id",
+            "31010",
+            "--log-level",
+            "warn",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- Dockerfiles -----------------------------------------------------------------------------------
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_dockerfile_shape(image: str) -> None:
+    steps = instructions(DOCKERFILES[image])
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    users = [rest for word, rest in steps if word == "USER"]
+    assert users and users[-1] not in ("0", "root")
+    runs = " ".join(rest for word, rest in steps if word == "RUN")
+    assert "pyproject.toml" in runs and "pip install -r" in runs
+    assert "python -m launcher.protos" in runs
+    copies = [rest.split()[0] for word, rest in steps if word == "COPY"]
+    assert copies[0] == "pyproject.toml"  # dependencies before code: a cached layer
+    for source in copies:
+        assert (REPO / source).exists(), source
+    cmd = json.loads(next(rest for word, rest in reversed(steps) if word == "CMD"))
+    assert cmd[:2] == ["python", "-m"]
+    assert cmd[2] == ("gateway" if image == "gateway" else f"services.{image}")
+
+
+def test_dockerfile_dependency_step_installs_exactly_the_pins(tmp_path: Path) -> None:
+    run = next(rest for word, rest in instructions(DOCKERFILES["auth"]) if word == "RUN" and "tomllib" in rest)
+    extract = run.split("&&")[0].replace("/tmp/requirements.txt", str(tmp_path / "req.txt"))
+    (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    subprocess.run(
+        ["sh", "-c", extract.replace("python ", f"{shlex.quote(sys.executable)} ", 1)], cwd=tmp_path, check=True
+    )
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert (tmp_path / "req.txt").read_text().split() == pins
+
+
+# --- Makefile and CI -----------------------------------------------------------------------------------
+
+
+def test_makefile_only_delegates_to_the_launcher() -> None:
+    text = (REPO / "Makefile").read_text()
+    recipes: dict[str, list[str]] = {}
+    target = ""
+    for line in text.splitlines():
+        if line.startswith("\t"):
+            recipes[target].append(line.strip())
+        elif re.match(r"^[a-z]+:", line):
+            target = line.split(":")[0]
+            recipes[target] = []
+    assert {"up", "test", "lint", "protos", "clean"} <= set(recipes)
+    for name, commands in recipes.items():
+        assert len(commands) == 1 and commands[0].startswith(f"$(PYTHON) -m launcher {name}"), (name, commands)
+
+
+def test_ci_script() -> None:
+    script = REPO / ".ci" / "run"
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash")
+    assert "set -euo pipefail" in text and text.rstrip().endswith("make test")
+    assert script.stat().st_mode & 0o111
+    subprocess.run(["bash", "-n", str(script)], check=True)

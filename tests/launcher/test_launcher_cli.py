@@ -1,0 +1,80 @@
+"""`python3 -m launcher`: usage, the bootstrap's stamps and .pth, and `test` refusing to call
+"no tests collected" a pass."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher import bootstrap
+from launcher.bootstrap import REPO
+
+# The interpreter the venv was made from: what `make` runs as `python3` before the venv exists.
+BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
+
+
+def launcher(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != bootstrap.REEXEC_MARKER}
+    return subprocess.run(
+        [BASE_PYTHON, "-m", "launcher", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_usage() -> None:
+    assert launcher("help").returncode == 0
+    wrong = launcher("no-such-command")
+    assert wrong.returncode == 2
+    for command in ("setup", "up", "test", "lint", "protos", "clean"):
+        assert command in wrong.stderr
+
+
+def test_the_launcher_module_imports_with_the_standard_library_only() -> None:
+    """Run with -I -S (no site-packages at all): what the system python3 can do before the venv."""
+    code = "import launcher.__main__, launcher.bootstrap, launcher.infra; print('ok')"
+    result = subprocess.run(
+        [BASE_PYTHON, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); {code}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_no_tests_collected_is_a_failure() -> None:
+    result = launcher("test", "tests/launcher/test_launcher_cli.py", "-k", "no_test_is_called_like_this")
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "collected no tests" in result.stderr
+    assert "not a pass" in result.stderr
+
+
+def test_deps_stamp_follows_pyproject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text("[project]\nname = 'x'\n")
+    stamp = tmp_path / "stamp"
+    monkeypatch.setattr(bootstrap, "PYPROJECT", pyproject)
+    monkeypatch.setattr(bootstrap, "DEPS_STAMP", stamp)
+    assert not bootstrap.deps_current()
+    stamp.write_text(bootstrap.pyproject_hash() + "\n")
+    assert bootstrap.deps_current()
+    pyproject.write_text("[project]\nname = 'x'\ndependencies = ['y==1']\n")
+    assert not bootstrap.deps_current()
+
+
+def test_the_venv_sees_the_repository_and_the_stubs() -> None:
+    assert bootstrap.in_venv()
+    pth = bootstrap.site_packages() / bootstrap.PTH_NAME
+    assert pth.read_text().split() == [str(REPO), str(REPO / "gen")]
+    import importlib
+
+    assert importlib.import_module("capsule.auth.v1.auth_pb2")  # from gen/
+    assert importlib.import_module("launcher.topology")  # from the repository root
