@@ -1,12 +1,17 @@
 """`python -m gateway`: serve the gateway with uvicorn (uvloop + httptools) until SIGTERM.
 
 On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to
-GATEWAY_SHUTDOWN_GRACE_SECONDS), then the lifespan closes the upstream channels; exit code 0.
+GATEWAY_SHUTDOWN_GRACE_SECONDS), then the lifespan closes the upstream channels; exit code 0
+(uvicorn re-raises the signal once it is done: the handler below turns it into a normal exit).
 Behind a load balancer, uvicorn trusts X-Forwarded-For from FORWARDED_ALLOW_IPS (default
 127.0.0.1) for the client IP forwarded upstream.
 """
 
 from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
 
 import uvicorn
 
@@ -19,6 +24,7 @@ def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     app = create_app(settings)
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         app,
         host=settings.listen_host,
@@ -33,6 +39,10 @@ def main() -> None:
         proxy_headers=True,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    sys.exit(0)
 
 
 if __name__ == "__main__":

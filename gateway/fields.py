@@ -97,9 +97,9 @@ class EnumValues:
             if prefix and value.name.startswith(prefix) and len(value.name) > len(prefix):
                 short = value.name[len(prefix) :].lower()
                 self.lenient.setdefault(short, value.number)
-                if value.number != 0:
+                if not _unspecified(value.name, value.number):
                     self.short_names.append(short)
-            elif value.number != 0:
+            elif not _unspecified(value.name, value.number):
                 self.short_names.append(value.name.lower())
 
     def parse(self, value: object, *, from_text: bool) -> int:
@@ -113,12 +113,17 @@ class EnumValues:
                 return number
         elif isinstance(value, int) and not isinstance(value, bool) and self._accepts(value):
             return value
-        choices = self.short_names if from_text else [n for n, v in self.exact.items() if v != 0]
+        choices = self.short_names if from_text else [n for n, v in self.exact.items() if not _unspecified(n, v)]
         raise InvalidValue("must be one of " + ", ".join(choices))
 
     def _accepts(self, number: int) -> bool:
         # Proto3 enums are open: an unknown number still round-trips.
         return number in self.numbers or (not self.descriptor.is_closed and -(2**31) <= number < 2**31)
+
+
+def _unspecified(name: str, number: int) -> bool:
+    """The zero value that stands for "not set" (`DIRECTION_UNSPECIFIED`): accepted, not advertised."""
+    return number == 0 and name.endswith("UNSPECIFIED")
 
 
 def _value_prefix(descriptor: EnumDescriptor) -> str:

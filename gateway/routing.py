@@ -55,7 +55,7 @@ class RouteTable:
         seen: dict[tuple[str, str], HttpBinding] = {}
         for binding in bindings:
             template = parse_template(binding.template)
-            key = (binding.verb, template.openapi_path())
+            key = (binding.verb, template.shape)
             if key in seen:
                 other = seen[key].rpc
                 raise DescriptorError(

@@ -77,6 +77,12 @@ class PathTemplate:
         return bool(self.segments) and self.segments[-1].kind is SegmentKind.DOUBLE_STAR
 
     @property
+    def shape(self) -> str:
+        """What the template matches, whatever its variables are called: `v1/types/*:accept`."""
+        path = "/".join(s.text if s.kind is SegmentKind.LITERAL else s.kind.value for s in self.segments)
+        return f"{path}:{self.verb}"
+
+    @property
     def specificity(self) -> tuple[int, ...]:
         """Sort key: among templates matching the same path, literals win over wildcards."""
         return tuple(0 if s.kind is SegmentKind.LITERAL else 1 for s in self.segments)

@@ -153,14 +153,18 @@ class Transcoder:
         set_text_field(target, leaf, [text], path, violations)
 
     def _set_query(self, message: Message, query: Iterable[tuple[str, str]], violations: Violations) -> None:
-        grouped: dict[str, list[str]] = {}
+        # Grouped by field, not by key: `pageSize=1&page_size=2` is one field given twice.
+        grouped: dict[tuple[str, ...], tuple[FieldPath, list[str]]] = {}
+        refused: set[str] = set()
         for key, value in query:
-            grouped.setdefault(key, []).append(value)
-        for key, texts in grouped.items():
             resolved = self._query_field(key)
             if isinstance(resolved, FieldViolation):
-                violations.append(resolved)
+                if key not in refused:
+                    refused.add(key)
+                    violations.append(resolved)
                 continue
+            grouped.setdefault(resolved.names, (resolved, []))[1].append(value)
+        for resolved, texts in grouped.values():
             set_text_field(resolved.target(message), resolved.leaf, texts, resolved.json_path, violations)
 
     def _query_field(self, key: str) -> FieldPath | FieldViolation:
