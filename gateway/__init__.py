@@ -14,6 +14,9 @@ protos (SPEC §2, §7), read once at start-up. A request flows through these mod
     proxy        the endpoint that runs one transcoded call from end to end
     openapi      the OpenAPI 3.1 document, generated from the same bindings
     operations   /healthz, /readyz, /openapi.json, /metrics
-    middleware   request ids, logs and the last-resort 500; metrics in `metrics`
+    middleware   request ids and the last-resort 500
+    metrics      Prometheus metrics by route template, and the access log
     app          assembles the Starlette application; `python -m gateway` serves it
+with `settings` (the environment), `naming` (snake_case ↔ lowerCamelCase) and `logs` (JSON
+logs carrying the request id) used throughout.
 """

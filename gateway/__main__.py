@@ -16,14 +16,19 @@ from types import FrameType
 import uvicorn
 
 from gateway.app import create_app
+from gateway.descriptors import DescriptorError
 from gateway.logs import configure_logging
 from gateway.settings import Settings
+from gateway.templates import TemplateError
 
 
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except (DescriptorError, TemplateError) as exc:
+        raise SystemExit(f"gateway: cannot serve the configured protos: {exc}") from None
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         app,

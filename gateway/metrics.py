@@ -1,11 +1,14 @@
 """Prometheus metrics of the HTTP side: requests by route template, method and status; latency.
 
 Routes are labelled by template (`/v1/usernames/{username}`), never by the raw path, and unknown
-paths and methods share one label value, so a scanner cannot blow up the series count.
+paths and methods share one label value, so a scanner cannot blow up the series count. The same
+middleware writes the access log, one JSON line per request, at DEBUG level (LOG_LEVEL=debug):
+at thousands of requests a second, errors are what the default level keeps.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 from prometheus_client import Counter, Histogram
@@ -23,6 +26,8 @@ LATENCY = Histogram(
     ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+access_log = logging.getLogger("gateway.access")
 
 UNMATCHED = "unmatched"
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
@@ -58,7 +63,11 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
+            elapsed = time.perf_counter() - started
             route = route_label(scope)
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
             REQUESTS.labels(route, method, str(status)).inc()
-            LATENCY.labels(route, method).observe(time.perf_counter() - started)
+            LATENCY.labels(route, method).observe(elapsed)
+            if access_log.isEnabledFor(logging.DEBUG):
+                fields = {"method": scope["method"], "path": scope["path"], "route": route, "status": status}
+                access_log.debug("request", extra={"fields": {**fields, "duration_ms": round(elapsed * 1000, 3)}})

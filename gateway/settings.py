@@ -9,7 +9,7 @@ GATEWAY_CALL_TIMEOUT_SECONDS     deadline of every upstream call (default 10)
 GATEWAY_READY_TIMEOUT_SECONDS    how long /readyz waits for the channels (default 1)
 GATEWAY_MAX_BODY_BYTES           largest accepted request body (default 262144 = 256 KiB)
 GATEWAY_SHUTDOWN_GRACE_SECONDS   how long SIGTERM waits for in-flight requests (default 20)
-LOG_LEVEL                        root log level (default info)
+LOG_LEVEL                        root log level (default info; debug adds one line per request)
 """
 
 from __future__ import annotations

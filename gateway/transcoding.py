@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import Final
 
 import orjson
@@ -61,8 +62,9 @@ class FieldPath:
     leaf: FieldDescriptor
     json_path: str  # lowerCamelCase, for violations
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
+        """Proto field names from the top: ("user", "first_name")."""
         return (*(f.name for f in self.holders), self.leaf.name)
 
     def target(self, message: Message) -> Message:

@@ -176,15 +176,17 @@ async def upstream_target(fake_auth: FakeAuth) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def gateway_url(upstream_target: str) -> AsyncIterator[str]:
+async def fake_gateway_url(upstream_target: str) -> AsyncIterator[str]:
+    """A gateway in front of the fake AuthService (not the whole mesh of tests/conftest.py)."""
     settings = Settings(upstream=upstream_target, call_timeout_seconds=5.0)
     async with serve(create_app(settings)) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
-async def client(gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=10.0) as http:
+async def api(fake_gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of that gateway."""
+    async with httpx.AsyncClient(base_url=fake_gateway_url, timeout=10.0) as http:
         yield http
 
 

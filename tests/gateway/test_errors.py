@@ -56,8 +56,8 @@ STATUS_MAP = [
 
 
 @pytest.mark.parametrize(("code", "status"), STATUS_MAP)
-async def test_rich_statuses_map_to_http(client: httpx.AsyncClient, code: str, status: int) -> None:
-    response = await client.post("/v1/auth:signup", json={"email": f"fail:{code}"})
+async def test_rich_statuses_map_to_http(api: httpx.AsyncClient, code: str, status: int) -> None:
+    response = await api.post("/v1/auth:signup", json={"email": f"fail:{code}"})
 
     body = problem(response, status)
     assert body["reason"] == f"TEST_{code}"
@@ -75,8 +75,8 @@ async def test_rich_statuses_map_to_http(client: httpx.AsyncClient, code: str, s
     assert response.headers["retry-after"] == "3"
 
 
-async def test_unauthenticated_asks_for_a_bearer_token(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/auth:refresh", json={"refreshToken": "fail:UNAUTHENTICATED"})
+async def test_unauthenticated_asks_for_a_bearer_token(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/auth:refresh", json={"refreshToken": "fail:UNAUTHENTICATED"})
     problem(response, 401)
     assert response.headers["www-authenticate"] == "Bearer"
 
@@ -90,17 +90,17 @@ async def test_unauthenticated_asks_for_a_bearer_token(client: httpx.AsyncClient
     ],
 )
 async def test_statuses_without_details_get_a_default_reason_and_no_leaked_5xx_detail(
-    client: httpx.AsyncClient, code: str, status: int, reason: str, detail: str
+    api: httpx.AsyncClient, code: str, status: int, reason: str, detail: str
 ) -> None:
-    response = await client.post("/v1/auth:signup", json={"email": f"plain:{code}"})
+    response = await api.post("/v1/auth:signup", json={"email": f"plain:{code}"})
     body = problem(response, status)
     assert body["reason"] == reason
     assert body["detail"] == detail
     assert body["fieldViolations"] == []
 
 
-async def test_the_deadline_becomes_504(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/auth:signup", json={"email": "hang"}, headers={"Grpc-Timeout": "200m"})
+async def test_the_deadline_becomes_504(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/auth:signup", json={"email": "hang"}, headers={"Grpc-Timeout": "200m"})
     body = problem(response, 504)
     assert body["reason"] == "DEADLINE_EXCEEDED"
 
@@ -108,9 +108,9 @@ async def test_the_deadline_becomes_504(client: httpx.AsyncClient) -> None:
 # The gateway's own errors.
 
 
-async def test_malformed_json(client: httpx.AsyncClient, fake_auth: FakeAuth) -> None:
+async def test_malformed_json(api: httpx.AsyncClient, fake_auth: FakeAuth) -> None:
     calls = len(fake_auth.calls)
-    response = await client.post(
+    response = await api.post(
         "/v1/auth:signup", content=b'{"email": "a@b.c",', headers={"Content-Type": "application/json"}
     )
     body = problem(response, 400)
@@ -118,8 +118,8 @@ async def test_malformed_json(client: httpx.AsyncClient, fake_auth: FakeAuth) ->
     assert len(fake_auth.calls) == calls  # nothing reached the service
 
 
-async def test_wrong_types_and_unknown_fields_are_all_named(client: httpx.AsyncClient) -> None:
-    response = await client.post(
+async def test_wrong_types_and_unknown_fields_are_all_named(api: httpx.AsyncClient) -> None:
+    response = await api.post(
         "/v1/auth:signup", json={"email": 5, "username": ["x"], "first_name": None, "nickname": "x", "password": True}
     )
     body = problem(response, 400)
@@ -132,8 +132,8 @@ async def test_wrong_types_and_unknown_fields_are_all_named(client: httpx.AsyncC
     }
 
 
-async def test_nested_body_field_violations_carry_the_body_field(client: httpx.AsyncClient) -> None:
-    response = await client.patch("/v1/me", json={"firstName": 1, "createdAt": "yesterday"})
+async def test_nested_body_field_violations_carry_the_body_field(api: httpx.AsyncClient) -> None:
+    response = await api.patch("/v1/me", json={"firstName": 1, "createdAt": "yesterday"})
     body = problem(response, 400)
     assert violations(body) == {
         "user.firstName": "must be a string",
@@ -141,55 +141,55 @@ async def test_nested_body_field_violations_carry_the_body_field(client: httpx.A
     }
 
 
-async def test_two_members_of_a_oneof(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/auth:login", json={"email": "a@b.c", "username": "a", "password": "p"})
+async def test_two_members_of_a_oneof(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/auth:login", json={"email": "a@b.c", "username": "a", "password": "p"})
     body = problem(response, 400)
     assert violations(body) == {"username": "cannot be set together with email (one of identifier)"}
 
 
-async def test_the_same_field_in_both_spellings(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/auth:signup", json={"firstName": "a", "first_name": "b"})
+async def test_the_same_field_in_both_spellings(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/auth:signup", json={"firstName": "a", "first_name": "b"})
     body = problem(response, 400)
     assert violations(body) == {"firstName": "is given twice (as firstName and first_name)"}
 
 
 @pytest.mark.parametrize("payload", [b"[1, 2]", b'"text"', b"42", b"null"])
-async def test_a_body_that_is_not_an_object(client: httpx.AsyncClient, payload: bytes) -> None:
-    response = await client.post("/v1/auth:signup", content=payload, headers={"Content-Type": "application/json"})
+async def test_a_body_that_is_not_an_object(api: httpx.AsyncClient, payload: bytes) -> None:
+    response = await api.post("/v1/auth:signup", content=payload, headers={"Content-Type": "application/json"})
     body = problem(response, 400)
     assert body["reason"] == "INVALID_BODY"
 
 
-async def test_an_empty_body_reads_as_an_empty_object(client: httpx.AsyncClient, fake_auth: FakeAuth) -> None:
-    response = await client.post("/v1/auth:logout")
+async def test_an_empty_body_reads_as_an_empty_object(api: httpx.AsyncClient, fake_auth: FakeAuth) -> None:
+    response = await api.post("/v1/auth:logout")
     assert response.status_code == 200, response.text
     assert fake_auth.last("LogOut").request.ByteSize() == 0
 
 
-async def test_a_body_on_a_route_without_one(client: httpx.AsyncClient) -> None:
-    response = await client.request("GET", "/v1/me", json={"x": 1})
+async def test_a_body_on_a_route_without_one(api: httpx.AsyncClient) -> None:
+    response = await api.request("GET", "/v1/me", json={"x": 1})
     assert problem(response, 400)["reason"] == "INVALID_BODY"
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"x": 1}'
 
-    response = await client.request("GET", "/v1/me", content=chunks())
+    response = await api.request("GET", "/v1/me", content=chunks())
     assert problem(response, 400)["reason"] == "INVALID_BODY"
 
 
-async def test_unsupported_content_type(client: httpx.AsyncClient) -> None:
+async def test_unsupported_content_type(api: httpx.AsyncClient) -> None:
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"):
-        response = await client.post("/v1/auth:signup", content=b"{}", headers={"Content-Type": content_type})
+        response = await api.post("/v1/auth:signup", content=b"{}", headers={"Content-Type": content_type})
         assert problem(response, 415)["reason"] == "UNSUPPORTED_MEDIA_TYPE"
-    response = await client.post(
+    response = await api.post(
         "/v1/auth:logout", content=b"{}", headers={"Content-Type": "application/merge-patch+json; charset=UTF-8"}
     )
     assert response.status_code == 200
 
 
-async def test_oversize_bodies_are_refused(client: httpx.AsyncClient) -> None:
+async def test_oversize_bodies_are_refused(api: httpx.AsyncClient) -> None:
     big = b'{"email": "' + b"x" * (256 * 1024) + b'"}'
-    response = await client.post("/v1/auth:signup", content=big, headers={"Content-Type": "application/json"})
+    response = await api.post("/v1/auth:signup", content=big, headers={"Content-Type": "application/json"})
     assert problem(response, 413)["reason"] == "BODY_TOO_LARGE"
 
     async def chunked() -> AsyncIterator[bytes]:
@@ -198,16 +198,16 @@ async def test_oversize_bodies_are_refused(client: httpx.AsyncClient) -> None:
             yield b"x" * 8192
         yield b'"}'
 
-    response = await client.post("/v1/auth:signup", content=chunked(), headers={"Content-Type": "application/json"})
+    response = await api.post("/v1/auth:signup", content=chunked(), headers={"Content-Type": "application/json"})
     assert problem(response, 413)["reason"] == "BODY_TOO_LARGE"
 
     just_fits = b'{"email": "' + b"x" * (256 * 1024 - 20) + b'"}'
-    response = await client.post("/v1/auth:signup", content=just_fits, headers={"Content-Type": "application/json"})
+    response = await api.post("/v1/auth:signup", content=just_fits, headers={"Content-Type": "application/json"})
     assert response.status_code == 200, response.text
 
 
-async def test_bad_query_parameters(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/users:search?query=an&pageSize=ten&limit=3&pageToken=a&pageToken=b")
+async def test_bad_query_parameters(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/users:search?query=an&pageSize=ten&limit=3&pageToken=a&pageToken=b")
     body = problem(response, 400)
     assert violations(body) == {
         "pageSize": "must be an integer",
@@ -215,47 +215,47 @@ async def test_bad_query_parameters(client: httpx.AsyncClient) -> None:
         "pageToken": "is given more than once",
     }
 
-    response = await client.get("/v1/users:search?pageSize=99999999999")
+    response = await api.get("/v1/users:search?pageSize=99999999999")
     assert violations(problem(response, 400)) == {"pageSize": "must be an integer from -2147483648 to 2147483647"}
 
 
-async def test_query_parameters_cannot_set_bound_fields(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/usernames/ann?username=bob")
+async def test_query_parameters_cannot_set_bound_fields(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/usernames/ann?username=bob")
     assert violations(problem(response, 400)) == {"username": "is set by the path, not by a query parameter"}
 
-    response = await client.patch("/v1/me?user.firstName=x", json={})
+    response = await api.patch("/v1/me?user.firstName=x", json={})
     assert violations(problem(response, 400)) == {"user.firstName": "is set by the body, not by a query parameter"}
 
-    response = await client.post("/v1/auth:signup?email=x", json={})
+    response = await api.post("/v1/auth:signup?email=x", json={})
     assert violations(problem(response, 400)) == {
         "email": "is not a query parameter of this route; send fields in the JSON body"
     }
 
 
-async def test_non_ascii_forwarded_header(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/me", headers={"Idempotency-Key": "clé".encode()})
+async def test_non_ascii_forwarded_header(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/me", headers={"Idempotency-Key": "clé".encode()})
     assert problem(response, 400)["reason"] == "INVALID_HEADER"
 
 
 # Routing errors.
 
 
-async def test_unknown_paths_are_404_problems(client: httpx.AsyncClient) -> None:
+async def test_unknown_paths_are_404_problems(api: httpx.AsyncClient) -> None:
     for path in ("/v1/nothing", "/v1/me/", "/v1/usernames/a/b", "/v1/auth:nope", "/v1/usernames/ann:accept", "/"):
-        body = problem(await client.get(path), 404)
+        body = problem(await api.get(path), 404)
         assert body["reason"] == "NOT_FOUND"
 
 
-async def test_wrong_verbs_are_405_problems_with_allow(client: httpx.AsyncClient) -> None:
-    response = await client.delete("/v1/me")
+async def test_wrong_verbs_are_405_problems_with_allow(api: httpx.AsyncClient) -> None:
+    response = await api.delete("/v1/me")
     assert problem(response, 405)["reason"] == "METHOD_NOT_ALLOWED"
     assert response.headers["allow"] == "GET, PATCH"
 
-    response = await client.get("/v1/auth:signup")
+    response = await api.get("/v1/auth:signup")
     problem(response, 405)
     assert response.headers["allow"] == "POST"
 
-    response = await client.post("/healthz")
+    response = await api.post("/healthz")
     problem(response, 405)
     assert "GET" in response.headers["allow"]
 
