@@ -9,6 +9,7 @@ Behind a load balancer, uvicorn trusts X-Forwarded-For from FORWARDED_ALLOW_IPS 
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from types import FrameType
@@ -42,7 +43,7 @@ def main() -> None:
         access_log=False,
         server_header=False,
         proxy_headers=True,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
     )
 
 

@@ -44,11 +44,14 @@ class FakeAuth(auth_pb2_grpc.AuthServiceServicer):
       rich details: ErrorInfo(reason=TEST_<CODE>), BadRequest on `first_name` and
       `user.first_name`, RetryInfo(2.5 s);
     - `plain:<CODE>` aborts with that code and no details, and a message naming an internal host;
-    - `hang` waits forever (deadline tests).
+    - `hang` waits forever (deadline tests);
+    - `hold` sets `held` and waits for `release` (graceful shutdown tests).
     """
 
     calls: list[Call] = field(default_factory=list)
     never: asyncio.Event = field(default_factory=asyncio.Event)
+    held: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def last(self, method: str) -> Call:
         return next(call for call in reversed(self.calls) if call.method == method)
@@ -57,6 +60,9 @@ class FakeAuth(auth_pb2_grpc.AuthServiceServicer):
         self.calls.append(Call(method, request, {k: str(v) for k, v in context.invocation_metadata() or ()}))
         if trigger == "hang":
             await self.never.wait()
+        if trigger == "hold":
+            self.held.set()
+            await self.release.wait()
         if trigger.startswith("fail:"):
             code = grpc.StatusCode[trigger.removeprefix("fail:")]
             await context.abort_with_status(rpc_status.to_status(rich_status(code, f"test failure {code.name}")))

@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from gateway.app import create_app
 from gateway.descriptors import http_bindings, load_services
 from gateway.settings import Settings
-from tests.gateway.conftest import bound_socket, serve
+from tests.gateway.conftest import FakeAuth, bound_socket, serve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -174,7 +174,7 @@ async def test_rich_status_is_readable_from_a_grpc_aio_error(upstream_target: st
 # The process: `python -m gateway` serves until SIGTERM, then exits 0.
 
 
-async def test_the_process_serves_and_stops_cleanly_on_sigterm(upstream_target: str) -> None:
+async def test_the_process_drains_and_exits_0_on_sigterm(upstream_target: str, fake_auth: FakeAuth) -> None:
     reserved = bound_socket()
     port = reserved.getsockname()[1]
     reserved.close()  # uvicorn binds it itself; the window for another taker is tiny
@@ -198,9 +198,22 @@ async def test_the_process_serves_and_stops_cleanly_on_sigterm(upstream_target: 
             lines.append(line)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
                 response = await http.get("/v1/usernames/proc")
-            assert response.status_code == 200, response.text
-            assert response.json() == {"username": "proc", "available": True}
-            process.send_signal(signal.SIGTERM)
+                assert response.status_code == 200, response.text
+                assert response.json() == {"username": "proc", "available": True}
+
+                # A call in flight when SIGTERM arrives still gets its answer.
+                fake_auth.held.clear()
+                fake_auth.release.clear()
+                in_flight = asyncio.create_task(http.post("/v1/auth:logout", json={"refreshToken": "hold"}))
+                await fake_auth.held.wait()
+                process.send_signal(signal.SIGTERM)
+                while "Shutting down" not in (line := (await process.stderr.readline()).decode()):
+                    assert line, "gateway exited early:\n" + "".join(lines)
+                    lines.append(line)
+                lines.append(line)
+                fake_auth.release.set()
+                drained = await in_flight
+            assert drained.status_code == 200, drained.text
             rest = (await process.stderr.read()).decode()
             assert await process.wait() == 0, rest
     finally:
@@ -212,5 +225,5 @@ async def test_the_process_serves_and_stops_cleanly_on_sigterm(upstream_target: 
     records = [json.loads(line) for line in [*lines, *rest.splitlines()] if line.startswith("{")]
     assert any(r["message"].startswith("Uvicorn running on") for r in records)
     access = [r for r in records if r["logger"] == "gateway.access"]
-    assert [(r["route"], r["status"]) for r in access] == [("/v1/usernames/{username}", 200)]
+    assert [(r["route"], r["status"]) for r in access] == [("/v1/usernames/{username}", 200), ("/v1/auth:logout", 200)]
     assert re.fullmatch(r"[0-9a-f]{32}", access[0]["request_id"])
