@@ -1,42 +1,18 @@
-"""JSON logs, one object per line on stderr, carrying the request id of the request being served."""
+"""The gateway's logs: the shared JSON format (services.common.logs), with uvicorn's loggers routed
+into it."""
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import sys
-import time
 
-import orjson
+from services.common.logs import configure_logging as configure_json_logging
+from services.common.logs import request_id_var
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_request_id", default="")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        request_id = request_id_var.get()
-        if request_id:
-            entry["request_id"] = request_id
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+__all__ = ["configure_logging", "request_id_var"]
 
 
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    configure_json_logging(level)
     # uvicorn's own loggers propagate to the root handler; its access log stays off (see __main__).
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []

@@ -15,8 +15,8 @@ from services.auth.sessions import AccessTokenIssuer, load_private_key
 from services.auth.settings import AuthSettings
 from services.common.cache import Cache
 from services.common.db import Database
+from services.common.logs import configure_logging
 from services.common.server import ServiceHost
-from services.common.telemetry import configure_logging
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 
 

@@ -15,7 +15,7 @@ from capsule.recipients.v1 import relationships_pb2, relationships_pb2_grpc
 from services.common.clients import channel, forward_metadata
 from services.common.errors import Unavailable
 from services.common.ids import parse_uuid
-from services.common.telemetry import request_id_var
+from services.common.logs import request_id_var
 from services.common.tokens import Caller
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import uvloop
 
+from services.common.logs import configure_logging
 from services.common.migrations import upgrade
 from services.common.settings import DatabaseSettings
-from services.common.telemetry import configure_logging
 
 
 def run(

@@ -28,14 +28,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.errors import Internal, ServiceError
+from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
 from services.common.settings import ServiceSettings
-from services.common.telemetry import (
-    RPC_LATENCY,
-    RPC_REQUESTS,
-    request_id_var,
-    trace_id_from_traceparent,
-    trace_id_var,
-)
+from services.common.telemetry import RPC_LATENCY, RPC_REQUESTS
 
 log = logging.getLogger(__name__)
 
