@@ -3,6 +3,7 @@
 #
 #   make up                  the whole mesh on 127.0.0.1 (gateway :8080, Envoy :10000, admin :9901)
 #   make test                the test suite;  make test ARGS="tests/launcher -k envoy"
+#   make bench               the GetMe benchmark (SPEC §11);  make bench ARGS="--instances 2"
 #   make lint                ruff + mypy
 #   make protos              regenerate the gRPC stubs into gen/
 #   make clean               generated files, logs and caches (keeps .venv, keys, Postgres state)
@@ -10,13 +11,16 @@
 PYTHON ?= python3
 ARGS ?=
 
-.PHONY: up test lint protos clean setup
+.PHONY: up test bench lint protos clean setup
 
 up:
 	$(PYTHON) -m launcher up
 
 test:
 	$(PYTHON) -m launcher test $(ARGS)
+
+bench:
+	$(PYTHON) -m launcher bench $(ARGS)
 
 lint:
 	$(PYTHON) -m launcher lint

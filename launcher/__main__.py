@@ -3,6 +3,7 @@
     setup          venv + pinned deps, stubs, dev keys, Postgres and Redis (installed if missing)
     up             setup, then the whole mesh on fixed ports until Ctrl-C / SIGTERM
     test [ARGS]    setup, then pytest ARGS inside the venv (exit code = pytest's)
+    bench [ARGS]   setup, then the GetMe benchmark (python -m bench.getme ARGS; needs h2load)
     lint           ruff check + mypy
     protos         regenerate the gRPC stubs into gen/
     clean          remove generated files, logs and caches (keeps .venv, keys, Postgres state)
@@ -120,6 +121,15 @@ def cmd_test(args: Sequence[str]) -> int:
     return code
 
 
+def cmd_bench(args: Sequence[str]) -> int:
+    prepared = Prepared()
+    env = dict(os.environ)
+    env.update(prepared.infra.env())
+    argv = [sys.executable, "-m", "bench.getme", *args]
+    log("$ " + " ".join(argv))
+    return subprocess.call(argv, cwd=REPO, env=env)
+
+
 def cmd_up(args: Sequence[str]) -> int:
     import importlib.util
 
@@ -156,8 +166,10 @@ def cmd_up(args: Sequence[str]) -> int:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
+    # Installed explicitly, SIGINT included: a shell starts background jobs with SIGINT ignored,
+    # and Python would keep it so.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
     stack = Stack(settings)
     code = 0
     try:
@@ -236,6 +248,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "setup": cmd_setup,
     "up": cmd_up,
     "test": cmd_test,
+    "bench": cmd_bench,
     "lint": cmd_lint,
     "protos": cmd_protos,
 }
