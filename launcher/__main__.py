@@ -85,12 +85,14 @@ def cmd_lint(args: Sequence[str]) -> int:
 
 
 def _forward_signals_to(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM/SIGHUP to the launcher become SIGINT to the child (pytest then runs its fixture
-    teardowns and stops the stack). Ctrl-C already reaches both (same process group)."""
+    """SIGTERM/SIGHUP to the launcher become SIGTERM to pytest, which tests/conftest.py turns into
+    KeyboardInterrupt: fixture teardowns run and the stack is stopped. (Not SIGINT: a shell starts
+    background jobs with SIGINT ignored, and pytest would inherit that.) Ctrl-C in a terminal
+    already reaches both (same process group)."""
 
     def forward(signum: int, frame: object) -> None:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward)
