@@ -194,3 +194,24 @@ def test_a_postgres_the_launcher_installed_gets_a_password_once(
         assert lib.ensure(env).postgres.password == "generated"  # kept, not reset
         assert lib.configured(env).postgres.password == "generated"
     assert set_calls == ["postgres"]
+
+
+def test_an_unreachable_local_redis_is_really_started(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real start path: `redis-server --daemonize yes ...` on a free port (this machine has the
+    binary, so nothing is installed), then reachable; shut down again at the end."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not installed here (the launcher would apt-get it)")
+    monkeypatch.setattr(bootstrap.Apt, "install", lambda *a: pytest.fail("installed"))
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        found = lib.ensure({**infra.env(), "REDIS_URL": url})
+        assert found.redis_url == url
+        assert lib.probe_redis(url).status is Probe.READY
+    finally:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"*2\r\n$8\r\nSHUTDOWN\r\n$6\r\nNOSAVE\r\n")
+            sock.recv(100)
+    assert lib.probe_redis(url).status is Probe.UNREACHABLE
