@@ -224,7 +224,7 @@ async def test_me_needs_a_valid_token(client: httpx.AsyncClient, jwt_private_key
     ).decode()
     for bad in (
         f"{header}.{tampered_payload}.{signature}",
-        jwt.encode({"sub": session["user"]["id"], "exp": int(time.time()) + 60}, None, algorithm="none"),
+        jwt.encode({"sub": session["user"]["id"], "exp": int(time.time()) + 60}, "", algorithm="none"),
         "garbage",
     ):
         assert_problem(await client.get("/v1/me", headers={"Authorization": f"Bearer {bad}"}), 401, "TOKEN_INVALID")

@@ -50,14 +50,14 @@ async def plan(conn: asyncpg.Connection, sql: str, *args: object) -> str:
     return "\n".join(r[0] for r in rows)
 
 
-def _search_sql() -> str:
+def _search_sql() -> tuple[str, list[str]]:
     """The search statement exactly as the service sends it, in asyncpg's $n form."""
     from sqlalchemy.dialects import postgresql
 
     from services.auth.storage import _SEARCH
 
     compiled = _SEARCH.compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
-    return str(compiled), compiled.positiontup  # type: ignore[return-value]
+    return str(compiled), list(compiled.positiontup or [])
 
 
 async def test_point_lookups_use_unique_indexes(seeded: asyncpg.Connection) -> None:

@@ -233,7 +233,7 @@ async def test_query_parameters_cannot_set_bound_fields(api: httpx.AsyncClient) 
 
 
 async def test_non_ascii_forwarded_header(api: httpx.AsyncClient) -> None:
-    response = await api.get("/v1/me", headers={"Idempotency-Key": "clé".encode()})
+    response = await api.get("/v1/me", headers=[(b"Idempotency-Key", "clé".encode())])
     assert problem(response, 400)["reason"] == "INVALID_HEADER"
 
 
