@@ -26,6 +26,7 @@ from pathlib import Path
 import asyncpg
 
 from bench import h2load
+from bench.cpu import CpuMeter
 from bench.seed import seed_users
 from launcher import infra as infra_mod
 from launcher.keys import ensure_dev_keys
@@ -69,6 +70,7 @@ def main() -> None:
         infra, keys, work_dir=REPO / ".run" / "bench", instances={"auth": args.instances}, log_level="WARNING"
     )
     results: list[h2load.Result] = []
+    cpu: dict[str, dict[str, float]] = {}
     with Stack(settings) as stack:
         asyncio.run(_seed(stack.database_urls["auth"]))
         token = sign_up(stack.gateway_url)
@@ -76,12 +78,12 @@ def main() -> None:
         admins = [inst.admin_address for inst in stack.instances["auth"]]
 
         echo_address = f"127.0.0.1:{free_port()}"
-        stack.spawn(
+        echo = stack.spawn(
             "bench-echo",
             [sys.executable, "-m", "bench.echo_server", echo_address],
             ready=_tcp_ready(echo_address),
         )
-        common = {"clients": args.clients, "seconds": args.seconds, "warmup": args.warmup}
+        common = {"clients": args.clients, "seconds": args.seconds, "warmup": 0}
         scenarios = [
             ("echo (baseline)", f"http://{echo_address}{GETME}", {"grpc_body": b""}, False),
             (
@@ -103,15 +105,27 @@ def main() -> None:
                 True,
             ),
         ]
+        pids = {"gateway": _pid(stack.gateway), "envoy": _pid(stack.envoy), "echo": _pid(echo)}
+        pids.update({inst.name: _pid(inst.process) for inst in stack.instances["auth"]})
         for name, url, options, counted in scenarios:
+            # Warm up in a run of its own, so that the CPU measured below is the measured requests'.
+            h2load.run(name, url, clients=args.clients, seconds=args.warmup, warmup=0, **options)  # type: ignore[arg-type]
             before = ok_getme_count(admins) if counted else 0
+            meter = CpuMeter(pids)
             result = h2load.run(name, url, **common, **options)  # type: ignore[arg-type]
+            cpu[name] = meter.per_request_us(result.succeeded)
             if counted:
                 answered_ok = ok_getme_count(admins) - before
                 if answered_ok < result.succeeded:
                     raise SystemExit(f"{name}: h2load saw {result.succeeded} successes, the service {answered_ok} OK")
             results.append(result)
-    _report(results, args)
+    _report(results, cpu, args)
+
+
+def _pid(process: object) -> int:
+    pid = getattr(process, "pid", None)
+    assert isinstance(pid, int), process
+    return pid
 
 
 def _tcp_ready(address: str):  # type: ignore[no-untyped-def]
@@ -130,7 +144,7 @@ async def _seed(database_url: str) -> None:
         await conn.close()
 
 
-def _report(results: list[h2load.Result], args: argparse.Namespace) -> None:
+def _report(results: list[h2load.Result], cpu: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     baseline = results[0].requests_per_second
     direct = results[1].requests_per_second
     print()
@@ -144,6 +158,10 @@ def _report(results: list[h2load.Result], args: argparse.Namespace) -> None:
             f"{r.name:<44} {r.requests_per_second:>8.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.failed:>7d} "
             f"{r.requests_per_second / baseline:>8.2f} {r.requests_per_second / direct:>8.2f}"
         )
+    print("\nCPU per request (µs, server processes only; h2load uses the rest):")
+    for r in results:
+        spent = {name: us for name, us in cpu.get(r.name, {}).items() if us >= 5}
+        print(f"  {r.name:<42} " + "  ".join(f"{name} {us:.0f}" for name, us in spent.items()))
     http = results[-1]
     print(f"\nHTTP through the gateway / gRPC straight to the service: {http.requests_per_second / direct:.2f}")
     print(f"cached GetMe gRPC / bare echo: {direct / baseline:.2f} (SPEC §11 target ≥ 0.50)")

@@ -62,8 +62,7 @@ async def serve() -> None:
     )
     handlers = AuthHandlers(accounts, Authenticator(verifier))
     host.add_service(
-        auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
-        lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(handlers, server),
+        auth_pb2.DESCRIPTOR.services_by_name["AuthService"], handlers, auth_pb2_grpc.add_AuthServiceServicer_to_server
     )
     logging.getLogger(__name__).info(
         "auth service configured", extra={"fields": {"block_list": type(block_list).__name__}}

@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import redis.asyncio as redis
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from services.common.telemetry import CACHE_ERRORS, CACHE_REQUESTS
@@ -122,9 +124,9 @@ class Cache:
         `name` labels the hit/miss metrics."""
         cached = await self.get(key)
         if cached is not None:
-            CACHE_REQUESTS.labels(name, "hit").inc()
+            _counter(name, "hit").inc()
             return cached
-        CACHE_REQUESTS.labels(name, "miss").inc()
+        _counter(name, "miss").inc()
         pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -158,3 +160,8 @@ class Cache:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+@functools.cache
+def _counter(cache: str, result: str) -> Counter:
+    return CACHE_REQUESTS.labels(cache, result)

@@ -1,6 +1,6 @@
 """Domain errors and their mapping to gRPC statuses with google.rpc details.
 
-Domain code raises a ServiceError subclass; the server interceptor (services.common.server) turns
+Domain code raises a ServiceError subclass; the handler wrapper (services.common.server.instrument) turns
 it into a status with `google.rpc.ErrorInfo` (a machine-readable reason from
 capsule.common.v1.ErrorReason) and, for bad input, `google.rpc.BadRequest` field violations named
 by proto field path (snake_case; the gateway renders them in lowerCamelCase).

@@ -2,7 +2,7 @@
 
 `ServiceHost` serves one service's gRPC API together with what every instance must offer
 (SPEC §2): `grpc.health.v1.Health` per service name and overall, server reflection, an admin HTTP
-port with `/metrics` and `/healthz`, the interceptor that maps domain errors to rich statuses and
+port with `/metrics` and `/healthz`, the handler wrapper that maps domain errors to rich statuses and
 records RED metrics, and a graceful stop on SIGTERM/SIGINT:
 
     NOT_SERVING → wait `drain_delay` (health checkers notice) → stop(grace) for in-flight calls
@@ -14,6 +14,7 @@ Health says SERVING only once the readiness check (e.g. the database answers) ha
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -34,57 +35,53 @@ from services.common.telemetry import RPC_LATENCY, RPC_REQUESTS
 
 log = logging.getLogger(__name__)
 
-Register = Callable[[grpc.aio.Server], None]
+Register = Callable[[Any, grpc.aio.Server], None]
+Attach = Callable[[grpc.aio.Server], None]
 Closer = Callable[[], Awaitable[None]]
 
 
-class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary handler: request/trace ids into the log context, RED metrics, and
-    ServiceError → status with google.rpc details; anything unexpected → INTERNAL, logged."""
+def instrument(servicer: Any, descriptor: ServiceDescriptor) -> Any:
+    """Wraps every unary handler of `servicer` in place: request/trace ids into the log context,
+    RED metrics, and ServiceError → status with google.rpc details; anything unexpected →
+    INTERNAL, logged. Done once at registration rather than with a server interceptor, which
+    would rebuild the handler on every call."""
+    for method in descriptor.methods:
+        if method.client_streaming or method.server_streaming:
+            continue
+        setattr(servicer, method.name, _instrumented(descriptor.full_name, method.name, getattr(servicer, method.name)))
+    return servicer
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        full_method: str = handler_call_details.method  # type: ignore[attr-defined]
-        service, _, method = full_method.lstrip("/").rpartition("/")
-        inner = handler.unary_unary
-        latency = RPC_LATENCY.labels(service, method)
-        metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
 
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            code = "OK"
-            for key, value in metadata or ():
-                if key == "x-request-id":
-                    request_id_var.set(str(value))
-                elif key == "traceparent":
-                    trace_id_var.set(trace_id_from_traceparent(str(value)))
-            try:
-                return await inner(request, context)
-            except ServiceError as exc:
-                code = exc.code.name
-                await context.abort_with_status(exc.to_status())
-            except grpc.aio.AbortError:
-                code = context.code().name if context.code() else "UNKNOWN"  # type: ignore[union-attr]
-                raise
-            except Exception:
-                code = "INTERNAL"
-                log.exception("unhandled error in %s", full_method)
-                await context.abort_with_status(Internal("internal error").to_status())
-            finally:
-                RPC_REQUESTS.labels(service, method, code).inc()
-                latency.observe(time.perf_counter() - started)
+def _instrumented(service: str, method: str, inner: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+    full_method = f"/{service}/{method}"
+    latency = RPC_LATENCY.labels(service, method)
+    handled_ok = RPC_REQUESTS.labels(service, method, "OK")
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code = "OK"
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-request-id":
+                request_id_var.set(str(value))
+            elif key == "traceparent":
+                trace_id_var.set(trace_id_from_traceparent(str(value)))
+        try:
+            return await inner(request, context)
+        except ServiceError as exc:
+            code = exc.code.name
+            await context.abort_with_status(exc.to_status())
+        except grpc.aio.AbortError:
+            code = context.code().name if context.code() else "UNKNOWN"  # type: ignore[union-attr]
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("unhandled error in %s", full_method)
+            await context.abort_with_status(Internal("internal error").to_status())
+        finally:
+            (handled_ok if code == "OK" else RPC_REQUESTS.labels(service, method, code)).inc()
+            latency.observe(time.perf_counter() - started)
+
+    return handler
 
 
 class ServiceHost:
@@ -92,13 +89,16 @@ class ServiceHost:
         self.settings = settings
         self.health = health_aio.HealthServicer()
         self._service_names: list[str] = []
-        self._registrations: list[Register] = []
+        self._registrations: list[Attach] = []
         self._closers: list[Closer] = []
         self._serving = False
 
-    def add_service(self, descriptor: ServiceDescriptor, register: Register) -> None:
+    def add_service(self, descriptor: ServiceDescriptor, servicer: Any, register: Register) -> None:
+        """Serve `servicer` (instrumented, see `instrument`); `register(servicer, server)` is the
+        generated add_<Service>Servicer_to_server."""
+        instrument(servicer, descriptor)
         self._service_names.append(descriptor.full_name)
-        self._registrations.append(register)
+        self._registrations.append(functools.partial(register, servicer))
 
     def on_close(self, closer: Closer) -> None:
         """Closers run after the gRPC server stopped, last added first."""
@@ -106,7 +106,6 @@ class ServiceHost:
 
     async def run(self, ready: Callable[[], Awaitable[None]]) -> None:
         server = grpc.aio.server(
-            interceptors=[ErrorAndMetricsInterceptor()],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_time_ms", 30_000),
