@@ -45,9 +45,20 @@ AUTH = ServiceSpec(
     signs_tokens=True,
 )
 
-# Later issues: recipients (`/capsule.recipients.v1.`) and capsules (`/capsule.capsules.v1.`),
-# one entry each, appended here.
-SERVICES: tuple[ServiceSpec, ...] = (AUTH,)
+RECIPIENTS = ServiceSpec(
+    name="recipients",
+    module="services.recipients",
+    # Envoy health-checks the public API's name; the internal RelationshipService lives in the
+    # same package and the same processes, so the one prefix routes both.
+    proto_service="capsule.recipients.v1.RecipientsService",
+    route_prefixes=("/capsule.recipients.v1.",),
+    database="recipients",
+    proto_module="capsule.recipients.v1.recipients_pb2",
+    instances=2,
+)
+
+# Later issue: capsules (`/capsule.capsules.v1.`), one entry appended here.
+SERVICES: tuple[ServiceSpec, ...] = (AUTH, RECIPIENTS)
 
 
 def by_name(name: str, services: tuple[ServiceSpec, ...] = SERVICES) -> ServiceSpec:

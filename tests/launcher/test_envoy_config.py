@@ -149,7 +149,7 @@ def test_one_cluster_per_service_with_health_checks_and_protection() -> None:
 
 
 def test_dns_discovery_uses_the_dns_cluster_extension() -> None:
-    config = bootstrap(endpoints={"auth": [("auth", 50051)]}, discovery="STRICT_DNS")
+    config = bootstrap(services=(AUTH,), endpoints={"auth": [("auth", 50051)]}, discovery="STRICT_DNS")
     (cluster,) = config["static_resources"]["clusters"]
     assert "type" not in cluster
     assert cluster["cluster_type"]["name"] == "envoy.cluster.dns"
@@ -160,5 +160,5 @@ def test_endpoints_for_an_unknown_service_are_refused() -> None:
         bootstrap(endpoints={"nope": [("127.0.0.1", 1)]})
 
 
-def test_default_topology_is_auth_only_for_now() -> None:
-    assert [s.name for s in SERVICES] == ["auth"]
+def test_default_topology_is_auth_and_recipients_for_now() -> None:
+    assert [s.name for s in SERVICES] == ["auth", "recipients"]

@@ -1,0 +1,1 @@
+"""The recipients service (SPEC §5): connection requests, connections, blocks and recipients."""

@@ -1,0 +1,164 @@
+"""Recipients: each user's address book (SPEC §5). Plain async code, no gRPC types.
+
+Decisions: a recipient is visible to its owner only (anyone else: NOT_FOUND); `linked_user_id`,
+when set on create or update, must be a current connection of the owner (FAILED_PRECONDITION
+NOT_CONNECTED otherwise) — after that a removed connection leaves the recipient as it is; an empty
+email or linked user clears it. Capsules are another service's: nothing here touches them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy.exc
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.db import Database, violated_constraint
+from services.common.errors import AlreadyExists, FailedPrecondition, FieldErrors, InvalidArgument, NotFound
+from services.common.ids import new_id, parse_uuid
+from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.tokens import Caller
+from services.recipients import rules, storage
+from services.recipients.storage import RecipientRow
+
+QUERY_MAX = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientPage:
+    rows: list[RecipientRow]
+    next_page_token: str
+
+
+class AddressBook:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, caller: Caller, *, name: str, email: str, linked_user_id: str) -> RecipientRow:
+        errors = FieldErrors()
+        name = rules.recipient_name(errors, name)
+        address = rules.optional_email(errors, email)
+        linked = rules.user_id(errors, linked_user_id, "linked_user_id", required=False)
+        errors.raise_if_any()
+        try:
+            async with self.db.write() as conn:
+                if linked is not None:
+                    await _require_connection(conn, caller.user_id, linked, "linked_user_id")
+                return await storage.insert_recipient(
+                    conn, id=new_id(), owner=caller.user_id, name=name, email=address, linked_user=linked
+                )
+        except sqlalchemy.exc.IntegrityError as exc:
+            raise _uniqueness_error(exc, prefix="") from None
+
+    async def get(self, caller: Caller, recipient_id: str) -> RecipientRow:
+        rid = _recipient_id(recipient_id)
+        async with self.db.read() as conn:
+            row = await storage.recipient(conn, caller.user_id, rid)
+        if row is None:
+            raise _not_found()
+        return row
+
+    async def update(self, caller: Caller, recipient_id: str, values: dict[str, str], mask: list[str]) -> RecipientRow:
+        rid = _recipient_id(recipient_id)
+        errors = FieldErrors()
+        paths = mask or [field for field in storage.UPDATABLE_COLUMNS if values.get(field)]
+        changes: dict[str, object] = {}
+        linked: uuid.UUID | None = None
+        for path in dict.fromkeys(paths):
+            value = values.get(path, "")
+            if path == "name":
+                changes["name"] = rules.recipient_name(errors, value, "recipient.name")
+            elif path == "email":
+                changes["email"] = rules.optional_email(errors, value, "recipient.email")
+            elif path == "linked_user_id":
+                linked = rules.user_id(errors, value, "recipient.linked_user_id", required=False)
+                changes["linked_user"] = linked
+            elif path in ("id", "created_at", "updated_at"):
+                errors.add("update_mask", f"{path} is set by the service and cannot be changed")
+            else:
+                errors.add("update_mask", f"'{path}' is not a field of a recipient")
+        errors.raise_if_any()
+        try:
+            async with self.db.write() as conn:
+                if not changes:
+                    row = await storage.recipient(conn, caller.user_id, rid)
+                else:
+                    if linked is not None and await storage.recipient(conn, caller.user_id, rid) is not None:
+                        await _require_connection(conn, caller.user_id, linked, "recipient.linked_user_id")
+                    row = await storage.update_recipient(conn, caller.user_id, rid, changes)
+        except sqlalchemy.exc.IntegrityError as exc:
+            raise _uniqueness_error(exc, prefix="recipient.") from None
+        if row is None:
+            raise _not_found()
+        return row
+
+    async def delete(self, caller: Caller, recipient_id: str) -> None:
+        rid = _recipient_id(recipient_id)
+        async with self.db.write() as conn:
+            deleted = await storage.delete_recipient(conn, caller.user_id, rid)
+        if not deleted:
+            raise _not_found()
+
+    async def list(self, caller: Caller, *, query: str, requested_size: int, token: str) -> RecipientPage:
+        query = " ".join(query.split())
+        if len(query) > QUERY_MAX:
+            raise InvalidArgument(
+                "query is too long", violations=[("query", f"must be at most {QUERY_MAX} characters")]
+            )
+        size = page_size(requested_size)
+        name = "recipients:" + query.lower()
+        keys = decode_page_token(token, name, 2)
+        after: tuple[str, uuid.UUID] | None = None
+        if keys is not None:
+            after_id = parse_uuid(keys[1]) if isinstance(keys[1], str) else None
+            if not isinstance(keys[0], str) or after_id is None:
+                raise InvalidArgument(
+                    "page_token is not a token this list returned",
+                    reason="MALFORMED_PAGE_TOKEN",
+                    violations=[("page_token", "use the next_page_token of the previous page of the same list")],
+                )
+            after = (keys[0], after_id)
+        async with self.db.read() as conn:
+            rows = await storage.list_recipients(conn, caller.user_id, prefix=query, after=after, limit=size + 1)
+        if len(rows) > size:
+            rows = rows[:size]
+            return RecipientPage(rows, encode_page_token(name, [rows[-1].sort_name, str(rows[-1].id)]))
+        return RecipientPage(rows, "")
+
+
+async def _require_connection(conn: AsyncConnection, owner: uuid.UUID, other: uuid.UUID, field: str) -> None:
+    if not await storage.connected(conn, owner, other):
+        raise FailedPrecondition(
+            "a recipient can only be linked to one of your connections",
+            reason="NOT_CONNECTED",
+            violations=[(field, "is not one of your connections")],
+        )
+
+
+def _recipient_id(value: str) -> uuid.UUID:
+    parsed = parse_uuid(value.strip())
+    if parsed is None:
+        raise InvalidArgument("id must be a UUID", violations=[("id", "must be a UUID")])
+    return parsed
+
+
+def _not_found() -> NotFound:
+    return NotFound("no recipient with this id")
+
+
+def _uniqueness_error(exc: sqlalchemy.exc.IntegrityError, *, prefix: str) -> Exception:
+    constraint = violated_constraint(exc)
+    if constraint == "recipients_owner_email_key":
+        return AlreadyExists(
+            "a recipient with this email is already in your address book",
+            reason="RECIPIENT_EMAIL_TAKEN",
+            violations=[(f"{prefix}email", "is already in your address book")],
+        )
+    if constraint == "recipients_owner_linked_user_key":
+        return AlreadyExists(
+            "a recipient linked to this user is already in your address book",
+            reason="RECIPIENT_LINKED_USER_TAKEN",
+            violations=[(f"{prefix}linked_user_id", "is already in your address book")],
+        )
+    return exc

@@ -1,0 +1,54 @@
+"""Wires the recipients service together and serves it."""
+
+from __future__ import annotations
+
+import logging
+
+from capsule.recipients.v1 import recipients_pb2, recipients_pb2_grpc, relationships_pb2, relationships_pb2_grpc
+
+from services.common.cache import Cache
+from services.common.db import Database
+from services.common.logs import configure_logging
+from services.common.server import ServiceHost
+from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
+from services.recipients.address_book import AddressBook
+from services.recipients.handlers import RecipientsHandlers, RelationshipHandlers
+from services.recipients.people import AuthDirectory
+from services.recipients.relationships import Relationships
+from services.recipients.settings import RecipientsSettings
+
+
+async def serve() -> None:
+    settings = RecipientsSettings.from_env()
+    common = settings.service
+    configure_logging(common.log_level)
+    host = ServiceHost(common)
+
+    db = Database(common.database)
+    cache = Cache(common.redis_url, common.cache_prefix)
+    directory = AuthDirectory(settings.auth_target, settings.auth_timeout_seconds)
+    host.on_close(db.close)
+    host.on_close(cache.close)
+    host.on_close(directory.close)
+
+    verifier = AccessTokenVerifier(
+        load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience
+    )
+    authenticator = Authenticator(verifier)
+    relationships = Relationships(
+        db=db, cache=cache, directory=directory, ttl_seconds=settings.relationship_cache_ttl_seconds
+    )
+    host.add_service(
+        recipients_pb2.DESCRIPTOR.services_by_name["RecipientsService"],
+        RecipientsHandlers(relationships, AddressBook(db), authenticator),
+        recipients_pb2_grpc.add_RecipientsServiceServicer_to_server,
+    )
+    host.add_service(
+        relationships_pb2.DESCRIPTOR.services_by_name["RelationshipService"],
+        RelationshipHandlers(relationships, authenticator),
+        relationships_pb2_grpc.add_RelationshipServiceServicer_to_server,
+    )
+    logging.getLogger(__name__).info(
+        "recipients service configured", extra={"fields": {"auth_target": settings.auth_target}}
+    )
+    await host.run(ready=db.ping)

@@ -1,0 +1,227 @@
+"""gRPC handlers of capsule.recipients.v1: decode, authenticate, call the domain, encode.
+
+Errors raised by the domain become rich statuses in services.common.server's handler wrapper.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypeAlias
+
+import grpc
+from capsule.common.v1 import common_pb2
+from capsule.recipients.v1 import (
+    recipients_pb2 as pb,
+)
+from capsule.recipients.v1 import (
+    recipients_pb2_grpc,
+    relationships_pb2,
+    relationships_pb2_grpc,
+)
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from services.common.tokens import Authenticator, metadata_value
+from services.recipients.address_book import AddressBook
+from services.recipients.people import Profile
+from services.recipients.relationships import ConnectionWithProfile, Relationships
+from services.recipients.storage import BlockRow, RecipientRow, RequestRow
+
+STATUSES = {
+    "pending": pb.CONNECTION_REQUEST_STATUS_PENDING,
+    "accepted": pb.CONNECTION_REQUEST_STATUS_ACCEPTED,
+    "declined": pb.CONNECTION_REQUEST_STATUS_DECLINED,
+    "cancelled": pb.CONNECTION_REQUEST_STATUS_CANCELLED,
+}
+
+Context: TypeAlias = grpc.aio.ServicerContext
+
+
+class RecipientsHandlers(recipients_pb2_grpc.RecipientsServiceServicer):
+    def __init__(self, relationships: Relationships, address_book: AddressBook, authenticator: Authenticator) -> None:
+        self.relationships = relationships
+        self.book = address_book
+        self.auth = authenticator
+
+    # --- connection requests ---------------------------------------------------------------------
+
+    async def SendConnectionRequest(
+        self, request: pb.SendConnectionRequestRequest, context: Context
+    ) -> pb.ConnectionRequest:
+        caller = self.auth.require(context)
+        row = await self.relationships.send(
+            caller, request.to_user_id, request.message, metadata_value(context, "idempotency-key")
+        )
+        return _request(row)
+
+    async def ListConnectionRequests(
+        self, request: pb.ListConnectionRequestsRequest, context: Context
+    ) -> pb.ListConnectionRequestsResponse:
+        caller = self.auth.require(context)
+        page = await self.relationships.list_requests(
+            caller,
+            incoming=request.direction != pb.DIRECTION_OUTGOING,
+            requested_size=request.page_size,
+            token=request.page_token,
+        )
+        return pb.ListConnectionRequestsResponse(
+            connection_requests=[_request(r) for r in page.rows], next_page_token=page.next_page_token
+        )
+
+    async def AcceptConnectionRequest(
+        self, request: pb.AcceptConnectionRequestRequest, context: Context
+    ) -> pb.ConnectionRequest:
+        caller = self.auth.require(context)
+        return _request(await self.relationships.accept(caller, request.id))
+
+    async def DeclineConnectionRequest(
+        self, request: pb.DeclineConnectionRequestRequest, context: Context
+    ) -> pb.ConnectionRequest:
+        caller = self.auth.require(context)
+        return _request(await self.relationships.decline(caller, request.id, request.reason))
+
+    async def CancelConnectionRequest(
+        self, request: pb.CancelConnectionRequestRequest, context: Context
+    ) -> pb.ConnectionRequest:
+        caller = self.auth.require(context)
+        return _request(await self.relationships.cancel(caller, request.id))
+
+    # --- connections and blocks ----------------------------------------------------------------
+
+    async def ListConnections(self, request: pb.ListConnectionsRequest, context: Context) -> pb.ListConnectionsResponse:
+        caller = self.auth.require(context)
+        page = await self.relationships.list_connections(caller, request.page_size, request.page_token)
+        return pb.ListConnectionsResponse(
+            connections=[_connection(c) for c in page.rows], next_page_token=page.next_page_token
+        )
+
+    async def RemoveConnection(self, request: pb.RemoveConnectionRequest, context: Context) -> empty_pb2.Empty:
+        caller = self.auth.require(context)
+        await self.relationships.remove_connection(caller, request.user_id)
+        return empty_pb2.Empty()
+
+    async def ListBlocks(self, request: pb.ListBlocksRequest, context: Context) -> pb.ListBlocksResponse:
+        caller = self.auth.require(context)
+        page = await self.relationships.list_blocks(caller, request.page_size, request.page_token)
+        return pb.ListBlocksResponse(blocks=[_block(b) for b in page.rows], next_page_token=page.next_page_token)
+
+    async def BlockUser(self, request: pb.BlockUserRequest, context: Context) -> pb.Block:
+        caller = self.auth.require(context)
+        return _block(await self.relationships.block(caller, request.user_id))
+
+    async def UnblockUser(self, request: pb.UnblockUserRequest, context: Context) -> empty_pb2.Empty:
+        caller = self.auth.require(context)
+        await self.relationships.unblock(caller, request.user_id)
+        return empty_pb2.Empty()
+
+    # --- recipients ----------------------------------------------------------------------------
+
+    async def ListRecipients(self, request: pb.ListRecipientsRequest, context: Context) -> pb.ListRecipientsResponse:
+        caller = self.auth.require(context)
+        page = await self.book.list(
+            caller, query=request.query, requested_size=request.page_size, token=request.page_token
+        )
+        return pb.ListRecipientsResponse(
+            recipients=[_recipient(r) for r in page.rows], next_page_token=page.next_page_token
+        )
+
+    async def CreateRecipient(self, request: pb.CreateRecipientRequest, context: Context) -> pb.Recipient:
+        caller = self.auth.require(context)
+        row = await self.book.create(
+            caller, name=request.name, email=request.email, linked_user_id=request.linked_user_id
+        )
+        return _recipient(row)
+
+    async def GetRecipient(self, request: pb.GetRecipientRequest, context: Context) -> pb.Recipient:
+        caller = self.auth.require(context)
+        return _recipient(await self.book.get(caller, request.id))
+
+    async def UpdateRecipient(self, request: pb.UpdateRecipientRequest, context: Context) -> pb.Recipient:
+        caller = self.auth.require(context)
+        r = request.recipient
+        values = {"name": r.name, "email": r.email, "linked_user_id": r.linked_user_id}
+        row = await self.book.update(caller, request.id, values, list(request.update_mask.paths))
+        return _recipient(row)
+
+    async def DeleteRecipient(self, request: pb.DeleteRecipientRequest, context: Context) -> empty_pb2.Empty:
+        caller = self.auth.require(context)
+        await self.book.delete(caller, request.id)
+        return empty_pb2.Empty()
+
+
+class RelationshipHandlers(relationships_pb2_grpc.RelationshipServiceServicer):
+    """Internal API for other services (no HTTP routes)."""
+
+    def __init__(self, relationships: Relationships, authenticator: Authenticator) -> None:
+        self.relationships = relationships
+        self.auth = authenticator
+
+    async def ListBlockedUserIds(
+        self, request: relationships_pb2.ListBlockedUserIdsRequest, context: Context
+    ) -> relationships_pb2.ListBlockedUserIdsResponse:
+        caller = self.auth.require(context)
+        users = await self.relationships.blocked_with(caller, request.user_id)
+        return relationships_pb2.ListBlockedUserIdsResponse(user_ids=[str(u) for u in users])
+
+    async def GetRelationship(
+        self, request: relationships_pb2.GetRelationshipRequest, context: Context
+    ) -> relationships_pb2.GetRelationshipResponse:
+        caller = self.auth.require(context)
+        answer = await self.relationships.relationship(caller, request.user_id, request.other_user_id)
+        return relationships_pb2.GetRelationshipResponse(connected=answer.connected, blocked=answer.blocked)
+
+
+def _set_time(field: timestamp_pb2.Timestamp, value: datetime) -> None:
+    field.seconds = int(value.timestamp() // 1)
+    field.nanos = value.microsecond * 1000
+
+
+def _request(row: RequestRow) -> pb.ConnectionRequest:
+    message = pb.ConnectionRequest(
+        id=str(row.id),
+        from_user_id=str(row.from_user),
+        to_user_id=str(row.to_user),
+        message=row.message,
+        status=STATUSES[row.status],
+        decline_reason=row.decline_reason,
+    )
+    _set_time(message.created_at, row.created_at)
+    if row.responded_at is not None:
+        _set_time(message.responded_at, row.responded_at)
+    return message
+
+
+def _profile(profile: Profile) -> common_pb2.PublicProfile:
+    return common_pb2.PublicProfile(
+        id=str(profile.id),
+        username=profile.username,
+        first_name=profile.first_name,
+        last_name=profile.last_name,
+        avatar_url=profile.avatar_url,
+    )
+
+
+def _connection(item: ConnectionWithProfile) -> pb.Connection:
+    row = item.connection
+    message = pb.Connection(id=str(row.id), user_id=str(row.other))
+    if item.profile is not None:
+        message.user.CopyFrom(_profile(item.profile))
+    _set_time(message.created_at, row.created_at)
+    return message
+
+
+def _block(row: BlockRow) -> pb.Block:
+    message = pb.Block(id=str(row.id), user_id=str(row.blocked))
+    _set_time(message.created_at, row.created_at)
+    return message
+
+
+def _recipient(row: RecipientRow) -> pb.Recipient:
+    message = pb.Recipient(
+        id=str(row.id),
+        name=row.name,
+        email=row.email or "",
+        linked_user_id=str(row.linked_user) if row.linked_user else "",
+    )
+    _set_time(message.created_at, row.created_at)
+    _set_time(message.updated_at, row.updated_at)
+    return message

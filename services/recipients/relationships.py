@@ -1,0 +1,410 @@
+"""Connection requests, connections and blocks: the rules of SPEC §5, as plain async code.
+
+Every rule is checked inside the transaction that makes the change, under transaction-level
+advisory locks (one per sender, one per pair of users), with unique indexes as the backstop:
+concurrent calls cannot both pass a check. Caches (relationship of a pair, block list of a user)
+are written through after every commit that changes them, so the next read anywhere sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVar
+
+import orjson
+import sqlalchemy.exc
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.cache import Cache
+from services.common.db import Database, violated_constraint
+from services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldErrors,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from services.common.ids import new_id, parse_uuid
+from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.tokens import Caller
+from services.recipients import rules, storage
+from services.recipients.people import Directory, Profile
+from services.recipients.storage import BlockRow, ConnectionRow, RequestRow
+
+DAILY_REQUEST_LIMIT = 5
+COOL_DOWN_DAYS = 7
+# Same words whether the user does not exist or a block stands between the two (SPEC §3, §5).
+UNKNOWN_USER = "no user with this id"
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    rows: list[T]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionWithProfile:
+    connection: ConnectionRow
+    profile: Profile | None
+
+
+@dataclass(frozen=True, slots=True)
+class Relationship:
+    connected: bool
+    blocked: bool
+
+
+class Relationships:
+    def __init__(self, *, db: Database, cache: Cache, directory: Directory, ttl_seconds: int) -> None:
+        self.db = db
+        self.cache = cache
+        self.directory = directory
+        self.ttl = ttl_seconds
+
+    # --- sending -----------------------------------------------------------------------------
+
+    async def send(self, caller: Caller, to_user_id: str, message: str, idempotency_key: str | None) -> RequestRow:
+        errors = FieldErrors()
+        to_user = rules.user_id(errors, to_user_id, "to_user_id")
+        message = rules.text(errors, message, "message", rules.MESSAGE_MAX)
+        rules.idempotency_key(errors, idempotency_key)
+        errors.raise_if_any()
+        assert to_user is not None
+        me = caller.user_id
+        if to_user == me:
+            raise InvalidArgument(
+                "you cannot send a connection request to yourself",
+                reason="SELF_REQUEST",
+                violations=[("to_user_id", "must be another user")],
+            )
+        # Outside the transaction: no lock is held while auth answers. One call gives existence
+        # and both profiles (needed if a crossing request gets accepted).
+        profiles = await self.directory.profiles(caller, [to_user, me])
+        if to_user not in profiles:
+            raise _unknown_user("to_user_id")
+
+        request_hash = hashlib.sha256(orjson.dumps([str(to_user), message])).digest()
+        claim = {"operation": "connection-request", "caller": str(me), "key": idempotency_key or ""}
+        accepted_crossing = False
+        try:
+            async with self.db.write() as conn:
+                prior = None
+                if idempotency_key:
+                    prior = await storage.claim_idempotency_key(conn, **claim, request_hash=request_hash)
+                if prior is None:
+                    await storage.lock_sender(conn, me)
+                    await storage.lock_pair(conn, me, to_user)
+                    if await storage.blocked_either_way(conn, me, to_user):
+                        raise _unknown_user("to_user_id")
+                    if await storage.connected(conn, me, to_user):
+                        raise AlreadyExists(
+                            "you are already connected with this user",
+                            reason="ALREADY_CONNECTED",
+                            violations=[("to_user_id", "is already a connection")],
+                        )
+                    theirs = await storage.pending_request(conn, to_user, me)
+                    if theirs is not None:
+                        # Crossing requests: asking someone who already asked you accepts theirs.
+                        result = await self._accept(conn, theirs, profiles)
+                        accepted_crossing = True
+                    else:
+                        if await storage.pending_request(conn, me, to_user) is not None:
+                            raise _pending()
+                        declined_at = await storage.declined_since(conn, me, to_user, COOL_DOWN_DAYS)
+                        if declined_at is not None:
+                            retry_at = declined_at + timedelta(days=COOL_DOWN_DAYS)
+                            raise FailedPrecondition(
+                                f"this user declined your request; you may ask again after {retry_at.isoformat()}",
+                                reason="COOL_DOWN",
+                                metadata={"retry_at": retry_at.isoformat()},
+                            )
+                        count, oldest = await storage.requests_sent_since(conn, me, 24)
+                        if count >= DAILY_REQUEST_LIMIT:
+                            free_at = (oldest or datetime.now(UTC)) + timedelta(hours=24)
+                            raise ResourceExhausted(
+                                f"at most {DAILY_REQUEST_LIMIT} connection requests per 24 hours; "
+                                f"try again after {free_at.isoformat()}",
+                                reason="REQUEST_LIMIT_REACHED",
+                                metadata={"retry_at": free_at.isoformat()},
+                            )
+                        result = await storage.insert_request(
+                            conn, id=new_id(), from_user=me, to_user=to_user, message=message
+                        )
+                    if idempotency_key:
+                        await storage.record_idempotent_result(conn, **claim, result_id=result.id)
+        except sqlalchemy.exc.IntegrityError as exc:
+            if violated_constraint(exc) == "connection_requests_pending_pair_key":
+                raise _pending() from None
+            raise
+        if prior is not None:
+            return await self._replay(caller, prior, request_hash)
+        if accepted_crossing:
+            await self._refresh_pair(me, to_user)
+        return result
+
+    async def _replay(self, caller: Caller, prior: storage.PriorRequest, request_hash: bytes) -> RequestRow:
+        if prior.request_hash != request_hash or prior.result_id is None:
+            raise Aborted(
+                "this Idempotency-Key was already used for a different request",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                violations=[("idempotency_key", "use a new key for a new request")],
+            )
+        async with self.db.read() as conn:
+            row = await storage.request_by_id(conn, prior.result_id)
+        if row is None or caller.user_id not in (row.from_user, row.to_user):
+            raise NotFound("this connection request no longer exists")
+        return row
+
+    # --- responding ----------------------------------------------------------------------------
+
+    async def accept(self, caller: Caller, request_id: str) -> RequestRow:
+        rid = _request_id(request_id)
+        async with self.db.read() as conn:
+            seen = await storage.request_by_id(conn, rid)
+        if seen is None or seen.to_user != caller.user_id:
+            raise _no_request()
+        profiles = await self.directory.profiles(caller, [seen.from_user, seen.to_user])
+        async with self.db.write() as conn:
+            await storage.lock_pair(conn, seen.from_user, seen.to_user)
+            row = await storage.request_by_id(conn, rid, for_update=True)
+            if row is None or row.to_user != caller.user_id:
+                raise _no_request()
+            _require_pending(row)
+            result = await self._accept(conn, row, profiles)
+        await self._refresh_pair(result.from_user, result.to_user)
+        return result
+
+    async def _accept(self, conn: AsyncConnection, row: RequestRow, profiles: dict[uuid.UUID, Profile]) -> RequestRow:
+        """The request accepted, the connection made and a linked recipient on each side: one
+        transaction (the caller's)."""
+        result = await storage.set_request_status(conn, row.id, "accepted")
+        await storage.insert_connection(conn, new_id(), row.from_user, row.to_user)
+        for owner, other in ((row.from_user, row.to_user), (row.to_user, row.from_user)):
+            profile = profiles.get(other)
+            await storage.ensure_linked_recipient(
+                conn,
+                id=new_id(),
+                owner=owner,
+                linked_user=other,
+                name=profile.display_name if profile else "user",
+            )
+        return result
+
+    async def decline(self, caller: Caller, request_id: str, reason: str) -> RequestRow:
+        rid = _request_id(request_id)
+        errors = FieldErrors()
+        reason = rules.text(errors, reason, "reason", rules.REASON_MAX)
+        errors.raise_if_any()
+        async with self.db.write() as conn:
+            row = await storage.request_by_id(conn, rid, for_update=True)
+            if row is None or row.to_user != caller.user_id:
+                raise _no_request()
+            _require_pending(row)
+            return await storage.set_request_status(conn, rid, "declined", reason)
+
+    async def cancel(self, caller: Caller, request_id: str) -> RequestRow:
+        rid = _request_id(request_id)
+        async with self.db.write() as conn:
+            row = await storage.request_by_id(conn, rid, for_update=True)
+            if row is None or row.from_user != caller.user_id:
+                raise _no_request()
+            _require_pending(row)
+            return await storage.set_request_status(conn, rid, "cancelled")
+
+    async def list_requests(
+        self, caller: Caller, *, incoming: bool, requested_size: int, token: str
+    ) -> Page[RequestRow]:
+        size = page_size(requested_size)
+        name = "requests:incoming" if incoming else "requests:outgoing"
+        after = _id_cursor(token, name)
+        async with self.db.read() as conn:
+            rows = await storage.list_requests(conn, caller.user_id, incoming=incoming, after=after, limit=size + 1)
+        return _page(rows, size, name)
+
+    # --- connections -----------------------------------------------------------------------------
+
+    async def list_connections(self, caller: Caller, requested_size: int, token: str) -> Page[ConnectionWithProfile]:
+        size = page_size(requested_size)
+        after = _id_cursor(token, "connections")
+        async with self.db.read() as conn:
+            rows = await storage.list_connections(conn, caller.user_id, after=after, limit=size + 1)
+        page = _page(rows, size, "connections")
+        # One batched call to auth for the whole page (≤ 100 ids), never one per row.
+        profiles = await self.directory.profiles(caller, [r.other for r in page.rows])
+        return Page(
+            rows=[ConnectionWithProfile(r, profiles.get(r.other)) for r in page.rows],
+            next_page_token=page.next_page_token,
+        )
+
+    async def remove_connection(self, caller: Caller, user_id: str) -> None:
+        other = _path_user(user_id)
+        async with self.db.write() as conn:
+            await storage.lock_pair(conn, caller.user_id, other)
+            removed = await storage.delete_connection(conn, caller.user_id, other)
+        if not removed:
+            raise NotFound("you are not connected with this user", reason="NOT_FOUND")
+        await self._refresh_pair(caller.user_id, other)
+
+    # --- blocks ----------------------------------------------------------------------------------
+
+    async def block(self, caller: Caller, user_id: str) -> BlockRow:
+        errors = FieldErrors()
+        other = rules.user_id(errors, user_id, "user_id")
+        errors.raise_if_any()
+        assert other is not None
+        if other == caller.user_id:
+            raise InvalidArgument("you cannot block yourself", violations=[("user_id", "must be another user")])
+        if other not in await self.directory.profiles(caller, [other]):
+            raise _unknown_user("user_id")
+        async with self.db.write() as conn:
+            await storage.lock_pair(conn, caller.user_id, other)
+            row = await storage.insert_block(conn, new_id(), caller.user_id, other)
+            await storage.delete_connection(conn, caller.user_id, other)
+            await storage.cancel_pending_between(conn, caller.user_id, other)
+        await self._refresh_pair(caller.user_id, other, block_lists=True)
+        return row
+
+    async def unblock(self, caller: Caller, user_id: str) -> None:
+        other = _path_user(user_id)
+        async with self.db.write() as conn:
+            await storage.lock_pair(conn, caller.user_id, other)
+            await storage.delete_block(conn, caller.user_id, other)
+        await self._refresh_pair(caller.user_id, other, block_lists=True)
+
+    async def list_blocks(self, caller: Caller, requested_size: int, token: str) -> Page[BlockRow]:
+        size = page_size(requested_size)
+        after = _id_cursor(token, "blocks")
+        async with self.db.read() as conn:
+            rows = await storage.list_blocks(conn, caller.user_id, after=after, limit=size + 1)
+        return _page(rows, size, "blocks")
+
+    # --- internal API (cached) -------------------------------------------------------------------
+
+    async def relationship(self, caller: Caller, user_id: str, other_user_id: str) -> Relationship:
+        errors = FieldErrors()
+        me = rules.user_id(errors, user_id, "user_id")
+        other = rules.user_id(errors, other_user_id, "other_user_id")
+        errors.raise_if_any()
+        assert me is not None and other is not None
+        _require_self(caller, me)
+        if me == other:
+            return Relationship(connected=False, blocked=False)
+        raw = await self.cache.get_or_load(
+            "relationship", self._pair_key(me, other), self.ttl, lambda: self._load_pair(me, other)
+        )
+        assert raw is not None
+        data = orjson.loads(raw)
+        return Relationship(connected=data["connected"], blocked=data["blocked"])
+
+    async def blocked_with(self, caller: Caller, user_id: str) -> list[uuid.UUID]:
+        errors = FieldErrors()
+        me = rules.user_id(errors, user_id, "user_id", required=False) or caller.user_id
+        errors.raise_if_any()
+        _require_self(caller, me)
+        raw = await self.cache.get_or_load("block_list", self._blocks_key(me), self.ttl, lambda: self._load_blocks(me))
+        assert raw is not None
+        return [uuid.UUID(u) for u in orjson.loads(raw)]
+
+    async def _load_pair(self, a: uuid.UUID, b: uuid.UUID) -> bytes:
+        async with self.db.read() as conn:
+            connected = await storage.connected(conn, a, b)
+            blocked = await storage.blocked_either_way(conn, a, b)
+        return orjson.dumps({"connected": connected, "blocked": blocked})
+
+    async def _load_blocks(self, user: uuid.UUID) -> bytes:
+        async with self.db.read() as conn:
+            users = await storage.block_relations(conn, user)
+        return orjson.dumps(sorted(str(u) for u in users))
+
+    async def _refresh_pair(self, a: uuid.UUID, b: uuid.UUID, *, block_lists: bool = False) -> None:
+        """Write-through after a commit: the cached answers become the committed ones. (A reader
+        that loaded the old state meanwhile stores with SET NX, so it cannot overwrite them.)"""
+        await self.cache.put(self._pair_key(a, b), await self._load_pair(a, b), self.ttl)
+        if block_lists:
+            for user in (a, b):
+                await self.cache.put(self._blocks_key(user), await self._load_blocks(user), self.ttl)
+
+    def _pair_key(self, a: uuid.UUID, b: uuid.UUID) -> str:
+        low, high = storage.ordered(a, b)
+        return self.cache.key("rel", str(low), str(high))
+
+    def _blocks_key(self, user: uuid.UUID) -> str:
+        return self.cache.key("blocked", str(user))
+
+
+Row = TypeVar("Row", RequestRow, ConnectionRow, BlockRow)
+
+
+def _page(rows: list[Row], size: int, name: str) -> Page[Row]:
+    if len(rows) > size:
+        rows = rows[:size]
+        return Page(rows, encode_page_token(name, [str(rows[-1].id)]))
+    return Page(rows, "")
+
+
+def _id_cursor(token: str, name: str) -> uuid.UUID | None:
+    keys = decode_page_token(token, name, 1)
+    if keys is None:
+        return None
+    parsed = parse_uuid(keys[0]) if isinstance(keys[0], str) else None
+    if parsed is None:
+        raise InvalidArgument(
+            "page_token is not a token this list returned",
+            reason="MALFORMED_PAGE_TOKEN",
+            violations=[("page_token", "use the next_page_token of the previous page of the same list")],
+        )
+    return parsed
+
+
+def _request_id(value: str) -> uuid.UUID:
+    errors = FieldErrors()
+    parsed = rules.user_id(errors, value, "id")
+    errors.raise_if_any()
+    assert parsed is not None
+    return parsed
+
+
+def _path_user(value: str) -> uuid.UUID:
+    errors = FieldErrors()
+    parsed = rules.user_id(errors, value, "user_id")
+    errors.raise_if_any()
+    assert parsed is not None
+    return parsed
+
+
+def _require_pending(row: RequestRow) -> None:
+    if row.status != "pending":
+        raise FailedPrecondition(f"this request is already {row.status}", reason="REQUEST_NOT_PENDING")
+
+
+def _require_self(caller: Caller, user: uuid.UUID) -> None:
+    if user != caller.user_id:
+        raise PermissionDenied(
+            "a caller may only ask about their own relationships", violations=[("user_id", "must be the caller")]
+        )
+
+
+def _unknown_user(field: str) -> NotFound:
+    return NotFound(UNKNOWN_USER, violations=[(field, UNKNOWN_USER)])
+
+
+def _no_request() -> NotFound:
+    return NotFound("no connection request with this id")
+
+
+def _pending() -> AlreadyExists:
+    return AlreadyExists(
+        "a connection request to this user is already pending",
+        reason="REQUEST_PENDING",
+        violations=[("to_user_id", "has a pending request from you")],
+    )

@@ -1,0 +1,61 @@
+"""Field rules of SPEC §5 as pure functions: normalise, and add field violations (proto paths)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from services.common.errors import FieldErrors
+from services.common.ids import parse_uuid
+
+MESSAGE_MAX = 500
+REASON_MAX = 500
+NAME_MAX = 100
+EMAIL_MAX = 254
+IDEMPOTENCY_KEY_MAX = 200
+EMAIL_RE = re.compile(r"[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f.]+")
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def user_id(errors: FieldErrors, value: str, field: str, *, required: bool = True) -> uuid.UUID | None:
+    value = value.strip()
+    if not value:
+        if required:
+            errors.add(field, "is required")
+        return None
+    parsed = parse_uuid(value)
+    if parsed is None:
+        errors.add(field, "must be a UUID")
+    return parsed
+
+
+def text(errors: FieldErrors, value: str, field: str, maximum: int) -> str:
+    value = value.strip()
+    if len(value) > maximum:
+        errors.add(field, f"must be at most {maximum} characters")
+    elif CONTROL_RE.search(value):
+        errors.add(field, "must not contain control characters")
+    return value
+
+
+def recipient_name(errors: FieldErrors, value: str, field: str = "name") -> str:
+    value = " ".join(value.split())
+    if not value:
+        errors.add(field, "is required")
+    elif len(value) > NAME_MAX:
+        errors.add(field, f"must be 1 to {NAME_MAX} characters")
+    return value
+
+
+def optional_email(errors: FieldErrors, value: str, field: str = "email") -> str | None:
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > EMAIL_MAX or not EMAIL_RE.fullmatch(value):
+        errors.add(field, "must be an email address such as name@example.com")
+    return value
+
+
+def idempotency_key(errors: FieldErrors, key: str | None) -> None:
+    if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
+        errors.add("idempotency_key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} characters")

@@ -1,0 +1,480 @@
+"""SQL of the recipients service (sqlalchemy `text()` on the connection of a db.read()/db.write()).
+
+Lists are keyset-paginated: requests, connections and blocks newest first by their time-ordered
+(UUIDv7) id; recipients by (sort_name, id). No OFFSET anywhere. Every statement has an index
+behind it (see migrations/versions/0001_*.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# Larger than every UUID: the "after" of a first page read newest first.
+MAX_UUID = uuid.UUID(int=(1 << 128) - 1)
+
+
+def ordered(a: uuid.UUID, b: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
+    return (a, b) if a < b else (b, a)
+
+
+# --- locks ---------------------------------------------------------------------------------------
+# Transaction-level advisory locks serialise the checks-then-write of one sender (rate limit) and
+# of one pair of users (pending/connected/blocked), so concurrent calls cannot both pass a check.
+
+
+async def lock_sender(conn: AsyncConnection, user: uuid.UUID) -> None:
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"sender:{user}"})
+
+
+async def lock_pair(conn: AsyncConnection, a: uuid.UUID, b: uuid.UUID) -> None:
+    low, high = ordered(a, b)
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"pair:{low}:{high}"})
+
+
+# --- connection requests -------------------------------------------------------------------------
+
+REQUEST_COLUMNS = "id, from_user, to_user, message, status, decline_reason, created_at, responded_at"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    id: uuid.UUID
+    from_user: uuid.UUID
+    to_user: uuid.UUID
+    message: str
+    status: str
+    decline_reason: str
+    created_at: datetime
+    responded_at: datetime | None
+
+
+async def insert_request(
+    conn: AsyncConnection, *, id: uuid.UUID, from_user: uuid.UUID, to_user: uuid.UUID, message: str
+) -> RequestRow:
+    row = (
+        await conn.execute(
+            text(
+                f"INSERT INTO connection_requests (id, from_user, to_user, message) "
+                f"VALUES (:id, :f, :t, :m) RETURNING {REQUEST_COLUMNS}"
+            ),
+            {"id": id, "f": from_user, "t": to_user, "m": message},
+        )
+    ).one()
+    return RequestRow(**row._mapping)
+
+
+async def request_by_id(conn: AsyncConnection, request_id: uuid.UUID, *, for_update: bool = False) -> RequestRow | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = (
+        await conn.execute(
+            text(f"SELECT {REQUEST_COLUMNS} FROM connection_requests WHERE id = :id{lock}"), {"id": request_id}
+        )
+    ).first()
+    return RequestRow(**row._mapping) if row else None
+
+
+async def pending_request(conn: AsyncConnection, from_user: uuid.UUID, to_user: uuid.UUID) -> RequestRow | None:
+    """The pending request from → to (one way), if any; served by the pending-pair index."""
+    low, high = ordered(from_user, to_user)
+    row = (
+        await conn.execute(
+            text(
+                f"SELECT {REQUEST_COLUMNS} FROM connection_requests "
+                "WHERE least(from_user, to_user) = :low AND greatest(from_user, to_user) = :high "
+                "AND status = 'pending' AND from_user = :f"
+            ),
+            {"low": low, "high": high, "f": from_user},
+        )
+    ).first()
+    return RequestRow(**row._mapping) if row else None
+
+
+async def requests_sent_since(conn: AsyncConnection, from_user: uuid.UUID, hours: int) -> tuple[int, datetime | None]:
+    """How many requests the user created in the last `hours`, and the oldest of them."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT count(*) AS n, min(created_at) AS oldest FROM connection_requests "
+                "WHERE from_user = :f AND created_at > now() - make_interval(hours => :h)"
+            ),
+            {"f": from_user, "h": hours},
+        )
+    ).one()
+    return int(row.n), row.oldest
+
+
+async def declined_since(conn: AsyncConnection, from_user: uuid.UUID, to_user: uuid.UUID, days: int) -> datetime | None:
+    """When the addressee last declined a request of this sender within `days`, if they did."""
+    return (
+        await conn.execute(
+            text(
+                "SELECT max(responded_at) FROM connection_requests "
+                "WHERE from_user = :f AND to_user = :t AND status = 'declined' "
+                "AND responded_at > now() - make_interval(days => :d)"
+            ),
+            {"f": from_user, "t": to_user, "d": days},
+        )
+    ).scalar_one_or_none()
+
+
+async def set_request_status(
+    conn: AsyncConnection, request_id: uuid.UUID, status: str, decline_reason: str = ""
+) -> RequestRow:
+    row = (
+        await conn.execute(
+            text(
+                "UPDATE connection_requests SET status = :s, decline_reason = :r, responded_at = now() "
+                f"WHERE id = :id RETURNING {REQUEST_COLUMNS}"
+            ),
+            {"s": status, "r": decline_reason, "id": request_id},
+        )
+    ).one()
+    return RequestRow(**row._mapping)
+
+
+async def cancel_pending_between(conn: AsyncConnection, a: uuid.UUID, b: uuid.UUID) -> None:
+    low, high = ordered(a, b)
+    await conn.execute(
+        text(
+            "UPDATE connection_requests SET status = 'cancelled', responded_at = now() "
+            "WHERE least(from_user, to_user) = :low AND greatest(from_user, to_user) = :high AND status = 'pending'"
+        ),
+        {"low": low, "high": high},
+    )
+
+
+_INCOMING = text(
+    f"SELECT {REQUEST_COLUMNS} FROM connection_requests "
+    "WHERE to_user = :u AND status = 'pending' AND id < :after ORDER BY id DESC LIMIT :limit"
+)
+_OUTGOING = text(
+    f"SELECT {REQUEST_COLUMNS} FROM connection_requests "
+    "WHERE from_user = :u AND status = 'pending' AND id < :after ORDER BY id DESC LIMIT :limit"
+)
+
+
+async def list_requests(
+    conn: AsyncConnection, user: uuid.UUID, *, incoming: bool, after: uuid.UUID | None, limit: int
+) -> list[RequestRow]:
+    rows = await conn.execute(
+        _INCOMING if incoming else _OUTGOING, {"u": user, "after": after or MAX_UUID, "limit": limit}
+    )
+    return [RequestRow(**r._mapping) for r in rows]
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRow:
+    id: uuid.UUID
+    other: uuid.UUID
+    created_at: datetime
+
+
+async def insert_connection(conn: AsyncConnection, id: uuid.UUID, a: uuid.UUID, b: uuid.UUID) -> bool:
+    low, high = ordered(a, b)
+    row = (
+        await conn.execute(
+            text(
+                "INSERT INTO connections (id, user_low, user_high) VALUES (:id, :low, :high) "
+                "ON CONFLICT (user_low, user_high) DO NOTHING RETURNING true"
+            ),
+            {"id": id, "low": low, "high": high},
+        )
+    ).first()
+    return row is not None
+
+
+async def delete_connection(conn: AsyncConnection, a: uuid.UUID, b: uuid.UUID) -> bool:
+    low, high = ordered(a, b)
+    row = (
+        await conn.execute(
+            text("DELETE FROM connections WHERE user_low = :low AND user_high = :high RETURNING true"),
+            {"low": low, "high": high},
+        )
+    ).first()
+    return row is not None
+
+
+async def connected(conn: AsyncConnection, a: uuid.UUID, b: uuid.UUID) -> bool:
+    low, high = ordered(a, b)
+    return bool(
+        (
+            await conn.execute(
+                text("SELECT EXISTS (SELECT 1 FROM connections WHERE user_low = :low AND user_high = :high)"),
+                {"low": low, "high": high},
+            )
+        ).scalar_one()
+    )
+
+
+_CONNECTIONS = text(
+    """
+    SELECT id, other, created_at FROM (
+        (SELECT id, user_high AS other, created_at FROM connections
+          WHERE user_low = :u AND id < :after ORDER BY id DESC LIMIT :limit)
+        UNION ALL
+        (SELECT id, user_low AS other, created_at FROM connections
+          WHERE user_high = :u AND id < :after ORDER BY id DESC LIMIT :limit)
+    ) AS mine
+    ORDER BY id DESC LIMIT :limit
+    """
+)
+
+
+async def list_connections(
+    conn: AsyncConnection, user: uuid.UUID, *, after: uuid.UUID | None, limit: int
+) -> list[ConnectionRow]:
+    rows = await conn.execute(_CONNECTIONS, {"u": user, "after": after or MAX_UUID, "limit": limit})
+    return [ConnectionRow(**r._mapping) for r in rows]
+
+
+# --- blocks --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRow:
+    id: uuid.UUID
+    blocked: uuid.UUID
+    created_at: datetime
+
+
+async def insert_block(conn: AsyncConnection, id: uuid.UUID, blocker: uuid.UUID, blocked: uuid.UUID) -> BlockRow:
+    await conn.execute(
+        text(
+            "INSERT INTO blocks (id, blocker, blocked) VALUES (:id, :a, :b) ON CONFLICT (blocker, blocked) DO NOTHING"
+        ),
+        {"id": id, "a": blocker, "b": blocked},
+    )
+    row = (
+        await conn.execute(
+            text("SELECT id, blocked, created_at FROM blocks WHERE blocker = :a AND blocked = :b"),
+            {"a": blocker, "b": blocked},
+        )
+    ).one()
+    return BlockRow(**row._mapping)
+
+
+async def delete_block(conn: AsyncConnection, blocker: uuid.UUID, blocked: uuid.UUID) -> None:
+    await conn.execute(text("DELETE FROM blocks WHERE blocker = :a AND blocked = :b"), {"a": blocker, "b": blocked})
+
+
+async def blocked_either_way(conn: AsyncConnection, a: uuid.UUID, b: uuid.UUID) -> bool:
+    return bool(
+        (
+            await conn.execute(
+                text(
+                    "SELECT EXISTS (SELECT 1 FROM blocks WHERE (blocker = :a AND blocked = :b) "
+                    "OR (blocker = :b AND blocked = :a))"
+                ),
+                {"a": a, "b": b},
+            )
+        ).scalar_one()
+    )
+
+
+async def block_relations(conn: AsyncConnection, user: uuid.UUID) -> list[uuid.UUID]:
+    """Everyone the user blocked or who blocked the user."""
+    rows = await conn.execute(
+        text("SELECT blocked FROM blocks WHERE blocker = :u UNION SELECT blocker FROM blocks WHERE blocked = :u"),
+        {"u": user},
+    )
+    return [r[0] for r in rows]
+
+
+async def list_blocks(conn: AsyncConnection, user: uuid.UUID, *, after: uuid.UUID | None, limit: int) -> list[BlockRow]:
+    rows = await conn.execute(
+        text(
+            "SELECT id, blocked, created_at FROM blocks "
+            "WHERE blocker = :u AND id < :after ORDER BY id DESC LIMIT :limit"
+        ),
+        {"u": user, "after": after or MAX_UUID, "limit": limit},
+    )
+    return [BlockRow(**r._mapping) for r in rows]
+
+
+# --- recipients ----------------------------------------------------------------------------------
+
+RECIPIENT_COLUMNS = "id, owner, name, email, linked_user, sort_name, created_at, updated_at"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRow:
+    id: uuid.UUID
+    owner: uuid.UUID
+    name: str
+    email: str | None
+    linked_user: uuid.UUID | None
+    sort_name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+async def insert_recipient(
+    conn: AsyncConnection,
+    *,
+    id: uuid.UUID,
+    owner: uuid.UUID,
+    name: str,
+    email: str | None,
+    linked_user: uuid.UUID | None,
+) -> RecipientRow:
+    row = (
+        await conn.execute(
+            text(
+                "INSERT INTO recipients (id, owner, name, email, linked_user) VALUES (:id, :o, :n, :e, :l) "
+                f"RETURNING {RECIPIENT_COLUMNS}"
+            ),
+            {"id": id, "o": owner, "n": name, "e": email, "l": linked_user},
+        )
+    ).one()
+    return RecipientRow(**row._mapping)
+
+
+async def ensure_linked_recipient(
+    conn: AsyncConnection, *, id: uuid.UUID, owner: uuid.UUID, linked_user: uuid.UUID, name: str
+) -> None:
+    """A recipient of `owner` linked to `linked_user`: the existing one if there is, else a new one."""
+    await conn.execute(
+        text(
+            "INSERT INTO recipients (id, owner, name, linked_user) VALUES (:id, :o, :n, :l) "
+            "ON CONFLICT (owner, linked_user) WHERE linked_user IS NOT NULL DO NOTHING"
+        ),
+        {"id": id, "o": owner, "n": name, "l": linked_user},
+    )
+
+
+async def recipient(conn: AsyncConnection, owner: uuid.UUID, recipient_id: uuid.UUID) -> RecipientRow | None:
+    row = (
+        await conn.execute(
+            text(f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE id = :id AND owner = :o"),
+            {"id": recipient_id, "o": owner},
+        )
+    ).first()
+    return RecipientRow(**row._mapping) if row else None
+
+
+UPDATABLE_COLUMNS = {"name": "name", "email": "email", "linked_user_id": "linked_user"}
+
+
+async def update_recipient(
+    conn: AsyncConnection, owner: uuid.UUID, recipient_id: uuid.UUID, changes: dict[str, object]
+) -> RecipientRow | None:
+    assignments = ", ".join(f"{column} = :{column}" for column in changes)
+    row = (
+        await conn.execute(
+            text(
+                f"UPDATE recipients SET {assignments}, updated_at = now() WHERE id = :id AND owner = :o "
+                f"RETURNING {RECIPIENT_COLUMNS}"
+            ),
+            {**changes, "id": recipient_id, "o": owner},
+        )
+    ).first()
+    return RecipientRow(**row._mapping) if row else None
+
+
+async def delete_recipient(conn: AsyncConnection, owner: uuid.UUID, recipient_id: uuid.UUID) -> bool:
+    row = (
+        await conn.execute(
+            text("DELETE FROM recipients WHERE id = :id AND owner = :o RETURNING true"),
+            {"id": recipient_id, "o": owner},
+        )
+    ).first()
+    return row is not None
+
+
+_RECIPIENTS = text(
+    f"""
+    SELECT {RECIPIENT_COLUMNS} FROM recipients
+     WHERE owner = :o AND sort_name LIKE :prefix
+       AND (sort_name, id) > (:after_name, :after_id)
+     ORDER BY sort_name, id
+     LIMIT :limit
+    """
+)
+
+
+def escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def list_recipients(
+    conn: AsyncConnection,
+    owner: uuid.UUID,
+    *,
+    prefix: str,
+    after: tuple[str, uuid.UUID] | None,
+    limit: int,
+) -> list[RecipientRow]:
+    after_name, after_id = after if after else ("", uuid.UUID(int=0))
+    rows = await conn.execute(
+        _RECIPIENTS,
+        {
+            "o": owner,
+            "prefix": escape_like(prefix.lower()) + "%",
+            "after_name": after_name,
+            "after_id": after_id,
+            "limit": limit,
+        },
+    )
+    return [RecipientRow(**r._mapping) for r in rows]
+
+
+# --- idempotency keys ----------------------------------------------------------------------------
+# A key older than 24 h is replaced as if it were absent (ON CONFLICT … WHERE).
+
+_CLAIM_KEY = text(
+    """
+    INSERT INTO idempotency_keys (operation, caller, key, request_hash)
+    VALUES (:operation, :caller, :key, :request_hash)
+    ON CONFLICT (operation, caller, key) DO UPDATE
+       SET request_hash = EXCLUDED.request_hash, result_id = NULL, created_at = now()
+     WHERE idempotency_keys.created_at < now() - interval '24 hours'
+    RETURNING true
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PriorRequest:
+    request_hash: bytes
+    result_id: uuid.UUID | None
+
+
+async def claim_idempotency_key(
+    conn: AsyncConnection, *, operation: str, caller: str, key: str, request_hash: bytes
+) -> PriorRequest | None:
+    """None when this call owns the key now; else what the earlier call with this key asked and got.
+    A concurrent call with the same key waits here until the first one commits or rolls back."""
+    params = {"operation": operation, "caller": caller, "key": key}
+    claimed = (await conn.execute(_CLAIM_KEY, {**params, "request_hash": request_hash})).first()
+    if claimed is not None:
+        return None
+    row = (
+        await conn.execute(
+            text(
+                "SELECT request_hash, result_id FROM idempotency_keys "
+                "WHERE operation = :operation AND caller = :caller AND key = :key"
+            ),
+            params,
+        )
+    ).one()
+    return PriorRequest(request_hash=bytes(row.request_hash), result_id=row.result_id)
+
+
+async def record_idempotent_result(
+    conn: AsyncConnection, *, operation: str, caller: str, key: str, result_id: uuid.UUID
+) -> None:
+    await conn.execute(
+        text(
+            "UPDATE idempotency_keys SET result_id = :r "
+            "WHERE operation = :operation AND caller = :caller AND key = :key"
+        ),
+        {"operation": operation, "caller": caller, "key": key, "r": result_id},
+    )
