@@ -78,45 +78,54 @@ async def request_by_id(conn: AsyncConnection, request_id: uuid.UUID, *, for_upd
     return RequestRow(**row._mapping) if row else None
 
 
+_PENDING_ONE_WAY = text(
+    f"SELECT {REQUEST_COLUMNS} FROM connection_requests "
+    "WHERE least(from_user, to_user) = :low AND greatest(from_user, to_user) = :high "
+    "AND status = 'pending' AND from_user = :f"
+)
+
+
 async def pending_request(conn: AsyncConnection, from_user: uuid.UUID, to_user: uuid.UUID) -> RequestRow | None:
     """The pending request from → to (one way), if any; served by the pending-pair index."""
     low, high = ordered(from_user, to_user)
     row = (
         await conn.execute(
-            text(
-                f"SELECT {REQUEST_COLUMNS} FROM connection_requests "
-                "WHERE least(from_user, to_user) = :low AND greatest(from_user, to_user) = :high "
-                "AND status = 'pending' AND from_user = :f"
-            ),
+            _PENDING_ONE_WAY,
             {"low": low, "high": high, "f": from_user},
         )
     ).first()
     return RequestRow(**row._mapping) if row else None
 
 
+_SENT_SINCE = text(
+    "SELECT count(*) AS n, min(created_at) AS oldest FROM connection_requests "
+    "WHERE from_user = :f AND created_at > now() - make_interval(hours => :h)"
+)
+
+
 async def requests_sent_since(conn: AsyncConnection, from_user: uuid.UUID, hours: int) -> tuple[int, datetime | None]:
     """How many requests the user created in the last `hours`, and the oldest of them."""
     row = (
         await conn.execute(
-            text(
-                "SELECT count(*) AS n, min(created_at) AS oldest FROM connection_requests "
-                "WHERE from_user = :f AND created_at > now() - make_interval(hours => :h)"
-            ),
+            _SENT_SINCE,
             {"f": from_user, "h": hours},
         )
     ).one()
     return int(row.n), row.oldest
 
 
+_DECLINED_SINCE = text(
+    "SELECT max(responded_at) FROM connection_requests "
+    "WHERE from_user = :f AND to_user = :t AND status = 'declined' "
+    "AND responded_at > now() - make_interval(days => :d)"
+)
+
+
 async def declined_since(conn: AsyncConnection, from_user: uuid.UUID, to_user: uuid.UUID, days: int) -> datetime | None:
     """When the addressee last declined a request of this sender within `days`, if they did."""
     return (
         await conn.execute(
-            text(
-                "SELECT max(responded_at) FROM connection_requests "
-                "WHERE from_user = :f AND to_user = :t AND status = 'declined' "
-                "AND responded_at > now() - make_interval(days => :d)"
-            ),
+            _DECLINED_SINCE,
             {"f": from_user, "t": to_user, "d": days},
         )
     ).scalar_one_or_none()
@@ -265,35 +274,44 @@ async def delete_block(conn: AsyncConnection, blocker: uuid.UUID, blocked: uuid.
     await conn.execute(text("DELETE FROM blocks WHERE blocker = :a AND blocked = :b"), {"a": blocker, "b": blocked})
 
 
+_BLOCKED_EITHER_WAY = text(
+    "SELECT EXISTS (SELECT 1 FROM blocks WHERE (blocker = :a AND blocked = :b) OR (blocker = :b AND blocked = :a))"
+)
+
+
 async def blocked_either_way(conn: AsyncConnection, a: uuid.UUID, b: uuid.UUID) -> bool:
     return bool(
         (
             await conn.execute(
-                text(
-                    "SELECT EXISTS (SELECT 1 FROM blocks WHERE (blocker = :a AND blocked = :b) "
-                    "OR (blocker = :b AND blocked = :a))"
-                ),
+                _BLOCKED_EITHER_WAY,
                 {"a": a, "b": b},
             )
         ).scalar_one()
     )
 
 
+_BLOCK_RELATIONS = text(
+    "SELECT blocked FROM blocks WHERE blocker = :u UNION SELECT blocker FROM blocks WHERE blocked = :u"
+)
+
+
 async def block_relations(conn: AsyncConnection, user: uuid.UUID) -> list[uuid.UUID]:
     """Everyone the user blocked or who blocked the user."""
     rows = await conn.execute(
-        text("SELECT blocked FROM blocks WHERE blocker = :u UNION SELECT blocker FROM blocks WHERE blocked = :u"),
+        _BLOCK_RELATIONS,
         {"u": user},
     )
     return [r[0] for r in rows]
 
 
+_LIST_BLOCKS = text(
+    "SELECT id, blocked, created_at FROM blocks WHERE blocker = :u AND id < :after ORDER BY id DESC LIMIT :limit"
+)
+
+
 async def list_blocks(conn: AsyncConnection, user: uuid.UUID, *, after: uuid.UUID | None, limit: int) -> list[BlockRow]:
     rows = await conn.execute(
-        text(
-            "SELECT id, blocked, created_at FROM blocks "
-            "WHERE blocker = :u AND id < :after ORDER BY id DESC LIMIT :limit"
-        ),
+        _LIST_BLOCKS,
         {"u": user, "after": after or MAX_UUID, "limit": limit},
     )
     return [BlockRow(**r._mapping) for r in rows]
