@@ -23,6 +23,7 @@ from services.auth.sessions import (
     refresh_token_hash,
 )
 from services.auth.storage import SearchHit, UserRecord
+from services.common import idempotency
 from services.common.cache import Cache
 from services.common.db import Database, violated_constraint
 from services.common.errors import Aborted, AlreadyExists, FieldErrors, InvalidArgument, Unauthenticated
@@ -32,7 +33,6 @@ from services.common.tokens import Caller
 
 MAX_BATCH_IDS = 100
 SEARCH_DEFAULT_PAGE, SEARCH_MAX_PAGE = 10, 50
-IDEMPOTENCY_KEY_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ class Accounts:
             "country": rules.country(errors, country),
         }
         rules.password(errors, password)
-        _check_idempotency_key(errors, idempotency_key)
+        idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
 
         # Hash before looking anything up: the answer takes as long whether or not the email exists.
@@ -106,11 +106,11 @@ class Accounts:
             async with self.db.write() as conn:
                 prior = None
                 if idempotency_key:
-                    prior = await storage.claim_idempotency_key(conn, **claim, request_hash=request_hash)
+                    prior = await idempotency.claim(conn, **claim, request_hash=request_hash)
                 if prior is None:
                     user = await storage.insert_user(conn, id=new_id(), password_hash=password_hash, **fields)
                     if idempotency_key:
-                        await storage.record_idempotent_result(conn, **claim, result_id=user.id)
+                        await idempotency.record_result(conn, **claim, result_id=user.id)
                     return await self._start_session(conn, user)
         except sqlalchemy.exc.IntegrityError as exc:
             raise _uniqueness_error(exc, prefix="") from None
@@ -347,11 +347,6 @@ def _validate_profile_field(errors: FieldErrors, path: str, value: str) -> str:
     if path == "avatar_url":
         return rules.avatar_url(errors, value, field)
     return rules.name(errors, value, field)
-
-
-def _check_idempotency_key(errors: FieldErrors, key: str | None) -> None:
-    if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
-        errors.add("idempotency_key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
 
 
 def _uniqueness_error(exc: sqlalchemy.exc.IntegrityError, *, prefix: str) -> Exception:

@@ -18,6 +18,7 @@ import orjson
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common import idempotency
 from services.common.cache import Cache
 from services.common.db import Database, violated_constraint
 from services.common.errors import (
@@ -77,7 +78,7 @@ class Relationships:
         errors = FieldErrors()
         to_user = rules.user_id(errors, to_user_id, "to_user_id")
         message = rules.text(errors, message, "message", rules.MESSAGE_MAX)
-        rules.idempotency_key(errors, idempotency_key)
+        idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
         assert to_user is not None
         me = caller.user_id
@@ -100,7 +101,7 @@ class Relationships:
             async with self.db.write() as conn:
                 prior = None
                 if idempotency_key:
-                    prior = await storage.claim_idempotency_key(conn, **claim, request_hash=request_hash)
+                    prior = await idempotency.claim(conn, **claim, request_hash=request_hash)
                 if prior is None:
                     await storage.lock_sender(conn, me)
                     await storage.lock_pair(conn, me, to_user)
@@ -141,7 +142,7 @@ class Relationships:
                             conn, id=new_id(), from_user=me, to_user=to_user, message=message
                         )
                     if idempotency_key:
-                        await storage.record_idempotent_result(conn, **claim, result_id=result.id)
+                        await idempotency.record_result(conn, **claim, result_id=result.id)
         except sqlalchemy.exc.IntegrityError as exc:
             if violated_constraint(exc) == "connection_requests_pending_pair_key":
                 raise _pending() from None
@@ -152,7 +153,7 @@ class Relationships:
             await self._refresh_pair(me, to_user)
         return result
 
-    async def _replay(self, caller: Caller, prior: storage.PriorRequest, request_hash: bytes) -> RequestRow:
+    async def _replay(self, caller: Caller, prior: idempotency.PriorRequest, request_hash: bytes) -> RequestRow:
         if prior.request_hash != request_hash or prior.result_id is None:
             raise Aborted(
                 "this Idempotency-Key was already used for a different request",

@@ -12,7 +12,6 @@ MESSAGE_MAX = 500
 REASON_MAX = 500
 NAME_MAX = 100
 EMAIL_MAX = 254
-IDEMPOTENCY_KEY_MAX = 200
 EMAIL_RE = re.compile(r"[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f.]+")
 CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -54,8 +53,3 @@ def optional_email(errors: FieldErrors, value: str, field: str = "email") -> str
     if len(value) > EMAIL_MAX or not EMAIL_RE.fullmatch(value):
         errors.add(field, "must be an email address such as name@example.com")
     return value
-
-
-def idempotency_key(errors: FieldErrors, key: str | None) -> None:
-    if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
-        errors.add("idempotency_key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
