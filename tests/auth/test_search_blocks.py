@@ -1,8 +1,9 @@
 """Search leaves out everyone in a block relation with the caller, through the BlockList interface.
 
-The recipients service does not exist yet, so a stub of its RelationshipService (a real gRPC
-server on a free port) plays it: an extra auth instance is started with RECIPIENTS_TARGET pointing
-at the stub, and searched over gRPC. The stack's own instances (no recipients yet) exclude nobody.
+Here a stub of the recipients service's RelationshipService (a real gRPC server on a free port)
+stands behind that interface: an extra auth instance is started with RECIPIENTS_TARGET pointing at
+the stub and searched over gRPC, so the exclusion is shown independently of the real recipients
+service (whose own tests block through the gateway). The stack's users here have no blocks.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ async def test_search_excludes_block_relations_both_ways(
     stranger = await sign_up(client, lastName=tag)
     servicer.blocked[me["user"]["id"]] = [i_blocked["user"]["id"], blocked_me["user"]["id"]]
 
-    # Without a recipients service the stack excludes nobody but the caller.
+    # Nobody blocked anybody in the real recipients service: only the caller is left out.
     everyone = await client.get("/v1/users:search", params={"query": tag}, headers=bearer(me))
     assert {u["id"] for u in everyone.json()["users"]} == {
         i_blocked["user"]["id"],
