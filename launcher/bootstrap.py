@@ -123,9 +123,17 @@ def site_packages() -> Path:
     return Path(out.stdout.strip())
 
 
+def pth_content() -> str:
+    """Repository root, gen/ and envoy/ on the venv's sys.path: `import services`,
+    `import capsule...`, `import controlplane` (envoy/controlplane: the repository's envoy/ folder
+    holds the control plane package; the top-level name `envoy` itself is the xds-protos wheel's)."""
+    return f"{REPO}\n{REPO / 'gen'}\n{REPO / 'envoy'}\n"
+
+
 def write_pth() -> None:
-    """Repository root and gen/ on the venv's sys.path: `import services`, `import capsule...`."""
-    content = f"{REPO}\n{REPO / 'gen'}\n"
+    """Rewritten whenever its content changed (every launcher run checks), so existing venvs pick
+    up new path entries without reinstalling."""
+    content = pth_content()
     pth = site_packages() / PTH_NAME
     if not pth.exists() or pth.read_text() != content:
         pth.write_text(content)

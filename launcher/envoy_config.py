@@ -19,7 +19,7 @@ from typing import Any, Literal
 from launcher.topology import SERVICES, ServiceSpec
 
 Address = tuple[str, int]
-Discovery = Literal["STATIC", "STRICT_DNS"]
+Discovery = Literal["STATIC", "STRICT_DNS", "EDS"]
 
 # --- tunables other parts of the launcher read ------------------------------------------------
 
@@ -47,6 +47,38 @@ PER_TRY_TIMEOUT_S = 5.0
 # idempotency keys exist (SPEC §3) — see README "Not yet".
 RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled"
 NUM_RETRIES = 2
+
+# The control plane's routes distinguish idempotent RPCs (a repeat changes nothing) from the rest:
+# - idempotent: also retried when the call may have reached the server (UNAVAILABLE from a dying
+#   or draining instance, a stream reset by a SIGKILL): repeating a read is harmless;
+# - everything else: only when the call provably never reached the application (the connection
+#   was refused or the HTTP/2 stream was refused before any byte of it was processed). A write cut
+#   mid-flight is not replayed behind the caller's back; the graceful drain order makes sure no
+#   write is cut in the first place.
+RETRY_ON_IDEMPOTENT = "unavailable,reset,connect-failure,refused-stream"
+RETRY_ON_UNSAFE = "connect-failure,refused-stream"
+# Full method names of the idempotent RPCs. This table belongs in the protos, as
+# `option idempotency_level = NO_SIDE_EFFECTS;` on each read method (then derived from the
+# descriptors); it lives here until the service owners add those options. A name that no longer
+# exists is harmless (one route nobody calls).
+IDEMPOTENT_METHODS: frozenset[str] = frozenset(
+    {
+        "/capsule.auth.v1.AuthService/GetMe",
+        "/capsule.auth.v1.AuthService/GetUsers",
+        "/capsule.auth.v1.AuthService/CheckUsername",
+        "/capsule.auth.v1.AuthService/SearchUsers",
+        "/capsule.recipients.v1.RecipientsService/ListConnectionRequests",
+        "/capsule.recipients.v1.RecipientsService/ListConnections",
+        "/capsule.recipients.v1.RecipientsService/ListBlocks",
+        "/capsule.recipients.v1.RecipientsService/ListRecipients",
+        "/capsule.recipients.v1.RecipientsService/GetRecipient",
+        "/capsule.recipients.v1.RelationshipService/ListBlockedUserIds",
+        "/capsule.recipients.v1.RelationshipService/GetRelationship",
+        # Server reflection only reads descriptors.
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+)
 
 
 def _duration(seconds: float) -> str:
@@ -170,6 +202,18 @@ def build_cluster(spec: ServiceSpec, endpoints: Sequence[Address], discovery: Di
             ]
         },
     }
+    if discovery == "EDS":
+        # Endpoints come from the control plane over the same ADS stream (one ClusterLoadAssignment
+        # named after the cluster), not from the cluster resource itself.
+        del cluster["load_assignment"]
+        cluster["eds_cluster_config"] = {
+            "service_name": spec.name,
+            "eds_config": {"ads": {}, "resource_api_version": "V3"},
+        }
+        # An endpoint the control plane removed (deregistered on SIGTERM, or its lease lapsed) leaves
+        # the load balancer at once. Envoy's default keeps a removed host until it also fails its
+        # health checks, which would add up to 3 s to every drain.
+        cluster["ignore_health_on_host_removal"] = True
     if discovery == "STRICT_DNS":
         # Compose scales replicas behind one name, each resolved IP being one host. Envoy 1.40
         # deprecates the Cluster-level DNS fields: the DNS cluster extension replaces `type`.
@@ -201,12 +245,15 @@ def build_clusters(
 # --- routes (later: RDS resource) ---------------------------------------------------------------
 
 
-def build_route(spec: ServiceSpec, prefix: str) -> dict[str, Any]:
+def build_route(
+    spec: ServiceSpec, prefix: str, *, retry_on: str = RETRY_ON, exact_path: bool = False
+) -> dict[str, Any]:
+    """A route for a path prefix (`/capsule.auth.v1.`) or, with exact_path, one method."""
     return {
         "name": f"{spec.name}:{prefix}",
         # gRPC paths are /package.Service/Method: the package prefix selects the service.
         # `grpc: {}` only matches requests with content-type application/grpc.
-        "match": {"prefix": prefix, "grpc": {}},
+        "match": {"path" if exact_path else "prefix": prefix, "grpc": {}},
         "route": {
             "cluster": spec.name,
             "timeout": _duration(ROUTE_TIMEOUT_S),
@@ -215,7 +262,7 @@ def build_route(spec: ServiceSpec, prefix: str) -> dict[str, Any]:
             # caller does.
             "max_stream_duration": {"grpc_timeout_header_max": _duration(ROUTE_TIMEOUT_S)},
             "retry_policy": {
-                "retry_on": RETRY_ON,
+                "retry_on": retry_on,
                 "num_retries": NUM_RETRIES,
                 "per_try_timeout": _duration(PER_TRY_TIMEOUT_S),
                 # 25 ms base (Envoy's default, written out), capped at 250 ms: a retry lands after
@@ -241,7 +288,21 @@ def build_route(spec: ServiceSpec, prefix: str) -> dict[str, Any]:
     }
 
 
-def build_route_config(services: Sequence[ServiceSpec] = SERVICES) -> dict[str, Any]:
+def _service_routes(spec: ServiceSpec, idempotent_methods: frozenset[str] | None) -> list[dict[str, Any]]:
+    if idempotent_methods is None:
+        return [build_route(spec, p) for p in spec.route_prefixes]
+    # Exact method routes first (Envoy takes the first match), then the service's prefixes.
+    exact = sorted(m for m in idempotent_methods if m.startswith(spec.route_prefixes))
+    return [build_route(spec, m, retry_on=RETRY_ON_IDEMPOTENT, exact_path=True) for m in exact] + [
+        build_route(spec, p, retry_on=RETRY_ON_UNSAFE) for p in spec.route_prefixes
+    ]
+
+
+def build_route_config(
+    services: Sequence[ServiceSpec] = SERVICES, idempotent_methods: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """The mesh's routes. idempotent_methods None: one policy (RETRY_ON) for every RPC (the static
+    bootstrap); a set (the control plane): broad retries for those methods, narrow for the rest."""
     return {
         "name": "grpc_routes",
         "virtual_hosts": [
@@ -251,7 +312,7 @@ def build_route_config(services: Sequence[ServiceSpec] = SERVICES) -> dict[str, 
                 "domains": ["*"],
                 # No catch-all: an unknown service gets Envoy's 404, which gRPC clients see as
                 # UNIMPLEMENTED — the right answer for a method nobody serves.
-                "routes": [build_route(spec, p) for spec in services for p in spec.route_prefixes],
+                "routes": [r for spec in services for r in _service_routes(spec, idempotent_methods)],
             }
         ],
     }
@@ -273,8 +334,12 @@ _ACCESS_LOG_FORMAT = {
 }
 
 
-def build_listener(address: Address, route_config: Mapping[str, Any], name: str = "grpc_ingress") -> dict[str, Any]:
-    hcm = {
+def build_listener(
+    address: Address, route_config: Mapping[str, Any] | str, name: str = "grpc_ingress"
+) -> dict[str, Any]:
+    """route_config: the routes inline (static bootstrap), or the name of a RouteConfiguration
+    fetched over ADS (RDS: routes change without touching the listener, hence without GOAWAY)."""
+    hcm: dict[str, Any] = {
         "@type": "type.googleapis.com/"
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": name,
@@ -300,7 +365,6 @@ def build_listener(address: Address, route_config: Mapping[str, Any], name: str 
                 },
             }
         ],
-        "route_config": dict(route_config),
         "http_filters": [
             {
                 "name": "envoy.filters.http.router",
@@ -308,6 +372,13 @@ def build_listener(address: Address, route_config: Mapping[str, Any], name: str 
             }
         ],
     }
+    if isinstance(route_config, str):
+        hcm["rds"] = {
+            "route_config_name": route_config,
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
+        }
+    else:
+        hcm["route_config"] = dict(route_config)
     return {
         "name": name,
         "address": _socket_address(address),
@@ -366,6 +437,96 @@ def build_bootstrap(
                 }
             ]
         },
+    }
+
+
+XDS_CLUSTER = "xds_cluster"
+# The route configuration's name, shared by the listener (RDS reference) and the RDS resource.
+ROUTE_CONFIG_NAME = "grpc_routes"
+
+
+def _overload_manager(max_downstream_connections: int) -> dict[str, Any]:
+    return {
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": max_downstream_connections,
+                },
+            }
+        ]
+    }
+
+
+def build_xds_bootstrap(
+    *,
+    admin: Address,
+    control_plane: Address,
+    node_id: str = "capsule-mesh-envoy",
+    node_cluster: str = "capsule-mesh",
+    max_downstream_connections: int = 50_000,
+) -> dict[str, Any]:
+    """Envoy bootstrap that only points at the control plane: listeners, routes, clusters and
+    endpoints all arrive over one ADS stream (envoy/controlplane)."""
+    ads_source = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        # The control plane keys its snapshots by node id: one per Envoy (or per group sharing it).
+        "node": {"id": node_id, "cluster": node_cluster},
+        "admin": {"address": _socket_address(admin)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                # The node (id, cluster, build) only in the first message of a stream: it never
+                # changes, and the control plane keeps it per stream.
+                "set_node_on_first_message_only": True,
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": XDS_CLUSTER,
+                            # Reconnect to a restarted control plane within a second (Envoy's
+                            # default back-off grows to 30 s). Envoy keeps serving its last
+                            # configuration meanwhile.
+                            "retry_policy": {
+                                "retry_back_off": {"base_interval": _duration(0.1), "max_interval": _duration(1.0)}
+                            },
+                        }
+                    }
+                ],
+            },
+            "cds_config": ads_source,
+            "lds_config": ads_source,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": XDS_CLUSTER,
+                    "type": "STATIC",
+                    # Loopback or the compose network: a control plane that does not accept in
+                    # 1 s is down; retry (above) rather than wait.
+                    "connect_timeout": _duration(1.0),
+                    "load_assignment": {
+                        "cluster_name": XDS_CLUSTER,
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(control_plane)}}]}],
+                    },
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            # ADS is gRPC: HTTP/2 (h2c). Keep-alive PINGs notice a control plane
+                            # that vanished without a FIN, so Envoy reconnects instead of waiting.
+                            "explicit_http_config": {
+                                "http2_protocol_options": {
+                                    "connection_keepalive": {"interval": _duration(5.0), "timeout": _duration(2.0)}
+                                }
+                            },
+                        }
+                    },
+                }
+            ]
+        },
+        "overload_manager": _overload_manager(max_downstream_connections),
     }
 
 

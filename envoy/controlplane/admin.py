@@ -1,0 +1,68 @@
+"""The control plane's admin HTTP port (loopback): what it serves and what Envoy did with it.
+
+GET /healthz    200 once the first snapshot is published (after the warm-up), 503 before
+GET /status     snapshot versions per node, versions each node acknowledged
+GET /nacks      every rejected update: node, type, rejected and kept versions, Envoy's error
+GET /registry   registered instances and their leases
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from controlplane.cache import SnapshotCache
+from controlplane.registry import Registry
+
+
+class Admin:
+    def __init__(self, cache: SnapshotCache, registry: Registry, ready: Callable[[], bool]) -> None:
+        self.cache = cache
+        self.registry = registry
+        self.ready = ready
+
+    def page(self, path: str) -> tuple[int, Any]:
+        if path == "/healthz":
+            return (200, {"ok": True}) if self.ready() else (503, {"ok": False, "reason": "warming up"})
+        if path == "/status":
+            return 200, self.cache.status()
+        if path == "/nacks":
+            return 200, [n.to_dict() for n in self.cache.nacks]
+        if path == "/registry":
+            now = time.monotonic()
+            return 200, [
+                {
+                    "lease_id": lease.lease_id,
+                    "service": lease.endpoint.service,
+                    "address": lease.endpoint.address,
+                    "zone": lease.endpoint.zone,
+                    "metadata": dict(lease.endpoint.metadata),
+                    "expires_in": round(lease.expires_at - now, 3),
+                }
+                for lease in self.registry.leases()
+            ]
+        return 404, {"error": "not found"}
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
+            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request_line.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            status, payload = self.page(path)
+            body = json.dumps(payload, indent=1).encode() + b"\n"
+            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+            writer.write(
+                f"HTTP/1.0 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,162 @@
+"""The control plane process: registry + snapshot builder + cache + ADS, on one grpc.aio server.
+
+    registry change ──► build_snapshot() ──► cache.set_snapshot() ──► every ADS stream pushes
+
+Warm-up: a (re)started control plane knows no instance. Publishing at once would hand Envoy an
+empty endpoint set and fail every call, so the first snapshot waits `warmup_seconds` (default:
+one lease ttl, within which every live instance's heartbeat got NOT_FOUND and it registered
+again). Envoy keeps serving its last configuration meanwhile; its ADS requests simply wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from capsule.mesh.v1 import registry_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from controlplane.admin import Admin
+from controlplane.ads import AggregatedDiscoveryService
+from controlplane.cache import SnapshotCache
+from controlplane.registry import Registry
+from controlplane.registry_service import RegistryService
+from controlplane.snapshot import build_snapshot
+from launcher.topology import SERVICES, ServiceSpec
+
+log = logging.getLogger(__name__)
+
+# A heartbeat every ttl/3 (0.5 s): two may be lost before the lease lapses, and a SIGKILLed
+# instance leaves Envoy's endpoint set within ~1.5 s + one sweep, inside SPEC §2's 2 s.
+DEFAULT_LEASE_TTL_S = 1.5
+# Lapsed leases are looked for this often.
+SWEEP_INTERVAL_S = 0.1
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+@dataclass(frozen=True)
+class ControlPlaneSettings:
+    # gRPC: ADS for Envoy and RegistryService for instances, one port.
+    listen: str = "127.0.0.1:18000"
+    admin_listen: str = "127.0.0.1:18001"
+    # Where Envoy's gRPC listener binds (the LDS resource's address).
+    envoy_listen: str = "127.0.0.1:10000"
+    lease_ttl_seconds: float = DEFAULT_LEASE_TTL_S
+    warmup_seconds: float | None = None  # None: one lease ttl
+    services: tuple[ServiceSpec, ...] = field(default=SERVICES)
+
+    @classmethod
+    def from_env(cls) -> ControlPlaneSettings:
+        names = [n.strip() for n in os.environ.get("CONTROL_PLANE_SERVICES", "").split(",") if n.strip()]
+        services = tuple(s for s in SERVICES if s.name in names) if names else SERVICES
+        warmup = os.environ.get("CONTROL_PLANE_WARMUP_SECONDS", "")
+        return cls(
+            listen=os.environ.get("CONTROL_PLANE_LISTEN", cls.listen),
+            admin_listen=os.environ.get("CONTROL_PLANE_ADMIN_LISTEN", cls.admin_listen),
+            envoy_listen=os.environ.get("CONTROL_PLANE_ENVOY_LISTEN", cls.envoy_listen),
+            lease_ttl_seconds=float(os.environ.get("LEASE_TTL_SECONDS") or DEFAULT_LEASE_TTL_S),
+            warmup_seconds=float(warmup) if warmup else None,
+            services=services,
+        )
+
+
+class ControlPlane:
+    def __init__(self, settings: ControlPlaneSettings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.lease_ttl_seconds)
+        self.cache = SnapshotCache()
+        self.ready = False
+        self.server: grpc.aio.Server | None = None
+        self.admin_server: asyncio.Server | None = None
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.registry.subscribe(self._rebuild)
+
+    @property
+    def services(self) -> Sequence[ServiceSpec]:
+        return self.settings.services
+
+    def _rebuild(self) -> None:
+        if not self.ready:
+            return
+        snapshot = build_snapshot(
+            self.registry.endpoints(), listen=_split(self.settings.envoy_listen), services=self.services
+        )
+        self.cache.set_snapshot(snapshot)
+
+    async def start(self) -> ControlPlane:
+        self.server = grpc.aio.server(
+            options=[
+                # Envoy pings the ADS connection every 5 s (bootstrap keep-alive): allow it.
+                ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            AggregatedDiscoveryService(self.cache), self.server
+        )
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(self.registry, self.cache), self.server)
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise SystemExit(f"cannot listen on {self.settings.listen}")
+        await self.server.start()
+        host, port = _split(self.settings.admin_listen)
+        self.admin_server = await asyncio.start_server(
+            Admin(self.cache, self.registry, lambda: self.ready).handle, host, port
+        )
+        self._tasks = [asyncio.create_task(self._sweep()), asyncio.create_task(self._warm_up())]
+        log.info(
+            "control plane serving",
+            extra={"fields": {"grpc": self.settings.listen, "admin": self.settings.admin_listen}},
+        )
+        return self
+
+    async def _warm_up(self) -> None:
+        warmup = self.settings.warmup_seconds
+        if warmup is None:
+            warmup = self.settings.lease_ttl_seconds
+        if warmup > 0:
+            await asyncio.sleep(warmup)  # a deliberate delay (see module doc), not synchronisation
+        self.ready = True
+        self._rebuild()
+        log.info("first snapshot published", extra={"fields": {"endpoints": self._counts()}})
+
+    def _counts(self) -> dict[str, int]:
+        return {name: len(eps) for name, eps in self.registry.endpoints().items()}
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            for endpoint in self.registry.expire():
+                log.warning(
+                    "lease lapsed: endpoint removed",
+                    extra={"fields": {"service": endpoint.service, "address": endpoint.address}},
+                )
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.admin_server is not None:
+            self.admin_server.close()
+        if self.server is not None:
+            await self.server.stop(grace)
+
+
+async def serve(settings: ControlPlaneSettings | None = None) -> None:
+    plane = await ControlPlane(settings or ControlPlaneSettings.from_env()).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await plane.stop()

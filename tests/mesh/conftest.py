@@ -1,0 +1,135 @@
+"""A real Envoy fed by an in-process control plane (on the test's event loop), in front of
+stand-in grpc.aio instances (tests/launcher/standin.py). Blocking work (process start, admin
+polls) runs in threads so the control plane keeps answering meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from controlplane.app import ControlPlane, ControlPlaneSettings
+
+from launcher import envoy_config
+from launcher.process import GrpcHealthProbe, ManagedProcess, free_port, http_ok
+from launcher.stack import envoy_cluster_health
+from launcher.topology import AUTH
+from tests.conftest import Processes
+
+ENVOY = str(Path(sys.executable).parent / "envoy")
+SERVICE = AUTH.proto_service
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return json.load(response)
+
+
+class XdsMesh:
+    def __init__(self, processes: Processes, tmp_path: Path) -> None:
+        self.processes = processes
+        self.tmp_path = tmp_path
+        self.cp_port = free_port()
+        self.cp_admin_port = free_port()
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.node_id = f"test-envoy-{self.admin_port}"
+        self.plane: ControlPlane | None = None
+        self.envoy: ManagedProcess | None = None
+        self.channel: grpc.aio.Channel | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def cp_admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.cp_admin_port}"
+
+    async def start_plane(self, warmup: float = 0.0) -> ControlPlane:
+        settings = ControlPlaneSettings(
+            listen=f"127.0.0.1:{self.cp_port}",
+            admin_listen=f"127.0.0.1:{self.cp_admin_port}",
+            envoy_listen=f"127.0.0.1:{self.port}",
+            warmup_seconds=warmup,
+            services=(AUTH,),
+        )
+        self.plane = await ControlPlane(settings).start()
+        return self.plane
+
+    async def start_envoy(self) -> None:
+        config = envoy_config.build_xds_bootstrap(
+            admin=("127.0.0.1", self.admin_port), control_plane=("127.0.0.1", self.cp_port), node_id=self.node_id
+        )
+        path = envoy_config.write_bootstrap(config, self.tmp_path / "envoy.json")
+        argv = [ENVOY, "-c", str(path), "--base-id", str(self.admin_port), "--log-level", "warn", "--concurrency", "1"]
+        self.envoy = await asyncio.to_thread(
+            self.processes.start, "envoy", argv, ready=lambda: http_ok(f"{self.admin_url}/ready")
+        )
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+
+    async def start_instance(self, address: str) -> ManagedProcess:
+        env = {"GRPC_LISTEN": address, "ADMIN_LISTEN": f"127.0.0.1:{free_port()}", "DRAIN_DELAY_SECONDS": "1"}
+        return await asyncio.to_thread(
+            self.processes.start,
+            f"standin-{address.rsplit(':')[1]}",
+            [sys.executable, "-m", "tests.launcher.standin"],
+            env=env,
+            ready=GrpcHealthProbe(address, SERVICE),
+        )
+
+    async def call(self) -> str:
+        assert self.channel is not None
+        stub = self.channel.unary_unary(f"/{SERVICE}/Probe")
+        call = stub(b"", timeout=10)
+        await call
+        return dict(await call.trailing_metadata() or ())["x-instance"]  # type: ignore[arg-type]
+
+    async def health(self) -> dict[str, bool]:
+        return await asyncio.to_thread(envoy_cluster_health, self.admin_url, "auth")
+
+    async def admin(self, path: str) -> Any:
+        return await asyncio.to_thread(get_json, f"{self.admin_url}{path}")
+
+    async def cp_admin(self, path: str) -> Any:
+        return await asyncio.to_thread(get_json, f"{self.cp_admin_url}{path}")
+
+    async def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:  # noqa: ASYNC109
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            last = await check()
+            if last:
+                return last
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{what} not reached within {timeout} s (last: {last})")
+
+    async def cds_version(self) -> str:
+        dump = await self.admin("/config_dump?resource=dynamic_active_clusters")
+        versions = {c.get("version_info") for c in dump.get("configs", [])}
+        assert len(versions) == 1, versions
+        return str(versions.pop())
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+        if self.envoy is not None:
+            await asyncio.to_thread(self.envoy.stop, 5)
+        if self.plane is not None:
+            await self.plane.stop(0)
+
+
+@pytest.fixture
+async def xds_mesh(processes: Processes, tmp_path: Path) -> AsyncIterator[XdsMesh]:
+    mesh = XdsMesh(processes, tmp_path)
+    try:
+        yield mesh
+    finally:
+        await mesh.close()

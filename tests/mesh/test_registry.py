@@ -1,0 +1,60 @@
+"""Leases with a fake clock: expiry, heartbeats, replacement, change notifications."""
+
+from __future__ import annotations
+
+import pytest
+from controlplane.registry import Registry
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_register_heartbeat_expire_and_deregister() -> None:
+    clock = Clock()
+    changes: list[int] = []
+    reg = Registry(ttl=1.5, clock=clock)
+    reg.subscribe(lambda: changes.append(1))
+    a = reg.register("auth", "127.0.0.1", 5001, "z1", {"instance": "auth-0"})
+    b = reg.register("auth", "127.0.0.1", 5002)
+    assert [e.address for e in reg.endpoints()["auth"]] == ["127.0.0.1:5001", "127.0.0.1:5002"]
+    assert len(changes) == 2
+    clock.now += 1.0
+    assert reg.heartbeat(a.lease_id)  # a renewed, b not
+    clock.now += 1.0
+    assert [e.address for e in reg.expire()] == ["127.0.0.1:5002"]
+    assert not reg.heartbeat(b.lease_id)  # lapsed: the instance must register again
+    assert len(changes) == 3
+    assert reg.expire() == []  # nothing lapsed: no change notification
+    assert len(changes) == 3
+    assert reg.deregister(a.lease_id) is not None
+    assert reg.deregister(a.lease_id) is None
+    assert reg.endpoints() == {}
+
+
+def test_a_lapsed_lease_is_refused_even_before_the_sweep() -> None:
+    clock = Clock()
+    reg = Registry(ttl=1.0, clock=clock)
+    lease = reg.register("auth", "h", 1)
+    clock.now += 1.0
+    assert not reg.heartbeat(lease.lease_id)
+    assert reg.endpoints() == {}
+
+
+def test_registering_an_address_again_replaces_its_lease() -> None:
+    reg = Registry(ttl=1.0, clock=Clock())
+    first = reg.register("auth", "h", 1, "z1")
+    second = reg.register("auth", "h", 1, "z2")
+    assert first.lease_id != second.lease_id
+    assert [(e.address, e.zone) for e in reg.endpoints()["auth"]] == [("h:1", "z2")]
+    assert not reg.heartbeat(first.lease_id)
+
+
+@pytest.mark.parametrize(("service", "host", "port"), [("", "h", 1), ("auth", "", 1), ("auth", "h", 0)])
+def test_invalid_instances_are_refused(service: str, host: str, port: int) -> None:
+    with pytest.raises(ValueError):
+        Registry(ttl=1.0).register(service, host, port)
