@@ -9,11 +9,11 @@ from capsule.recipients.v1 import recipients_pb2, recipients_pb2_grpc, relations
 from services.common.cache import Cache
 from services.common.db import Database
 from services.common.logs import configure_logging
+from services.common.people import AuthDirectory
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 from services.recipients.address_book import AddressBook
 from services.recipients.handlers import RecipientsHandlers, RelationshipHandlers
-from services.recipients.people import AuthDirectory
 from services.recipients.relationships import Relationships
 from services.recipients.settings import RecipientsSettings
 

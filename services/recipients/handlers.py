@@ -20,9 +20,9 @@ from capsule.recipients.v1 import (
 )
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from services.common.people import Profile
 from services.common.tokens import Authenticator, metadata_value
 from services.recipients.address_book import AddressBook
-from services.recipients.people import Profile
 from services.recipients.relationships import ConnectionWithProfile, Relationships
 from services.recipients.storage import BlockRow, RecipientRow, RequestRow
 

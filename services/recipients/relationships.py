@@ -33,9 +33,9 @@ from services.common.errors import (
 )
 from services.common.ids import new_id, parse_uuid
 from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.people import Directory, Profile
 from services.common.tokens import Caller
 from services.recipients import rules, storage
-from services.recipients.people import Directory, Profile
 from services.recipients.storage import BlockRow, ConnectionRow, RequestRow
 
 DAILY_REQUEST_LIMIT = 5

@@ -1,4 +1,5 @@
-"""Who exists and what they look like: the auth service knows (GetUsers, through Envoy).
+"""Who exists and what they look like: the auth service knows (GetUsers, through Envoy). Used by
+every service that shows people (recipients: connections; capsules: senders).
 
 One batched call per use, made on the caller's behalf (their token is forwarded).
 """
