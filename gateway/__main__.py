@@ -3,8 +3,9 @@
 On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to
 GATEWAY_SHUTDOWN_GRACE_SECONDS), then the lifespan closes the upstream channels; exit code 0
 (uvicorn re-raises the signal once it is done: the handler below turns it into a normal exit).
-Behind a load balancer, uvicorn trusts X-Forwarded-For from FORWARDED_ALLOW_IPS (default
-127.0.0.1) for the client IP forwarded upstream.
+uvicorn's own X-Forwarded-For handling is off (proxy_headers=False; it would trust 127.0.0.1 by
+default): the client IP is the socket peer's unless the peer is one of GATEWAY_TRUSTED_PROXIES
+(gateway/clientip.py), so no client picks its own rate-limit key by sending a header.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.descriptors import DescriptorError
 from gateway.logs import configure_logging
+from gateway.policies import route_policies
 from gateway.settings import Settings
 from gateway.templates import TemplateError
 
@@ -27,7 +29,8 @@ def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     try:
-        app = create_app(settings)
+        route_middleware, closers = route_policies(settings)
+        app = create_app(settings, route_middleware=route_middleware, on_shutdown=closers)
     except (DescriptorError, TemplateError) as exc:
         raise SystemExit(f"gateway: cannot serve the configured protos: {exc}") from None
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -42,7 +45,7 @@ def main() -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
         server_header=False,
-        proxy_headers=True,
+        proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
     )
 

@@ -7,6 +7,9 @@
       /healthz /readyz /openapi.json /metrics                       (operations.py)
       TranscodedRoutes → *route_middleware → Proxy                  (routing.py, proxy.py)
 
+`gateway.policies.route_policies(settings)` gives the route middleware `python -m gateway` serves
+with: HTTP caching headers (httpcache.py) around rate limiting (ratelimit.py).
+
 The upstream channels are opened in the lifespan (they need the running loop) and closed at
 shutdown, after uvicorn has drained in-flight requests.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import orjson
 from starlette.applications import Starlette
@@ -26,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
 from gateway import operations
+from gateway.clientip import ClientIpResolver, parse_networks
 from gateway.descriptors import http_bindings, load_services
 from gateway.metrics import MetricsMiddleware
 from gateway.middleware import RequestContextMiddleware
@@ -44,12 +48,14 @@ def create_app(
     *,
     middleware: Sequence[Middleware] = (),
     route_middleware: Sequence[Middleware] = (),
+    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> Starlette:
     settings = settings or Settings.from_env()
     bindings = http_bindings(load_services(settings.proto_modules))
     table = RouteTable(bindings)
     upstream = Upstream(settings, dict.fromkeys(b.rpc for b in bindings))
-    proxy = Proxy(table.routes, upstream, settings.max_body_bytes)
+    client_ip = ClientIpResolver(parse_networks(settings.trusted_proxies))
+    proxy = Proxy(table.routes, upstream, settings.max_body_bytes, client_ip)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -59,6 +65,8 @@ def create_app(
             yield
         finally:
             await upstream.close(grace=1.0)
+            for close in on_shutdown:
+                await close()
 
     app = Starlette(
         routes=[

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 from starlette.types import Receive, Scope, Send
 
 from gateway.bodies import check_content_type, declared_length, parse_json, read_body
+from gateway.clientip import ClientIpResolver
 from gateway.middleware import REQUEST_ID_SCOPE_KEY
 from gateway.problems import Problem
 from gateway.routing import MATCH_SCOPE_KEY, Route, RouteMatch
@@ -26,10 +27,17 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class Proxy:
-    def __init__(self, routes: Iterable[Route], upstream: Upstream, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        routes: Iterable[Route],
+        upstream: Upstream,
+        max_body_bytes: int,
+        client_ip: ClientIpResolver | None = None,
+    ) -> None:
         self.transcoders = {route: Transcoder(route.binding, route.template) for route in routes}
         self.upstream = upstream
         self.max_body_bytes = max_body_bytes
+        self.client_ip = client_ip or ClientIpResolver()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match: RouteMatch = scope[MATCH_SCOPE_KEY]
@@ -38,8 +46,7 @@ class Proxy:
         try:
             body = await self._body(transcoder, headers, receive)
             request = transcoder.request(match.raw_params, body, _query(scope["query_string"]))
-            client = scope.get("client")
-            metadata = call_metadata(headers, scope[REQUEST_ID_SCOPE_KEY], client[0] if client else None)
+            metadata = call_metadata(headers, scope[REQUEST_ID_SCOPE_KEY], self.client_ip.resolve(scope) or None)
             timeout = self.upstream.deadline(headers.get(b"grpc-timeout"))
             response = await self.upstream.call(match.route.binding.rpc, request, metadata, timeout)
             payload = transcoder.response_json(response)

@@ -10,6 +10,19 @@ GATEWAY_READY_TIMEOUT_SECONDS    how long /readyz waits for the channels (defaul
 GATEWAY_MAX_BODY_BYTES           largest accepted request body (default 262144 = 256 KiB)
 GATEWAY_SHUTDOWN_GRACE_SECONDS   how long SIGTERM waits for in-flight requests (default 20)
 LOG_LEVEL                        root log level (default info; debug adds one line per request)
+
+Rate limiting (ratelimit.py) and HTTP caching (httpcache.py):
+GATEWAY_RATELIMIT_ENABLED        0 turns the limiter off (benchmarks; default 1)
+GATEWAY_RATELIMIT_IP             unauthenticated calls per client IP: <count>[/<seconds>] (default 60/60)
+GATEWAY_RATELIMIT_USER           authenticated calls per user (default 600/60)
+GATEWAY_RATELIMIT_LOGIN          log-in attempts per client IP and account (default 10/60)
+GATEWAY_RATELIMIT_REDIS_TIMEOUT_MS  longest wait for Redis before deciding locally (default 100)
+GATEWAY_RATELIMIT_BACKOFF_SECONDS   how long Redis is not asked after a failure (default 1)
+GATEWAY_TRUSTED_PROXIES          CIDRs whose X-Forwarded-For is believed (default none)
+GATEWAY_CACHE_PRIVATE_MAX_AGE    max-age of user data without a per-route value (default 0)
+REDIS_URL, CACHE_PREFIX          the limiter's Redis and key prefix (keys: <prefix>rl:...)
+JWT_PUBLIC_KEY_FILE, JWT_ISSUER, JWT_AUDIENCE
+                                 to key authenticated calls by user (unset: every call by IP)
 """
 
 from __future__ import annotations
@@ -35,6 +48,19 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     shutdown_grace_seconds: float = 20.0
     log_level: str = "info"
+    ratelimit_enabled: bool = True
+    ratelimit_ip: tuple[int, float] = (60, 60.0)  # (count, period in seconds)
+    ratelimit_user: tuple[int, float] = (600, 60.0)
+    ratelimit_login: tuple[int, float] = (10, 60.0)
+    ratelimit_redis_timeout_seconds: float = 0.1
+    ratelimit_backoff_seconds: float = 1.0
+    trusted_proxies: str = ""
+    cache_private_max_age: int = 0
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cache_prefix: str = ""
+    jwt_public_key_file: str = ""
+    jwt_issuer: str = "capsule-mesh/auth"
+    jwt_audience: str = "capsule-mesh"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +82,19 @@ class Settings:
             max_body_bytes=int(_positive("GATEWAY_MAX_BODY_BYTES", env, 256 * 1024)),
             shutdown_grace_seconds=_positive("GATEWAY_SHUTDOWN_GRACE_SECONDS", env, 20.0),
             log_level=env.get("LOG_LEVEL") or "info",
+            ratelimit_enabled=(env.get("GATEWAY_RATELIMIT_ENABLED") or "1").strip().lower() not in ("0", "false", "no"),
+            ratelimit_ip=_rate("GATEWAY_RATELIMIT_IP", env, (60, 60.0)),
+            ratelimit_user=_rate("GATEWAY_RATELIMIT_USER", env, (600, 60.0)),
+            ratelimit_login=_rate("GATEWAY_RATELIMIT_LOGIN", env, (10, 60.0)),
+            ratelimit_redis_timeout_seconds=_positive("GATEWAY_RATELIMIT_REDIS_TIMEOUT_MS", env, 100.0) / 1000,
+            ratelimit_backoff_seconds=_positive("GATEWAY_RATELIMIT_BACKOFF_SECONDS", env, 1.0),
+            trusted_proxies=env.get("GATEWAY_TRUSTED_PROXIES") or "",
+            cache_private_max_age=int(env.get("GATEWAY_CACHE_PRIVATE_MAX_AGE") or 0),
+            redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            cache_prefix=env.get("CACHE_PREFIX") or "",
+            jwt_public_key_file=env.get("JWT_PUBLIC_KEY_FILE") or "",
+            jwt_issuer=env.get("JWT_ISSUER") or "capsule-mesh/auth",
+            jwt_audience=env.get("JWT_AUDIENCE") or "capsule-mesh",
         )
 
     def upstream_for(self, service_full_name: str) -> str:
@@ -82,3 +121,18 @@ def _positive(name: str, env: Mapping[str, str], default: float) -> float:
     if value <= 0:
         raise SystemExit(f"setting {name}={raw!r} must be positive")
     return value
+
+
+def _rate(name: str, env: Mapping[str, str], default: tuple[int, float]) -> tuple[int, float]:
+    """`<count>` (per 60 s) or `<count>/<seconds>`."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    count, _, seconds = raw.partition("/")
+    try:
+        parsed = (int(count), float(seconds) if seconds else 60.0)
+    except ValueError:
+        raise SystemExit(f"setting {name}={raw!r} is not <count>[/<seconds>]") from None
+    if parsed[0] <= 0 or parsed[1] <= 0:
+        raise SystemExit(f"setting {name}={raw!r} must be positive")
+    return parsed
