@@ -154,6 +154,10 @@ def cmd_up(args: Sequence[str]) -> int:
         envoy_port=_env_int("ENVOY_PORT", 10000),
         envoy_admin_port=_env_int("ENVOY_ADMIN_PORT", 9901),
         envoy_concurrency=_env_int("ENVOY_CONCURRENCY", 1),
+        # CONTROL_PLANE=0: Envoy's static bootstrap instead of the xDS control plane (fallback).
+        control_plane=os.environ.get("CONTROL_PLANE", "1") not in ("0", "false", "no", "off"),
+        control_plane_port=_env_int("CONTROL_PLANE_PORT", 18000),
+        control_plane_admin_port=_env_int("CONTROL_PLANE_ADMIN_PORT", 18001),
         services=services,
         instances={s.name: _env_int(f"{s.name.upper()}_INSTANCES", s.instances) for s in services},
         log_level=os.environ.get("LOG_LEVEL") or "INFO",
@@ -161,6 +165,9 @@ def cmd_up(args: Sequence[str]) -> int:
     )
     ports = {"GATEWAY_PORT": settings.gateway_port, "ENVOY_PORT": settings.envoy_port}
     ports["ENVOY_ADMIN_PORT"] = settings.envoy_admin_port
+    if settings.control_plane:
+        ports["CONTROL_PLANE_PORT"] = settings.control_plane_port
+        ports["CONTROL_PLANE_ADMIN_PORT"] = settings.control_plane_admin_port
     busy = [f"{name}={port}" for name, port in ports.items() if port_open(settings.host, port)]
     if busy:
         raise SetupError(f"ports already in use: {', '.join(busy)} (another `make up`?); set other values")
@@ -175,7 +182,7 @@ def cmd_up(args: Sequence[str]) -> int:
     stack = Stack(settings)
     code = 0
     try:
-        log("starting the mesh (migrations, Envoy, services, gateway)")
+        log("starting the mesh (migrations, control plane, services, Envoy, gateway)")
         stack.start()
         _print_banner(stack)
         reported: set[str] = set()
@@ -197,7 +204,7 @@ def cmd_up(args: Sequence[str]) -> int:
 
 def _report_exits(stack: Stack, reported: set[str]) -> None:
     procs = [inst.process for insts in stack.instances.values() for inst in insts]
-    procs += [p for p in (stack.envoy, stack.gateway) if p is not None]
+    procs += [p for p in (stack.control_plane, stack.envoy, stack.gateway) if p is not None]
     for proc in procs:
         if proc.returncode is not None and proc.name not in reported:
             reported.add(proc.name)
@@ -210,6 +217,9 @@ def _print_banner(stack: Stack) -> None:
         lines.append(f"  gateway (HTTP/JSON)  {stack.gateway_url}")
     lines.append(f"  Envoy (gRPC, h2c)    {stack.envoy_grpc}")
     lines.append(f"  Envoy admin          {stack.envoy_admin_url}")
+    if stack.settings.control_plane:
+        cp = stack.control_plane_target
+        lines.append(f"  control plane (xDS)  {cp}  admin {stack.control_plane_admin_url}/status")
     for insts in stack.instances.values():
         for inst in insts:
             lines.append(f"  {inst.name:<20} gRPC {inst.grpc_address}  admin http://{inst.admin_address}")

@@ -1,4 +1,5 @@
-"""The whole mesh on one machine: migrations, Envoy, N instances per service, the gateway.
+"""The whole mesh on one machine: migrations, the xDS control plane, N instances per service,
+Envoy, the gateway.
 
 Used by `python3 -m launcher up` (fixed ports) and by the pytest `stack` fixture (free ports, unique
 database names and cache prefix, databases dropped at the end):
@@ -9,8 +10,11 @@ database names and cache prefix, databases dropped at the end):
         stack.kill_instance(stack.instances["auth"][0])
         stack.wait_envoy_health("auth", healthy=1)
 
-Start order: migrations → service instances → Envoy (sees them healthy) → gateway.
-Close: the reverse (gateway, Envoy, instances), each step SIGTERM → wait → SIGKILL.
+Start order: migrations → control plane → service instances (they register with it) → Envoy
+(its bootstrap only points at the control plane; everything else arrives over ADS) → gateway.
+Close: the reverse (gateway, Envoy, instances, control plane), each step SIGTERM → wait → SIGKILL.
+With `control_plane=False` Envoy gets the static bootstrap of launcher/envoy_config.py instead
+(the fallback: every planned instance listed, no registration).
 """
 
 from __future__ import annotations
@@ -62,6 +66,12 @@ class StackSettings:
     gateway_port: int = 8080
     envoy_port: int = 10000
     envoy_admin_port: int = 9901
+    # The xDS control plane (python -m controlplane): gRPC (ADS + registry) and admin HTTP ports.
+    control_plane: bool = True
+    control_plane_port: int = 18000
+    control_plane_admin_port: int = 18001
+    # Registration lease: heartbeats every ttl/3; a SIGKILLed instance leaves within ~ttl.
+    lease_ttl_seconds: float = 1.5
     services: tuple[ServiceSpec, ...] = SERVICES
     # Instance count per service name; missing names use the topology's default.
     instances: Mapping[str, int] = field(default_factory=dict)
@@ -103,6 +113,8 @@ class StackSettings:
             gateway_port=free_port(),
             envoy_port=free_port(),
             envoy_admin_port=free_port(),
+            control_plane_port=free_port(),
+            control_plane_admin_port=free_port(),
             database_suffix=f"_t{token}",
             cache_prefix=f"test:{token}:",
             service_env=dict(TEST_ARGON2),
@@ -159,6 +171,7 @@ class Stack:
             for spec in settings.services
         }
         self.envoy: ManagedProcess | None = None
+        self.control_plane: ManagedProcess | None = None
         self.gateway: ManagedProcess | None = None
         self.extra: list[ManagedProcess] = []
         self._lock = threading.Lock()
@@ -181,6 +194,18 @@ class Stack:
     @property
     def envoy_admin_url(self) -> str:
         return f"http://{self.host}:{self.settings.envoy_admin_port}"
+
+    @property
+    def control_plane_target(self) -> str:
+        return f"{self.host}:{self.settings.control_plane_port}"
+
+    @property
+    def control_plane_admin_url(self) -> str:
+        return f"http://{self.host}:{self.settings.control_plane_admin_port}"
+
+    @property
+    def envoy_node_id(self) -> str:
+        return f"capsule-mesh-envoy-{self.settings.envoy_admin_port}"
 
     @property
     def redis_url(self) -> str:
@@ -245,6 +270,9 @@ class Stack:
             SHUTDOWN_GRACE_SECONDS=f"{self.settings.shutdown_grace_seconds:g}",
             DRAIN_DELAY_SECONDS=f"{self.settings.drain_delay_seconds:g}",
             SERVICE_INSTANCE=instance.name,
+            # The topology name (Envoy cluster) the instance registers under.
+            SERVICE_NAME=spec.name,
+            CONTROL_PLANE_TARGET=self.control_plane_target if self.settings.control_plane else "",
         )
         names = {s.name for s in self.settings.services}
         for target in KNOWN_TARGETS:
@@ -254,6 +282,17 @@ class Stack:
         else:
             env.pop("JWT_PRIVATE_KEY_FILE", None)
         env.update(self.settings.service_env)
+        return env
+
+    def control_plane_env(self) -> dict[str, str]:
+        env = self._base_env()
+        env.update(
+            CONTROL_PLANE_LISTEN=self.control_plane_target,
+            CONTROL_PLANE_ADMIN_LISTEN=f"{self.host}:{self.settings.control_plane_admin_port}",
+            CONTROL_PLANE_ENVOY_LISTEN=self.envoy_grpc,
+            CONTROL_PLANE_SERVICES=",".join(s.name for s in self.settings.services),
+            LEASE_TTL_SECONDS=f"{self.settings.lease_ttl_seconds:g}",
+        )
         return env
 
     def gateway_env(self) -> dict[str, str]:
@@ -281,7 +320,14 @@ class Stack:
         return Instance(spec, index, grpc_address, admin_address, proc)
 
     def envoy_bootstrap(self) -> dict[str, Any]:
-        """The Envoy config for the planned instances (pure: see launcher.envoy_config)."""
+        """Envoy's bootstrap (pure: see launcher.envoy_config): only the control plane's address,
+        or (control_plane=False) the static config listing every planned instance."""
+        if self.settings.control_plane:
+            return envoy_config.build_xds_bootstrap(
+                admin=(self.host, self.settings.envoy_admin_port),
+                control_plane=(self.host, self.settings.control_plane_port),
+                node_id=self.envoy_node_id,
+            )
         return envoy_config.build_bootstrap(
             listen=(self.host, self.settings.envoy_port),
             admin=(self.host, self.settings.envoy_admin_port),
@@ -306,6 +352,8 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.settings.services:
             self.migrate(spec.name)
+        if self.settings.control_plane:
+            self.start_control_plane()
         # Instances before Envoy: Envoy's initialisation waits for the first health-check round,
         # so it starts with every instance healthy and balances from its first call. (Hosts that
         # turn healthy after start-up can take one more health-check interval to get traffic.)
@@ -359,6 +407,31 @@ class Stack:
         self.envoy.start().wait_ready(self.settings.ready_timeout)
         return self.envoy
 
+    def start_control_plane(self, *, wait: bool = True) -> ManagedProcess:
+        """(Re)start the control plane. Ready = its first snapshot is published, i.e. after its
+        warm-up (one lease ttl, during which running instances register again)."""
+        self.control_plane = ManagedProcess(
+            "control-plane",
+            [self.settings.python, "-m", "controlplane"],
+            env=self.control_plane_env(),
+            log_path=self.log_path("control-plane"),
+            ready=lambda: http_ok(f"{self.control_plane_admin_url}/healthz"),
+        )
+        self.control_plane.start()
+        if wait:
+            self.control_plane.wait_ready(self.settings.ready_timeout)
+        return self.control_plane
+
+    def kill_control_plane(self) -> int | None:
+        """SIGKILL the control plane (Envoy keeps its last configuration)."""
+        assert self.control_plane is not None, "no control plane in this stack"
+        return self.control_plane.kill()
+
+    def control_plane_status(self) -> dict[str, Any]:
+        """The control plane's /status: versions per Envoy node and what each acknowledged."""
+        with urllib.request.urlopen(f"{self.control_plane_admin_url}/status", timeout=2) as response:
+            return dict(json.load(response))
+
     def start_gateway(self) -> ManagedProcess:
         self.gateway = ManagedProcess(
             "gateway",
@@ -390,6 +463,8 @@ class Stack:
             [inst.process for insts in self.instances.values() for inst in insts if inst.process.running],
             timeout=self.settings.stop_timeout,
         )
+        if self.control_plane is not None and self.control_plane.running:
+            self.control_plane.stop(self.settings.stop_timeout)
         if self.settings.drop_databases_on_close:
             self.drop_databases()
         _LIVE.discard(self)
@@ -406,9 +481,9 @@ class Stack:
     def start_instance(self, service: str, index: int | None = None, *, wait: bool = True) -> Instance:
         """(Re)start instance `index` of `service` on its own addresses; None → a new instance.
 
-        A new instance gets free ports: it is NOT in Envoy's static config (reachable directly
-        only) until the xDS control plane of a later issue registers it. Restarting a stopped or
-        killed instance keeps its addresses, so Envoy's health checks bring it back.
+        A new instance gets free ports and registers with the control plane once SERVING, which
+        puts it in Envoy's endpoint set (with control_plane=False it is reachable directly only).
+        Restarting a stopped or killed instance keeps its addresses.
         """
         spec = by_name(service, self.settings.services)
         insts = self.instances[service]
@@ -467,7 +542,7 @@ class Stack:
         timeout: float = 15.0,
     ) -> dict[str, bool]:
         """Poll until Envoy sees `healthy` (a count, or exactly these addresses among the healthy
-        ones) and every address in `unhealthy` as unhealthy. Returns the last view."""
+        ones) and every address in `unhealthy` as unhealthy or absent. Returns the last view."""
         deadline = time.monotonic() + timeout
         view: dict[str, bool] = {}
         while True:
@@ -480,7 +555,9 @@ class Stack:
                 ok_healthy = len(good) >= healthy
             else:
                 ok_healthy = set(healthy) <= good
-            ok_unhealthy = all(view.get(a) is False for a in unhealthy)
+            # Unhealthy or gone: with the control plane a dead instance's lease lapses and it leaves
+            # Envoy's endpoint set altogether; either way Envoy routes nothing to it.
+            ok_unhealthy = all(view.get(a) is not True for a in unhealthy)
             if ok_healthy and ok_unhealthy:
                 return view
             if self.envoy is not None and not self.envoy.running:

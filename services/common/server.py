@@ -3,10 +3,18 @@
 `ServiceHost` serves one service's gRPC API together with what every instance must offer
 (SPEC §2): `grpc.health.v1.Health` per service name and overall, server reflection, an admin HTTP
 port with `/metrics` and `/healthz`, the handler wrapper that maps domain errors to rich statuses and
-records RED metrics, and a graceful stop on SIGTERM/SIGINT:
+records RED metrics, registration with the mesh's control plane when CONTROL_PLANE_TARGET is
+set (services/common/registration.py), and a graceful stop on SIGTERM/SIGINT:
 
-    NOT_SERVING → wait `drain_delay` (health checkers notice) → stop(grace) for in-flight calls
-    → close pools → exit 0.
+    NOT_SERVING → deregister → wait until Envoy has drained the instance → stop(grace) for
+    in-flight calls → close pools → exit 0.
+
+"Envoy has drained it": with a control plane, Deregister answers once every connected Envoy
+acknowledged the endpoint set without this instance (EDS push + ACK, milliseconds; the control
+plane bounds it to 1 s); a short `deregistered_drain` then covers calls already on the wire.
+Without that confirmation (no control plane configured, or it is down), `drain_delay` is used: the
+time Envoy's active health checks take to see NOT_SERVING (interval x unhealthy threshold + one
+timeout, set by the launcher).
 
 Health says SERVING only once the readiness check (e.g. the database answers) has passed.
 """
@@ -30,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.errors import Internal, ServiceError
 from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
+from services.common.registration import Registrar, advertised_host
 from services.common.settings import ServiceSettings
 from services.common.telemetry import RPC_LATENCY, RPC_REQUESTS
 
@@ -92,6 +101,7 @@ class ServiceHost:
         self._registrations: list[Attach] = []
         self._closers: list[Closer] = []
         self._serving = False
+        self.registrar: Registrar | None = None
 
     def add_service(self, descriptor: ServiceDescriptor, servicer: Any, register: Register) -> None:
         """Serve `servicer` (instrumented, see `instrument`); `register(servicer, server)` is the
@@ -149,18 +159,24 @@ class ServiceHost:
         log.info("stopping: reporting NOT_SERVING and draining")
         self._serving = False
         await self.health.enter_graceful_shutdown()
-        if self.settings.drain_delay_seconds > 0:
-            # Production behaviour, not test synchronisation: Envoy's health checks need this long
-            # to stop sending new calls here before the listener closes.
-            await asyncio.sleep(self.settings.drain_delay_seconds)
+        drained = False
+        if self.registrar is not None:
+            drained = await self.registrar.deregister()
+        # Production behaviour, not test synchronisation: Envoy must have stopped sending new calls
+        # here before the listener closes (see the module doc for both delays).
+        delay = self.settings.deregistered_drain_seconds if drained else self.settings.drain_delay_seconds
+        if delay > 0:
+            await asyncio.sleep(delay)
         await server.stop(self.settings.shutdown_grace_seconds)
         admin.close()
+        if self.registrar is not None:
+            await self.registrar.close()
         for closer in reversed(self._closers):
             try:
                 await closer()
             except Exception:
                 log.exception("error while closing")
-        log.info("stopped")
+        log.info("stopped", extra={"fields": {"drained_by_control_plane": drained}})
 
     async def _become_ready(self, ready: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
         delay = 0.1
@@ -174,7 +190,27 @@ class ServiceHost:
                 continue
             await self._set_all(health_pb2.HealthCheckResponse.SERVING)
             self._serving = True
+            self._start_registration()
             return
+
+    def _start_registration(self) -> None:
+        """Register with the control plane (if configured) now that health says SERVING."""
+        target = self.settings.control_plane_target
+        if not target:
+            return
+        from capsule.mesh.v1 import registry_pb2
+
+        host, _, port = (self.settings.advertise_address or self.settings.grpc_listen).rpartition(":")
+        metadata = {"instance": self.settings.instance_name} if self.settings.instance_name else {}
+        instance = registry_pb2.ServiceInstance(
+            service=self.settings.name,
+            host=advertised_host(host),
+            port=int(port),
+            zone=self.settings.zone,
+            metadata=metadata,
+        )
+        self.registrar = Registrar(target, instance)
+        self.registrar.start()
 
     async def _set_all(self, status: int) -> None:
         for name in ("", *self._service_names):

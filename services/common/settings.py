@@ -93,6 +93,18 @@ class ServiceSettings:
     # grace for in-flight calls (NOTES-mesh: the order that loses nothing).
     drain_delay_seconds: float
     shutdown_grace_seconds: float
+    # The mesh's control plane (host:port of capsule.mesh.v1.RegistryService). Empty: no
+    # registration (Envoy's static config lists the instance, or there is no Envoy).
+    control_plane_target: str = ""
+    # Failure domain reported with the registration (Envoy locality zone).
+    zone: str = "local"
+    # host:port Envoy should dial; empty: GRPC_LISTEN (a wildcard host becomes this machine's IP).
+    advertise_address: str = ""
+    # This instance's name (the launcher sets e.g. auth-0), sent as endpoint metadata.
+    instance_name: str = ""
+    # SIGTERM with a control plane: once it confirmed that every Envoy applied the removal, wait
+    # this long for calls Envoy had already forwarded (in the network) before stopping the server.
+    deregistered_drain_seconds: float = 0.25
 
     @classmethod
     def from_env(cls, name: str, default_grpc_port: int, default_admin_port: int) -> ServiceSettings:
@@ -109,4 +121,9 @@ class ServiceSettings:
             log_level=env_str("LOG_LEVEL", "INFO"),
             drain_delay_seconds=env_float("DRAIN_DELAY_SECONDS", 0.0),
             shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 10.0),
+            control_plane_target=env_str("CONTROL_PLANE_TARGET", ""),
+            zone=env_str("SERVICE_ZONE", "local"),
+            advertise_address=env_str("ADVERTISE_ADDRESS", ""),
+            instance_name=env_str("SERVICE_INSTANCE", ""),
+            deregistered_drain_seconds=env_float("DEREGISTERED_DRAIN_SECONDS", 0.25),
         )

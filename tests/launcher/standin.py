@@ -86,6 +86,18 @@ async def serve() -> None:
     for name in (SERVICE, ""):
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"standin: serving {SERVICE} on {listen}", flush=True)
+    registrar = None
+    if os.environ.get("CONTROL_PLANE_TARGET"):
+        # Registers like a real service (services/common/registration.py) when the stack runs a
+        # control plane, under the topology name the stack gives it.
+        from capsule.mesh.v1 import registry_pb2
+
+        from services.common.registration import Registrar
+
+        host, port = _split(listen)
+        instance = registry_pb2.ServiceInstance(service=os.environ.get("SERVICE_NAME", "auth"), host=host, port=port)
+        registrar = Registrar(os.environ["CONTROL_PLANE_TARGET"], instance)
+        registrar.start()
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,6 +106,9 @@ async def serve() -> None:
     await stopping.wait()
     print("standin: SIGTERM: NOT_SERVING, draining", flush=True)
     await servicer.enter_graceful_shutdown()
+    if registrar is not None:
+        await registrar.deregister()
+        await registrar.close()
     await asyncio.sleep(float(os.environ.get("DRAIN_DELAY_SECONDS") or 0))
     await server.stop(float(os.environ.get("SHUTDOWN_GRACE_SECONDS") or 5))
     admin.close()

@@ -1,0 +1,134 @@
+"""Registration of this instance with the mesh's control plane (capsule.mesh.v1.RegistryService).
+
+    registrar = Registrar(target, instance)
+    registrar.start()            # once SERVING: register, then heartbeat every ttl/3
+    drained = await registrar.deregister()   # draining: leave Envoy's endpoint set
+    await registrar.close()
+
+A heartbeat answered NOT_FOUND (the lease lapsed, or the control plane restarted and forgot it)
+registers again at once. An unreachable control plane is retried every heartbeat interval without
+giving up: Envoy keeps its last configuration meanwhile, so the instance keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import grpc
+from capsule.mesh.v1 import registry_pb2, registry_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Until the control plane tells its own (ttl / 3), and while it is unreachable.
+DEFAULT_HEARTBEAT_S = 0.5
+# One registry call; the control plane answers in milliseconds, a slow answer is a failure.
+CALL_TIMEOUT_S = 1.0
+# Deregister waits for Envoy's acknowledgement (the control plane bounds that wait to 1 s).
+DEREGISTER_TIMEOUT_S = 2.0
+
+
+def advertised_host(listen_host: str) -> str:
+    """The address Envoy should dial: the listen host, unless it is a wildcard (compose: 0.0.0.0),
+    then this machine's address on its network."""
+    if listen_host in ("", "0.0.0.0", "::", "[::]"):
+        return socket.gethostbyname(socket.gethostname())
+    return listen_host
+
+
+class Registrar:
+    def __init__(self, target: str, instance: registry_pb2.ServiceInstance) -> None:
+        self.target = target
+        self.instance = instance
+        self.lease_id = ""
+        self.interval = DEFAULT_HEARTBEAT_S
+        self.registrations = 0
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                # A restarted control plane is found again within a second (gRPC's default
+                # reconnect back-off grows to 120 s).
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._task: asyncio.Task[None] | None = None
+        self.registered = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.instance.host}:{self.instance.port}"
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="registrar")
+
+    async def _register(self) -> None:
+        request = registry_pb2.RegisterRequest(instance=self.instance)
+        response = await self._stub.Register(request, timeout=CALL_TIMEOUT_S)
+        self.lease_id = response.lease_id
+        self.interval = max(0.05, response.heartbeat_interval.ToNanoseconds() / 1e9 or DEFAULT_HEARTBEAT_S)
+        self.registrations += 1
+        self.registered.set()
+        log.info(
+            "registered with the control plane",
+            extra={"fields": {"service": self.instance.service, "address": self.address, "target": self.target}},
+        )
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if not self.lease_id:
+                    await self._register()
+                else:
+                    await self._stub.Heartbeat(
+                        registry_pb2.HeartbeatRequest(lease_id=self.lease_id), timeout=CALL_TIMEOUT_S
+                    )
+                failures = 0
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    log.warning("lease unknown to the control plane: registering again")
+                    self.lease_id = ""
+                    continue
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning(
+                        "control plane unreachable; retrying",
+                        extra={"fields": {"target": self.target, "code": exc.code().name, "failures": failures}},
+                    )
+            await asyncio.sleep(self.interval)
+
+    async def deregister(self) -> bool:
+        """Stop heartbeating and leave the endpoint set. True when the control plane confirmed that
+        every connected Envoy applied the removal; False otherwise (unreachable, never registered,
+        or no confirmation in time): the caller then relies on health checks to drain."""
+        await self._stop_loop()
+        if not self.lease_id:
+            return False
+        try:
+            response = await self._stub.Deregister(
+                registry_pb2.DeregisterRequest(lease_id=self.lease_id), timeout=DEREGISTER_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("deregistration failed", extra={"fields": {"code": exc.code().name}})
+            return False
+        finally:
+            self.lease_id = ""
+        log.info("deregistered", extra={"fields": {"drained": response.drained}})
+        return bool(response.drained)
+
+    async def _stop_loop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def close(self) -> None:
+        await self._stop_loop()
+        await self._channel.close()
