@@ -57,6 +57,15 @@ KNOWN_TARGETS = ("auth", "recipients", "capsules")
 # Light argon2 for tests: hashing cost is not what the tests measure.
 TEST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_KIB": "8192"}
 
+# A test stack's gateway serves a whole suite from 127.0.0.1: SPEC §7's 60/min per IP would
+# throttle it. The limiter stays on (its cost is part of every test); tests of the limits start
+# gateways of their own with small ones.
+TEST_RATE_LIMITS = {
+    "GATEWAY_RATELIMIT_IP": "100000/60",
+    "GATEWAY_RATELIMIT_USER": "100000/60",
+    "GATEWAY_RATELIMIT_LOGIN": "100000/60",
+}
+
 
 @dataclass(frozen=True)
 class StackSettings:
@@ -105,8 +114,11 @@ class StackSettings:
 
     @classmethod
     def for_tests(cls, infra: Infra, keys: KeyPair, *, work_dir: Path, **overrides: Any) -> StackSettings:
-        """Free ports, a unique database suffix and cache prefix, light argon2, databases dropped."""
+        """Free ports, a unique database suffix and cache prefix, light argon2, high rate limits,
+        databases dropped. `service_env` / `gateway_env` overrides are added to the test defaults."""
         token = uuid.uuid4().hex[:10]
+        overrides["service_env"] = {**TEST_ARGON2, **overrides.get("service_env", {})}
+        overrides["gateway_env"] = {**TEST_RATE_LIMITS, **overrides.get("gateway_env", {})}
         base = cls(
             infra=infra,
             keys=keys,
@@ -117,7 +129,6 @@ class StackSettings:
             control_plane_admin_port=free_port(),
             database_suffix=f"_t{token}",
             cache_prefix=f"test:{token}:",
-            service_env=dict(TEST_ARGON2),
             log_level="INFO",
             work_dir=work_dir,
             shutdown_grace_seconds=5.0,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -28,19 +27,6 @@ from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.settings import Settings
-
-# The session mesh's gateway serves every test from 127.0.0.1: with SPEC §7's 60/min per IP the
-# suite would throttle itself. Its gateway starts after collection, so this (imported while
-# collecting) raises its limits; the rate-limit tests start their own gateways with their own.
-# TODO(launcher): belongs in StackSettings.for_tests(gateway_env=...), so that a subset run
-# (`pytest tests/auth`) gets it too.
-SUITE_RATE_LIMITS = {
-    "GATEWAY_RATELIMIT_IP": "100000/60",
-    "GATEWAY_RATELIMIT_USER": "100000/60",
-    "GATEWAY_RATELIMIT_LOGIN": "100000/60",
-}
-for _name, _value in SUITE_RATE_LIMITS.items():
-    os.environ.setdefault(_name, _value)
 
 
 @dataclass
