@@ -13,7 +13,6 @@ HTTP 200, which h2load alone would count as successes).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from bench import h2load
@@ -48,7 +47,7 @@ def main() -> None:
     rows: list[tuple[h2load.Result, dict[str, float]]] = []
     with Stack(settings) as stack:
         token = sign_up(stack.gateway_url)
-        options = {"grpc_body": b"", "headers": {"authorization": f"Bearer {token}"}}
+        options: dict[str, object] = {"grpc_body": b"", "headers": {"authorization": f"Bearer {token}"}}
         url = f"http://{stack.envoy_grpc}{GETME}"
         first, second = stack.instances["auth"]
         stack.stop_instance(second)
@@ -92,4 +91,4 @@ def _pid(process: object) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
