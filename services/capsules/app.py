@@ -1,0 +1,94 @@
+"""Wires the capsules service together and serves it (with its background unlocker)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from capsule.capsules.v1 import capsules_pb2, capsules_pb2_grpc
+
+from services.capsules.capsules import Capsules
+from services.capsules.handlers import CapsulesHandlers, ThemesHandlers
+from services.capsules.neighbours import RecipientsClient
+from services.capsules.settings import CapsulesSettings
+from services.capsules.themes import Themes
+from services.capsules.unlocker import Unlocker
+from services.common.cache import Cache
+from services.common.db import Database
+from services.common.logs import configure_logging
+from services.common.people import AuthDirectory
+from services.common.server import ServiceHost
+from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
+
+
+async def serve() -> None:
+    settings = CapsulesSettings.from_env()
+    common = settings.service
+    configure_logging(common.log_level)
+    host = ServiceHost(common)
+
+    db = Database(common.database)
+    cache = Cache(common.redis_url, common.cache_prefix)
+    directory = AuthDirectory(settings.auth_target, settings.call_timeout_seconds)
+    recipients = RecipientsClient(settings.recipients_target, settings.call_timeout_seconds)
+
+    verifier = AccessTokenVerifier(
+        load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience
+    )
+    authenticator = Authenticator(verifier)
+    capsules = Capsules(
+        db=db,
+        cache=cache,
+        neighbours=recipients,
+        directory=directory,
+        min_unlock_lead_seconds=settings.min_unlock_lead_seconds,
+        cache_ttl_seconds=settings.capsule_cache_ttl_seconds,
+    )
+    host.add_service(
+        capsules_pb2.DESCRIPTOR.services_by_name["CapsulesService"],
+        CapsulesHandlers(capsules, authenticator),
+        capsules_pb2_grpc.add_CapsulesServiceServicer_to_server,
+    )
+    host.add_service(
+        capsules_pb2.DESCRIPTOR.services_by_name["ThemesService"],
+        ThemesHandlers(Themes(db, cache, settings.theme_cache_ttl_seconds)),
+        capsules_pb2_grpc.add_ThemesServiceServicer_to_server,
+    )
+
+    stop_unlocker = asyncio.Event()
+    unlocker_task: asyncio.Task[None] | None = None
+    if settings.unlocker_enabled:
+        unlocker = Unlocker(
+            db,
+            cache.client,
+            stream=settings.ready_stream,
+            batch_size=settings.unlocker_batch_size,
+            interval_seconds=settings.unlocker_interval_seconds,
+            marker_ttl_seconds=settings.ready_marker_ttl_seconds,
+        )
+        unlocker_task = asyncio.create_task(unlocker.run(stop_unlocker))
+
+    async def close_unlocker() -> None:
+        stop_unlocker.set()
+        if unlocker_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await unlocker_task
+
+    # Closers run last-added first: the unlocker stops before the pools it uses close.
+    host.on_close(db.close)
+    host.on_close(cache.close)
+    host.on_close(directory.close)
+    host.on_close(recipients.close)
+    host.on_close(close_unlocker)
+    logging.getLogger(__name__).info(
+        "capsules service configured",
+        extra={
+            "fields": {
+                "auth_target": settings.auth_target,
+                "recipients_target": settings.recipients_target,
+                "unlocker": settings.unlocker_enabled,
+            }
+        },
+    )
+    await host.run(ready=db.ping)

@@ -1,0 +1,439 @@
+"""Capsules: sending, reading, editing, deleting, opening, the inbox and outbox, and the inbox
+summary (SPEC §6). Plain async code, no gRPC types.
+
+Decisions:
+- One clock: the service's (`clock`, UTC). Status is derived from it at read time (sealed before
+  unlocks_at, opened once opened_at is set, ready in between) and the same instant is passed to SQL
+  for status filters, so correctness never waits for the unlocker.
+- Who sees what: the sender sees their capsule fully; "the recipient" is the user the recipient was
+  linked to at send time (recorded on the row): they see it without the body while sealed, and
+  without the sender while it is anonymous and not yet revealed (revealed once opened_at +
+  reveal_delay has passed). Anyone else, and everyone for a deleted capsule: NOT_FOUND.
+- Create: fields first (every violation at once), then the recipients service on the sender's
+  behalf (recipient is theirs → its linked user → connected and not blocked), then one
+  transaction: idempotency claim, theme exists, insert. A block answers exactly like "not
+  connected" (FAILED_PRECONDITION NOT_CONNECTED): it is never revealed. Nothing is written on any
+  refusal.
+- Edit and delete: sender only (anyone else NOT_FOUND), only while sealed at the service's clock
+  (FAILED_PRECONDITION CAPSULE_NOT_SEALED after); the row is locked so an edit cannot race the open.
+- Open: recipient only, only when ready (FAILED_PRECONDITION CAPSULE_SEALED before); opened_at is
+  set once (UPDATE … WHERE opened_at IS NULL), a second open returns the same capsule.
+- Cache: a capsule's row 1 minute (deleted on every write to it); the inbox summary 1 minute,
+  deleted on every send/edit/open/delete of a capsule to that user. Sealed→ready changes with time
+  and no write: the cached summary carries the earliest sealed unlocks_at and is recomputed once
+  that instant has passed, so it is never wrong, only recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from services.capsules import rules, storage
+from services.capsules.neighbours import Neighbours
+from services.capsules.storage import CapsuleRow
+from services.common import idempotency
+from services.common.cache import Cache
+from services.common.db import Database
+from services.common.errors import Aborted, FailedPrecondition, FieldErrors, InvalidArgument, NotFound
+from services.common.ids import new_id, parse_uuid
+from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.people import Directory, Profile
+from services.common.tokens import Caller
+
+CREATE_OPERATION = "capsule-create"
+BOXES = ("inbox", "outbox")
+STATUSES = ("sealed", "ready", "opened")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def status_at(row: CapsuleRow, now: datetime) -> str:
+    if now < row.unlocks_at:
+        return "sealed"
+    return "opened" if row.opened_at is not None else "ready"
+
+
+def sender_revealed(row: CapsuleRow, now: datetime) -> bool:
+    if not row.anonymous:
+        return True
+    return row.opened_at is not None and row.opened_at + timedelta(seconds=row.reveal_delay_seconds) <= now
+
+
+@dataclass(frozen=True, slots=True)
+class CapsuleView:
+    """A capsule as one caller may see it at one instant."""
+
+    row: CapsuleRow
+    status: str
+    as_sender: bool
+    sender_hidden: bool
+    body_visible: bool
+    sender_profile: Profile | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CapsulePage:
+    rows: list[CapsuleView]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    sealed: int
+    ready: int
+    opened: int
+    total: int
+    next_unlocks_at: datetime | None
+
+
+def view(row: CapsuleRow, caller: uuid.UUID, now: datetime, profile: Profile | None = None) -> CapsuleView:
+    status = status_at(row, now)
+    if row.sender == caller:
+        return CapsuleView(row, status, as_sender=True, sender_hidden=False, body_visible=True)
+    hidden = not sender_revealed(row, now)
+    return CapsuleView(
+        row,
+        status,
+        as_sender=False,
+        sender_hidden=hidden,
+        body_visible=status != "sealed",
+        sender_profile=None if hidden else profile,
+    )
+
+
+class Capsules:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        cache: Cache,
+        neighbours: Neighbours,
+        directory: Directory,
+        min_unlock_lead_seconds: int = 60,
+        cache_ttl_seconds: int = 60,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.db = db
+        self.cache = cache
+        self.neighbours = neighbours
+        self.directory = directory
+        self.min_lead = min_unlock_lead_seconds
+        self.ttl = cache_ttl_seconds
+        self.clock = clock
+
+    # --- create -----------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        caller: Caller,
+        *,
+        recipient_id: str,
+        title: str,
+        body: str,
+        theme_id: str,
+        unlocks_at: datetime | None,
+        anonymous: bool,
+        reveal_delay_seconds: int | None,
+        idempotency_key: str | None,
+    ) -> CapsuleView:
+        now = self.clock()
+        errors = FieldErrors()
+        rid = rules.uuid_field(errors, recipient_id, "recipient_id", required=True)
+        title = rules.title(errors, title)
+        body = rules.body(errors, body)
+        theme = rules.uuid_field(errors, theme_id, "theme_id", required=False)
+        unlocks = rules.unlocks_at(errors, unlocks_at, now, self.min_lead)
+        delay = rules.reveal_delay(errors, reveal_delay_seconds)
+        idempotency.check_key(errors, idempotency_key)
+        errors.raise_if_any()
+        assert rid is not None and unlocks is not None
+
+        linked = await self.neighbours.linked_user(caller, rid)
+        if isinstance(linked, bool):
+            raise NotFound(
+                "no recipient with this id in your address book",
+                violations=[("recipient_id", "is not one of your recipients")],
+            )
+        if linked is None:
+            raise FailedPrecondition(
+                "capsules go to a recipient linked to one of your connections",
+                reason="RECIPIENT_NOT_LINKED",
+                violations=[("recipient_id", "is not linked to a user")],
+            )
+        relationship = await self.neighbours.relationship(caller, linked)
+        if not relationship.connected or relationship.blocked:
+            raise FailedPrecondition(
+                "capsules can only be sent to your connections",
+                reason="NOT_CONNECTED",
+                violations=[("recipient_id", "is not linked to one of your connections")],
+            )
+
+        request_hash = hashlib.sha256(
+            orjson.dumps([str(rid), title, body, str(theme or ""), unlocks.isoformat(), anonymous, delay])
+        ).digest()
+        claim = {"operation": CREATE_OPERATION, "caller": str(caller.user_id), "key": idempotency_key or ""}
+        async with self.db.write() as conn:
+            prior = None
+            if idempotency_key:
+                prior = await idempotency.claim(conn, **claim, request_hash=request_hash)
+            if prior is None:
+                if theme is not None and not await storage.theme_exists(conn, theme):
+                    raise InvalidArgument(
+                        "the request has invalid fields: theme_id",
+                        violations=[("theme_id", "is not a theme of the catalog")],
+                    )
+                row = await storage.insert_capsule(
+                    conn,
+                    id=new_id(),
+                    sender=caller.user_id,
+                    recipient_id=rid,
+                    recipient_user=linked,
+                    title=title,
+                    body=body,
+                    theme_id=theme,
+                    unlocks_at=unlocks,
+                    anonymous=anonymous,
+                    reveal_delay_seconds=delay,
+                )
+                if idempotency_key:
+                    await idempotency.record_result(conn, **claim, result_id=row.id)
+        if prior is not None:
+            if prior.request_hash != request_hash or prior.result_id is None:
+                raise Aborted(
+                    "this Idempotency-Key was already used for a different request",
+                    reason="IDEMPOTENCY_KEY_REUSED",
+                    violations=[("idempotency_key", "use a new key for a new request")],
+                )
+            async with self.db.read() as conn:
+                first = await storage.capsule(conn, prior.result_id)
+            if first is None or first.sender != caller.user_id:
+                raise NotFound("the capsule this Idempotency-Key created no longer exists")
+            return view(first, caller.user_id, self.clock())
+        await self._invalidate_summary(row.recipient_user)
+        return view(row, caller.user_id, self.clock())
+
+    # --- read -------------------------------------------------------------------------------------
+
+    async def get(self, caller: Caller, capsule_id: str) -> CapsuleView:
+        cid = _capsule_id(capsule_id)
+        row = await self._cached_row(cid)
+        if row is None or caller.user_id not in (row.sender, row.recipient_user):
+            raise _not_found()
+        now = self.clock()
+        seen = view(row, caller.user_id, now)
+        if not seen.as_sender and not seen.sender_hidden:
+            profiles = await self.directory.profiles(caller, [row.sender])
+            seen = view(row, caller.user_id, now, profiles.get(row.sender))
+        return seen
+
+    async def list_box(self, caller: Caller, *, box: str, status: str, requested_size: int, token: str) -> CapsulePage:
+        assert box in BOXES and status in ("", *STATUSES)
+        size = page_size(requested_size)
+        name = f"capsules:{box}:{status}"
+        keys = decode_page_token(token, name, 2)
+        after: tuple[datetime, uuid.UUID] | None = None
+        if keys is not None:
+            after_id = parse_uuid(keys[1]) if isinstance(keys[1], str) else None
+            if not isinstance(keys[0], datetime) or after_id is None:
+                raise InvalidArgument(
+                    "page_token is not a token this list returned",
+                    reason="MALFORMED_PAGE_TOKEN",
+                    violations=[("page_token", "use the next_page_token of the previous page of the same list")],
+                )
+            after = (keys[0], after_id)
+        now = self.clock()
+        async with self.db.read() as conn:
+            rows = await storage.list_capsules(
+                conn, caller.user_id, box=box, status=status, now=now, after=after, limit=size + 1
+            )
+        next_token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            next_token = encode_page_token(name, [rows[-1].unlocks_at, str(rows[-1].id)])
+        views = [view(r, caller.user_id, now) for r in rows]
+        if box == "inbox":
+            # One batched call per page, for the senders the caller may see.
+            visible = [v.row.sender for v in views if not v.sender_hidden]
+            profiles = await self.directory.profiles(caller, visible) if visible else {}
+            views = [view(v.row, caller.user_id, now, profiles.get(v.row.sender)) for v in views]
+        return CapsulePage(views, next_token)
+
+    async def summary(self, caller: Caller) -> Summary:
+        key = self.cache.key("summary", str(caller.user_id))
+        now = self.clock()
+
+        async def load() -> bytes:
+            async with self.db.read() as conn:
+                counted = await storage.inbox_summary(conn, caller.user_id, now)
+            return orjson.dumps(
+                {
+                    "sealed": counted.sealed,
+                    "opened": counted.opened,
+                    "total": counted.total,
+                    "next": counted.next_unlocks_at.isoformat() if counted.next_unlocks_at else None,
+                    "at": now.isoformat(),
+                }
+            )
+
+        raw = await self.cache.get_or_load("capsule_summary", key, self.ttl, load)
+        assert raw is not None
+        data = orjson.loads(raw)
+        if data["next"] is not None and datetime.fromisoformat(data["next"]) <= now:
+            # A sealed capsule became ready since this was counted: recount and replace.
+            fresh = await load()
+            await self.cache.put(key, fresh, self.ttl)
+            data = orjson.loads(fresh)
+        next_unlocks = datetime.fromisoformat(data["next"]) if data["next"] else None
+        sealed, opened, total = int(data["sealed"]), int(data["opened"]), int(data["total"])
+        return Summary(sealed, total - sealed - opened, opened, total, next_unlocks)
+
+    # --- writes by the sender ---------------------------------------------------------------------
+
+    async def update(self, caller: Caller, capsule_id: str, values: dict[str, Any], mask: list[str]) -> CapsuleView:
+        cid = _capsule_id(capsule_id)
+        now = self.clock()
+        errors = FieldErrors()
+        paths = mask or [field for field in storage.UPDATABLE_COLUMNS if values.get(field)]
+        changes: dict[str, object] = {}
+        for path in dict.fromkeys(paths):
+            value = values.get(path)
+            if path == "title":
+                changes["title"] = rules.title(errors, value or "", "capsule.title")
+            elif path == "body":
+                changes["body"] = rules.body(errors, value or "", "capsule.body")
+            elif path == "theme_id":
+                changes["theme_id"] = rules.uuid_field(errors, value or "", "capsule.theme_id", required=False)
+            elif path == "unlocks_at":
+                changes["unlocks_at"] = rules.unlocks_at(errors, value, now, self.min_lead, "capsule.unlocks_at")
+            elif path in ("anonymous", "reveal_delay_seconds", "recipient_id"):
+                errors.add("update_mask", f"{path} cannot be changed after sending")
+            elif path in (
+                "id",
+                "sender_id",
+                "sender",
+                "recipient_user_id",
+                "status",
+                "sender_hidden",
+                "created_at",
+                "updated_at",
+                "opened_at",
+            ):
+                errors.add("update_mask", f"{path} is set by the service and cannot be changed")
+            else:
+                errors.add("update_mask", f"'{path}' is not a field of a capsule")
+        errors.raise_if_any()
+        async with self.db.write() as conn:
+            row = await storage.capsule(conn, cid, for_update=True)
+            if row is None or row.sender != caller.user_id:
+                raise _not_found()
+            _require_sealed(row, now, "edited")
+            theme = changes.get("theme_id")
+            if isinstance(theme, uuid.UUID) and not await storage.theme_exists(conn, theme):
+                raise InvalidArgument(
+                    "the request has invalid fields: capsule.theme_id",
+                    violations=[("capsule.theme_id", "is not a theme of the catalog")],
+                )
+            if changes:
+                row = await storage.update_capsule(conn, cid, changes, now)
+        if changes:
+            await self._invalidate(row)
+        return view(row, caller.user_id, self.clock())
+
+    async def delete(self, caller: Caller, capsule_id: str) -> None:
+        cid = _capsule_id(capsule_id)
+        now = self.clock()
+        async with self.db.write() as conn:
+            row = await storage.capsule(conn, cid, for_update=True)
+            if row is None or row.sender != caller.user_id:
+                raise _not_found()
+            _require_sealed(row, now, "deleted")
+            await storage.soft_delete(conn, cid, now)
+        await self._invalidate(row)
+
+    # --- open by the recipient --------------------------------------------------------------------
+
+    async def open(self, caller: Caller, capsule_id: str) -> CapsuleView:
+        cid = _capsule_id(capsule_id)
+        now = self.clock()
+        async with self.db.write() as conn:
+            row = await storage.capsule(conn, cid, for_update=True)
+            if row is None or row.recipient_user != caller.user_id:
+                raise _not_found()
+            if now < row.unlocks_at:
+                raise FailedPrecondition(
+                    "this capsule is still sealed",
+                    reason="CAPSULE_SEALED",
+                    metadata={"unlocks_at": row.unlocks_at.isoformat()},
+                )
+            opened = await storage.mark_opened(conn, cid, now) if row.opened_at is None else None
+        if opened is not None:
+            row = opened
+            await self._invalidate(row)
+        seen = view(row, caller.user_id, now)
+        if not seen.sender_hidden:
+            profiles = await self.directory.profiles(caller, [row.sender])
+            seen = view(row, caller.user_id, now, profiles.get(row.sender))
+        return seen
+
+    # --- cache ------------------------------------------------------------------------------------
+
+    async def _cached_row(self, cid: uuid.UUID) -> CapsuleRow | None:
+        async def load() -> bytes | None:
+            async with self.db.read() as conn:
+                row = await storage.capsule(conn, cid)
+            return _encode_row(row) if row else None
+
+        raw = await self.cache.get_or_load("capsule", self.cache.key("capsule", str(cid)), self.ttl, load)
+        return _decode_row(raw) if raw else None
+
+    async def _invalidate(self, row: CapsuleRow) -> None:
+        await self.cache.delete(
+            self.cache.key("capsule", str(row.id)), self.cache.key("summary", str(row.recipient_user))
+        )
+
+    async def _invalidate_summary(self, user: uuid.UUID) -> None:
+        await self.cache.delete(self.cache.key("summary", str(user)))
+
+
+def _require_sealed(row: CapsuleRow, now: datetime, action: str) -> None:
+    if now >= row.unlocks_at:
+        raise FailedPrecondition(f"a capsule can only be {action} while it is sealed", reason="CAPSULE_NOT_SEALED")
+
+
+def _capsule_id(value: str) -> uuid.UUID:
+    parsed = parse_uuid(value.strip())
+    if parsed is None:
+        raise InvalidArgument("id must be a UUID", violations=[("id", "must be a UUID")])
+    return parsed
+
+
+def _not_found() -> NotFound:
+    return NotFound("no capsule with this id")
+
+
+_UUID_FIELDS = ("id", "sender", "recipient_id", "recipient_user", "theme_id")
+_TIME_FIELDS = ("unlocks_at", "created_at", "updated_at", "opened_at")
+
+
+def _encode_row(row: CapsuleRow) -> bytes:
+    return orjson.dumps({name: getattr(row, name) for name in CapsuleRow.__slots__}, default=str)  # type: ignore[attr-defined]
+
+
+def _decode_row(raw: bytes) -> CapsuleRow:
+    data = orjson.loads(raw)
+    for name in _UUID_FIELDS:
+        if data[name] is not None:
+            data[name] = uuid.UUID(data[name])
+    for name in _TIME_FIELDS:
+        if data[name] is not None:
+            data[name] = datetime.fromisoformat(data[name])
+    return CapsuleRow(**data)

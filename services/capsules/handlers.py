@@ -1,0 +1,163 @@
+"""gRPC handlers of capsule.capsules.v1: decode, authenticate, call the domain, encode.
+
+Errors raised by the domain become rich statuses in services.common.server's handler wrapper.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import grpc
+from capsule.capsules.v1 import capsules_pb2 as pb
+from capsule.capsules.v1 import capsules_pb2_grpc
+from capsule.common.v1 import common_pb2
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from services.capsules.capsules import Capsules, CapsuleView
+from services.capsules.storage import ThemeRow
+from services.capsules.themes import Themes
+from services.common.tokens import Authenticator, metadata_value
+
+Context: TypeAlias = grpc.aio.ServicerContext
+
+STATUSES = {
+    "sealed": pb.CAPSULE_STATUS_SEALED,
+    "ready": pb.CAPSULE_STATUS_READY,
+    "opened": pb.CAPSULE_STATUS_OPENED,
+}
+STATUS_FILTERS = {value: name for name, value in STATUSES.items()}
+
+
+class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
+    def __init__(self, capsules: Capsules, authenticator: Authenticator) -> None:
+        self.capsules = capsules
+        self.auth = authenticator
+
+    async def CreateCapsule(self, request: pb.CreateCapsuleRequest, context: Context) -> pb.Capsule:
+        caller = self.auth.require(context)
+        seen = await self.capsules.create(
+            caller,
+            recipient_id=request.recipient_id,
+            title=request.title,
+            body=request.body,
+            theme_id=request.theme_id,
+            unlocks_at=_time(request.unlocks_at) if request.HasField("unlocks_at") else None,
+            anonymous=request.anonymous,
+            reveal_delay_seconds=(request.reveal_delay_seconds if request.HasField("reveal_delay_seconds") else None),
+            idempotency_key=metadata_value(context, "idempotency-key"),
+        )
+        return _capsule(seen)
+
+    async def ListCapsules(self, request: pb.ListCapsulesRequest, context: Context) -> pb.ListCapsulesResponse:
+        caller = self.auth.require(context)
+        page = await self.capsules.list_box(
+            caller,
+            box="outbox" if request.box == pb.BOX_OUTBOX else "inbox",
+            status=STATUS_FILTERS.get(request.status, ""),
+            requested_size=request.page_size,
+            token=request.page_token,
+        )
+        return pb.ListCapsulesResponse(capsules=[_capsule(v) for v in page.rows], next_page_token=page.next_page_token)
+
+    async def GetInboxSummary(self, request: pb.GetInboxSummaryRequest, context: Context) -> pb.InboxSummary:
+        caller = self.auth.require(context)
+        summary = await self.capsules.summary(caller)
+        message = pb.InboxSummary(
+            sealed=summary.sealed, ready=summary.ready, opened=summary.opened, total=summary.total
+        )
+        if summary.next_unlocks_at is not None:
+            _set_time(message.next_unlocks_at, summary.next_unlocks_at)
+        return message
+
+    async def GetCapsule(self, request: pb.GetCapsuleRequest, context: Context) -> pb.Capsule:
+        caller = self.auth.require(context)
+        return _capsule(await self.capsules.get(caller, request.id))
+
+    async def UpdateCapsule(self, request: pb.UpdateCapsuleRequest, context: Context) -> pb.Capsule:
+        caller = self.auth.require(context)
+        c = request.capsule
+        values: dict[str, Any] = {
+            "title": c.title,
+            "body": c.body,
+            "theme_id": c.theme_id,
+            "unlocks_at": _time(c.unlocks_at) if c.HasField("unlocks_at") else None,
+        }
+        seen = await self.capsules.update(caller, request.id, values, list(request.update_mask.paths))
+        return _capsule(seen)
+
+    async def DeleteCapsule(self, request: pb.DeleteCapsuleRequest, context: Context) -> empty_pb2.Empty:
+        caller = self.auth.require(context)
+        await self.capsules.delete(caller, request.id)
+        return empty_pb2.Empty()
+
+    async def OpenCapsule(self, request: pb.OpenCapsuleRequest, context: Context) -> pb.Capsule:
+        caller = self.auth.require(context)
+        return _capsule(await self.capsules.open(caller, request.id))
+
+
+class ThemesHandlers(capsules_pb2_grpc.ThemesServiceServicer):
+    """The catalog is public (no token needed): the same for everyone, cacheable by any HTTP cache."""
+
+    def __init__(self, themes: Themes) -> None:
+        self.themes = themes
+
+    async def ListThemes(self, request: pb.ListThemesRequest, context: Context) -> pb.ListThemesResponse:
+        page = await self.themes.list(request.page_size, request.page_token)
+        return pb.ListThemesResponse(themes=[_theme(t) for t in page.rows], next_page_token=page.next_page_token)
+
+    async def GetTheme(self, request: pb.GetThemeRequest, context: Context) -> pb.Theme:
+        return _theme(await self.themes.get(request.id))
+
+
+def _time(value: timestamp_pb2.Timestamp) -> datetime:
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def _set_time(field: timestamp_pb2.Timestamp, value: datetime) -> None:
+    field.FromDatetime(value.astimezone(UTC))
+
+
+def _capsule(seen: CapsuleView) -> pb.Capsule:
+    row = seen.row
+    message = pb.Capsule(
+        id=str(row.id),
+        sender_id="" if seen.sender_hidden else str(row.sender),
+        recipient_id=str(row.recipient_id) if seen.as_sender else "",
+        recipient_user_id=str(row.recipient_user),
+        title=row.title,
+        body=row.body if seen.body_visible else "",
+        theme_id=str(row.theme_id) if row.theme_id else "",
+        anonymous=row.anonymous,
+        reveal_delay_seconds=row.reveal_delay_seconds,
+        status=STATUSES[seen.status],
+        sender_hidden=seen.sender_hidden,
+    )
+    if seen.sender_profile is not None:
+        p = seen.sender_profile
+        message.sender.CopyFrom(
+            common_pb2.PublicProfile(
+                id=str(p.id),
+                username=p.username,
+                first_name=p.first_name,
+                last_name=p.last_name,
+                avatar_url=p.avatar_url,
+            )
+        )
+    _set_time(message.unlocks_at, row.unlocks_at)
+    _set_time(message.created_at, row.created_at)
+    _set_time(message.updated_at, row.updated_at)
+    if row.opened_at is not None:
+        _set_time(message.opened_at, row.opened_at)
+    return message
+
+
+def _theme(row: ThemeRow) -> pb.Theme:
+    return pb.Theme(
+        id=str(row.id),
+        name=row.name,
+        description=row.description,
+        gradient_start=row.gradient_start,
+        gradient_end=row.gradient_end,
+        premium=row.premium,
+    )

@@ -1,0 +1,68 @@
+"""What the capsules service asks the recipients service (through Envoy), on the sender's behalf:
+is this recipient theirs, which user is it linked to, and may they send to that user.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from capsule.recipients.v1 import recipients_pb2, recipients_pb2_grpc, relationships_pb2, relationships_pb2_grpc
+
+from services.common.clients import channel, forward_metadata
+from services.common.errors import Unavailable
+from services.common.ids import parse_uuid
+from services.common.logs import request_id_var
+from services.common.tokens import Caller
+
+
+@dataclass(frozen=True, slots=True)
+class Relationship:
+    connected: bool
+    blocked: bool
+
+
+class Neighbours(Protocol):
+    async def linked_user(self, caller: Caller, recipient_id: uuid.UUID) -> uuid.UUID | bool | None: ...
+
+    async def relationship(self, caller: Caller, other: uuid.UUID) -> Relationship: ...
+
+    async def close(self) -> None: ...
+
+
+class RecipientsClient:
+    def __init__(self, target: str, timeout_seconds: float = 3.0) -> None:
+        self._channel = channel(target)
+        self._recipients = recipients_pb2_grpc.RecipientsServiceStub(self._channel)
+        self._relationships = relationships_pb2_grpc.RelationshipServiceStub(self._channel)
+        self._timeout = timeout_seconds
+
+    async def linked_user(self, caller: Caller, recipient_id: uuid.UUID) -> uuid.UUID | bool | None:
+        """The recipient's linked user; None when it has none; False when it is not the caller's."""
+        try:
+            recipient = await self._recipients.GetRecipient(
+                recipients_pb2.GetRecipientRequest(id=str(recipient_id)),
+                timeout=self._timeout,
+                metadata=forward_metadata(caller.token, request_id_var.get()),
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return False
+            raise Unavailable(f"cannot look the recipient up right now ({exc.code().name})") from exc
+        return parse_uuid(recipient.linked_user_id) if recipient.linked_user_id else None
+
+    async def relationship(self, caller: Caller, other: uuid.UUID) -> Relationship:
+        try:
+            answer = await self._relationships.GetRelationship(
+                relationships_pb2.GetRelationshipRequest(user_id=str(caller.user_id), other_user_id=str(other)),
+                timeout=self._timeout,
+                metadata=forward_metadata(caller.token, request_id_var.get()),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"cannot check the relationship right now ({exc.code().name})") from exc
+        return Relationship(connected=answer.connected, blocked=answer.blocked)
+
+    async def close(self) -> None:
+        await self._channel.close()

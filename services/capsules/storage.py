@@ -1,0 +1,260 @@
+"""SQL of the capsules service (SQLAlchemy Core text() over asyncpg); each query has its index
+(see migrations/versions/0001_capsules_and_themes.py)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# --- themes --------------------------------------------------------------------------------------
+
+THEME_COLUMNS = "id, name, description, gradient_start, gradient_end, premium"
+
+
+@dataclass(frozen=True, slots=True)
+class ThemeRow:
+    id: uuid.UUID
+    name: str
+    description: str
+    gradient_start: str
+    gradient_end: str
+    premium: bool
+
+
+async def theme(conn: AsyncConnection, theme_id: uuid.UUID) -> ThemeRow | None:
+    row = (await conn.execute(text(f"SELECT {THEME_COLUMNS} FROM themes WHERE id = :id"), {"id": theme_id})).first()
+    return ThemeRow(**row._mapping) if row else None
+
+
+async def theme_exists(conn: AsyncConnection, theme_id: uuid.UUID) -> bool:
+    return bool(
+        (await conn.execute(text("SELECT EXISTS (SELECT 1 FROM themes WHERE id = :id)"), {"id": theme_id})).scalar_one()
+    )
+
+
+_THEMES = text(
+    f"SELECT {THEME_COLUMNS} FROM themes WHERE (name, id) > (:after_name, :after_id) ORDER BY name, id LIMIT :limit"
+)
+
+
+async def list_themes(conn: AsyncConnection, *, after: tuple[str, uuid.UUID] | None, limit: int) -> list[ThemeRow]:
+    after_name, after_id = after if after else ("", uuid.UUID(int=0))
+    rows = await conn.execute(_THEMES, {"after_name": after_name, "after_id": after_id, "limit": limit})
+    return [ThemeRow(**r._mapping) for r in rows]
+
+
+# --- capsules ------------------------------------------------------------------------------------
+
+CAPSULE_COLUMNS = (
+    "id, sender, recipient_id, recipient_user, title, body, theme_id, unlocks_at, anonymous, "
+    "reveal_delay_seconds, created_at, updated_at, opened_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CapsuleRow:
+    id: uuid.UUID
+    sender: uuid.UUID
+    recipient_id: uuid.UUID
+    recipient_user: uuid.UUID
+    title: str
+    body: str
+    theme_id: uuid.UUID | None
+    unlocks_at: datetime
+    anonymous: bool
+    reveal_delay_seconds: int
+    created_at: datetime
+    updated_at: datetime
+    opened_at: datetime | None
+
+
+async def insert_capsule(
+    conn: AsyncConnection,
+    *,
+    id: uuid.UUID,
+    sender: uuid.UUID,
+    recipient_id: uuid.UUID,
+    recipient_user: uuid.UUID,
+    title: str,
+    body: str,
+    theme_id: uuid.UUID | None,
+    unlocks_at: datetime,
+    anonymous: bool,
+    reveal_delay_seconds: int,
+) -> CapsuleRow:
+    row = (
+        await conn.execute(
+            text(
+                "INSERT INTO capsules (id, sender, recipient_id, recipient_user, title, body, theme_id, unlocks_at, "
+                "anonymous, reveal_delay_seconds) VALUES (:id, :sender, :recipient_id, :recipient_user, :title, "
+                f":body, :theme_id, :unlocks_at, :anonymous, :reveal) RETURNING {CAPSULE_COLUMNS}"
+            ),
+            {
+                "id": id,
+                "sender": sender,
+                "recipient_id": recipient_id,
+                "recipient_user": recipient_user,
+                "title": title,
+                "body": body,
+                "theme_id": theme_id,
+                "unlocks_at": unlocks_at,
+                "anonymous": anonymous,
+                "reveal": reveal_delay_seconds,
+            },
+        )
+    ).one()
+    return CapsuleRow(**row._mapping)
+
+
+async def capsule(conn: AsyncConnection, capsule_id: uuid.UUID, *, for_update: bool = False) -> CapsuleRow | None:
+    """A capsule that is not deleted (primary key look-up); the caller checks who may see it."""
+    lock = " FOR UPDATE" if for_update else ""
+    row = (
+        await conn.execute(
+            text(f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = :id AND deleted_at IS NULL{lock}"),
+            {"id": capsule_id},
+        )
+    ).first()
+    return CapsuleRow(**row._mapping) if row else None
+
+
+UPDATABLE_COLUMNS = ("title", "body", "theme_id", "unlocks_at")
+
+
+async def update_capsule(
+    conn: AsyncConnection, capsule_id: uuid.UUID, changes: dict[str, object], now: datetime
+) -> CapsuleRow:
+    assignments = ", ".join(f"{column} = :{column}" for column in changes)
+    row = (
+        await conn.execute(
+            text(f"UPDATE capsules SET {assignments}, updated_at = :now WHERE id = :id RETURNING {CAPSULE_COLUMNS}"),
+            {**changes, "id": capsule_id, "now": now},
+        )
+    ).one()
+    return CapsuleRow(**row._mapping)
+
+
+async def soft_delete(conn: AsyncConnection, capsule_id: uuid.UUID, now: datetime) -> None:
+    await conn.execute(
+        text("UPDATE capsules SET deleted_at = :now, updated_at = :now WHERE id = :id"), {"id": capsule_id, "now": now}
+    )
+
+
+async def mark_opened(conn: AsyncConnection, capsule_id: uuid.UUID, now: datetime) -> CapsuleRow | None:
+    """Sets opened_at once: None when it was already set (nothing written)."""
+    row = (
+        await conn.execute(
+            text(
+                f"UPDATE capsules SET opened_at = :now WHERE id = :id AND opened_at IS NULL RETURNING {CAPSULE_COLUMNS}"
+            ),
+            {"id": capsule_id, "now": now},
+        )
+    ).first()
+    return CapsuleRow(**row._mapping) if row else None
+
+
+# Status at a given time (`:now`, the service's clock): sealed before unlocks_at, opened once
+# opened_at is set, ready in between.
+STATUS_CONDITIONS = {
+    "sealed": "AND unlocks_at > :now",
+    "ready": "AND unlocks_at <= :now AND opened_at IS NULL",
+    "opened": "AND opened_at IS NOT NULL",
+    "": "",
+}
+
+
+def _list_query(owner_column: str, status: str) -> str:
+    # Served by capsules_inbox_idx / capsules_outbox_idx: (owner, unlocks_at, id) WHERE deleted_at IS NULL.
+    return (
+        f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE {owner_column} = :u AND deleted_at IS NULL "
+        f"AND (unlocks_at, id) > (:after_time, :after_id) {STATUS_CONDITIONS[status]} "
+        "ORDER BY unlocks_at, id LIMIT :limit"
+    )
+
+
+_LISTS = {
+    (box, status): text(_list_query("recipient_user" if box == "inbox" else "sender", status))
+    for box in ("inbox", "outbox")
+    for status in STATUS_CONDITIONS
+}
+
+
+async def list_capsules(
+    conn: AsyncConnection,
+    user: uuid.UUID,
+    *,
+    box: str,
+    status: str,
+    now: datetime,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[CapsuleRow]:
+    after_time, after_id = after if after else (datetime(1, 1, 1, tzinfo=now.tzinfo), uuid.UUID(int=0))
+    params: dict[str, object] = {"u": user, "after_time": after_time, "after_id": after_id, "limit": limit}
+    if status:
+        params["now"] = now
+    rows = await conn.execute(_LISTS[(box, status)], params)
+    return [CapsuleRow(**r._mapping) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    sealed: int
+    opened: int
+    total: int
+    next_unlocks_at: datetime | None
+
+
+_SUMMARY = text(
+    """
+    SELECT count(*) FILTER (WHERE unlocks_at > :now) AS sealed,
+           count(*) FILTER (WHERE opened_at IS NOT NULL) AS opened,
+           count(*) AS total,
+           min(unlocks_at) FILTER (WHERE unlocks_at > :now) AS next_unlocks_at
+      FROM capsules
+     WHERE recipient_user = :u AND deleted_at IS NULL
+    """
+)
+
+
+async def inbox_summary(conn: AsyncConnection, user: uuid.UUID, now: datetime) -> SummaryRow:
+    row = (await conn.execute(_SUMMARY, {"u": user, "now": now})).one()
+    return SummaryRow(**row._mapping)
+
+
+# --- the unlocker --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DueRow:
+    id: uuid.UUID
+    recipient_user: uuid.UUID
+    sender: uuid.UUID
+    unlocks_at: datetime
+
+
+# capsules_unlocker_idx; SKIP LOCKED: several unlockers take disjoint batches.
+_DUE = text(
+    """
+    SELECT id, recipient_user, sender, unlocks_at FROM capsules
+     WHERE unlocks_at <= :now AND unlocked_event_at IS NULL AND deleted_at IS NULL
+     ORDER BY unlocks_at
+     LIMIT :limit
+       FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+async def lock_due(conn: AsyncConnection, now: datetime, limit: int) -> list[DueRow]:
+    rows = await conn.execute(_DUE, {"now": now, "limit": limit})
+    return [DueRow(**r._mapping) for r in rows]
+
+
+async def mark_published(conn: AsyncConnection, ids: list[uuid.UUID], now: datetime) -> None:
+    await conn.execute(
+        text("UPDATE capsules SET unlocked_event_at = :now WHERE id = ANY(:ids)"), {"ids": ids, "now": now}
+    )

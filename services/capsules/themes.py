@@ -1,0 +1,88 @@
+"""The theme catalog (SPEC §6): seeded by the migration, read-only here, cached 1 hour.
+
+The catalog only changes with a migration (a deploy), so entries are not invalidated by writes:
+the TTL bounds how long a changed catalog takes to show. The gateway marks /v1/themes responses
+`Cache-Control: public, max-age=3600` (SPEC §7).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import orjson
+
+from services.capsules import storage
+from services.capsules.storage import ThemeRow
+from services.common.cache import Cache
+from services.common.db import Database
+from services.common.errors import InvalidArgument, NotFound
+from services.common.ids import parse_uuid
+from services.common.pagination import decode_page_token, encode_page_token, page_size
+
+LIST_NAME = "themes"
+
+
+@dataclass(frozen=True, slots=True)
+class ThemePage:
+    rows: list[ThemeRow]
+    next_page_token: str
+
+
+def _encode(row: ThemeRow) -> dict[str, object]:
+    return {name: getattr(row, name) for name in ThemeRow.__slots__}  # type: ignore[attr-defined]
+
+
+def _decode(data: dict[str, object]) -> ThemeRow:
+    return ThemeRow(**{**data, "id": uuid.UUID(str(data["id"]))})  # type: ignore[arg-type]
+
+
+class Themes:
+    def __init__(self, db: Database, cache: Cache, ttl_seconds: int = 3600) -> None:
+        self.db = db
+        self.cache = cache
+        self.ttl = ttl_seconds
+
+    async def get(self, theme_id: str) -> ThemeRow:
+        tid = parse_uuid(theme_id.strip())
+        if tid is None:
+            raise InvalidArgument("id must be a UUID", violations=[("id", "must be a UUID")])
+
+        async def load() -> bytes | None:
+            async with self.db.read() as conn:
+                row = await storage.theme(conn, tid)
+            return orjson.dumps(_encode(row), default=str) if row else None
+
+        raw = await self.cache.get_or_load("theme", self.cache.key("theme", str(tid)), self.ttl, load)
+        if raw is None:
+            raise NotFound("no theme with this id")
+        return _decode(orjson.loads(raw))
+
+    async def list(self, requested_size: int, token: str) -> ThemePage:
+        size = page_size(requested_size)
+        keys = decode_page_token(token, LIST_NAME, 2)
+        after: tuple[str, uuid.UUID] | None = None
+        if keys is not None:
+            after_id = parse_uuid(keys[1]) if isinstance(keys[1], str) else None
+            if not isinstance(keys[0], str) or after_id is None:
+                raise InvalidArgument(
+                    "page_token is not a token this list returned",
+                    reason="MALFORMED_PAGE_TOKEN",
+                    violations=[("page_token", "use the next_page_token of the previous page of the same list")],
+                )
+            after = (keys[0], after_id)
+
+        async def load() -> bytes:
+            async with self.db.read() as conn:
+                rows = await storage.list_themes(conn, after=after, limit=size + 1)
+            next_token = ""
+            if len(rows) > size:
+                rows = rows[:size]
+                next_token = encode_page_token(LIST_NAME, [rows[-1].name, str(rows[-1].id)])
+            return orjson.dumps({"rows": [_encode(r) for r in rows], "next": next_token}, default=str)
+
+        key = self.cache.key("themes", str(size), token or "-")
+        raw = await self.cache.get_or_load("themes", key, self.ttl, load)
+        assert raw is not None
+        data = orjson.loads(raw)
+        return ThemePage([_decode(r) for r in data["rows"]], data["next"])
