@@ -36,6 +36,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.common.catalog import mesh_service_names
 from services.common.errors import Internal, ServiceError
 from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
 from services.common.registration import Registrar, advertised_host
@@ -127,9 +128,10 @@ class ServiceHost:
         for register in self._registrations:
             register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        # Reflection describes the whole mesh, not only this service: see services.common.catalog.
+        catalog = dict.fromkeys([*self._service_names, *mesh_service_names()])
         reflection.enable_server_reflection(
-            [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
+            [*catalog, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
         )
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         if server.add_insecure_port(self.settings.grpc_listen) == 0:
