@@ -57,8 +57,18 @@ RECIPIENTS = ServiceSpec(
     instances=2,
 )
 
-# Later issue: capsules (`/capsule.capsules.v1.`), one entry appended here.
-SERVICES: tuple[ServiceSpec, ...] = (AUTH, RECIPIENTS)
+CAPSULES = ServiceSpec(
+    name="capsules",
+    module="services.capsules",
+    # CapsulesService and ThemesService share the package and the processes: one prefix.
+    proto_service="capsule.capsules.v1.CapsulesService",
+    route_prefixes=("/capsule.capsules.v1.",),
+    database="capsules",
+    proto_module="capsule.capsules.v1.capsules_pb2",
+    instances=2,
+)
+
+SERVICES: tuple[ServiceSpec, ...] = (AUTH, RECIPIENTS, CAPSULES)
 
 
 def by_name(name: str, services: tuple[ServiceSpec, ...] = SERVICES) -> ServiceSpec:

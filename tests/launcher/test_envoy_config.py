@@ -160,5 +160,5 @@ def test_endpoints_for_an_unknown_service_are_refused() -> None:
         bootstrap(endpoints={"nope": [("127.0.0.1", 1)]})
 
 
-def test_default_topology_is_auth_and_recipients_for_now() -> None:
-    assert [s.name for s in SERVICES] == ["auth", "recipients"]
+def test_default_topology_is_the_three_services() -> None:
+    assert [s.name for s in SERVICES] == ["auth", "recipients", "capsules"]
