@@ -66,6 +66,7 @@ async def serve() -> None:
             batch_size=settings.unlocker_batch_size,
             interval_seconds=settings.unlocker_interval_seconds,
             marker_ttl_seconds=settings.ready_marker_ttl_seconds,
+            stream_max_length=settings.ready_stream_max_length,
         )
         unlocker_task = asyncio.create_task(unlocker.run(stop_unlocker))
 

@@ -18,10 +18,12 @@ Decisions:
   (FAILED_PRECONDITION CAPSULE_NOT_SEALED after); the row is locked so an edit cannot race the open.
 - Open: recipient only, only when ready (FAILED_PRECONDITION CAPSULE_SEALED before); opened_at is
   set once (UPDATE … WHERE opened_at IS NULL), a second open returns the same capsule.
-- Cache: a capsule's row 1 minute (deleted on every write to it); the inbox summary 1 minute,
-  deleted on every send/edit/open/delete of a capsule to that user. Sealed→ready changes with time
-  and no write: the cached summary carries the earliest sealed unlocks_at and is recomputed once
-  that instant has passed, so it is never wrong, only recomputed.
+- Cache: a capsule's row 1 minute, the inbox summary 1 minute. Every send/edit/open/delete
+  overwrites both after its commit (the fresh row, or a tombstone for a deleted capsule; the
+  recipient's recount) rather than deleting them: readers only add entries (SET NX), so one that
+  read the database just before the write cannot put the old value back. Sealed→ready changes with
+  time and no write: the cached summary carries the earliest sealed unlocks_at and is recounted
+  once that instant has passed, so it is never wrong, only recounted.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from services.common.people import Directory, Profile
 from services.common.tokens import Caller
 
 CREATE_OPERATION = "capsule-create"
+# Cached in place of a deleted capsule's row.
+TOMBSTONE = b"-"
 BOXES = ("inbox", "outbox")
 STATUSES = ("sealed", "ready", "opened")
 
@@ -218,7 +222,7 @@ class Capsules:
             if first is None or first.sender != caller.user_id:
                 raise NotFound("the capsule this Idempotency-Key created no longer exists")
             return view(first, caller.user_id, self.clock())
-        await self._invalidate_summary(row.recipient_user)
+        await self._refresh_summary(row.recipient_user)
         return view(row, caller.user_id, self.clock())
 
     # --- read -------------------------------------------------------------------------------------
@@ -272,17 +276,7 @@ class Capsules:
         now = self.clock()
 
         async def load() -> bytes:
-            async with self.db.read() as conn:
-                counted = await storage.inbox_summary(conn, caller.user_id, now)
-            return orjson.dumps(
-                {
-                    "sealed": counted.sealed,
-                    "opened": counted.opened,
-                    "total": counted.total,
-                    "next": counted.next_unlocks_at.isoformat() if counted.next_unlocks_at else None,
-                    "at": now.isoformat(),
-                }
-            )
+            return await self._count_inbox(caller.user_id, now)
 
         raw = await self.cache.get_or_load("capsule_summary", key, self.ttl, load)
         assert raw is not None
@@ -295,6 +289,18 @@ class Capsules:
         next_unlocks = datetime.fromisoformat(data["next"]) if data["next"] else None
         sealed, opened, total = int(data["sealed"]), int(data["opened"]), int(data["total"])
         return Summary(sealed, total - sealed - opened, opened, total, next_unlocks)
+
+    async def _count_inbox(self, user: uuid.UUID, now: datetime) -> bytes:
+        async with self.db.read() as conn:
+            counted = await storage.inbox_summary(conn, user, now)
+        return orjson.dumps(
+            {
+                "sealed": counted.sealed,
+                "opened": counted.opened,
+                "total": counted.total,
+                "next": counted.next_unlocks_at.isoformat() if counted.next_unlocks_at else None,
+            }
+        )
 
     # --- writes by the sender ---------------------------------------------------------------------
 
@@ -345,7 +351,7 @@ class Capsules:
             if changes:
                 row = await storage.update_capsule(conn, cid, changes, now)
         if changes:
-            await self._invalidate(row)
+            await self._stored(row)
         return view(row, caller.user_id, self.clock())
 
     async def delete(self, caller: Caller, capsule_id: str) -> None:
@@ -357,7 +363,7 @@ class Capsules:
                 raise _not_found()
             _require_sealed(row, now, "deleted")
             await storage.soft_delete(conn, cid, now)
-        await self._invalidate(row)
+        await self._stored(row, deleted=True)
 
     # --- open by the recipient --------------------------------------------------------------------
 
@@ -377,7 +383,7 @@ class Capsules:
             opened = await storage.mark_opened(conn, cid, now) if row.opened_at is None else None
         if opened is not None:
             row = opened
-            await self._invalidate(row)
+            await self._stored(row)
         seen = view(row, caller.user_id, now)
         if not seen.sender_hidden:
             profiles = await self.directory.profiles(caller, [row.sender])
@@ -393,15 +399,20 @@ class Capsules:
             return _encode_row(row) if row else None
 
         raw = await self.cache.get_or_load("capsule", self.cache.key("capsule", str(cid)), self.ttl, load)
-        return _decode_row(raw) if raw else None
+        return _decode_row(raw) if raw and raw != TOMBSTONE else None
 
-    async def _invalidate(self, row: CapsuleRow) -> None:
-        await self.cache.delete(
-            self.cache.key("capsule", str(row.id)), self.cache.key("summary", str(row.recipient_user))
+    async def _stored(self, row: CapsuleRow, *, deleted: bool = False) -> None:
+        """After a committed write: the capsule's fresh row (or a tombstone) and its recipient's
+        fresh summary overwrite the cache. Writers overwrite and readers only add (SET NX), so a
+        reader that loaded the old row just before the write cannot bring it back."""
+        key = self.cache.key("capsule", str(row.id))
+        await self.cache.put(key, TOMBSTONE if deleted else _encode_row(row), self.ttl)
+        await self._refresh_summary(row.recipient_user)
+
+    async def _refresh_summary(self, user: uuid.UUID) -> None:
+        await self.cache.put(
+            self.cache.key("summary", str(user)), await self._count_inbox(user, self.clock()), self.ttl
         )
-
-    async def _invalidate_summary(self, user: uuid.UUID) -> None:
-        await self.cache.delete(self.cache.key("summary", str(user)))
 
 
 def _require_sealed(row: CapsuleRow, now: datetime, action: str) -> None:

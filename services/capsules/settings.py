@@ -29,6 +29,7 @@ class CapsulesSettings:
     ready_stream: str = "capsules:ready"
     # How long the per-capsule "already published" marker lives (see unlocker.py).
     ready_marker_ttl_seconds: int = 7 * 24 * 3600
+    ready_stream_max_length: int = 1_000_000
 
     @classmethod
     def from_env(cls) -> CapsulesSettings:
@@ -46,4 +47,5 @@ class CapsulesSettings:
             unlocker_batch_size=env_int("CAPSULE_UNLOCKER_BATCH_SIZE", 100),
             ready_stream=env_str("CAPSULE_READY_STREAM", "") or service.cache_prefix + "ready",
             ready_marker_ttl_seconds=env_int("CAPSULE_READY_MARKER_TTL_SECONDS", 7 * 24 * 3600),
+            ready_stream_max_length=env_int("CAPSULE_READY_STREAM_MAX_LENGTH", 1_000_000),
         )

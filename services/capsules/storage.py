@@ -110,15 +110,14 @@ async def insert_capsule(
     return CapsuleRow(**row._mapping)
 
 
+_CAPSULE = text(f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = :id AND deleted_at IS NULL")
+_CAPSULE_FOR_UPDATE = text(f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = :id AND deleted_at IS NULL FOR UPDATE")
+
+
 async def capsule(conn: AsyncConnection, capsule_id: uuid.UUID, *, for_update: bool = False) -> CapsuleRow | None:
     """A capsule that is not deleted (primary key look-up); the caller checks who may see it."""
-    lock = " FOR UPDATE" if for_update else ""
-    row = (
-        await conn.execute(
-            text(f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = :id AND deleted_at IS NULL{lock}"),
-            {"id": capsule_id},
-        )
-    ).first()
+    statement = _CAPSULE_FOR_UPDATE if for_update else _CAPSULE
+    row = (await conn.execute(statement, {"id": capsule_id})).first()
     return CapsuleRow(**row._mapping) if row else None
 
 

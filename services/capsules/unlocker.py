@@ -25,6 +25,10 @@ services.capsules unlocker` runs it alone. Several at once are safe:
 - Deleted capsules are never announced (deleted_at IS NULL in the scan). A capsule edited to a
   later unlock time before it was announced simply waits for that time.
 
+The stream is bounded (XADD MAXLEN ~ CAPSULE_READY_STREAM_MAX_LENGTH, default 1,000,000): the
+notifier is expected to keep up (consumer group), the bound only keeps a stalled one from filling
+Redis.
+
 Event fields: capsule_id, recipient_user, sender, unlocks_at (RFC 3339). The sender is there for
 the notifier to decide what to show; anonymity is for it to respect.
 """
@@ -51,14 +55,14 @@ log = logging.getLogger(__name__)
 
 PUBLISHED = Counter("capsule_ready_events_total", "Capsule-ready events published by the unlocker")
 
-# KEYS[1] the stream; ARGV[1] marker ttl, then 4 values per capsule:
-# id, recipient_user, sender, unlocks_at. Returns how many entries were added.
+# KEYS[1] the stream; ARGV[1] marker ttl, ARGV[2] the stream's approximate length bound, then 4
+# values per capsule: id, recipient_user, sender, unlocks_at. Returns how many entries were added.
 _PUBLISH_LUA = """
 local added = 0
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   if redis.call('SET', KEYS[1] .. ':sent:' .. ARGV[i], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('XADD', KEYS[1], '*', 'capsule_id', ARGV[i], 'recipient_user', ARGV[i + 1],
-               'sender', ARGV[i + 2], 'unlocks_at', ARGV[i + 3])
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'capsule_id', ARGV[i],
+               'recipient_user', ARGV[i + 1], 'sender', ARGV[i + 2], 'unlocks_at', ARGV[i + 3])
     added = added + 1
   end
 end
@@ -76,6 +80,7 @@ class Unlocker:
         batch_size: int = 100,
         interval_seconds: float = 1.0,
         marker_ttl_seconds: int = 7 * 24 * 3600,
+        stream_max_length: int = 1_000_000,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
@@ -84,6 +89,7 @@ class Unlocker:
         self.batch_size = batch_size
         self.interval = interval_seconds
         self.marker_ttl = marker_ttl_seconds
+        self.max_length = stream_max_length
         self.clock = clock
         self._publish = redis_client.register_script(_PUBLISH_LUA)
 
@@ -94,7 +100,7 @@ class Unlocker:
             due = await storage.lock_due(conn, now, self.batch_size)
             if not due:
                 return 0
-            args: list[str] = [str(self.marker_ttl)]
+            args: list[str] = [str(self.marker_ttl), str(self.max_length)]
             for row in due:
                 args += [str(row.id), str(row.recipient_user), str(row.sender), row.unlocks_at.isoformat()]
             added = int(await self._publish(keys=[self.stream], args=args))
@@ -133,6 +139,7 @@ async def run_standalone() -> None:
         batch_size=settings.unlocker_batch_size,
         interval_seconds=settings.unlocker_interval_seconds,
         marker_ttl_seconds=settings.ready_marker_ttl_seconds,
+        stream_max_length=settings.ready_stream_max_length,
     )
     try:
         await unlocker.run(stop)

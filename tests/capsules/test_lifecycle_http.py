@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import redis.asyncio as redis
 
+from launcher.stack import Stack
 from tests.capsules.helpers import assert_problem, at, bearer, eventually, new_user, pair, send, uid
 
 
@@ -145,6 +147,7 @@ async def test_sender_deletes_while_sealed(api: httpx.AsyncClient) -> None:
     a, b, recipient = await pair(api)
     cid = (await send(api, a, recipient)).json()["id"]
     assert (await summary(api, b))["sealed"] == "1"
+    assert (await api.get(f"/v1/capsules/{cid}", headers=bearer(b))).status_code == 200  # now cached
     assert_problem(await api.delete(f"/v1/capsules/{cid}", headers=bearer(b)), 404, "NOT_FOUND")
     deleted = await api.delete(f"/v1/capsules/{cid}", headers=bearer(a))
     assert deleted.status_code == 200, deleted.text
@@ -188,3 +191,23 @@ async def test_every_capsule_route_needs_a_token(api: httpx.AsyncClient) -> None
     ):
         response = await api.request(method, path, json={} if method == "POST" else None)
         assert response.status_code == 401, (method, path, response.text)
+
+
+async def test_serving_instances_announce_a_ready_capsule_once(api: httpx.AsyncClient, capsule_stack: Stack) -> None:
+    """Both capsules instances run the unlocker: one "capsule ready" event reaches the stream."""
+    a, b, recipient = await pair(api)
+    cid = (await send(api, a, recipient, unlocksAt=at(2))).json()["id"]
+    stream = f"{capsule_stack.cache_prefix}capsules:ready"
+    client = redis.from_url(capsule_stack.redis_url)
+    try:
+
+        async def announced() -> list[Any] | None:
+            entries: Any = await client.xrange(stream)
+            mine = [f for _, f in entries if f[b"capsule_id"].decode() == cid]
+            return mine or None
+
+        events = await eventually(announced)
+        assert len(events) == 1
+        assert events[0][b"recipient_user"].decode() == uid(b) and events[0][b"sender"].decode() == uid(a)
+    finally:
+        await client.aclose()
