@@ -36,8 +36,8 @@ AUTH = ServiceSpec(
     name="auth",
     module="services.auth",
     proto_service="capsule.auth.v1.AuthService",
-    # Server reflection lands on auth for now, so `grpcurl list` through Envoy lists auth's
-    # services only. Once several services exist, reflection needs one answer for the whole mesh.
+    # Server reflection lands on auth; every instance describes the whole mesh's catalog
+    # (services/common/catalog.py), so `grpcurl list` through Envoy shows every service.
     route_prefixes=("/capsule.auth.v1.", "/grpc.reflection."),
     database="auth",
     proto_module="capsule.auth.v1.auth_pb2",

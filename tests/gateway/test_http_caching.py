@@ -1,6 +1,6 @@
 """ETag / If-None-Match / Cache-Control / Vary through the session mesh's gateway (`python -m
-gateway`, which serves with gateway.policies). Capsule lists and themes wait for the capsules
-service; the rule for /v1/themes (public, max-age=3600) is covered by the unit test below."""
+gateway`, which serves with gateway.policies): profiles, search, username checks, capsule lists
+and themes; the rules themselves are also unit-tested on a bare app below."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from gateway.httpcache import HttpCacheMiddleware
 from tests.auth.test_auth_http import bearer, sign_up
+from tests.capsules.helpers import pair, send
 
 
 def assert_cacheable(response: httpx.Response, cache_control: str) -> str:
@@ -88,3 +89,22 @@ async def test_themes_are_public_for_an_hour() -> None:
         etag = assert_cacheable(themes, "public, max-age=3600")
         assert (await http.get("/v1/themes", headers={"If-None-Match": etag})).status_code == 304
         assert_cacheable(await http.get("/v1/other"), "private, max-age=0")
+
+
+async def test_capsule_list_and_themes_through_the_mesh(client: httpx.AsyncClient) -> None:
+    """A capsule list revalidates by ETag until a new capsule changes it; themes are public."""
+    a, _, recipient = await pair(client)
+    assert (await send(client, a, recipient, title="first")).status_code == 200
+    outbox = {"box": "outbox"}
+    listed = await client.get("/v1/capsules", params=outbox, headers=bearer(a))
+    etag = assert_cacheable(listed, "private, max-age=0")
+    await assert_not_modified(client, "/v1/capsules?box=outbox", etag, bearer(a))
+
+    assert (await send(client, a, recipient, title="second")).status_code == 200
+    changed = await client.get("/v1/capsules", params=outbox, headers={**bearer(a), "If-None-Match": etag})
+    assert changed.status_code == 200 and len(changed.json()["capsules"]) == 2
+    assert assert_cacheable(changed, "private, max-age=0") != etag
+
+    themes = await client.get("/v1/themes")
+    themes_etag = assert_cacheable(themes, "public, max-age=3600")
+    await assert_not_modified(client, "/v1/themes", themes_etag)
