@@ -11,6 +11,7 @@ Every value set below carries its reason. Values left out are Envoy's defaults o
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -85,6 +86,14 @@ def _duration(seconds: float) -> str:
     """Protobuf JSON Duration ("1s", "0.025s")."""
     text = f"{seconds:.3f}".rstrip("0").rstrip(".")
     return f"{text}s"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _socket_address(address: Address) -> dict[str, Any]:
@@ -503,7 +512,8 @@ def build_xds_bootstrap(
             "clusters": [
                 {
                     "name": XDS_CLUSTER,
-                    "type": "STATIC",
+                    # An IP on loopback; a DNS name in compose ("control-plane").
+                    "type": "STATIC" if _is_ip(control_plane[0]) else "STRICT_DNS",
                     # Loopback or the compose network: a control plane that does not accept in
                     # 1 s is down; retry (above) rather than wait.
                     "connect_timeout": _duration(1.0),
@@ -541,18 +551,16 @@ def write_bootstrap(config: Mapping[str, Any], path: Path) -> Path:
 
 COMPOSE_FILE = Path(__file__).resolve().parent.parent / "envoy" / "compose.json"
 COMPOSE_GRPC_PORT = 50051  # GRPC_LISTEN of every service container (compose.yaml)
+COMPOSE_CONTROL_PLANE: Address = ("control-plane", 18000)  # the control-plane container
 
 
 def compose_bootstrap(services: Sequence[ServiceSpec] = SERVICES) -> dict[str, Any]:
-    """Envoy's config in compose.yaml: every service by its compose DNS name (all replicas),
-    listener and admin on all interfaces of the container (compose publishes them on loopback)."""
-    return build_bootstrap(
-        listen=("0.0.0.0", 10000),
-        admin=("0.0.0.0", 9901),
-        endpoints={spec.name: [(spec.name, COMPOSE_GRPC_PORT)] for spec in services},
-        services=services,
-        discovery="STRICT_DNS",
-    )
+    """Envoy's bootstrap in compose.yaml: admin on all interfaces of the container (compose
+    publishes it on loopback); everything else (the listener on 0.0.0.0:10000, every service's
+    replicas as they register) comes from the control-plane container over ADS. `services` is
+    kept for the signature's sake: the control plane reads the topology itself."""
+    del services
+    return build_xds_bootstrap(admin=("0.0.0.0", 9901), control_plane=COMPOSE_CONTROL_PLANE)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,21 @@ def test_services_get_the_contract_environment(compose: dict[str, Any]) -> None:
     assert gateway["GATEWAY_PROTO_MODULES"] == gateway_proto_modules()
 
 
+def test_the_control_plane_configures_envoy_and_every_replica_registers(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    control_plane = services["control-plane"]
+    assert control_plane["command"] == ["python", "-m", "controlplane"]
+    listen = control_plane["environment"]["CONTROL_PLANE_LISTEN"]
+    host, port = envoy_config.COMPOSE_CONTROL_PLANE
+    assert listen == f"0.0.0.0:{port}"
+    for spec in SERVICES:
+        assert services[spec.name]["environment"]["CONTROL_PLANE_TARGET"] == f"{host}:{port}"
+        assert "control-plane" in services[spec.name]["depends_on"]
+    assert "control-plane" in services["envoy"]["depends_on"]
+    bootstrap = envoy_config.compose_bootstrap()
+    assert "ads_config" in bootstrap["dynamic_resources"] and "listeners" not in bootstrap.get("static_resources", {})
+
+
 def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
     published = [p for s in compose["services"].values() for p in s.get("ports", [])]
     assert sorted(published) == ["127.0.0.1:10000:10000", "127.0.0.1:8080:8080", "127.0.0.1:9901:9901"]
