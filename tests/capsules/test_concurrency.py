@@ -8,14 +8,20 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 import redis.asyncio as redis
 
 from launcher.stack import Stack
+from services.capsules import storage
+from services.capsules.unlocker import Unlocker
+from services.common.db import Database
+from services.common.settings import DatabaseSettings
 from tests.capsules.helpers import assert_problem, at, bearer, eventually, pair, send, uid
 from tests.conftest import Processes
 
@@ -97,11 +103,9 @@ async def test_paging_five_thousand_inbox_rows_while_rows_are_inserted(
     assert parsed == sorted(parsed), "not ordered by unlocks_at then id"
 
 
-async def test_two_unlockers_publish_exactly_one_event_per_due_capsule(
-    capsule_stack: Stack, processes: Processes
-) -> None:
-    """A scratch capsules database (migrated by the real command) with 1,000 due capsules, and two
-    `python -m services.capsules unlocker` processes on a fresh stream."""
+@pytest.fixture
+async def scratch_db() -> AsyncIterator[tuple[str, asyncpg.Connection]]:
+    """A fresh capsules database migrated by the real command: (its SQLAlchemy URL, a connection)."""
     admin_dsn = os.environ["TEST_POSTGRES_ADMIN_DSN"]
     base = admin_dsn.rsplit("/", 1)[0]
     name = f"capsules_unlock_{uuid.uuid4().hex[:8]}"
@@ -110,16 +114,46 @@ async def test_two_unlockers_publish_exactly_one_event_per_due_capsule(
         sys.executable, "-m", "services.capsules", "migrate", env={**os.environ, "DATABASE_URL": url}
     )
     assert await migrate.wait() == 0
-    stream = f"{capsule_stack.cache_prefix}unlock-test:{uuid.uuid4().hex[:8]}"
-    client = redis.from_url(capsule_stack.redis_url)
     conn = await asyncpg.connect(f"{base}/{name}")
     try:
+        yield url, conn
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def drop_stream(client: redis.Redis, stream: str) -> None:
+    keys: list[Any] = [stream]
+    async for key in client.scan_iter(match=f"{stream}:sent:*", count=1000):
+        keys.append(key)
+    for start in range(0, len(keys), 500):
+        await client.delete(*keys[start : start + 500])
+
+
+DUE_SQL = """
+    INSERT INTO capsules (id, sender, recipient_id, recipient_user, body, unlocks_at)
+    SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'b',
+           now() - (i % 50) * interval '1 second'
+      FROM generate_series(1, $1::int) AS i
+"""
+
+
+async def test_two_unlockers_publish_exactly_one_event_per_due_capsule(
+    capsule_stack: Stack, processes: Processes, scratch_db: tuple[str, asyncpg.Connection]
+) -> None:
+    """1,000 due capsules (and some deleted or not yet due) in a scratch database, two
+    `python -m services.capsules unlocker` processes on a fresh stream."""
+    url, conn = scratch_db
+    stream = f"{capsule_stack.cache_prefix}unlock-test:{uuid.uuid4().hex[:8]}"
+    client = redis.from_url(capsule_stack.redis_url)
+    try:
+        await conn.execute(DUE_SQL, 1000)
         await conn.execute(
             """
-            INSERT INTO capsules (id, sender, recipient_id, recipient_user, body, unlocks_at)
-            SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'b',
-                   now() - (i % 50) * interval '1 second'
-              FROM generate_series(1, 1000) AS i;
             -- Neither due nor announced: deleted, and not yet due.
             INSERT INTO capsules (id, sender, recipient_id, recipient_user, body, unlocks_at, deleted_at)
             SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'b', now(), now()
@@ -163,15 +197,40 @@ async def test_two_unlockers_publish_exactly_one_event_per_due_capsule(
         due = {str(r["id"]) for r in await conn.fetch("SELECT id FROM capsules WHERE unlocked_event_at IS NOT NULL")}
         assert set(ids) == due
     finally:
-        await conn.close()
-        keys: list[Any] = [stream]
-        async for key in client.scan_iter(match=f"{stream}:sent:*", count=1000):
-            keys.append(key)
-        for start in range(0, len(keys), 500):
-            await client.delete(*keys[start : start + 500])
+        await drop_stream(client, stream)
         await client.aclose()
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+
+
+async def test_a_commit_lost_after_publishing_does_not_announce_twice(
+    capsule_stack: Stack, scratch_db: tuple[str, asyncpg.Connection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publish precedes the COMMIT: when the transaction fails after it, the rows stay
+    unannounced and the next pass takes them again; the per-capsule marker keeps the stream at one
+    entry each."""
+    url, conn = scratch_db
+    await conn.execute(DUE_SQL, 120)
+    stream = f"{capsule_stack.cache_prefix}unlock-test:{uuid.uuid4().hex[:8]}"
+    client = redis.from_url(capsule_stack.redis_url)
+    db = Database(DatabaseSettings(url=url, pool_size=2, max_overflow=0))
+    unlocker = Unlocker(db, client, stream=stream, batch_size=100)
+    try:
+
+        async def lost_commit(*args: Any) -> None:
+            raise ConnectionError("connection lost before COMMIT")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(storage, "mark_published", lost_commit)
+            with pytest.raises(ConnectionError):
+                await unlocker.run_once()
+        assert await client.xlen(stream) == 100  # published, but not recorded
+        assert await conn.fetchval("SELECT count(*) FROM capsules WHERE unlocked_event_at IS NOT NULL") == 0
+        assert await unlocker.run_once() == 100  # the same 100 again, now recorded
+        assert await unlocker.run_once() == 20
+        assert await unlocker.run_once() == 0
+        entries: Any = await client.xrange(stream)
+        ids = [fields[b"capsule_id"].decode() for _, fields in entries]
+        assert len(ids) == 120 and len(set(ids)) == 120
+    finally:
+        await drop_stream(client, stream)
+        await client.aclose()
+        await db.close()

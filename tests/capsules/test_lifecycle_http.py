@@ -172,6 +172,11 @@ async def test_themes_catalog_and_capsule_theme(api: httpx.AsyncClient) -> None:
     ]
     one = await api.get(f"/v1/themes/{themes[0]['id']}")
     assert one.status_code == 200 and one.json() == themes[0]
+    # The same for everyone: public HTTP caching (SPEC §7), revalidated by ETag.
+    for response in (listed, one):
+        assert response.headers["cache-control"] == "public, max-age=3600"
+    again = await api.get("/v1/themes", headers={"If-None-Match": listed.headers["etag"]})
+    assert again.status_code == 304
     assert_problem(await api.get("/v1/themes/01937a00-0000-7000-8000-0000000000ff"), 404, "NOT_FOUND")
 
     a, b, recipient = await pair(api)
