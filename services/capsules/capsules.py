@@ -9,11 +9,12 @@ Decisions:
   linked to at send time (recorded on the row): they see it without the body while sealed, and
   without the sender while it is anonymous and not yet revealed (revealed once opened_at +
   reveal_delay has passed). Anyone else, and everyone for a deleted capsule: NOT_FOUND.
-- Create: fields first (every violation at once), then the recipients service on the sender's
-  behalf (recipient is theirs → its linked user → connected and not blocked), then one
-  transaction: idempotency claim, theme exists, insert. A block answers exactly like "not
-  connected" (FAILED_PRECONDITION NOT_CONNECTED): it is never revealed. Nothing is written on any
-  refusal.
+- Create: fields first (every violation at once); a key that already has a capsule answers it
+  (a retry is not refused because of what changed since); then the recipients service on the
+  sender's behalf (recipient is theirs → its linked user → connected and not blocked), then one
+  transaction: idempotency claim (decides concurrent first calls), theme exists, insert. A block
+  answers exactly like "not connected" (FAILED_PRECONDITION NOT_CONNECTED): it is never revealed.
+  Nothing is written on any refusal.
 - Edit and delete: sender only (anyone else NOT_FOUND), only while sealed at the service's clock
   (FAILED_PRECONDITION CAPSULE_NOT_SEALED after); the row is locked so an edit cannot race the open.
 - Open: recipient only, only when ready (FAILED_PRECONDITION CAPSULE_SEALED before); opened_at is
@@ -161,12 +162,26 @@ class Capsules:
         errors.raise_if_any()
         assert rid is not None and unlocks is not None
 
-        linked = await self.neighbours.linked_user(caller, rid)
-        if isinstance(linked, bool):
+        # A retry of a create that succeeded returns its capsule whatever changed since (a block,
+        # a removed connection): checked before asking the recipients service. The claim below
+        # still decides races between concurrent first calls.
+        request_hash = hashlib.sha256(
+            orjson.dumps([str(rid), title, body, str(theme or ""), unlocks.isoformat(), anonymous, delay])
+        ).digest()
+        claim = {"operation": CREATE_OPERATION, "caller": str(caller.user_id), "key": idempotency_key or ""}
+        if idempotency_key:
+            async with self.db.read() as conn:
+                earlier = await storage.idempotent_result(conn, **claim)
+            if earlier is not None:
+                return await self._replay(caller, earlier, request_hash)
+
+        recipient = await self.neighbours.recipient(caller, rid)
+        if not recipient.found:
             raise NotFound(
                 "no recipient with this id in your address book",
                 violations=[("recipient_id", "is not one of your recipients")],
             )
+        linked = recipient.linked_user
         if linked is None:
             raise FailedPrecondition(
                 "capsules go to a recipient linked to one of your connections",
@@ -181,10 +196,6 @@ class Capsules:
                 violations=[("recipient_id", "is not linked to one of your connections")],
             )
 
-        request_hash = hashlib.sha256(
-            orjson.dumps([str(rid), title, body, str(theme or ""), unlocks.isoformat(), anonymous, delay])
-        ).digest()
-        claim = {"operation": CREATE_OPERATION, "caller": str(caller.user_id), "key": idempotency_key or ""}
         async with self.db.write() as conn:
             prior = None
             if idempotency_key:
@@ -211,19 +222,22 @@ class Capsules:
                 if idempotency_key:
                     await idempotency.record_result(conn, **claim, result_id=row.id)
         if prior is not None:
-            if prior.request_hash != request_hash or prior.result_id is None:
-                raise Aborted(
-                    "this Idempotency-Key was already used for a different request",
-                    reason="IDEMPOTENCY_KEY_REUSED",
-                    violations=[("idempotency_key", "use a new key for a new request")],
-                )
-            async with self.db.read() as conn:
-                first = await storage.capsule(conn, prior.result_id)
-            if first is None or first.sender != caller.user_id:
-                raise NotFound("the capsule this Idempotency-Key created no longer exists")
-            return view(first, caller.user_id, self.clock())
+            return await self._replay(caller, prior, request_hash)
         await self._refresh_summary(row.recipient_user)
         return view(row, caller.user_id, self.clock())
+
+    async def _replay(self, caller: Caller, prior: idempotency.PriorRequest, request_hash: bytes) -> CapsuleView:
+        if prior.request_hash != request_hash or prior.result_id is None:
+            raise Aborted(
+                "this Idempotency-Key was already used for a different request",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                violations=[("idempotency_key", "use a new key for a new request")],
+            )
+        async with self.db.read() as conn:
+            first = await storage.capsule(conn, prior.result_id)
+        if first is None or first.sender != caller.user_id:
+            raise NotFound("the capsule this Idempotency-Key created no longer exists")
+        return view(first, caller.user_id, self.clock())
 
     # --- read -------------------------------------------------------------------------------------
 

@@ -19,13 +19,24 @@ from services.common.tokens import Caller
 
 
 @dataclass(frozen=True, slots=True)
+class RecipientLookup:
+    """Whether the recipient is the caller's, and the user it is linked to (None: not linked)."""
+
+    found: bool
+    linked_user: uuid.UUID | None = None
+
+
+NOT_THEIRS = RecipientLookup(found=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Relationship:
     connected: bool
     blocked: bool
 
 
 class Neighbours(Protocol):
-    async def linked_user(self, caller: Caller, recipient_id: uuid.UUID) -> uuid.UUID | bool | None: ...
+    async def recipient(self, caller: Caller, recipient_id: uuid.UUID) -> RecipientLookup: ...
 
     async def relationship(self, caller: Caller, other: uuid.UUID) -> Relationship: ...
 
@@ -39,8 +50,8 @@ class RecipientsClient:
         self._relationships = relationships_pb2_grpc.RelationshipServiceStub(self._channel)
         self._timeout = timeout_seconds
 
-    async def linked_user(self, caller: Caller, recipient_id: uuid.UUID) -> uuid.UUID | bool | None:
-        """The recipient's linked user; None when it has none; False when it is not the caller's."""
+    async def recipient(self, caller: Caller, recipient_id: uuid.UUID) -> RecipientLookup:
+        """GetRecipient as the caller: NOT_FOUND (not theirs, or no such recipient) → NOT_THEIRS."""
         try:
             recipient = await self._recipients.GetRecipient(
                 recipients_pb2.GetRecipientRequest(id=str(recipient_id)),
@@ -49,9 +60,10 @@ class RecipientsClient:
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                return False
+                return NOT_THEIRS
             raise Unavailable(f"cannot look the recipient up right now ({exc.code().name})") from exc
-        return parse_uuid(recipient.linked_user_id) if recipient.linked_user_id else None
+        linked = parse_uuid(recipient.linked_user_id) if recipient.linked_user_id else None
+        return RecipientLookup(found=True, linked_user=linked)
 
     async def relationship(self, caller: Caller, other: uuid.UUID) -> Relationship:
         try:

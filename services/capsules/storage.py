@@ -10,6 +10,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.idempotency import PriorRequest
+
 # --- themes --------------------------------------------------------------------------------------
 
 THEME_COLUMNS = "id, name, description, gradient_start, gradient_end, premium"
@@ -223,6 +225,22 @@ _SUMMARY = text(
 async def inbox_summary(conn: AsyncConnection, user: uuid.UUID, now: datetime) -> SummaryRow:
     row = (await conn.execute(_SUMMARY, {"u": user, "now": now})).one()
     return SummaryRow(**row._mapping)
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+# The result a key already has within its 24 h (services.common.idempotency's table and window);
+# a read before the claim, so a retry is answered without asking other services again.
+_IDEMPOTENT_RESULT = text(
+    "SELECT request_hash, result_id FROM idempotency_keys "
+    "WHERE operation = :operation AND caller = :caller AND key = :key "
+    "AND result_id IS NOT NULL AND created_at >= now() - interval '24 hours'"
+)
+
+
+async def idempotent_result(conn: AsyncConnection, *, operation: str, caller: str, key: str) -> PriorRequest | None:
+    row = (await conn.execute(_IDEMPOTENT_RESULT, {"operation": operation, "caller": caller, "key": key})).first()
+    return PriorRequest(request_hash=bytes(row.request_hash), result_id=row.result_id) if row else None
 
 
 # --- the unlocker --------------------------------------------------------------------------------

@@ -42,6 +42,12 @@ async def test_fifty_parallel_creates_with_one_key_leave_one_capsule(
     assert await capsules_db.fetchval("SELECT count(*) FROM capsules WHERE sender = $1::uuid", uid(a)) == 1
     inbox = await api.get("/v1/capsules:summary", headers=bearer(b))
     assert inbox.json()["total"] == "1"
+    # A retry after the relationship ended still gets the first capsule (it was sent).
+    assert (await api.post("/v1/blocks", json={"userId": uid(a)}, headers=bearer(b))).status_code == 200
+    retried = await send(api, a, to_b, key=key, **fields)
+    assert retried.status_code == 200 and retried.json()["id"] == responses[0].json()["id"]
+    assert_problem(await send(api, a, to_b, key=f"{key}-new", **fields), 400, "NOT_CONNECTED", ["recipientId"])
+    assert await capsules_db.fetchval("SELECT count(*) FROM capsules WHERE sender = $1::uuid", uid(a)) == 1
 
 
 async def test_paging_five_thousand_inbox_rows_while_rows_are_inserted(
