@@ -58,28 +58,22 @@ NUM_RETRIES = 2
 #   write is cut in the first place.
 RETRY_ON_IDEMPOTENT = "unavailable,reset,connect-failure,refused-stream"
 RETRY_ON_UNSAFE = "connect-failure,refused-stream"
-# Full method names of the idempotent RPCs. This table belongs in the protos, as
-# `option idempotency_level = NO_SIDE_EFFECTS;` on each read method (then derived from the
-# descriptors); it lives here until the service owners add those options. A name that no longer
-# exists is harmless (one route nobody calls).
-IDEMPOTENT_METHODS: frozenset[str] = frozenset(
+# Server reflection only reads descriptors: safe to retry, though no proto of ours declares it.
+ALWAYS_RETRYABLE = frozenset(
     {
-        "/capsule.auth.v1.AuthService/GetMe",
-        "/capsule.auth.v1.AuthService/GetUsers",
-        "/capsule.auth.v1.AuthService/CheckUsername",
-        "/capsule.auth.v1.AuthService/SearchUsers",
-        "/capsule.recipients.v1.RecipientsService/ListConnectionRequests",
-        "/capsule.recipients.v1.RecipientsService/ListConnections",
-        "/capsule.recipients.v1.RecipientsService/ListBlocks",
-        "/capsule.recipients.v1.RecipientsService/ListRecipients",
-        "/capsule.recipients.v1.RecipientsService/GetRecipient",
-        "/capsule.recipients.v1.RelationshipService/ListBlockedUserIds",
-        "/capsule.recipients.v1.RelationshipService/GetRelationship",
-        # Server reflection only reads descriptors.
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     }
 )
+
+
+def idempotent_methods() -> frozenset[str]:
+    """Full method paths Envoy may retry after they reached a server: every method whose proto
+    says `option idempotency_level = NO_SIDE_EFFECTS;` (or IDEMPOTENT), and reflection.
+    Read from the generated descriptors, so the protos are the one place this is decided."""
+    from services.common.catalog import retryable_methods
+
+    return retryable_methods() | ALWAYS_RETRYABLE
 
 
 def _duration(seconds: float) -> str:

@@ -146,13 +146,15 @@ def build_snapshot(
     *,
     listen: Address,
     services: Sequence[ServiceSpec] = SERVICES,
-    idempotent_methods: frozenset[str] = envoy_config.IDEMPOTENT_METHODS,
+    idempotent_methods: frozenset[str] | None = None,
 ) -> Snapshot:
     """Clusters (EDS), endpoints, the gRPC listener (RDS) and its routes for `services`. Every
     service of the topology gets a cluster and an assignment, empty while nothing registered;
     registrations for services outside the topology are ignored (not routable anyway)."""
     clusters = [envoy_config.build_cluster(spec, (), "EDS") for spec in services]
     assignments = [load_assignment(spec, endpoints.get(spec.name, ())) for spec in services]
+    if idempotent_methods is None:
+        idempotent_methods = envoy_config.idempotent_methods()
     route_config = envoy_config.build_route_config(services, idempotent_methods)
     route_config["name"] = envoy_config.ROUTE_CONFIG_NAME
     listener = envoy_config.build_listener(listen, envoy_config.ROUTE_CONFIG_NAME)

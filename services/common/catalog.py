@@ -1,4 +1,4 @@
-"""The mesh's public API catalog, for server reflection.
+"""The mesh's API catalog: for server reflection, and which methods are safe to retry.
 
 Envoy routes server reflection to one service's instances, yet `grpcurl list` through Envoy must
 show every service of the mesh (and `describe` any of them), each of which Envoy then reaches by
@@ -35,3 +35,21 @@ def mesh_service_names() -> tuple[str, ...]:
             if not service.full_name.startswith(INTERNAL_PACKAGES):
                 names.add(service.full_name)
     return tuple(sorted(names))
+
+
+@functools.cache
+def retryable_methods() -> frozenset[str]:
+    """gRPC paths (`/package.Service/Method`) of every method its proto declares without side
+    effects or idempotent (`option idempotency_level = …`): Envoy may retry those after they
+    reached a server; any other call only when it never got there."""
+    from google.protobuf import descriptor_pool
+    from google.protobuf.descriptor_pb2 import MethodOptions
+
+    safe = (MethodOptions.NO_SIDE_EFFECTS, MethodOptions.IDEMPOTENT)
+    pool = descriptor_pool.Default()
+    return frozenset(
+        f"/{name}/{method.name}"
+        for name in mesh_service_names()
+        for method in pool.FindServiceByName(name).methods
+        if method.GetOptions().idempotency_level in safe
+    )
