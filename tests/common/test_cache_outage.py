@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +23,10 @@ TTL = 300
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     try:
-        yield server  # type: ignore[misc]
+        yield server
     finally:
         server.kill()
 
