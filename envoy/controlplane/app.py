@@ -28,6 +28,7 @@ from controlplane.registry import Registry
 from controlplane.registry_service import RegistryService
 from controlplane.snapshot import build_snapshot
 from launcher.topology import SERVICES, ServiceSpec
+from services.common import admin_http
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,8 @@ class ControlPlane:
         if self.port == 0:
             raise SystemExit(f"cannot listen on {self.settings.listen}")
         await self.server.start()
-        host, port = _split(self.settings.admin_listen)
-        self.admin_server = await asyncio.start_server(
-            Admin(self.cache, self.registry, lambda: self.ready).handle, host, port
-        )
+        admin = Admin(self.cache, self.registry, lambda: self.ready)
+        self.admin_server = await admin_http.serve(self.settings.admin_listen, admin.response)
         self._tasks = [asyncio.create_task(self._sweep()), asyncio.create_task(self._warm_up())]
         log.info(
             "control plane serving",

@@ -26,7 +26,7 @@ from services.auth.storage import SearchHit, UserRecord
 from services.common import idempotency
 from services.common.cache import Cache
 from services.common.db import Database, violated_constraint
-from services.common.errors import Aborted, AlreadyExists, FieldErrors, InvalidArgument, Unauthenticated
+from services.common.errors import AlreadyExists, FieldErrors, InvalidArgument, Unauthenticated
 from services.common.ids import new_id, parse_uuid
 from services.common.pagination import decode_page_token, encode_page_token, page_size
 from services.common.tokens import Caller
@@ -117,11 +117,11 @@ class Accounts:
         # The same key was used before: the earlier sign-up stands; sign in to it if this is
         # really the same request (same fields and password), otherwise refuse.
         if prior.request_hash != request_hash or prior.result_id is None:
-            raise _key_reused()
+            raise idempotency.key_reused("sign-up")
         async with self.db.read() as conn:
             credentials = await storage.credentials(conn, user_id=prior.result_id)
         if credentials is None or not await self.passwords.verify(credentials.password_hash, password):
-            raise _key_reused()
+            raise idempotency.key_reused("sign-up")
         async with self.db.write() as conn:
             return await self._start_session(conn, credentials.user)
 
@@ -364,14 +364,6 @@ def _uniqueness_error(exc: sqlalchemy.exc.IntegrityError, *, prefix: str) -> Exc
             violations=[(f"{prefix}username", "is taken")],
         )
     return exc
-
-
-def _key_reused() -> Aborted:
-    return Aborted(
-        "this Idempotency-Key was already used for a different sign-up",
-        reason="IDEMPOTENCY_KEY_REUSED",
-        violations=[("idempotency_key", "use a new key for a new request")],
-    )
 
 
 def _invalid_refresh() -> Unauthenticated:

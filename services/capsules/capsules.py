@@ -41,10 +41,10 @@ import orjson
 from services.capsules import rules, storage
 from services.capsules.neighbours import Neighbours
 from services.capsules.storage import CapsuleRow
-from services.common import idempotency
+from services.common import idempotency, validation
 from services.common.cache import Cache
 from services.common.db import Database
-from services.common.errors import Aborted, FailedPrecondition, FieldErrors, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, FieldErrors, InvalidArgument, NotFound
 from services.common.ids import new_id, parse_uuid
 from services.common.pagination import decode_page_token, encode_page_token, page_size
 from services.common.people import Directory, Profile
@@ -152,10 +152,10 @@ class Capsules:
     ) -> CapsuleView:
         now = self.clock()
         errors = FieldErrors()
-        rid = rules.uuid_field(errors, recipient_id, "recipient_id", required=True)
+        rid = validation.uuid_field(errors, recipient_id, "recipient_id", required=True)
         title = rules.title(errors, title)
         body = rules.body(errors, body)
-        theme = rules.uuid_field(errors, theme_id, "theme_id", required=False)
+        theme = validation.uuid_field(errors, theme_id, "theme_id", required=False)
         unlocks = rules.unlocks_at(errors, unlocks_at, now, self.min_lead)
         delay = rules.reveal_delay(errors, reveal_delay_seconds)
         idempotency.check_key(errors, idempotency_key)
@@ -228,11 +228,7 @@ class Capsules:
 
     async def _replay(self, caller: Caller, prior: idempotency.PriorRequest, request_hash: bytes) -> CapsuleView:
         if prior.request_hash != request_hash or prior.result_id is None:
-            raise Aborted(
-                "this Idempotency-Key was already used for a different request",
-                reason="IDEMPOTENCY_KEY_REUSED",
-                violations=[("idempotency_key", "use a new key for a new request")],
-            )
+            raise idempotency.key_reused()
         async with self.db.read() as conn:
             first = await storage.capsule(conn, prior.result_id)
         if first is None or first.sender != caller.user_id:
@@ -331,7 +327,7 @@ class Capsules:
             elif path == "body":
                 changes["body"] = rules.body(errors, value or "", "capsule.body")
             elif path == "theme_id":
-                changes["theme_id"] = rules.uuid_field(errors, value or "", "capsule.theme_id", required=False)
+                changes["theme_id"] = validation.uuid_field(errors, value or "", "capsule.theme_id", required=False)
             elif path == "unlocks_at":
                 changes["unlocks_at"] = rules.unlocks_at(errors, value, now, self.min_lead, "capsule.unlocks_at")
             elif path in ("anonymous", "reveal_delay_seconds", "recipient_id"):

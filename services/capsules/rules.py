@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-import uuid
 from datetime import datetime, timedelta
 
 from services.common.errors import FieldErrors
-from services.common.ids import parse_uuid
+from services.common.validation import text
 
 TITLE_MAX = 200
 BODY_MAX = 20_000
@@ -15,28 +13,10 @@ REVEAL_DELAY_MAX = 72 * 3600
 REVEAL_DELAY_DEFAULT = 6 * 3600
 # "At most 50 years ahead": 50 calendar years, leap days included.
 UNLOCK_MAX_AHEAD = timedelta(days=50 * 365 + 13)
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def uuid_field(errors: FieldErrors, value: str, field: str, *, required: bool) -> uuid.UUID | None:
-    value = value.strip()
-    if not value:
-        if required:
-            errors.add(field, "is required")
-        return None
-    parsed = parse_uuid(value)
-    if parsed is None:
-        errors.add(field, "must be a UUID")
-    return parsed
 
 
 def title(errors: FieldErrors, value: str, field: str = "title") -> str:
-    value = value.strip()
-    if len(value) > TITLE_MAX:
-        errors.add(field, f"must be at most {TITLE_MAX} characters")
-    elif CONTROL_RE.search(value):
-        errors.add(field, "must not contain control characters")
-    return value
+    return text(errors, value, field, TITLE_MAX)
 
 
 def body(errors: FieldErrors, value: str, field: str = "body") -> str:

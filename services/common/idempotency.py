@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.errors import FieldErrors
+from services.common.errors import Aborted, FieldErrors
 
 KEY_MAX_LENGTH = 200
 
@@ -46,6 +46,15 @@ class PriorRequest:
 
     request_hash: bytes
     result_id: uuid.UUID | None
+
+
+def key_reused(what: str = "request") -> Aborted:
+    """The answer to a key that came back with a different request (409)."""
+    return Aborted(
+        f"this Idempotency-Key was already used for a different {what}",
+        reason="IDEMPOTENCY_KEY_REUSED",
+        violations=[("idempotency_key", "use a new key for a new request")],
+    )
 
 
 def check_key(errors: FieldErrors, key: str | None) -> None:

@@ -36,6 +36,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.common import admin_http
 from services.common.catalog import mesh_service_names
 from services.common.errors import Internal, ServiceError
 from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
@@ -219,32 +220,11 @@ class ServiceHost:
             await self.health.set(name, status)  # type: ignore[arg-type]
 
     async def _start_admin(self) -> asyncio.Server:
-        host, _, port = self.settings.admin_listen.rpartition(":")
-        return await asyncio.start_server(self._admin_request, host or "127.0.0.1", int(port))
+        return await admin_http.serve(self.settings.admin_listen, self._admin_page)
 
-    async def _admin_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A minimal HTTP/1.0 responder: enough for Prometheus scrapes and liveness probes."""
-        try:
-            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request_line.decode("latin-1").split()
-            path = parts[1] if len(parts) >= 2 else ""
-            if path == "/metrics":
-                status, content_type, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest()
-            elif path == "/healthz":
-                ok = self._serving
-                status = "200 OK" if ok else "503 Service Unavailable"
-                content_type, body = "text/plain", b"ok\n" if ok else b"not serving\n"
-            else:
-                status, content_type, body = "404 Not Found", "text/plain", b"not found\n"
-            writer.write(
-                f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                f"Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def _admin_page(self, path: str) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest()
+        if path == "/healthz":
+            return (200, "text/plain", b"ok\n") if self._serving else (503, "text/plain", b"not serving\n")
+        return 404, "text/plain", b"not found\n"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common import validation
 from services.common.db import Database, violated_constraint
 from services.common.errors import AlreadyExists, FailedPrecondition, FieldErrors, InvalidArgument, NotFound
 from services.common.ids import new_id, parse_uuid
@@ -39,7 +40,7 @@ class AddressBook:
         errors = FieldErrors()
         name = rules.recipient_name(errors, name)
         address = rules.optional_email(errors, email)
-        linked = rules.user_id(errors, linked_user_id, "linked_user_id", required=False)
+        linked = validation.uuid_field(errors, linked_user_id, "linked_user_id", required=False)
         errors.raise_if_any()
         try:
             async with self.db.write() as conn:
@@ -72,7 +73,7 @@ class AddressBook:
             elif path == "email":
                 changes["email"] = rules.optional_email(errors, value, "recipient.email")
             elif path == "linked_user_id":
-                linked = rules.user_id(errors, value, "recipient.linked_user_id", required=False)
+                linked = validation.uuid_field(errors, value, "recipient.linked_user_id", required=False)
                 changes["linked_user"] = linked
             elif path in ("id", "created_at", "updated_at"):
                 errors.add("update_mask", f"{path} is set by the service and cannot be changed")

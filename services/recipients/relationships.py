@@ -18,11 +18,10 @@ import orjson
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common import idempotency
+from services.common import idempotency, validation
 from services.common.cache import Cache
 from services.common.db import Database, violated_constraint
 from services.common.errors import (
-    Aborted,
     AlreadyExists,
     FailedPrecondition,
     FieldErrors,
@@ -76,8 +75,8 @@ class Relationships:
 
     async def send(self, caller: Caller, to_user_id: str, message: str, idempotency_key: str | None) -> RequestRow:
         errors = FieldErrors()
-        to_user = rules.user_id(errors, to_user_id, "to_user_id")
-        message = rules.text(errors, message, "message", rules.MESSAGE_MAX)
+        to_user = validation.uuid_field(errors, to_user_id, "to_user_id")
+        message = validation.text(errors, message, "message", rules.MESSAGE_MAX)
         idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
         assert to_user is not None
@@ -155,11 +154,7 @@ class Relationships:
 
     async def _replay(self, caller: Caller, prior: idempotency.PriorRequest, request_hash: bytes) -> RequestRow:
         if prior.request_hash != request_hash or prior.result_id is None:
-            raise Aborted(
-                "this Idempotency-Key was already used for a different request",
-                reason="IDEMPOTENCY_KEY_REUSED",
-                violations=[("idempotency_key", "use a new key for a new request")],
-            )
+            raise idempotency.key_reused()
         async with self.db.read() as conn:
             row = await storage.request_by_id(conn, prior.result_id)
         if row is None or caller.user_id not in (row.from_user, row.to_user):
@@ -204,7 +199,7 @@ class Relationships:
     async def decline(self, caller: Caller, request_id: str, reason: str) -> RequestRow:
         rid = _request_id(request_id)
         errors = FieldErrors()
-        reason = rules.text(errors, reason, "reason", rules.REASON_MAX)
+        reason = validation.text(errors, reason, "reason", rules.REASON_MAX)
         errors.raise_if_any()
         async with self.db.write() as conn:
             row = await storage.request_by_id(conn, rid, for_update=True)
@@ -260,7 +255,7 @@ class Relationships:
 
     async def block(self, caller: Caller, user_id: str) -> BlockRow:
         errors = FieldErrors()
-        other = rules.user_id(errors, user_id, "user_id")
+        other = validation.uuid_field(errors, user_id, "user_id")
         errors.raise_if_any()
         assert other is not None
         if other == caller.user_id:
@@ -293,8 +288,8 @@ class Relationships:
 
     async def relationship(self, caller: Caller, user_id: str, other_user_id: str) -> Relationship:
         errors = FieldErrors()
-        me = rules.user_id(errors, user_id, "user_id")
-        other = rules.user_id(errors, other_user_id, "other_user_id")
+        me = validation.uuid_field(errors, user_id, "user_id")
+        other = validation.uuid_field(errors, other_user_id, "other_user_id")
         errors.raise_if_any()
         assert me is not None and other is not None
         _require_self(caller, me)
@@ -309,7 +304,7 @@ class Relationships:
 
     async def blocked_with(self, caller: Caller, user_id: str) -> list[uuid.UUID]:
         errors = FieldErrors()
-        me = rules.user_id(errors, user_id, "user_id", required=False) or caller.user_id
+        me = validation.uuid_field(errors, user_id, "user_id", required=False) or caller.user_id
         errors.raise_if_any()
         _require_self(caller, me)
         raw = await self.cache.get_or_load("block_list", self._blocks_key(me), self.ttl, lambda: self._load_blocks(me))
@@ -369,7 +364,7 @@ def _id_cursor(token: str, name: str) -> uuid.UUID | None:
 
 def _request_id(value: str) -> uuid.UUID:
     errors = FieldErrors()
-    parsed = rules.user_id(errors, value, "id")
+    parsed = validation.uuid_field(errors, value, "id")
     errors.raise_if_any()
     assert parsed is not None
     return parsed
@@ -377,7 +372,7 @@ def _request_id(value: str) -> uuid.UUID:
 
 def _path_user(value: str) -> uuid.UUID:
     errors = FieldErrors()
-    parsed = rules.user_id(errors, value, "user_id")
+    parsed = validation.uuid_field(errors, value, "user_id")
     errors.raise_if_any()
     assert parsed is not None
     return parsed

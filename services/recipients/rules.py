@@ -3,38 +3,14 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 from services.common.errors import FieldErrors
-from services.common.ids import parse_uuid
 
 MESSAGE_MAX = 500
 REASON_MAX = 500
 NAME_MAX = 100
 EMAIL_MAX = 254
 EMAIL_RE = re.compile(r"[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f.]+")
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def user_id(errors: FieldErrors, value: str, field: str, *, required: bool = True) -> uuid.UUID | None:
-    value = value.strip()
-    if not value:
-        if required:
-            errors.add(field, "is required")
-        return None
-    parsed = parse_uuid(value)
-    if parsed is None:
-        errors.add(field, "must be a UUID")
-    return parsed
-
-
-def text(errors: FieldErrors, value: str, field: str, maximum: int) -> str:
-    value = value.strip()
-    if len(value) > maximum:
-        errors.add(field, f"must be at most {maximum} characters")
-    elif CONTROL_RE.search(value):
-        errors.add(field, "must not contain control characters")
-    return value
 
 
 def recipient_name(errors: FieldErrors, value: str, field: str = "name") -> str:
