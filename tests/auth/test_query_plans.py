@@ -8,41 +8,29 @@ the fuzzy tier; the volume here is where the indexes must take over.)
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-ADMIN_DSN = os.environ.get("TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+from tests.query_plans import scratch_database
 
 
 @pytest.fixture(scope="module")
 async def seeded() -> AsyncIterator[asyncpg.Connection]:
-    name = f"auth_plans_{uuid.uuid4().hex[:8]}"
-    base = ADMIN_DSN.rsplit("/", 1)[0]
-    env = {**os.environ, "DATABASE_URL": base.replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"}
-    migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.auth", "migrate", env=env)
-    assert await migrate.wait() == 0
-    conn = await asyncpg.connect(f"{base}/{name}")
-    await conn.execute(
-        """
-        INSERT INTO users (id, email, username, password_hash, first_name, last_name)
-        SELECT gen_random_uuid(), 'user' || i || '@example.com', 'user' || i, 'x',
-               (ARRAY['anna','bruno','chloe','dmitri','elif','farah','goran','hana'])[1 + i % 8] || i % 97,
-               (ARRAY['martin','nguyen','okafor','petrov','quinn','rossi','sato','tanaka'])[1 + i % 7] || i % 89
-          FROM generate_series(1, 100000) AS i
-        """
-    )
-    await conn.execute("ANALYZE users")
-    yield conn
-    await conn.close()
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with scratch_database("auth") as conn:
+        await conn.execute(
+            """
+            INSERT INTO users (id, email, username, password_hash, first_name, last_name)
+            SELECT gen_random_uuid(), 'user' || i || '@example.com', 'user' || i, 'x',
+                   (ARRAY['anna','bruno','chloe','dmitri','elif','farah','goran','hana'])[1 + i % 8] || i % 97,
+                   (ARRAY['martin','nguyen','okafor','petrov','quinn','rossi','sato','tanaka'])[1 + i % 7] || i % 89
+              FROM generate_series(1, 100000) AS i
+            """
+        )
+        await conn.execute("ANALYZE users")
+        yield conn
 
 
 async def plan(conn: asyncpg.Connection, sql: str, *args: object) -> str:

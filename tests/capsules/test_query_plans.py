@@ -6,22 +6,15 @@ must use its index and never scan the capsules table."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import TextClause
-from sqlalchemy.dialects import postgresql
 
 from services.capsules import storage
-
-ADMIN_DSN = os.environ.get("TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+from tests.query_plans import no_scan, plan, scratch_database
 
 
 def user(i: int) -> uuid.UUID:
@@ -30,46 +23,25 @@ def user(i: int) -> uuid.UUID:
 
 @pytest.fixture(scope="module")
 async def seeded() -> AsyncIterator[asyncpg.Connection]:
-    name = f"capsules_plans_{uuid.uuid4().hex[:8]}"
-    base = ADMIN_DSN.rsplit("/", 1)[0]
-    env = {**os.environ, "DATABASE_URL": base.replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"}
-    migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.capsules", "migrate", env=env)
-    assert await migrate.wait() == 0
-    conn = await asyncpg.connect(f"{base}/{name}")
-    uid = "lpad(to_hex({}), 32, '0')::uuid"
-    await conn.execute(
-        f"""
-        INSERT INTO capsules (id, sender, recipient_id, recipient_user, title, body, unlocks_at,
-                              opened_at, deleted_at, unlocked_event_at)
-        SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, gen_random_uuid(),
-               {uid.format("1 + (i * 7 + 1) % 10000")}, 'title ' || i, 'body ' || i, t,
-               CASE WHEN t < now() AND i % 3 = 0 THEN t + interval '1 hour' END,
-               CASE WHEN i % 50 = 0 THEN now() END,
-               CASE WHEN t < now() - interval '1 minute' THEN t END
-          FROM (SELECT i, now() + ((i * 7919) % 730 - 365) * interval '1 day' + (i % 86400) * interval '1 second' AS t
-                  FROM generate_series(1, 200000) AS i) AS seed
-         WHERE {uid.format("1 + i % 10000")} <> {uid.format("1 + (i * 7 + 1) % 10000")};
-        ANALYZE;
-        """
-    )
-    yield conn
-    await conn.close()
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
-
-
-async def plan(conn: asyncpg.Connection, statement: TextClause, **values: Any) -> str:
-    compiled = statement.compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
-    names = list(compiled.positiontup or [])
-    rows = await conn.fetch("EXPLAIN " + str(compiled), *[values[n] for n in names])
-    return "\n".join(r[0] for r in rows)
-
-
-def no_scan(text: str, *indexes: str) -> None:
-    assert "Seq Scan" not in text, text
-    for index in indexes:
-        assert index in text, text
+    async with scratch_database("capsules") as conn:
+        uid = "lpad(to_hex({}), 32, '0')::uuid"
+        await conn.execute(
+            f"""
+            INSERT INTO capsules (id, sender, recipient_id, recipient_user, title, body, unlocks_at,
+                                  opened_at, deleted_at, unlocked_event_at)
+            SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, gen_random_uuid(),
+                   {uid.format("1 + (i * 7 + 1) % 10000")}, 'title ' || i, 'body ' || i, t,
+                   CASE WHEN t < now() AND i % 3 = 0 THEN t + interval '1 hour' END,
+                   CASE WHEN i % 50 = 0 THEN now() END,
+                   CASE WHEN t < now() - interval '1 minute' THEN t END
+              FROM (SELECT i, now() + ((i * 7919) % 730 - 365) * interval '1 day'
+                                 + (i % 86400) * interval '1 second' AS t
+                      FROM generate_series(1, 200000) AS i) AS seed
+             WHERE {uid.format("1 + i % 10000")} <> {uid.format("1 + (i * 7 + 1) % 10000")};
+            ANALYZE;
+            """
+        )
+        yield conn
 
 
 NOW = datetime.now(UTC)

@@ -5,21 +5,15 @@ statement exactly as the service sends it must use its index and never scan its 
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import TextClause
-from sqlalchemy.dialects import postgresql
 
 from services.recipients import storage
+from tests.query_plans import no_scan, plan, scratch_database
 
-ADMIN_DSN = os.environ.get("TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 USERS = 10_000
 
 
@@ -29,53 +23,31 @@ def user(i: int) -> uuid.UUID:
 
 @pytest.fixture(scope="module")
 async def seeded() -> AsyncIterator[asyncpg.Connection]:
-    name = f"recipients_plans_{uuid.uuid4().hex[:8]}"
-    base = ADMIN_DSN.rsplit("/", 1)[0]
-    env = {**os.environ, "DATABASE_URL": base.replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"}
-    migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.recipients", "migrate", env=env)
-    assert await migrate.wait() == 0
-    conn = await asyncpg.connect(f"{base}/{name}")
-    # Users are the UUIDs 1..USERS (lpad'ed hex), so tests can name them.
-    uid = "lpad(to_hex({}), 32, '0')::uuid"
-    await conn.execute(
-        f"""
-        INSERT INTO recipients (id, owner, name, email)
-        SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, 'person ' || i, 'p' || i || '@example.com'
-          FROM generate_series(1, 200000) AS i;
-        INSERT INTO connection_requests (id, from_user, to_user, status, created_at, responded_at)
-        SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, {uid.format("1 + (i * 7 + 1) % 10000")},
-               (ARRAY['pending','accepted','declined','cancelled'])[1 + i % 4],
-               now() - (i % 1000) * interval '1 hour', now() - (i % 900) * interval '1 hour'
-          FROM generate_series(1, 100000) AS i ON CONFLICT DO NOTHING;
-        INSERT INTO connections (id, user_low, user_high)
-        SELECT gen_random_uuid(), least(a, b), greatest(a, b) FROM (
-            SELECT {uid.format("1 + i % 10000")} AS a, {uid.format("1 + (i * 13 + 5) % 10000")} AS b
-              FROM generate_series(1, 50000) AS i) AS pairs
-         WHERE a <> b ON CONFLICT DO NOTHING;
-        INSERT INTO blocks (id, blocker, blocked)
-        SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, {uid.format("1 + (i * 31 + 3) % 10000")}
-          FROM generate_series(1, 20000) AS i ON CONFLICT DO NOTHING;
-        ANALYZE;
-        """
-    )
-    yield conn
-    await conn.close()
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
-
-
-async def plan(conn: asyncpg.Connection, statement: TextClause, **values: Any) -> str:
-    compiled = statement.compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
-    names = list(compiled.positiontup or [])
-    rows = await conn.fetch("EXPLAIN " + str(compiled), *[values[n] for n in names])
-    return "\n".join(r[0] for r in rows)
-
-
-def no_scan(text: str, *indexes: str) -> None:
-    assert "Seq Scan" not in text, text
-    for index in indexes:
-        assert index in text, text
+    async with scratch_database("recipients") as conn:
+        # Users are the UUIDs 1..USERS (lpad'ed hex), so tests can name them.
+        uid = "lpad(to_hex({}), 32, '0')::uuid"
+        await conn.execute(
+            f"""
+            INSERT INTO recipients (id, owner, name, email)
+            SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, 'person ' || i, 'p' || i || '@example.com'
+              FROM generate_series(1, 200000) AS i;
+            INSERT INTO connection_requests (id, from_user, to_user, status, created_at, responded_at)
+            SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, {uid.format("1 + (i * 7 + 1) % 10000")},
+                   (ARRAY['pending','accepted','declined','cancelled'])[1 + i % 4],
+                   now() - (i % 1000) * interval '1 hour', now() - (i % 900) * interval '1 hour'
+              FROM generate_series(1, 100000) AS i ON CONFLICT DO NOTHING;
+            INSERT INTO connections (id, user_low, user_high)
+            SELECT gen_random_uuid(), least(a, b), greatest(a, b) FROM (
+                SELECT {uid.format("1 + i % 10000")} AS a, {uid.format("1 + (i * 13 + 5) % 10000")} AS b
+                  FROM generate_series(1, 50000) AS i) AS pairs
+             WHERE a <> b ON CONFLICT DO NOTHING;
+            INSERT INTO blocks (id, blocker, blocked)
+            SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, {uid.format("1 + (i * 31 + 3) % 10000")}
+              FROM generate_series(1, 20000) AS i ON CONFLICT DO NOTHING;
+            ANALYZE;
+            """
+        )
+        yield conn
 
 
 async def test_recipient_list_and_prefix_use_the_name_index(seeded: asyncpg.Connection) -> None:

@@ -1,0 +1,50 @@
+"""Helpers of the EXPLAIN tests (SPEC §9: indexes back every hot query): a scratch database
+migrated by a service's real command, and the plan of a statement exactly as the service sends it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from sqlalchemy import TextClause
+from sqlalchemy.dialects import postgresql
+
+ADMIN_DSN = os.environ.get("TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@asynccontextmanager
+async def scratch_database(service: str) -> AsyncIterator[asyncpg.Connection]:
+    """A fresh database migrated by `python -m services.<service> migrate`; dropped afterwards."""
+    name = f"{service}_plans_{uuid.uuid4().hex[:8]}"
+    base = ADMIN_DSN.rsplit("/", 1)[0]
+    env = {**os.environ, "DATABASE_URL": base.replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"}
+    migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", f"services.{service}", "migrate", env=env)
+    assert await migrate.wait() == 0
+    conn = await asyncpg.connect(f"{base}/{name}")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(ADMIN_DSN)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def plan(conn: asyncpg.Connection, statement: TextClause, **values: Any) -> str:
+    """EXPLAIN of `statement` compiled for asyncpg as the service sends it, with `values` bound."""
+    compiled = statement.compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
+    names = list(compiled.positiontup or [])
+    rows = await conn.fetch("EXPLAIN " + str(compiled), *[values[n] for n in names])
+    return "\n".join(r[0] for r in rows)
+
+
+def no_scan(text: str, *indexes: str) -> None:
+    assert "Seq Scan" not in text, text
+    for index in indexes:
+        assert index in text, text
