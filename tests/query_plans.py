@@ -36,11 +36,15 @@ async def scratch_database(service: str) -> AsyncIterator[asyncpg.Connection]:
         await admin.close()
 
 
-async def plan(conn: asyncpg.Connection, statement: TextClause, **values: Any) -> str:
-    """EXPLAIN of `statement` compiled for asyncpg as the service sends it, with `values` bound."""
-    compiled = statement.compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
-    names = list(compiled.positiontup or [])
-    rows = await conn.fetch("EXPLAIN " + str(compiled), *[values[n] for n in names])
+async def plan(conn: asyncpg.Connection, statement: TextClause | str, *args: Any, **values: Any) -> str:
+    """EXPLAIN of a statement exactly as the service sends it: a text() clause compiled for
+    asyncpg with `values` bound by name, or driver-level SQL (`$n`) with positional `args`."""
+    if isinstance(statement, str):
+        sql, bound = statement, list(args)
+    else:
+        compiled = statement.compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
+        sql, bound = str(compiled), [values[n] for n in compiled.positiontup or []]
+    rows = await conn.fetch("EXPLAIN " + sql, *bound)
     return "\n".join(r[0] for r in rows)
 
 

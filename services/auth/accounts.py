@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -61,6 +62,7 @@ class Accounts:
         refresh_ttl: timedelta,
         profile_ttl_seconds: int,
         search_ttl_seconds: int,
+        profile_changed: Callable[[uuid.UUID], Awaitable[None]],
     ) -> None:
         self.db = db
         self.cache = cache
@@ -70,6 +72,8 @@ class Accounts:
         self.refresh_ttl = refresh_ttl
         self.profile_ttl = profile_ttl_seconds
         self.search_ttl = search_ttl_seconds
+        # Tells the services that keep copies of public profiles (services.common.people).
+        self.profile_changed = profile_changed
 
     # --- sign-up and log-in ------------------------------------------------------------------
 
@@ -237,8 +241,10 @@ class Accounts:
             raise _uniqueness_error(exc, prefix="user.") from None
         if user is None:
             raise Unauthenticated("the account of this token no longer exists", reason="TOKEN_INVALID")
-        # Write-through after commit: the next read anywhere sees the change (SPEC §4).
+        # Write-through after commit: the next read anywhere sees the change (SPEC §4), here and in
+        # the other services' copies, which drop theirs before this call answers.
         await self.cache.put(self._profile_key(user.id), _encode_user(user), self.profile_ttl)
+        await self.profile_changed(user.id)
         return user
 
     async def username_available(self, username: str) -> tuple[str, bool]:

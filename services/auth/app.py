@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
 
@@ -14,8 +15,10 @@ from services.auth.passwords import Passwords
 from services.auth.sessions import AccessTokenIssuer, load_private_key
 from services.auth.settings import AuthSettings
 from services.common.cache import Cache
+from services.common.changefeed import Publisher
 from services.common.db import Database
 from services.common.logs import configure_logging
+from services.common.people import publish_profile_change
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 
@@ -36,8 +39,10 @@ async def serve() -> None:
     block_list: BlockList = (
         RecipientsBlockList(settings.recipients_target) if settings.recipients_target else NobodyBlocked()
     )
+    publisher = Publisher(cache.client)
     host.on_close(db.close)
     host.on_close(cache.close)
+    host.on_close(publisher.close)
     host.on_close(block_list.close)
 
     private_key = load_private_key(settings.jwt_private_key_file)
@@ -59,6 +64,7 @@ async def serve() -> None:
         refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
         profile_ttl_seconds=settings.profile_cache_ttl_seconds,
         search_ttl_seconds=settings.search_cache_ttl_seconds,
+        profile_changed=functools.partial(publish_profile_change, publisher, common.mesh_prefix),
     )
     handlers = AuthHandlers(accounts, Authenticator(verifier))
     host.add_service(

@@ -5,15 +5,14 @@ Errors raised by the domain become rich statuses in services.common.server's han
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import grpc
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 from capsule.common.v1 import common_pb2
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
 from services.auth.accounts import Accounts, Session
 from services.auth.storage import SearchHit, UserRecord
+from services.common.timestamps import set_timestamp
 from services.common.tokens import Authenticator, metadata_value
 
 
@@ -94,16 +93,9 @@ def _user(user: UserRecord) -> auth_pb2.User:
         avatar_url=user.avatar_url,
         country=user.country,
     )
-    _set_time(message.created_at, user.created_at)
-    _set_time(message.updated_at, user.updated_at)
+    set_timestamp(message.created_at, user.created_at)
+    set_timestamp(message.updated_at, user.updated_at)
     return message
-
-
-def _set_time(field: timestamp_pb2.Timestamp, value: datetime) -> None:
-    # Timestamp.FromDatetime is pure Python and shows in GetMe's profile; this is the same for
-    # timezone-aware datetimes at a fraction of the cost.
-    field.seconds = int(value.timestamp() // 1)  # floor, also before 1970
-    field.nanos = value.microsecond * 1000
 
 
 def _public(user: UserRecord | SearchHit) -> common_pb2.PublicProfile:

@@ -17,7 +17,7 @@ from services.capsules.unlocker import Unlocker
 from services.common.cache import Cache
 from services.common.db import Database
 from services.common.logs import configure_logging
-from services.common.people import AuthDirectory
+from services.common.people import CachedDirectory
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 
@@ -30,7 +30,10 @@ async def serve() -> None:
 
     db = Database(common.database)
     cache = Cache(common.redis_url, common.cache_prefix)
-    directory = AuthDirectory(settings.auth_target, settings.call_timeout_seconds)
+    directory = CachedDirectory.of_auth(
+        settings.auth_target, settings.call_timeout_seconds, common.redis_url, common.mesh_prefix
+    )
+    directory.start()
     recipients = RecipientsClient(settings.recipients_target, settings.call_timeout_seconds)
 
     verifier = AccessTokenVerifier(

@@ -265,7 +265,7 @@ class Capsules:
                 )
             after = (keys[0], after_id)
         now = self.clock()
-        async with self.db.read() as conn:
+        async with self.db.driver_read() as conn:
             rows = await storage.list_capsules(
                 conn, caller.user_id, box=box, status=status, now=now, after=after, limit=size + 1
             )

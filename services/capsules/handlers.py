@@ -5,18 +5,17 @@ Errors raised by the domain become rich statuses in services.common.server's han
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import grpc
 from capsule.capsules.v1 import capsules_pb2 as pb
 from capsule.capsules.v1 import capsules_pb2_grpc
-from capsule.common.v1 import common_pb2
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
 from services.capsules.capsules import Capsules, CapsuleView
 from services.capsules.storage import ThemeRow
 from services.capsules.themes import Themes
+from services.common.timestamps import set_timestamp, to_datetime
 from services.common.tokens import Authenticator, metadata_value
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -42,7 +41,7 @@ class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
             title=request.title,
             body=request.body,
             theme_id=request.theme_id,
-            unlocks_at=_time(request.unlocks_at) if request.HasField("unlocks_at") else None,
+            unlocks_at=to_datetime(request.unlocks_at) if request.HasField("unlocks_at") else None,
             anonymous=request.anonymous,
             reveal_delay_seconds=(request.reveal_delay_seconds if request.HasField("reveal_delay_seconds") else None),
             idempotency_key=metadata_value(context, "idempotency-key"),
@@ -58,7 +57,10 @@ class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
             requested_size=request.page_size,
             token=request.page_token,
         )
-        return pb.ListCapsulesResponse(capsules=[_capsule(v) for v in page.rows], next_page_token=page.next_page_token)
+        response = pb.ListCapsulesResponse(next_page_token=page.next_page_token)
+        for seen in page.rows:
+            _fill_capsule(response.capsules.add(), seen)
+        return response
 
     async def GetInboxSummary(self, request: pb.GetInboxSummaryRequest, context: Context) -> pb.InboxSummary:
         caller = self.auth.require(context)
@@ -67,7 +69,7 @@ class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
             sealed=summary.sealed, ready=summary.ready, opened=summary.opened, total=summary.total
         )
         if summary.next_unlocks_at is not None:
-            _set_time(message.next_unlocks_at, summary.next_unlocks_at)
+            set_timestamp(message.next_unlocks_at, summary.next_unlocks_at)
         return message
 
     async def GetCapsule(self, request: pb.GetCapsuleRequest, context: Context) -> pb.Capsule:
@@ -81,7 +83,7 @@ class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
             "title": c.title,
             "body": c.body,
             "theme_id": c.theme_id,
-            "unlocks_at": _time(c.unlocks_at) if c.HasField("unlocks_at") else None,
+            "unlocks_at": to_datetime(c.unlocks_at) if c.HasField("unlocks_at") else None,
         }
         seen = await self.capsules.update(caller, request.id, values, list(request.update_mask.paths))
         return _capsule(seen)
@@ -110,46 +112,43 @@ class ThemesHandlers(capsules_pb2_grpc.ThemesServiceServicer):
         return _theme(await self.themes.get(request.id))
 
 
-def _time(value: timestamp_pb2.Timestamp) -> datetime:
-    return value.ToDatetime(tzinfo=UTC)
-
-
-def _set_time(field: timestamp_pb2.Timestamp, value: datetime) -> None:
-    field.FromDatetime(value.astimezone(UTC))
-
-
 def _capsule(seen: CapsuleView) -> pb.Capsule:
-    row = seen.row
-    message = pb.Capsule(
-        id=str(row.id),
-        sender_id="" if seen.sender_hidden else str(row.sender),
-        recipient_id=str(row.recipient_id) if seen.as_sender else "",
-        recipient_user_id=str(row.recipient_user),
-        title=row.title,
-        body=row.body if seen.body_visible else "",
-        theme_id=str(row.theme_id) if row.theme_id else "",
-        anonymous=row.anonymous,
-        reveal_delay_seconds=row.reveal_delay_seconds,
-        status=STATUSES[seen.status],
-        sender_hidden=seen.sender_hidden,
-    )
-    if seen.sender_profile is not None:
-        p = seen.sender_profile
-        message.sender.CopyFrom(
-            common_pb2.PublicProfile(
-                id=str(p.id),
-                username=p.username,
-                first_name=p.first_name,
-                last_name=p.last_name,
-                avatar_url=p.avatar_url,
-            )
-        )
-    _set_time(message.unlocks_at, row.unlocks_at)
-    _set_time(message.created_at, row.created_at)
-    _set_time(message.updated_at, row.updated_at)
-    if row.opened_at is not None:
-        _set_time(message.opened_at, row.opened_at)
+    message = pb.Capsule()
+    _fill_capsule(message, seen)
     return message
+
+
+def _fill_capsule(message: pb.Capsule, seen: CapsuleView) -> None:
+    """Write `seen` into an empty message (a list page fills `capsules.add()` in place: no copy)."""
+    row = seen.row
+    message.id = str(row.id)
+    if not seen.sender_hidden:
+        message.sender_id = str(row.sender)
+    if seen.as_sender:
+        message.recipient_id = str(row.recipient_id)
+    message.recipient_user_id = str(row.recipient_user)
+    message.title = row.title
+    if seen.body_visible:
+        message.body = row.body
+    if row.theme_id:
+        message.theme_id = str(row.theme_id)
+    message.anonymous = row.anonymous
+    message.reveal_delay_seconds = row.reveal_delay_seconds
+    message.status = STATUSES[seen.status]
+    message.sender_hidden = seen.sender_hidden
+    profile = seen.sender_profile
+    if profile is not None:
+        sender = message.sender
+        sender.id = str(profile.id)
+        sender.username = profile.username
+        sender.first_name = profile.first_name
+        sender.last_name = profile.last_name
+        sender.avatar_url = profile.avatar_url
+    set_timestamp(message.unlocks_at, row.unlocks_at)
+    set_timestamp(message.created_at, row.created_at)
+    set_timestamp(message.updated_at, row.updated_at)
+    if row.opened_at is not None:
+        set_timestamp(message.opened_at, row.opened_at)
 
 
 def _theme(row: ThemeRow) -> pb.Theme:

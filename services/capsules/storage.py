@@ -1,15 +1,19 @@
-"""SQL of the capsules service (SQLAlchemy Core text() over asyncpg); each query has its index
-(see migrations/versions/0001_capsules_and_themes.py)."""
+"""SQL of the capsules service; each query has its index (see migrations/versions/).
+
+Most statements are SQLAlchemy Core text() on the connections of `Database.read()`/`write()`; the
+inbox and outbox pages, the hottest reads, run on the driver's connection (`Database.driver_read()`,
+positional `$n` parameters, asyncpg records), whose columns are in CapsuleRow's order."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.db import DriverConnection
 from services.common.idempotency import PriorRequest
 
 # --- themes --------------------------------------------------------------------------------------
@@ -158,11 +162,11 @@ async def mark_opened(conn: AsyncConnection, capsule_id: uuid.UUID, now: datetim
     return CapsuleRow(**row._mapping) if row else None
 
 
-# Status at a given time (`:now`, the service's clock): sealed before unlocks_at, opened once
+# Status at a given time (`$5`, the service's clock): sealed before unlocks_at, opened once
 # opened_at is set, ready in between.
 STATUS_CONDITIONS = {
-    "sealed": "AND unlocks_at > :now",
-    "ready": "AND unlocks_at <= :now AND opened_at IS NULL",
+    "sealed": "AND unlocks_at > $5",
+    "ready": "AND unlocks_at <= $5 AND opened_at IS NULL",
     "opened": "AND opened_at IS NOT NULL",
     "": "",
 }
@@ -170,22 +174,25 @@ STATUS_CONDITIONS = {
 
 def _list_query(owner_column: str, status: str) -> str:
     # Served by capsules_inbox_idx / capsules_outbox_idx: (owner, unlocks_at, id) WHERE deleted_at IS NULL.
+    # $1 owner, $2/$3 the keyset position, $4 limit, $5 now (status filters only).
     return (
-        f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE {owner_column} = :u AND deleted_at IS NULL "
-        f"AND (unlocks_at, id) > (:after_time, :after_id) {STATUS_CONDITIONS[status]} "
-        "ORDER BY unlocks_at, id LIMIT :limit"
+        f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE {owner_column} = $1 AND deleted_at IS NULL "
+        f"AND (unlocks_at, id) > ($2, $3) {STATUS_CONDITIONS[status]} "
+        "ORDER BY unlocks_at, id LIMIT $4"
     )
 
 
+# Driver-level SQL (positional parameters): the inbox and outbox pages are the hottest reads.
 _LISTS = {
-    (box, status): text(_list_query("recipient_user" if box == "inbox" else "sender", status))
+    (box, status): _list_query("recipient_user" if box == "inbox" else "sender", status)
     for box in ("inbox", "outbox")
     for status in STATUS_CONDITIONS
 }
+_BEGINNING = (datetime(1, 1, 1, tzinfo=UTC), uuid.UUID(int=0))
 
 
 async def list_capsules(
-    conn: AsyncConnection,
+    conn: DriverConnection,
     user: uuid.UUID,
     *,
     box: str,
@@ -194,12 +201,11 @@ async def list_capsules(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[CapsuleRow]:
-    after_time, after_id = after if after else (datetime(1, 1, 1, tzinfo=now.tzinfo), uuid.UUID(int=0))
-    params: dict[str, object] = {"u": user, "after_time": after_time, "after_id": after_id, "limit": limit}
-    if status:
-        params["now"] = now
-    rows = await conn.execute(_LISTS[(box, status)], params)
-    return [CapsuleRow(**r._mapping) for r in rows]
+    after_time, after_id = after or _BEGINNING
+    args: tuple[object, ...] = (user, after_time, after_id, limit)
+    if "$5" in STATUS_CONDITIONS[status]:
+        args += (now,)
+    return [CapsuleRow(*record) for record in await conn.fetch(_LISTS[(box, status)], *args)]
 
 
 @dataclass(frozen=True, slots=True)

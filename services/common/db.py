@@ -1,9 +1,25 @@
-"""Each service's SQLAlchemy async engine (asyncpg) with the pool settings of SPEC §9.
+"""Each service's SQLAlchemy async engine (asyncpg) with the pool of SPEC §9, and three ways in:
 
-`Database.write()` opens a transaction on the primary; `Database.read()` a read-only one that will
-go to a replica once replicas are configured and healthy (today every read goes to the primary:
-see `read`). Connection failures surface as `Unavailable`, so a primary that is down fails fast
-with a clear message instead of a 500.
+- `write()`: a transaction on the primary (BEGIN … COMMIT, rolled back on error).
+- `read()`: a connection for reads through SQLAlchemy, in autocommit: each statement is its own
+  snapshot, no BEGIN/ROLLBACK round trips around it. A read that needs several statements to agree
+  with each other belongs in `write()` (or an explicit transaction).
+- `driver_read()`: the same pooled connection, handed out as the asyncpg connection itself, for the
+  hot read paths (inbox pages, profiles): one statement, `$n` parameters, asyncpg records. It skips
+  SQLAlchemy's statement and row machinery, which measured about as costly as the query
+  (bench/README: profile of `GET /v1/capsules?box=inbox`).
+
+The seam for read replicas (SPEC §9) is `read()`/`driver_read()`: today both use the primary, which
+also gives read-your-writes for free.
+
+Pre-ping (DB_POOL_PRE_PING, default on) pings a connection before use only when it sat idle in the
+pool for DB_POOL_PRE_PING_IDLE_SECONDS (5 s): idle connections are the ones a restart, a failover or
+a firewall may have killed; one used a moment ago is alive, and pinging it would add a round trip
+to every request. A connection that dies while in steady use fails its statement: the error is
+`Unavailable` (reads are retried by the mesh) and the connection is invalidated, never reused.
+
+Connection failures surface as `Unavailable`, so a primary that is down fails fast with a clear
+message instead of a 500.
 """
 
 from __future__ import annotations
@@ -12,16 +28,31 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
 
+import asyncpg
 import sqlalchemy.exc
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from services.common.errors import Unavailable
 from services.common.settings import DatabaseSettings
 from services.common.telemetry import DB_POOL_CHECKED_OUT, DB_POOL_WAIT
 
 log = logging.getLogger(__name__)
+
+DriverConnection: TypeAlias = asyncpg.Connection
+_IDLE_SINCE = "capsule_mesh_idle_since"
+# What asyncpg raises when the connection itself is gone (as opposed to an error in the statement);
+# its InterfaceError also covers misuse (wrong argument count), so that one counts only once the
+# connection reports itself closed.
+_DRIVER_DISCONNECTS = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
+)
 
 
 def make_engine(url: str, settings: DatabaseSettings, role: str) -> AsyncEngine:
@@ -31,7 +62,8 @@ def make_engine(url: str, settings: DatabaseSettings, role: str) -> AsyncEngine:
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout_seconds,
         pool_recycle=settings.pool_recycle_seconds,
-        pool_pre_ping=settings.pool_pre_ping,
+        # Pinging after idleness only: see the module doc and _ping_idle_connections.
+        pool_pre_ping=settings.pool_pre_ping and settings.pool_pre_ping_idle_seconds <= 0,
         connect_args={
             "timeout": settings.connect_timeout_seconds,
             "server_settings": {
@@ -40,8 +72,30 @@ def make_engine(url: str, settings: DatabaseSettings, role: str) -> AsyncEngine:
             },
         },
     )
+    if settings.pool_pre_ping and settings.pool_pre_ping_idle_seconds > 0:
+        _ping_idle_connections(engine, settings.pool_pre_ping_idle_seconds)
     DB_POOL_CHECKED_OUT.labels(role).set_function(lambda: _checked_out(engine))
     return engine
+
+
+def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def remember_idle_since(dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return  # new, or used a moment ago
+        try:
+            # Checkout runs inside SQLAlchemy's greenlet, where awaiting the driver is allowed.
+            await_only(dbapi_connection.driver_connection.fetchval("SELECT 1"))
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another one.
+            raise sqlalchemy.exc.DisconnectionError(f"idle connection failed its ping: {exc}") from exc
 
 
 def _checked_out(engine: AsyncEngine) -> int:
@@ -54,6 +108,8 @@ class Database:
     def __init__(self, settings: DatabaseSettings) -> None:
         self.settings = settings
         self.primary = make_engine(settings.url, settings, "primary")
+        # The same pool, in autocommit: a read is one round trip, not BEGIN + statement + ROLLBACK.
+        self._primary_reads = self.primary.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -63,10 +119,25 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads. The seam for read replicas (SPEC §9): until they are wired in,
-        reads use the primary, which also gives read-your-writes for free."""
-        async with self._connect(self.primary, "primary") as conn:
+        """A connection for reads, in autocommit (each statement its own snapshot)."""
+        async with self._connect(self._primary_reads, "primary") as conn:
             yield conn
+
+    @asynccontextmanager
+    async def driver_read(self) -> AsyncIterator[DriverConnection]:
+        """The asyncpg connection of a pooled read connection, for one hot-path statement."""
+        async with self._connect(self._primary_reads, "primary") as conn:
+            raw = await conn.get_raw_connection()
+            driver: DriverConnection = raw.driver_connection
+            try:
+                yield driver
+            except _DRIVER_DISCONNECTS as exc:
+                if isinstance(exc, asyncpg.InterfaceError) and not driver.is_closed():
+                    raise
+                # SQLAlchemy did not see this error: tell the pool the connection is dead.
+                await conn.invalidate(exc)
+                log.warning("database connection lost", extra={"fields": {"error": str(exc)}})
+                raise Unavailable("the database connection was lost; try again shortly") from exc
 
     @asynccontextmanager
     async def _connect(self, engine: AsyncEngine, role: str) -> AsyncIterator[AsyncConnection]:

@@ -14,6 +14,7 @@ from capsule.common.v1 import common_pb2
 from google.protobuf import message as protobuf_message
 
 from services.common.errors import InvalidArgument
+from services.common.timestamps import set_timestamp
 
 CursorValue = str | int | datetime
 
@@ -37,7 +38,7 @@ def encode_page_token(list_name: str, keys: list[CursorValue]) -> str:
     for value in keys:
         key = cursor.keys.add()
         if isinstance(value, datetime):
-            key.time.FromDatetime(value.astimezone(UTC))
+            set_timestamp(key.time, value)
         elif isinstance(value, int):
             key.integer = value
         else:

@@ -1,20 +1,34 @@
 """Who exists and what they look like: the auth service knows (GetUsers, through Envoy). Used by
 every service that shows people (recipients: connections; capsules: senders).
 
-One batched call per use, made on the caller's behalf (their token is forwarded).
+- `AuthDirectory`: one batched GetUsers call per use, on the caller's behalf (their token is
+  forwarded).
+- `CachedDirectory`: the public profiles kept in this process for PROFILE_TTL_SECONDS (SPEC §9:
+  profiles 5 min), so an inbox page does not cost a call to auth. The auth service publishes the id
+  of every user whose profile changed (`publish_profile_change`, after its commit) on the mesh's
+  profile channel; the process's `ChangeFeed` drops that user's copy, and before a copy is used the
+  feed catches up with what was already delivered (services/common/changefeed.py says why that
+  makes an update visible to the next read, and what happens when Redis is away: copies are not
+  trusted and every page asks auth).
+- Unknown ids are not remembered: a user who signs up later is found at once.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from services.common.changefeed import ChangeFeed, Publisher
 from services.common.clients import channel, forward_metadata
 from services.common.errors import Unavailable
+from services.common.ids import parse_uuid
 from services.common.logs import request_id_var
 from services.common.tokens import Caller
 
@@ -73,3 +87,93 @@ class AuthDirectory:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+PROFILE_TTL_SECONDS = 300
+
+
+def profile_channel(mesh_prefix: str) -> str:
+    """The channel on which auth names users whose public profile changed (one per mesh: the
+    prefix is CACHE_PREFIX before any service's own part)."""
+    return f"{mesh_prefix}auth:profile-changed"
+
+
+async def publish_profile_change(publisher: Publisher, mesh_prefix: str, user_id: uuid.UUID) -> None:
+    await publisher.publish(profile_channel(mesh_prefix), str(user_id).encode())
+
+
+class CachedDirectory:
+    """A Directory that keeps public profiles in this process (see the module doc)."""
+
+    @classmethod
+    def of_auth(cls, auth_target: str, timeout_seconds: float, redis_url: str, mesh_prefix: str) -> CachedDirectory:
+        """The auth service's directory behind this cache, with a change feed of its own."""
+        return cls(AuthDirectory(auth_target, timeout_seconds), ChangeFeed(redis_url), mesh_prefix)
+
+    def __init__(
+        self,
+        inner: Directory,
+        feed: ChangeFeed,
+        mesh_prefix: str,
+        *,
+        ttl_seconds: float = PROFILE_TTL_SECONDS,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inner = inner
+        self._feed = feed
+        self._ttl = ttl_seconds
+        self._max_entries = max_entries
+        self._clock = clock
+        self._copies: OrderedDict[uuid.UUID, tuple[Profile, float]] = OrderedDict()
+        self._changes = 0  # bumped by every change message: a load that saw one in flight is not kept
+        feed.subscribe(profile_channel(mesh_prefix), self._changed, self._forget_all)
+
+    async def profiles(self, caller: Caller, ids: list[uuid.UUID]) -> dict[uuid.UUID, Profile]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        if not await self._feed.catch_up():
+            return await self._inner.profiles(caller, wanted)
+        now = self._clock()
+        found: dict[uuid.UUID, Profile] = {}
+        missing: list[uuid.UUID] = []
+        for user_id in wanted:
+            copy = self._copies.get(user_id)
+            if copy is not None and copy[1] > now:
+                found[user_id] = copy[0]
+            else:
+                missing.append(user_id)
+        if missing:
+            epoch, changes = self._feed.epoch, self._changes
+            loaded = await self._inner.profiles(caller, missing)
+            found.update(loaded)
+            # Kept only if no change message and no reset happened while auth was asked: the
+            # answer may predate a change this process has already been told about.
+            if epoch == self._feed.epoch and changes == self._changes and self._feed.healthy:
+                expires = self._clock() + self._ttl
+                for user_id, profile in loaded.items():
+                    self._copies[user_id] = (profile, expires)
+                while len(self._copies) > self._max_entries:
+                    self._copies.popitem(last=False)
+        return found
+
+    def _changed(self, data: bytes) -> None:
+        self._changes += 1
+        user_id = parse_uuid(data.decode("ascii", "replace"))
+        if user_id is None:
+            self._forget_all()  # a message we cannot read: trust nothing
+        else:
+            self._copies.pop(user_id, None)
+
+    def _forget_all(self) -> None:
+        self._changes += 1
+        self._copies.clear()
+
+    def start(self) -> None:
+        """Start following the changes (needs the running loop); until then nothing is kept."""
+        self._feed.start()
+
+    async def close(self) -> None:
+        await self._feed.close()
+        await self._inner.close()

@@ -56,6 +56,10 @@ class DatabaseSettings:
     pool_timeout_seconds: float = 30.0
     pool_recycle_seconds: int = 1800
     pool_pre_ping: bool = True
+    # With pre-ping on, a connection is pinged before use only when it sat idle in the pool at
+    # least this long: a connection used milliseconds ago is known to be alive, and a ping on
+    # every checkout is a round trip per request (0 = ping on every checkout, SQLAlchemy's way).
+    pool_pre_ping_idle_seconds: float = 5.0
     # A primary that is down must fail writes fast (SPEC §10), not after asyncpg's 60 s default.
     connect_timeout_seconds: float = 3.0
     statement_timeout_ms: int = 10_000
@@ -70,6 +74,7 @@ class DatabaseSettings:
             pool_timeout_seconds=env_float("DB_POOL_TIMEOUT_SECONDS", 30.0),
             pool_recycle_seconds=env_int("DB_POOL_RECYCLE_SECONDS", 1800),
             pool_pre_ping=env_bool("DB_POOL_PRE_PING", True),
+            pool_pre_ping_idle_seconds=env_float("DB_POOL_PRE_PING_IDLE_SECONDS", 5.0),
             connect_timeout_seconds=env_float("DB_CONNECT_TIMEOUT_SECONDS", 3.0),
             statement_timeout_ms=env_int("DB_STATEMENT_TIMEOUT_MS", 10_000),
         )
@@ -84,7 +89,7 @@ class ServiceSettings:
     admin_listen: str
     database: DatabaseSettings
     redis_url: str
-    cache_prefix: str
+    cache_prefix: str  # this service's own keys: CACHE_PREFIX + "<name>:"
     jwt_public_key_file: str
     jwt_issuer: str
     jwt_audience: str
@@ -105,6 +110,8 @@ class ServiceSettings:
     # SIGTERM with a control plane: once it confirmed that every Envoy applied the removal, wait
     # this long for calls Envoy had already forwarded (in the network) before stopping the server.
     deregistered_drain_seconds: float = 0.25
+    # CACHE_PREFIX itself: the namespace of what the whole mesh shares in Redis (change channels).
+    mesh_prefix: str = ""
 
     @classmethod
     def from_env(cls, name: str, default_grpc_port: int, default_admin_port: int) -> ServiceSettings:
@@ -126,4 +133,5 @@ class ServiceSettings:
             advertise_address=env_str("ADVERTISE_ADDRESS", ""),
             instance_name=env_str("SERVICE_INSTANCE", ""),
             deregistered_drain_seconds=env_float("DEREGISTERED_DRAIN_SECONDS", 0.25),
+            mesh_prefix=env_str("CACHE_PREFIX", ""),
         )

@@ -9,7 +9,7 @@ from capsule.recipients.v1 import recipients_pb2, recipients_pb2_grpc, relations
 from services.common.cache import Cache
 from services.common.db import Database
 from services.common.logs import configure_logging
-from services.common.people import AuthDirectory
+from services.common.people import CachedDirectory
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 from services.recipients.address_book import AddressBook
@@ -26,7 +26,10 @@ async def serve() -> None:
 
     db = Database(common.database)
     cache = Cache(common.redis_url, common.cache_prefix)
-    directory = AuthDirectory(settings.auth_target, settings.auth_timeout_seconds)
+    directory = CachedDirectory.of_auth(
+        settings.auth_target, settings.auth_timeout_seconds, common.redis_url, common.mesh_prefix
+    )
+    directory.start()
     host.on_close(db.close)
     host.on_close(cache.close)
     host.on_close(directory.close)

@@ -5,7 +5,6 @@ Errors raised by the domain become rich statuses in services.common.server's han
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TypeAlias
 
 import grpc
@@ -18,9 +17,10 @@ from capsule.recipients.v1 import (
     relationships_pb2,
     relationships_pb2_grpc,
 )
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
 from services.common.people import Profile
+from services.common.timestamps import set_timestamp
 from services.common.tokens import Authenticator, metadata_value
 from services.recipients.address_book import AddressBook
 from services.recipients.relationships import ConnectionWithProfile, Relationships
@@ -170,11 +170,6 @@ class RelationshipHandlers(relationships_pb2_grpc.RelationshipServiceServicer):
         return relationships_pb2.GetRelationshipResponse(connected=answer.connected, blocked=answer.blocked)
 
 
-def _set_time(field: timestamp_pb2.Timestamp, value: datetime) -> None:
-    field.seconds = int(value.timestamp() // 1)
-    field.nanos = value.microsecond * 1000
-
-
 def _request(row: RequestRow) -> pb.ConnectionRequest:
     message = pb.ConnectionRequest(
         id=str(row.id),
@@ -184,9 +179,9 @@ def _request(row: RequestRow) -> pb.ConnectionRequest:
         status=STATUSES[row.status],
         decline_reason=row.decline_reason,
     )
-    _set_time(message.created_at, row.created_at)
+    set_timestamp(message.created_at, row.created_at)
     if row.responded_at is not None:
-        _set_time(message.responded_at, row.responded_at)
+        set_timestamp(message.responded_at, row.responded_at)
     return message
 
 
@@ -205,13 +200,13 @@ def _connection(item: ConnectionWithProfile) -> pb.Connection:
     message = pb.Connection(id=str(row.id), user_id=str(row.other))
     if item.profile is not None:
         message.user.CopyFrom(_profile(item.profile))
-    _set_time(message.created_at, row.created_at)
+    set_timestamp(message.created_at, row.created_at)
     return message
 
 
 def _block(row: BlockRow) -> pb.Block:
     message = pb.Block(id=str(row.id), user_id=str(row.blocked))
-    _set_time(message.created_at, row.created_at)
+    set_timestamp(message.created_at, row.created_at)
     return message
 
 
@@ -222,6 +217,6 @@ def _recipient(row: RecipientRow) -> pb.Recipient:
         email=row.email or "",
         linked_user_id=str(row.linked_user) if row.linked_user else "",
     )
-    _set_time(message.created_at, row.created_at)
-    _set_time(message.updated_at, row.updated_at)
+    set_timestamp(message.created_at, row.created_at)
+    set_timestamp(message.updated_at, row.updated_at)
     return message

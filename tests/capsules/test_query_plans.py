@@ -45,17 +45,21 @@ async def seeded() -> AsyncIterator[asyncpg.Connection]:
 
 
 NOW = datetime.now(UTC)
-FIRST_PAGE = {"after_time": datetime(1, 1, 1, tzinfo=UTC), "after_id": uuid.UUID(int=0), "limit": 21}
+
+
+def page_args(
+    status: str, after: tuple[datetime, uuid.UUID] = (datetime(1, 1, 1, tzinfo=UTC), uuid.UUID(int=0))
+) -> list[object]:
+    """The positional arguments list_capsules sends: owner, keyset position, limit, [now]."""
+    return [user(5), *after, 21, *([NOW] if "$5" in storage.STATUS_CONDITIONS[status] else [])]
 
 
 async def test_inbox_and_outbox_pages_use_their_indexes_for_every_filter(seeded: asyncpg.Connection) -> None:
     for status in storage.STATUS_CONDITIONS:
-        inbox = await plan(seeded, storage._LISTS[("inbox", status)], u=user(5), now=NOW, **FIRST_PAGE)
-        no_scan(inbox, "capsules_inbox_idx")
-        outbox = await plan(seeded, storage._LISTS[("outbox", status)], u=user(5), now=NOW, **FIRST_PAGE)
-        no_scan(outbox, "capsules_outbox_idx")
-    later = {**FIRST_PAGE, "after_time": NOW, "after_id": uuid.UUID(int=0)}
-    no_scan(await plan(seeded, storage._LISTS[("inbox", "sealed")], u=user(5), now=NOW, **later), "capsules_inbox_idx")
+        no_scan(await plan(seeded, storage._LISTS[("inbox", status)], *page_args(status)), "capsules_inbox_idx")
+        no_scan(await plan(seeded, storage._LISTS[("outbox", status)], *page_args(status)), "capsules_outbox_idx")
+    later = page_args("sealed", (NOW, uuid.UUID(int=0)))
+    no_scan(await plan(seeded, storage._LISTS[("inbox", "sealed")], *later), "capsules_inbox_idx")
 
 
 async def test_summary_uses_the_inbox_index(seeded: asyncpg.Connection) -> None:
