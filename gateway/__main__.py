@@ -29,8 +29,8 @@ def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     try:
-        route_middleware, closers = route_policies(settings)
-        app = create_app(settings, route_middleware=route_middleware, on_shutdown=closers)
+        policies, closers = route_policies(settings)
+        app = create_app(settings, policies=policies, on_shutdown=closers)
     except (DescriptorError, TemplateError) as exc:
         raise SystemExit(f"gateway: cannot serve the configured protos: {exc}") from None
     signal.signal(signal.SIGTERM, _exit_cleanly)

@@ -1,14 +1,15 @@
-"""The Starlette application: descriptors → route table → proxy, plus the operational routes.
+"""The gateway's ASGI application: descriptors → route table → policies → proxy.
 
-    RequestContextMiddleware   request id, last-resort 500            (middleware.py)
-    MetricsMiddleware          requests and latency by route template (metrics.py)
-    *middleware                application-wide seams (e.g. global rate limiting)
-    Router
-      /healthz /readyz /openapi.json /metrics                       (operations.py)
-      TranscodedRoutes → *route_middleware → Proxy                  (routing.py, proxy.py)
+    Gateway                       every HTTP request is first looked up in the route table
+      transcoded call  → request id, *policies → Proxy, one reply, metrics   (calls.py, proxy.py)
+      path of a route, other verb → 405 problem with Allow
+      anything else    → Starlette: RequestContextMiddleware, MetricsMiddleware, *middleware,
+                         /healthz /readyz /openapi.json /metrics, else 404     (operations.py)
 
-`gateway.policies.route_policies(settings)` gives the route middleware `python -m gateway` serves
-with: HTTP caching headers (httpcache.py) around rate limiting (ratelimit.py).
+The API calls, which are the load, take the short way: no Starlette router, no middleware
+wrapping `send`; the policies (`gateway.policies.route_policies(settings)`: HTTP caching headers
+around rate limiting) return a reply object that is written once. The operational routes keep
+Starlette's conveniences.
 
 The upstream channels are opened in the lifespan (they need the running loop) and closed at
 shutdown, after uvicorn has drained in-flight requests.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import orjson
@@ -27,16 +29,19 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import operations
+from gateway import metrics, operations
+from gateway.calls import Call, Next, Policy, Reply, chain, problem_reply
 from gateway.clientip import ClientIpResolver, parse_networks
 from gateway.descriptors import http_bindings, load_services
+from gateway.logs import request_id_var
 from gateway.metrics import MetricsMiddleware
-from gateway.middleware import RequestContextMiddleware
+from gateway.middleware import RequestContextMiddleware, request_id_of
 from gateway.openapi import openapi_document
 from gateway.problems import Problem
 from gateway.proxy import Proxy
-from gateway.routing import RouteTable, TranscodedRoutes
+from gateway.routing import MethodNotAllowed, RouteMatch, RouteTable, raw_path
 from gateway.settings import Settings
 from gateway.upstream import Upstream
 
@@ -47,9 +52,9 @@ def create_app(
     settings: Settings | None = None,
     *,
     middleware: Sequence[Middleware] = (),
-    route_middleware: Sequence[Middleware] = (),
+    policies: Sequence[Policy] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
-) -> Starlette:
+) -> Gateway:
     settings = settings or Settings.from_env()
     bindings = http_bindings(load_services(settings.proto_modules))
     table = RouteTable(bindings)
@@ -68,23 +73,70 @@ def create_app(
             for close in on_shutdown:
                 await close()
 
-    app = Starlette(
+    operational = Starlette(
         routes=[
             StarletteRoute("/healthz", operations.healthz),
             StarletteRoute("/readyz", operations.readyz),
             StarletteRoute("/openapi.json", operations.openapi),
             StarletteRoute("/metrics", operations.metrics),
-            TranscodedRoutes(table, proxy, route_middleware),
         ],
         middleware=[Middleware(RequestContextMiddleware), Middleware(MetricsMiddleware), *middleware],
         exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,
     )
-    app.router.redirect_slashes = False  # an API answers 404 for /v1/me/, not a redirect
-    app.state.settings = settings
-    app.state.upstream = upstream
-    app.state.openapi_json = orjson.dumps(openapi_document(table.routes))
-    return app
+    operational.router.redirect_slashes = False  # an API answers 404 for /v1/me/, not a redirect
+    operational.state.settings = settings
+    operational.state.upstream = upstream
+    operational.state.openapi_json = orjson.dumps(openapi_document(table.routes))
+    return Gateway(table, chain(policies, proxy), operational)
+
+
+class Gateway:
+    """The ASGI entry point (see the module doc)."""
+
+    def __init__(self, table: RouteTable, handler: Next, operational: Starlette) -> None:
+        self.table = table
+        self.handler = handler
+        self.operational: ASGIApp = operational
+        self.state = operational.state  # settings, upstream: what tests and operations read
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            found = self.table.resolve(scope["method"], raw_path(scope))
+            if found is not None:
+                await self._serve(scope, found, receive, send)
+                return
+        await self.operational(scope, receive, send)
+
+    async def _serve(self, scope: Scope, found: RouteMatch | MethodNotAllowed, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = request_id_of(scope)
+        context = request_id_var.set(request_id.decode())
+        route, status = metrics.UNMATCHED, 500
+        try:
+            if isinstance(found, MethodNotAllowed):
+                reply = problem_reply(Problem.method_not_allowed(scope["method"], found.allowed))
+            else:
+                route = found.route.binding.template
+                reply = await self._reply(Call(scope, found, request_id, receive))
+            status = reply.status
+            headers = reply.headers
+            if status != 304:
+                headers.append((b"content-length", b"%d" % len(reply.body)))
+            headers.append((b"x-request-id", request_id))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": reply.body})
+        finally:
+            metrics.record(scope, route, status, time.perf_counter() - started)
+            request_id_var.reset(context)
+
+    async def _reply(self, call: Call) -> Reply:
+        try:
+            return await self.handler(call)
+        except Exception:
+            # The last resort: logged with the request id, answered without internals.
+            log.exception("unhandled error serving %s %s", call.method, call.path)
+            return problem_reply(Problem.internal())
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

@@ -21,9 +21,7 @@ import base64
 import hashlib
 from collections.abc import Mapping
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from gateway.routing import MATCH_SCOPE_KEY, RouteMatch
+from gateway.calls import Call, Next, Reply
 
 PUBLIC_PREFIXES = ("/v1/themes",)
 PUBLIC_MAX_AGE = 3600
@@ -54,67 +52,28 @@ def if_none_match_matches(header: bytes, etag: bytes) -> bool:
     return False
 
 
-class HttpCacheMiddleware:
-    def __init__(self, app: ASGIApp, *, private_max_age: int = 0) -> None:
-        self.app = app
+class HttpCache:
+    """The policy (gateway/calls.py): marks every reply; answers 304 when the client has it."""
+
+    def __init__(self, *, private_max_age: int = 0) -> None:
         self.private_max_age = private_max_age
 
-    def cache_control(self, scope: Scope) -> bytes:
-        path: str = scope["path"]
-        if path.startswith(PUBLIC_PREFIXES):
+    def cache_control(self, call: Call) -> bytes:
+        if call.path.startswith(PUBLIC_PREFIXES):
             return b"public, max-age=%d" % PUBLIC_MAX_AGE
-        match = scope.get(MATCH_SCOPE_KEY)
-        template = match.route.binding.template if isinstance(match, RouteMatch) else ""
+        template = call.match.route.binding.template
         return b"private, max-age=%d" % PRIVATE_MAX_AGES.get(template, self.private_max_age)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] != "GET":
-
-            async def send_no_store(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), _NO_STORE, _VARY]
-                await send(message)
-
-            await self.app(scope, receive, send_no_store)
-            return
-
-        start: Message | None = None
-        chunks: list[bytes] = []
-
-        async def send_cached(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                if message["status"] != 200:
-                    message["headers"] = [*message.get("headers", ()), _NO_STORE, _VARY]
-                    await send(message)
-                    return
-                start = message
-                return
-            if start is None or message["type"] != "http.response.body":
-                await send(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            body = b"".join(chunks)
-            etag = strong_etag(body)
-            extra = [(b"etag", etag), (b"cache-control", self.cache_control(scope)), _VARY]
-            condition = _header(scope, b"if-none-match")
-            headers = list(start.get("headers", ()))
-            if condition is not None and if_none_match_matches(condition, etag):
-                headers = [(k, v) for k, v in headers if k.lower() not in _BODY_HEADERS]
-                await send({"type": "http.response.start", "status": 304, "headers": [*headers, *extra]})
-                await send({"type": "http.response.body", "body": b""})
-                return
-            await send({**start, "headers": [*headers, *extra]})
-            await send({"type": "http.response.body", "body": body})
-
-        await self.app(scope, receive, send_cached)
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    values = [value for key, value in scope["headers"] if key == name]
-    return b",".join(values) if values else None
+    async def __call__(self, call: Call, next: Next) -> Reply:
+        reply = await next(call)
+        if call.method != "GET" or reply.status != 200:
+            reply.headers += (_NO_STORE, _VARY)
+            return reply
+        etag = strong_etag(reply.body)
+        extra = [(b"etag", etag), (b"cache-control", self.cache_control(call)), _VARY]
+        condition = call.header_values(b"if-none-match")
+        if condition and if_none_match_matches(b",".join(condition), etag):
+            headers = [(k, v) for k, v in reply.headers if k not in _BODY_HEADERS]
+            return Reply(304, [*headers, *extra], b"")
+        reply.headers += extra
+        return reply

@@ -8,14 +8,14 @@ at thousands of requests a second, errors are what the default level keeps.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from gateway.routing import MATCH_SCOPE_KEY, RouteMatch
 
 REQUESTS = Counter(
     "gateway_http_requests_total", "HTTP requests answered by the gateway", ["route", "method", "status"]
@@ -34,9 +34,6 @@ KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 
 
 def route_label(scope: Scope) -> str:
-    match = scope.get(MATCH_SCOPE_KEY)
-    if isinstance(match, RouteMatch):
-        return match.route.binding.template
     route = scope.get("route")
     if isinstance(route, StarletteRoute):
         return route.path
@@ -63,11 +60,26 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            elapsed = time.perf_counter() - started
-            route = route_label(scope)
-            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
-            REQUESTS.labels(route, method, str(status)).inc()
-            LATENCY.labels(route, method).observe(elapsed)
-            if access_log.isEnabledFor(logging.DEBUG):
-                fields = {"method": scope["method"], "path": scope["path"], "route": route, "status": status}
-                access_log.debug("request", extra={"fields": {**fields, "duration_ms": round(elapsed * 1000, 3)}})
+            record(scope, route_label(scope), status, time.perf_counter() - started)
+
+
+def record(scope: Scope, route: str, status: int, elapsed: float) -> None:
+    """Count one answered request (and write its access-log line at DEBUG)."""
+    method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+    _requests(route, method, status).inc()
+    _latency(route, method).observe(elapsed)
+    if access_log.isEnabledFor(logging.DEBUG):
+        fields = {"method": scope["method"], "path": scope["path"], "route": route, "status": status}
+        access_log.debug("request", extra={"fields": {**fields, "duration_ms": round(elapsed * 1000, 3)}})
+
+
+# Label look-ups are cached: prometheus_client's labels() costs more than the increment itself. The
+# label values are bounded (route templates, known methods, statuses), so the caches are too.
+@functools.cache
+def _requests(route: str, method: str, status: int) -> Any:
+    return REQUESTS.labels(route, method, str(status))
+
+
+@functools.cache
+def _latency(route: str, method: str) -> Any:
+    return LATENCY.labels(route, method)

@@ -5,9 +5,8 @@ uuid4 hex. The id is forwarded upstream as `x-request-id` metadata and is in eve
 written while the request is served. An exception nothing else handled is logged with that id
 and answered with a generic 500 problem: no internals leak to the client.
 
-Seams for later issues: application-wide policies go in `app.create_app(middleware=...)`, policies
-of transcoded API calls only (rate limits, ETag/Cache-Control) in `route_middleware=...`, where
-the matched route is already in the scope (`routing.MATCH_SCOPE_KEY`).
+The transcoded API calls get the same from the gateway itself (app.py), without this middleware's
+wrapping of `send`: it serves the operational routes and the router's own 404/405 answers.
 """
 
 from __future__ import annotations
@@ -27,6 +26,16 @@ REQUEST_ID_SCOPE_KEY = "gateway.request_id"
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
+def request_id_of(scope: Scope) -> bytes:
+    """The client's X-Request-Id when it is sane, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if _SANE_REQUEST_ID.fullmatch(value):
+                return bytes(value)
+            break
+    return uuid.uuid4().hex.encode()
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -35,10 +44,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw_id = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
-        request_id_bytes = raw_id if raw_id is not None and _SANE_REQUEST_ID.fullmatch(raw_id) else None
-        if request_id_bytes is None:
-            request_id_bytes = uuid.uuid4().hex.encode()
+        request_id_bytes = request_id_of(scope)
         request_id = request_id_bytes.decode()
         scope[REQUEST_ID_SCOPE_KEY] = request_id
         token = request_id_var.set(request_id)

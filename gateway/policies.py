@@ -1,6 +1,6 @@
 """The per-route policies `python -m gateway` serves with, built from the settings, outermost
-first: HttpCacheMiddleware (ETag, 304, Cache-Control, Vary; a 429 gets no-store), then
-RateLimitMiddleware (global GCRA in Redis with a local fallback; left out when disabled).
+first: HttpCache (ETag, 304, Cache-Control, Vary; a 429 gets no-store), then RateLimit (global
+GCRA in Redis with a local fallback; left out when disabled). See gateway/calls.py for the shape.
 """
 
 from __future__ import annotations
@@ -8,24 +8,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from starlette.middleware import Middleware
-
+from gateway.calls import Policy
 from gateway.clientip import ClientIpResolver, parse_networks
-from gateway.httpcache import HttpCacheMiddleware
-from gateway.ratelimit import Limit, Limits, RateLimiter, RateLimitMiddleware
+from gateway.httpcache import HttpCache
+from gateway.ratelimit import Limit, Limits, RateLimit, RateLimiter
 from gateway.settings import Settings
 from services.common.tokens import AccessTokenVerifier, load_public_key
 
 log = logging.getLogger(__name__)
 
 
-def route_policies(settings: Settings) -> tuple[list[Middleware], list[Callable[[], Awaitable[None]]]]:
-    """(route middleware, coroutines to run at shutdown)."""
-    middleware = [Middleware(HttpCacheMiddleware, private_max_age=settings.cache_private_max_age)]
+def route_policies(settings: Settings) -> tuple[list[Policy], list[Callable[[], Awaitable[None]]]]:
+    """(policies, coroutines to run at shutdown)."""
+    policies: list[Policy] = [HttpCache(private_max_age=settings.cache_private_max_age)]
     closers: list[Callable[[], Awaitable[None]]] = []
     if not settings.ratelimit_enabled:
         log.warning("rate limiting is disabled (GATEWAY_RATELIMIT_ENABLED=0)")
-        return middleware, closers
+        return policies, closers
     limiter = RateLimiter(
         settings.redis_url,
         settings.cache_prefix,
@@ -46,7 +45,13 @@ def route_policies(settings: Settings) -> tuple[list[Middleware], list[Callable[
         login=Limit("login", *settings.ratelimit_login),
     )
     resolver = ClientIpResolver(parse_networks(settings.trusted_proxies))
-    middleware.append(
-        Middleware(RateLimitMiddleware, limiter=limiter, limits=limits, resolver=resolver, verifier=verifier)
+    policies.append(
+        RateLimit(
+            limiter=limiter,
+            limits=limits,
+            resolver=resolver,
+            verifier=verifier,
+            max_body_bytes=settings.max_body_bytes,
+        )
     )
-    return middleware, closers
+    return policies, closers

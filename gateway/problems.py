@@ -95,8 +95,19 @@ class Problem(Exception):
             "fieldViolations": [{"field": v.field, "description": v.description} for v in self.violations],
         }
 
+    def body(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """Content-Type and the problem's own headers, as an ASGI header list."""
+        return [
+            (b"content-type", MEDIA_TYPE.encode()),
+            *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in self.headers.items()),
+        ]
+
     def response(self) -> Response:
-        return Response(orjson.dumps(self.to_dict()), self.status, self.headers, MEDIA_TYPE)
+        """As a Starlette response (the operational routes and the router's own 404/405)."""
+        return Response(self.body(), self.status, self.headers, MEDIA_TYPE)
 
     # The gateway's own errors.
 

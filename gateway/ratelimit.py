@@ -47,11 +47,11 @@ import orjson
 import redis.asyncio as redis
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.calls import Call, Next, Reply
 from gateway.clientip import ClientIpResolver, rate_limit_key
 from gateway.problems import Problem
-from gateway.routing import MATCH_SCOPE_KEY, RouteMatch
+from gateway.routing import RouteMatch
 from services.common.errors import Unauthenticated
 from services.common.tokens import AccessTokenVerifier
 
@@ -256,70 +256,57 @@ class Limits:
     login: Limit
 
 
-class RateLimitMiddleware:
-    """Route middleware: one decision per transcoded call; RateLimit-* on every limited answer,
-    429 problem with Retry-After when refused."""
+class RateLimit:
+    """The policy (gateway/calls.py): one decision per transcoded call; RateLimit-* on every
+    limited answer, a 429 problem with Retry-After when refused."""
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
         limiter: RateLimiter,
         limits: Limits,
         resolver: ClientIpResolver,
         verifier: AccessTokenVerifier | None,
+        max_body_bytes: int = MAX_LOGIN_BODY_BYTES,
     ) -> None:
-        self.app = app
         self.limiter = limiter
         self.limits = limits
         self.resolver = resolver
         self.verifier = verifier
+        self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        ip = rate_limit_key(self.resolver.resolve(scope))
-        user = self._user(scope["headers"])
+    async def __call__(self, call: Call, next: Next) -> Reply:
+        ip = rate_limit_key(self.resolver.resolve(call.scope))
+        user = self._user(call.headers.get(b"authorization"))
         checks = [Check(f"user:{user}", self.limits.user) if user else Check(f"ip:{ip}", self.limits.ip)]
-        match = scope.get(MATCH_SCOPE_KEY)
-        if isinstance(match, RouteMatch) and _full_name(match) == LOGIN_RPC:
-            receive, account = await _login_account(scope, receive)
+        if _full_name(call.match) == LOGIN_RPC:
+            account = await _login_account(call, self.max_body_bytes)
             if account:
                 checks.append(Check(f"login:{ip}:{account}", self.limits.login))
         decision = await self.limiter.decide(checks)
         headers = decision.headers()
         if not decision.allowed:
             REJECTED.labels(decision.limit.name).inc()
-            problem = Problem(
+            raise Problem(
                 429,
                 "RATE_LIMITED",
                 f"Too many requests; retry in {headers[-1][1].decode()} s.",
                 headers={k.decode(): v.decode() for k, v in headers},
             )
-            await problem.response()(scope, receive, send)
-            return
+        reply = await next(call)
+        reply.headers += headers
+        return reply
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-    def _user(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-        if self.verifier is None:
+    def _user(self, authorization: bytes | None) -> str | None:
+        if self.verifier is None or authorization is None:
             return None
-        for name, value in headers:
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() != "bearer" or not token.strip():
-                    return None
-                try:
-                    return str(self.verifier.verify(token.strip()).user_id)
-                except Unauthenticated:
-                    return None
-        return None
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        try:
+            return str(self.verifier.verify(token.strip()).user_id)
+        except Unauthenticated:
+            return None
 
 
 def _full_name(match: RouteMatch) -> str:
@@ -327,36 +314,23 @@ def _full_name(match: RouteMatch) -> str:
     return f"{rpc.service}.{rpc.name}"
 
 
-async def _login_account(scope: Scope, receive: Receive) -> tuple[Receive, str | None]:
-    """Read the log-in body (it is replayed to the proxy) and name its account: a short hash of
-    the lower-cased email or username (keys stay small whatever a client sends)."""
-    declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+async def _login_account(call: Call, max_body_bytes: int) -> str | None:
+    """Name the account of a log-in body (the proxy reads the same body afterwards): a short hash
+    of the lower-cased email or username (keys stay small whatever a client sends). A body larger
+    than a log-in ever is, or one that is not a JSON object, names no account."""
+    declared = call.headers.get(b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_LOGIN_BODY_BYTES):
-        return receive, None
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            break
-        size += len(message.get("body", b""))
-        if size > MAX_LOGIN_BODY_BYTES or not message.get("more_body", False):
-            break
-
-    async def replay() -> Message:
-        return messages.pop(0) if messages else await receive()
-
-    if size > MAX_LOGIN_BODY_BYTES:
-        return replay, None
+        return None
+    raw = await call.body(max_body_bytes)
+    if len(raw) > MAX_LOGIN_BODY_BYTES:
+        return None
     try:
-        body = orjson.loads(b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request"))
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return replay, None
+        return None
     if not isinstance(body, dict):
-        return replay, None
+        return None
     account = body.get("email") or body.get("username")
     if not isinstance(account, str) or not account.strip():
-        return replay, None
-    digest = hashlib.blake2b(account.strip().lower().encode(), digest_size=12).hexdigest()
-    return replay, digest
+        return None
+    return hashlib.blake2b(account.strip().lower().encode(), digest_size=12).hexdigest()

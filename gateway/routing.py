@@ -5,29 +5,20 @@ tries only the templates of that shape (same verb suffix, same number of segment
 open-ended `**` ones), most specific first (literal segments beat variables). Nothing is parsed
 or compiled per request.
 
-`TranscodedRoutes` plugs the table into Starlette's router as one route: a full match when a
-template matches path and verb, a partial match (→ 405 with `Allow`) when only the path does.
+The gateway (app.py) asks the table first: a full match is a transcoded call, a path that matches
+with another verb is 405 with `Allow`, anything else goes to the operational routes.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from starlette.datastructures import URLPath
-from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Match, NoMatchFound
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from gateway.descriptors import DescriptorError, HttpBinding
-from gateway.problems import Problem
 from gateway.templates import PathTemplate, parse_template, split_request_path
-
-# Where a matched route is left in the ASGI scope for the endpoint and for middleware
-# (metrics label it by template; later: rate limiting and caching headers per route).
-MATCH_SCOPE_KEY = "gateway.match"
 
 
 @dataclass(frozen=True, eq=False)  # identity hash: a dict key on the hot path
@@ -87,40 +78,8 @@ class RouteTable:
         return MethodNotAllowed(tuple(sorted(allowed))) if allowed else None
 
 
-class TranscodedRoutes(BaseRoute):
-    """Every annotated method as one Starlette route; `app` serves the full matches."""
-
-    def __init__(self, table: RouteTable, app: ASGIApp, middleware: Sequence[Middleware] = ()) -> None:
-        self.table = table
-        # Route-level middleware runs after routing, so it sees MATCH_SCOPE_KEY: the seam for
-        # per-route policies (rate limits, caching headers) that only concern transcoded calls.
-        for cls, args, kwargs in reversed(middleware):
-            app = cls(app, *args, **kwargs)
-        self.app = app
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http":
-            return Match.NONE, {}
-        result = self.table.resolve(scope["method"], _raw_path(scope))
-        if result is None:
-            return Match.NONE, {}
-        if isinstance(result, MethodNotAllowed):
-            return Match.PARTIAL, {MATCH_SCOPE_KEY: result}
-        return Match.FULL, {MATCH_SCOPE_KEY: result}
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        result = scope[MATCH_SCOPE_KEY]
-        if isinstance(result, MethodNotAllowed):
-            problem = Problem.method_not_allowed(scope["method"], result.allowed)
-            await problem.response()(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
-        raise NoMatchFound(name, path_params)
-
-
-def _raw_path(scope: Scope) -> str:
+def raw_path(scope: Scope) -> str:
+    """The request path as the client sent it (still percent-encoded), for matching."""
     raw: bytes | None = scope.get("raw_path")
     if raw is None:
         return str(scope["path"])

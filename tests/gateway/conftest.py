@@ -23,7 +23,7 @@ from google.protobuf import any_pb2, duration_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -150,7 +150,7 @@ def bound_socket() -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[str]:
+async def serve(app: ASGIApp) -> AsyncIterator[str]:
     """Serves `app` with uvicorn on a fresh port; yields its base URL; stops it (lifespan included)."""
     sock = bound_socket()
     sock.listen(128)

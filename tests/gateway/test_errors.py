@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.app import create_app
+from gateway.calls import Call, Next, Reply
 from gateway.settings import Settings
 from tests.gateway.conftest import serve
 
@@ -263,18 +262,13 @@ async def test_wrong_verbs_are_405_problems_with_allow(api: httpx.AsyncClient) -
 # The last resort.
 
 
-class Explode:
-    """Route middleware (the seam later issues plug rate limiting into) that raises."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raise RuntimeError("secret internals: password=hunter2")
+async def explode(call: Call, next: Next) -> Reply:
+    """A policy (the seam rate limiting and caching plug into) that fails unexpectedly."""
+    raise RuntimeError("secret internals: password=hunter2")
 
 
 async def test_an_unexpected_exception_is_a_generic_500(upstream_target: str, caplog: pytest.LogCaptureFixture) -> None:
-    app = create_app(Settings(upstream=upstream_target), route_middleware=[Middleware(Explode)])
+    app = create_app(Settings(upstream=upstream_target), policies=[explode])
     async with serve(app) as url, httpx.AsyncClient(base_url=url) as http:
         response = await http.get("/v1/me", headers={"X-Request-Id": "boom-1"})
         healthy = await http.get("/healthz")
@@ -283,7 +277,7 @@ async def test_an_unexpected_exception_is_a_generic_500(upstream_target: str, ca
     assert body["reason"] == "INTERNAL"
     assert "hunter2" not in response.text
     assert response.headers["x-request-id"] == "boom-1"
-    assert healthy.status_code == 200  # route middleware concerns transcoded routes only
+    assert healthy.status_code == 200  # policies concern transcoded routes only
     assert any("unhandled error" in r.getMessage() and r.exc_info for r in caplog.records)
 
 

@@ -5,14 +5,13 @@ and themes; the rules themselves are also unit-tested on a bare app below."""
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
+from typing import cast
 
 import httpx
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.responses import Response
-from starlette.routing import Route
 
-from gateway.httpcache import HttpCacheMiddleware
+from gateway.calls import Call, Reply
+from gateway.httpcache import HttpCache
 from tests.auth.test_auth_http import bearer, sign_up
 from tests.capsules.helpers import pair, send
 
@@ -76,19 +75,28 @@ async def test_errors_are_not_stored_and_carry_no_etag(client: httpx.AsyncClient
     assert response.headers["vary"] == "Authorization"
 
 
-async def test_themes_are_public_for_an_hour() -> None:
-    async def body(request: object) -> Response:
-        return Response(b'{"themes":[]}', media_type="application/json")
-
-    app = Starlette(
-        routes=[Route("/v1/themes", body), Route("/v1/other", body)],
-        middleware=[Middleware(HttpCacheMiddleware)],
+def bare_call(path: str, if_none_match: bytes | None = None) -> Call:
+    """What the policy reads of a call: verb, path, route template, If-None-Match."""
+    route = SimpleNamespace(binding=SimpleNamespace(template=path))
+    values = [if_none_match] if if_none_match else []
+    return cast(
+        Call,
+        SimpleNamespace(method="GET", path=path, match=SimpleNamespace(route=route), header_values=lambda name: values),
     )
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-        themes = await http.get("/v1/themes")
-        etag = assert_cacheable(themes, "public, max-age=3600")
-        assert (await http.get("/v1/themes", headers={"If-None-Match": etag})).status_code == 304
-        assert_cacheable(await http.get("/v1/other"), "private, max-age=0")
+
+
+async def test_themes_are_public_for_an_hour() -> None:
+    async def body(call: Call) -> Reply:
+        return Reply(200, [(b"content-type", b"application/json")], b'{"themes":[]}')
+
+    policy = HttpCache()
+    themes = await policy(bare_call("/v1/themes"), body)
+    headers = dict(themes.headers)
+    assert headers[b"cache-control"] == b"public, max-age=3600" and headers[b"vary"] == b"Authorization"
+    again = await policy(bare_call("/v1/themes", headers[b"etag"]), body)
+    assert again.status == 304 and again.body == b"" and b"content-type" not in dict(again.headers)
+    other = await policy(bare_call("/v1/other"), body)
+    assert dict(other.headers)[b"cache-control"] == b"private, max-age=0"
 
 
 async def test_capsule_list_and_themes_through_the_mesh(client: httpx.AsyncClient) -> None:
