@@ -199,7 +199,7 @@ class _Generator:
     def __init__(self) -> None:
         self.names: dict[str, str] = {}  # message full name → function name in the namespace
         self.namespace: dict[str, Any] = {
-            "__builtins__": {"str": str, "list": list, "dict": dict},
+            "__builtins__": {"str": str, "list": list, "dict": dict, "getattr": getattr},
             "nonfinite": _nonfinite,
             "double": _double,
             "float32": _float,
@@ -385,7 +385,9 @@ def _is_floating(field: FieldDescriptor) -> bool:
 def _enum_names(enum: EnumDescriptor) -> dict[int, Any]:
     option = _enum_json_option()
     names: dict[int, Any] = {}
-    for number, value in enum.values_by_number.items():
+    for number in dict.fromkeys(v.number for v in enum.values):
+        # Looked up as json_format does: with aliases, iterating values_by_number is not the same.
+        value = enum.values_by_number[number]
         options = value.GetOptions()
         if option is not None and options.HasExtension(option):
             names[number] = options.Extensions[option].string
