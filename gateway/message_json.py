@@ -93,10 +93,6 @@ def _bytes(value: bytes) -> str:
     return binascii.b2a_base64(value, newline=False).decode("ascii")
 
 
-def _int64(value: int) -> str:
-    return str(value)
-
-
 def _map_key(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -200,11 +196,9 @@ class _Generator:
         self.names: dict[str, str] = {}  # message full name → function name in the namespace
         self.namespace: dict[str, Any] = {
             "__builtins__": {"str": str, "list": list, "dict": dict, "getattr": getattr},
-            "nonfinite": _nonfinite,
             "double": _double,
             "float32": _float,
             "b64": _bytes,
-            "int64": _int64,
             "map_key": _map_key,
             "copysign": math.copysign,
             **{fn.__name__: fn for fn in set(_SPECIAL_ENCODERS.values())},
@@ -227,7 +221,7 @@ class _Generator:
         if special is not None:
             self.names[full_name] = special.__name__
             return special.__name__
-        name = self._unique("encode_" + full_name.replace(".", "_"))
+        name = self._constant("encode_" + full_name.replace(".", "_"), None)  # reserved
         self.names[full_name] = name  # before the body: a recursive field finds it
         if descriptor.extension_ranges:
             # ListFields() would report extensions too: let json_format do these.
