@@ -42,7 +42,7 @@ from google.protobuf import (
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from gateway.descriptors import Rpc, http_bindings, load_services
+from gateway.descriptors import HttpBinding, Rpc, http_bindings, load_services
 from gateway.message_json import MessageEncoder, encoder_for, generated_source, timestamp_json
 from gateway.routing import RouteTable
 from gateway.transcoding import Transcoder
@@ -289,7 +289,7 @@ class Filler:
 # 1. Every response type the gateway serves.
 
 
-def served_bindings() -> list[Any]:
+def served_bindings() -> list[HttpBinding]:
     return http_bindings(load_services([service.proto_module for service in SERVICES]))
 
 
@@ -330,8 +330,8 @@ def test_response_body_answers_that_field_only() -> None:
     rpc = Rpc("capsule.capsules.v1.CapsulesService", "ListCapsules", capsules_pb2.ListCapsulesRequest,
               capsules_pb2.ListCapsulesResponse)
     bindings = [
-        type(served_bindings()[0])(rpc, "GET", "/v1/a", "", "capsules", 0),
-        type(served_bindings()[0])(rpc, "GET", "/v1/b", "", "next_page_token", 1),
+        HttpBinding(rpc, "GET", "/v1/a", "", "capsules", 0),
+        HttpBinding(rpc, "GET", "/v1/b", "", "next_page_token", 1),
     ]
     transcoders = [Transcoder(r.binding, r.template) for r in RouteTable(bindings).routes]
     page = capsules_pb2.ListCapsulesResponse(capsules=[capsules_pb2.Capsule(id="c1")], next_page_token="n")
