@@ -144,11 +144,13 @@ class Database:
         started = time.perf_counter()
         try:
             conn = await engine.connect()
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError) as exc:
-            log.warning("database unreachable", extra={"fields": {"role": role, "error": str(exc)}})
-            raise Unavailable("the database is unavailable; try again shortly") from exc
         except sqlalchemy.exc.TimeoutError as exc:
             raise Unavailable("the database connection pool is exhausted; try again shortly") from exc
+        except (sqlalchemy.exc.DBAPIError, OSError) as exc:
+            # Whatever stops a connection from being opened (down, refused, "too many clients")
+            # is the database being unavailable to us, never an internal error.
+            log.warning("database unreachable", extra={"fields": {"role": role, "error": str(exc)}})
+            raise Unavailable("the database is unavailable; try again shortly") from exc
         DB_POOL_WAIT.labels(role).observe(time.perf_counter() - started)
         try:
             yield conn

@@ -7,6 +7,7 @@ Server-side deaths are real: the test terminates the pool's backend with pg_term
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -105,3 +106,20 @@ async def test_a_bad_statement_on_the_driver_is_not_mistaken_for_a_lost_connecti
         assert await backend_pid(db) == first, "the healthy connection must stay in the pool"
     finally:
         await db.close()
+
+
+async def test_a_database_that_refuses_more_connections_is_unavailable_not_an_internal_error(url: str) -> None:
+    # "too many connections" reaches SQLAlchemy as a generic DBAPIError: it must still be UNAVAILABLE.
+    role = f"full_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    try:
+        db = database(url.replace("postgres@", f"{role}@", 1), idle_ping_after=5)
+        try:
+            with pytest.raises(Unavailable):
+                await backend_pid(db)
+        finally:
+            await db.close()
+    finally:
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
