@@ -11,13 +11,15 @@ from capsule.capsules.v1 import capsules_pb2, capsules_pb2_grpc
 from services.capsules.capsules import Capsules
 from services.capsules.handlers import CapsulesHandlers, ThemesHandlers
 from services.capsules.neighbours import RecipientsClient
+from services.capsules.pages import PageCopies
 from services.capsules.settings import CapsulesSettings
 from services.capsules.themes import Themes
 from services.capsules.unlocker import Unlocker
 from services.common.cache import Cache
+from services.common.changefeed import ChangeFeed, Publisher
 from services.common.db import Database
 from services.common.logs import configure_logging
-from services.common.people import CachedDirectory
+from services.common.people import AuthDirectory, CachedDirectory
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 
@@ -30,10 +32,14 @@ async def serve() -> None:
 
     db = Database(common.database)
     cache = Cache(common.redis_url, common.cache_prefix)
-    directory = CachedDirectory.of_auth(
-        settings.auth_target, settings.call_timeout_seconds, common.redis_url, common.mesh_prefix
+    # One change feed per process: auth's profile changes, and the pages other instances changed.
+    feed = ChangeFeed(common.redis_url)
+    publisher = Publisher(cache.client)
+    directory = CachedDirectory(
+        AuthDirectory(settings.auth_target, settings.call_timeout_seconds), feed, common.mesh_prefix
     )
-    directory.start()
+    pages = PageCopies(feed, publisher, common.mesh_prefix, ttl_seconds=settings.capsule_cache_ttl_seconds)
+    feed.start()
     recipients = RecipientsClient(settings.recipients_target, settings.call_timeout_seconds)
 
     verifier = AccessTokenVerifier(
@@ -45,6 +51,7 @@ async def serve() -> None:
         cache=cache,
         neighbours=recipients,
         directory=directory,
+        pages=pages,
         min_unlock_lead_seconds=settings.min_unlock_lead_seconds,
         cache_ttl_seconds=settings.capsule_cache_ttl_seconds,
     )
@@ -83,6 +90,8 @@ async def serve() -> None:
     host.on_close(db.close)
     host.on_close(cache.close)
     host.on_close(directory.close)
+    host.on_close(feed.close)
+    host.on_close(publisher.close)
     host.on_close(recipients.close)
     host.on_close(close_unlocker)
     logging.getLogger(__name__).info(

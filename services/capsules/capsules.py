@@ -24,14 +24,16 @@ Decisions:
   recipient's recount) rather than deleting them: readers only add entries (SET NX), so one that
   read the database just before the write cannot put the old value back. Sealed→ready changes with
   time and no write: the cached summary carries the earliest sealed unlocks_at and is recounted
-  once that instant has passed, so it is never wrong, only recounted.
+  once that instant has passed, so it is never wrong, only recounted. Unfiltered inbox and outbox
+  pages are kept in process memory for the same minute (pages.py); every write names the owners
+  whose pages it changed, so no instance serves them after the write answered.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +42,7 @@ import orjson
 
 from services.capsules import rules, storage
 from services.capsules.neighbours import Neighbours
+from services.capsules.pages import PageCopies
 from services.capsules.storage import CapsuleRow
 from services.common import idempotency, validation
 from services.common.cache import Cache
@@ -123,6 +126,7 @@ class Capsules:
         cache: Cache,
         neighbours: Neighbours,
         directory: Directory,
+        pages: PageCopies,
         min_unlock_lead_seconds: int = 60,
         cache_ttl_seconds: int = 60,
         clock: Callable[[], datetime] = utc_now,
@@ -131,6 +135,7 @@ class Capsules:
         self.cache = cache
         self.neighbours = neighbours
         self.directory = directory
+        self.pages = pages
         self.min_lead = min_unlock_lead_seconds
         self.ttl = cache_ttl_seconds
         self.clock = clock
@@ -223,6 +228,7 @@ class Capsules:
                     await idempotency.record_result(conn, **claim, result_id=row.id)
         if prior is not None:
             return await self._replay(caller, prior, request_hash)
+        await self.pages.changed((row.recipient_user, "inbox"), (row.sender, "outbox"))
         await self._refresh_summary(row.recipient_user)
         return view(row, caller.user_id, self.clock())
 
@@ -265,21 +271,37 @@ class Capsules:
                 )
             after = (keys[0], after_id)
         now = self.clock()
-        async with self.db.driver_read() as conn:
-            rows = await storage.list_capsules(
-                conn, caller.user_id, box=box, status=status, now=now, after=after, limit=size + 1
-            )
+        rows = await self._page(caller.user_id, box, status, now, after, size + 1)
         next_token = ""
         if len(rows) > size:
             rows = rows[:size]
             next_token = encode_page_token(name, [rows[-1].unlocks_at, str(rows[-1].id)])
-        views = [view(r, caller.user_id, now) for r in rows]
+        profiles: dict[uuid.UUID, Profile] = {}
         if box == "inbox":
-            # One batched call per page, for the senders the caller may see.
-            visible = [v.row.sender for v in views if not v.sender_hidden]
+            # One batched look-up per page, for the senders the caller may see.
+            visible = [r.sender for r in rows if r.sender != caller.user_id and sender_revealed(r, now)]
             profiles = await self.directory.profiles(caller, visible) if visible else {}
-            views = [view(v.row, caller.user_id, now, profiles.get(v.row.sender)) for v in views]
-        return CapsulePage(views, next_token)
+        return CapsulePage([view(r, caller.user_id, now, profiles.get(r.sender)) for r in rows], next_token)
+
+    async def _page(
+        self,
+        owner: uuid.UUID,
+        box: str,
+        status: str,
+        now: datetime,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> Sequence[CapsuleRow]:
+        """The rows of a page: kept in this process when unfiltered (pages.py), else from Postgres."""
+        key = (owner, box, limit, after) if not status else None
+        if key is not None and (kept := await self.pages.get(key)) is not None:
+            return kept
+        mark = self.pages.mark()
+        async with self.db.driver_read() as conn:
+            rows = await storage.list_capsules(conn, owner, box=box, status=status, now=now, after=after, limit=limit)
+        if key is not None:
+            self.pages.keep(key, rows, mark)
+        return rows
 
     async def summary(self, caller: Caller) -> Summary:
         key = self.cache.key("summary", str(caller.user_id))
@@ -417,6 +439,7 @@ class Capsules:
         reader that loaded the old row just before the write cannot bring it back."""
         key = self.cache.key("capsule", str(row.id))
         await self.cache.put(key, TOMBSTONE if deleted else _encode_row(row), self.ttl)
+        await self.pages.changed((row.recipient_user, "inbox"), (row.sender, "outbox"))
         await self._refresh_summary(row.recipient_user)
 
     async def _refresh_summary(self, user: uuid.UUID) -> None:

@@ -30,6 +30,7 @@ from services.common.clients import channel, forward_metadata
 from services.common.errors import Unavailable
 from services.common.ids import parse_uuid
 from services.common.logs import request_id_var
+from services.common.telemetry import CACHE_REQUESTS
 from services.common.tokens import Caller
 
 
@@ -90,6 +91,8 @@ class AuthDirectory:
 
 
 PROFILE_TTL_SECONDS = 300
+_HITS = CACHE_REQUESTS.labels("profile_copy", "hit")
+_MISSES = CACHE_REQUESTS.labels("profile_copy", "miss")
 
 
 def profile_channel(mesh_prefix: str) -> str:
@@ -103,12 +106,8 @@ async def publish_profile_change(publisher: Publisher, mesh_prefix: str, user_id
 
 
 class CachedDirectory:
-    """A Directory that keeps public profiles in this process (see the module doc)."""
-
-    @classmethod
-    def of_auth(cls, auth_target: str, timeout_seconds: float, redis_url: str, mesh_prefix: str) -> CachedDirectory:
-        """The auth service's directory behind this cache, with a change feed of its own."""
-        return cls(AuthDirectory(auth_target, timeout_seconds), ChangeFeed(redis_url), mesh_prefix)
+    """A Directory that keeps public profiles in this process (see the module doc); `feed` is the
+    process's ChangeFeed (started by the service once everything subscribed)."""
 
     def __init__(
         self,
@@ -134,6 +133,7 @@ class CachedDirectory:
         if not wanted:
             return {}
         if not await self._feed.catch_up():
+            _MISSES.inc(len(wanted))
             return await self._inner.profiles(caller, wanted)
         now = self._clock()
         found: dict[uuid.UUID, Profile] = {}
@@ -144,7 +144,9 @@ class CachedDirectory:
                 found[user_id] = copy[0]
             else:
                 missing.append(user_id)
+        _HITS.inc(len(found))
         if missing:
+            _MISSES.inc(len(missing))
             epoch, changes = self._feed.epoch, self._changes
             loaded = await self._inner.profiles(caller, missing)
             found.update(loaded)
@@ -170,10 +172,5 @@ class CachedDirectory:
         self._changes += 1
         self._copies.clear()
 
-    def start(self) -> None:
-        """Start following the changes (needs the running loop); until then nothing is kept."""
-        self._feed.start()
-
     async def close(self) -> None:
-        await self._feed.close()
         await self._inner.close()

@@ -7,9 +7,10 @@ import logging
 from capsule.recipients.v1 import recipients_pb2, recipients_pb2_grpc, relationships_pb2, relationships_pb2_grpc
 
 from services.common.cache import Cache
+from services.common.changefeed import ChangeFeed
 from services.common.db import Database
 from services.common.logs import configure_logging
-from services.common.people import CachedDirectory
+from services.common.people import AuthDirectory, CachedDirectory
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 from services.recipients.address_book import AddressBook
@@ -26,13 +27,15 @@ async def serve() -> None:
 
     db = Database(common.database)
     cache = Cache(common.redis_url, common.cache_prefix)
-    directory = CachedDirectory.of_auth(
-        settings.auth_target, settings.auth_timeout_seconds, common.redis_url, common.mesh_prefix
+    feed = ChangeFeed(common.redis_url)  # auth's profile changes, for the connections' profiles
+    directory = CachedDirectory(
+        AuthDirectory(settings.auth_target, settings.auth_timeout_seconds), feed, common.mesh_prefix
     )
-    directory.start()
+    feed.start()
     host.on_close(db.close)
     host.on_close(cache.close)
     host.on_close(directory.close)
+    host.on_close(feed.close)
 
     verifier = AccessTokenVerifier(
         load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience

@@ -77,8 +77,8 @@ class Mesh:
         self.publisher = Publisher(self.client, retry_delay=0.05)
 
     async def start(self) -> None:
-        for directory in self.copies:
-            directory.start()
+        for feed in self.feeds:
+            feed.start()
         await eventually(lambda: all(feed.healthy for feed in self.feeds))
 
     async def change(self, user: uuid.UUID, name: str) -> None:
@@ -87,8 +87,9 @@ class Mesh:
 
     async def close(self) -> None:
         await self.publisher.close()
-        for directory in self.copies:
+        for directory, feed in zip(self.copies, self.feeds, strict=True):
             await directory.close()
+            await feed.close()
         await self.client.aclose()
 
 
