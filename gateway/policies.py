@@ -1,6 +1,7 @@
 """The per-route policies `python -m gateway` serves with, built from the settings, outermost
 first: HttpCacheMiddleware (ETag, 304, Cache-Control, Vary; a 429 gets no-store), then
-RateLimitMiddleware (global GCRA in Redis with a local fallback; left out when disabled).
+RateLimitMiddleware (global GCRA in Redis, hot keys leased, with a local fallback; left out when
+disabled).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def route_policies(settings: Settings) -> tuple[list[Middleware], list[Callable[
         settings.cache_prefix,
         timeout_seconds=settings.ratelimit_redis_timeout_seconds,
         backoff_seconds=settings.ratelimit_backoff_seconds,
+        lease_max=settings.ratelimit_lease_max,
+        lease_seconds=settings.ratelimit_lease_seconds,
     )
     closers.append(limiter.close)
     verifier = None
