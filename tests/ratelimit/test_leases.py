@@ -29,6 +29,7 @@ from gateway.ratelimit import (
     Limit,
     RateLimiter,
 )
+from gateway.settings import Settings
 from launcher.infra import Infra
 from tests.ratelimit.redis_server import RedisServer
 
@@ -272,3 +273,15 @@ async def test_leases_outlive_a_redis_outage_then_the_fallback_is_as_before(
         private_redis.thaw()
         await one.close()
         REDIS_UP.set(1)
+
+
+def test_lease_settings_have_defaults_and_reject_nonsense() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.ratelimit_lease_max, defaults.ratelimit_lease_seconds) == (32, 1.0)
+    tuned = Settings.from_env({"GATEWAY_RATELIMIT_LEASE_MAX": "1", "GATEWAY_RATELIMIT_LEASE_SECONDS": "0.25"})
+    assert (tuned.ratelimit_lease_max, tuned.ratelimit_lease_seconds) == (1, 0.25)
+    for bad in ({"GATEWAY_RATELIMIT_LEASE_MAX": "0"}, {"GATEWAY_RATELIMIT_LEASE_MAX": "2.5"}):
+        with pytest.raises(SystemExit):
+            Settings.from_env(bad)
+    with pytest.raises(SystemExit):
+        Settings.from_env({"GATEWAY_RATELIMIT_LEASE_SECONDS": "-1"})
