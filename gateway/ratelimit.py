@@ -38,10 +38,12 @@ lease ran out wait for the single renewal in flight rather than each asking Redi
 
 Invariant: every admitted request used a cell that Redis charged before it, at most L earlier,
 and no cell is used twice. Hence the bound, with N gateways and G = min(LEASE_MAX, count // 16):
-- Never more than the limit: over any interval of length t a key admits at most the cells
-  charged within t + L, i.e. count + floor((t + L) / T) — the GCRA bound plus at most ceil(L / T)
-  cells taken from the refill while a lease was held (and at most the unused leased cells held
-  when the interval starts, <= N x (G - 1)). The sustained rate is exactly `count` per `period`.
+- The limit, up to one lease lifetime of refill: over any interval of length t a key admits at
+  most the cells charged within t + L before its end, count + floor((t + L) / T): the GCRA bound
+  plus at most ceil(L / T) cells (and at most the leased cells unused when the interval starts,
+  <= N x (G - 1)). E.g. at 600/min a gateway leases 32 of a full bucket, holds them 1 s while
+  10 cells refill, then uses them as others use the whole bucket: 610 at once, never 611. The
+  sustained rate is exactly `count` per `period`; a decision on several keys is never leased.
 - Strictness, the price: cells leased by a gateway and never used (its client stopped or moved
   to another gateway) are stranded, lost to every gateway until they refill: at most G - 1 per
   key per gateway per lease lifetime, and at most 1/16 of what the bucket had left when the
