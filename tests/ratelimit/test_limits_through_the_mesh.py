@@ -149,13 +149,13 @@ def metric(text: str, name: str) -> float:
 
 
 async def test_three_gateways_leasing_a_hot_key_still_admit_its_limit_once(stack: Stack) -> None:
-    """A limit large enough to lease (640 per hour: up to 32 cells at once), leases that do not
-    expire during the test: one gateway alone asks Redis at the 1st, 2nd, 4th, ... 96th call and
+    """A limit large enough to lease (640 per day: up to 32 cells at once, one refills in 135 s),
+    leases that do not expire during the test: one gateway alone asks Redis at the 1st, 2nd, 4th, ... 96th call and
     its RateLimit-Remaining stays exact; then round-robin over three, the limit exactly."""
     gateways = spawn_gateways(
         stack,
         ["rl-lease-a", "rl-lease-b", "rl-lease-c"],
-        GATEWAY_RATELIMIT_IP="640/3600",
+        GATEWAY_RATELIMIT_IP="640/86400",
         GATEWAY_RATELIMIT_LEASE_SECONDS="60",
     )
     try:
