@@ -1,6 +1,7 @@
 """The per-route policies `python -m gateway` serves with, built from the settings, outermost
 first: HttpCache (ETag, 304, Cache-Control, Vary; a 429 gets no-store), then RateLimit (global
-GCRA in Redis with a local fallback; left out when disabled). See gateway/calls.py for the shape.
+GCRA in Redis, hot keys leased, with a local fallback; left out when disabled). See gateway/calls.py
+for the shape.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def route_policies(settings: Settings) -> tuple[list[Policy], list[Callable[[], 
         settings.cache_prefix,
         timeout_seconds=settings.ratelimit_redis_timeout_seconds,
         backoff_seconds=settings.ratelimit_backoff_seconds,
+        lease_max=settings.ratelimit_lease_max,
+        lease_seconds=settings.ratelimit_lease_seconds,
     )
     closers.append(limiter.close)
     verifier = None

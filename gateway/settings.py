@@ -18,6 +18,10 @@ GATEWAY_RATELIMIT_USER           authenticated calls per user (default 600/60)
 GATEWAY_RATELIMIT_LOGIN          log-in attempts per client IP and account (default 10/60)
 GATEWAY_RATELIMIT_REDIS_TIMEOUT_MS  longest wait for Redis before deciding locally (default 100)
 GATEWAY_RATELIMIT_BACKOFF_SECONDS   how long Redis is not asked after a failure (default 1)
+GATEWAY_RATELIMIT_LEASE_MAX      most cells of one key a gateway leases from Redis at once (default 32;
+                                 also capped at 1/16 of the limit); 1 turns leasing off: one Redis
+                                 round trip per decision
+GATEWAY_RATELIMIT_LEASE_SECONDS  lifetime of a lease: unused cells are void after it (default 1)
 GATEWAY_TRUSTED_PROXIES          CIDRs whose X-Forwarded-For is believed (default none)
 GATEWAY_CACHE_PRIVATE_MAX_AGE    max-age of user data without a per-route value (default 0)
 REDIS_URL, CACHE_PREFIX          the limiter's Redis and key prefix (keys: <prefix>rl:...)
@@ -61,6 +65,8 @@ class Settings:
     jwt_public_key_file: str = ""
     jwt_issuer: str = "capsule-mesh/auth"
     jwt_audience: str = "capsule-mesh"
+    ratelimit_lease_max: int = 32
+    ratelimit_lease_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +101,8 @@ class Settings:
             jwt_public_key_file=env.get("JWT_PUBLIC_KEY_FILE") or "",
             jwt_issuer=env.get("JWT_ISSUER") or "capsule-mesh/auth",
             jwt_audience=env.get("JWT_AUDIENCE") or "capsule-mesh",
+            ratelimit_lease_max=_whole("GATEWAY_RATELIMIT_LEASE_MAX", env, 32),
+            ratelimit_lease_seconds=_positive("GATEWAY_RATELIMIT_LEASE_SECONDS", env, 1.0),
         )
 
     def upstream_for(self, service_full_name: str) -> str:
@@ -121,6 +129,13 @@ def _positive(name: str, env: Mapping[str, str], default: float) -> float:
     if value <= 0:
         raise SystemExit(f"setting {name}={raw!r} must be positive")
     return value
+
+
+def _whole(name: str, env: Mapping[str, str], default: int) -> int:
+    value = _positive(name, env, default)
+    if value != int(value):
+        raise SystemExit(f"setting {name}={env.get(name)!r} is not a whole number")
+    return int(value)
 
 
 def _rate(name: str, env: Mapping[str, str], default: tuple[int, float]) -> tuple[int, float]:

@@ -139,3 +139,44 @@ async def test_log_in_is_limited_per_address_and_account(proxied: dict[str, str]
         assert (await log_in({"username": username()}, "198.51.100.80")).status_code == 401
         assert (await log_in({"email": f"{name}@example.com"}, "198.51.100.80")).status_code == 401
         assert (await log_in({"username": name}, "198.51.100.81")).status_code == 401
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+async def test_three_gateways_leasing_a_hot_key_still_admit_its_limit_once(stack: Stack) -> None:
+    """A limit large enough to lease (640 per day: up to 32 cells at once, one refills in 135 s),
+    leases that do not expire during the test: one gateway alone asks Redis at the 1st, 2nd, 4th, ... 96th call and
+    its RateLimit-Remaining stays exact; then round-robin over three, the limit exactly."""
+    gateways = spawn_gateways(
+        stack,
+        ["rl-lease-a", "rl-lease-b", "rl-lease-c"],
+        GATEWAY_RATELIMIT_IP="640/86400",
+        GATEWAY_RATELIMIT_LEASE_SECONDS="60",
+    )
+    try:
+        clients = [httpx.AsyncClient(base_url=url, timeout=30.0) for url, _ in gateways]
+        for i in range(100):
+            response = await clients[0].get(f"/v1/usernames/{username()}")
+            assert response.status_code == 200
+            assert int(response.headers["ratelimit-remaining"]) == 639 - i
+        metrics = (await clients[0].get("/metrics")).text
+        assert metric(metrics, "gateway_ratelimit_redis_calls_total") == 8
+        assert metric(metrics, 'gateway_ratelimit_local_decisions_total{source="lease"}') == 92
+        statuses = [(await clients[i % 3].get(f"/v1/usernames/{username()}")).status_code for i in range(600)]
+        assert statuses == [200] * 540 + [429] * 60
+        calls = 0.0
+        for client in clients:
+            metrics = (await client.get("/metrics")).text
+            calls += metric(metrics, "gateway_ratelimit_redis_calls_total")
+            assert metric(metrics, "gateway_ratelimit_fallback_total") == 0
+        assert calls < 700 / 5
+        for client in clients:
+            await client.aclose()
+    finally:
+        for _, process in gateways:
+            process.stop(10)

@@ -81,6 +81,14 @@ async def test_redis_frozen_under_load(infra: Infra, jwt_keys: KeyPair, tmp_path
             await wait_for(lambda: _true(len(statuses) > 20))
 
             redis.freeze()
+
+            async def outage_seen() -> bool:
+                return metric((await client.get("/metrics")).text, "gateway_ratelimit_redis_up") == 0
+
+            # The load finds the outage (its lease of the user's cells runs out, the renewal times
+            # out) before any IP decision could: a call that timed out on the frozen Redis is still
+            # run when it thaws, and would spend a cell of the IP bucket counted below.
+            await wait_for(outage_seen)
             patched = await client.patch("/v1/me", json={"firstName": "During"}, headers=auth)
             assert patched.status_code == 200, patched.text
             assert (await client.get("/v1/me", headers=auth)).json()["firstName"] == "During"
