@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +32,7 @@ from bench.cases import ALL_KEYS, Case, build_cases, pick_user
 from bench.cpu import CpuMeter, MachineMeter, redis_pid
 from bench.mesh import BenchMesh, grpc_ok_count, login, open_mesh
 from bench.report import POSTGRES, REDIS, Measured, render, write_results
-from bench.seed import SEED_PASSWORD, Volume, seed_all
+from bench.seed import SEED_PASSWORD, Volume, seed_and_describe
 from launcher import infra as infra_mod
 from launcher.bootstrap import REPO
 from launcher.keys import ensure_dev_keys
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = REPO / ".run" / "bench" / started.strftime("%Y%m%dT%H%M%SZ")
     log(f"results and logs: {out_dir}")
     with open_mesh(infra, keys, out_dir, attach=args.attach) as mesh:
-        seed(mesh, Volume(users=args.users))
+        log(seed_and_describe(mesh.dsns, Volume(users=args.users)))
         user = asyncio.run(pick_user(mesh.dsns))
         token = login(mesh.gateway_url, user.email, SEED_PASSWORD)
         log(f"measured user {user.username}: inbox {user.inbox}, {user.connections} connections; logged in")
@@ -107,13 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFAILED: {', '.join(m.case.key for m in failed)} had answers that were not 2xx/OK", file=sys.stderr)
         return 1
     return 0
-
-
-def seed(mesh: BenchMesh, volume: Volume) -> None:
-    started = time.monotonic()
-    written = asyncio.run(seed_all(mesh.dsns, volume))
-    what = ", ".join(f"{service} {'seeded' if done else 'already there'}" for service, done in written.items())
-    log(f"data ({volume.users:,} users): {what} in {time.monotonic() - started:.1f} s")
 
 
 def start_baselines(mesh: BenchMesh, only: list[str]) -> dict[str, tuple[str, int]]:

@@ -28,6 +28,7 @@ is left behind in the database.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -243,6 +244,14 @@ async def seed_all(dsns: Mapping[str, str], volume: Volume, now: datetime | None
     names = [name for name in SEEDERS if name in dsns]
     done = await asyncio.gather(*(one(name) for name in names))
     return dict(zip(names, done, strict=True))
+
+
+def seed_and_describe(dsns: Mapping[str, str], volume: Volume) -> str:
+    """seed_all from synchronous code; says what was done and how long it took."""
+    started = time.monotonic()
+    written = asyncio.run(seed_all(dsns, volume))
+    what = ", ".join(f"{service} {'seeded' if done else 'already there'}" for service, done in written.items())
+    return f"data ({volume.users:,} users): {what} in {time.monotonic() - started:.1f} s"
 
 
 async def seed_users(conn: asyncpg.Connection, count: int) -> None:
