@@ -65,6 +65,7 @@ class BenchMesh:
     processes: list[MeshProcess]
     log_dir: Path
     _spawn: Callable[[str, Sequence[str], Callable[[], bool]], ManagedProcess] = field(repr=False)
+    _backends: BackendLister | None = field(default=None, repr=False)
 
     @property
     def dsns(self) -> dict[str, str]:
@@ -83,29 +84,44 @@ class BenchMesh:
 
     def postgres_backends(self) -> list[int]:
         """Pids of the Postgres backends connected to the mesh's databases (for their CPU)."""
+        if self._backends is None:
+            self._backends = BackendLister(self.postgres.dsn("postgres"), list(self.databases.values()))
+        return self._backends()
 
-        async def query() -> list[int]:
-            conn = await asyncpg.connect(self.postgres.dsn("postgres"))
-            try:
-                rows = await conn.fetch(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = ANY($1::text[])", list(self.databases.values())
-                )
-            finally:
-                await conn.close()
-            return [int(r["pid"]) for r in rows]
+    def close(self) -> None:
+        if self._backends is not None:
+            self._backends.close()
+            self._backends = None
 
-        return asyncio.run(query())
+
+class BackendLister:
+    """Lists the pids of the Postgres backends serving some databases (pg_stat_activity), over one
+    connection kept open for the whole run: a shared server may have no free slot mid-run."""
+
+    def __init__(self, dsn: str, databases: list[str]) -> None:
+        self.databases = databases
+        self._loop = asyncio.new_event_loop()
+        self._conn: asyncpg.Connection = self._loop.run_until_complete(asyncpg.connect(dsn))
+
+    def __call__(self) -> list[int]:
+        query = "SELECT pid FROM pg_stat_activity WHERE datname = ANY($1::text[])"
+        rows = self._loop.run_until_complete(self._conn.fetch(query, self.databases))
+        return [int(r["pid"]) for r in rows]
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._conn.close())
+        self._loop.close()
 
 
 @contextmanager
 def open_mesh(infra: Infra, keys: KeyPair, work_dir: Path, *, attach: bool) -> Iterator[BenchMesh]:
     """The mesh to measure (see the module's docstring); everything started here stops on exit."""
-    if attach:
-        with _attached(infra, work_dir) as mesh:
+    opened = _attached(infra, work_dir) if attach else _own(infra, keys, work_dir)
+    with opened as mesh:
+        try:
             yield mesh
-    else:
-        with _own(infra, keys, work_dir) as mesh:
-            yield mesh
+        finally:
+            mesh.close()
 
 
 @contextmanager

@@ -70,6 +70,14 @@ class Volume:
         return CAPSULES_PER_USER * self.users
 
 
+# Each seeding transaction's settings: no JIT (compiling these one-off statements costs seconds and
+# saves nothing), room to hash and sort in memory, no wait for the WAL flush at commit.
+SESSION = """
+SET LOCAL jit = off;
+SET LOCAL work_mem = '64MB';
+SET LOCAL synchronous_commit = off;
+"""
+
 # The generators, created in pg_temp inside each seeding transaction. Every seeded value is a
 # function of (salt, row number) only.
 GENERATORS = """
@@ -161,7 +169,6 @@ SELECT pg_temp.recipient_id(owner, linked, $1::int), pg_temp.user_id(owner),
         UNION ALL
         SELECT b, a, a * 10 + k, 2 FROM pg_temp.pairs($1::int)) AS sides,
        LATERAL (SELECT $2::timestamptz - interval '390 days' + pg_temp.h('conn', c) * interval '380 days' AS at) AS t
- ORDER BY side, c
 ON CONFLICT DO NOTHING
 """
 
@@ -173,7 +180,6 @@ SELECT pg_temp.id7('capsule:' || j, j), pg_temp.user_id(s), pg_temp.recipient_id
        created_at, coalesce(opened_at, created_at), opened_at, NULL,
        CASE WHEN unlocks_at <= $3::timestamptz THEN unlocks_at END
   FROM pg_temp.capsule_plan($1::int, $2::int, $3::timestamptz)
- ORDER BY j
 ON CONFLICT DO NOTHING
 """
 
@@ -192,7 +198,7 @@ async def _has_row(conn: asyncpg.Connection, table: str, id_expression: str, *ar
 async def seed_auth(conn: asyncpg.Connection, volume: Volume, now: datetime) -> bool:
     """Users pf1 … pfN in the auth database. False when they were already there."""
     async with conn.transaction():
-        await conn.execute(GENERATORS)
+        await conn.execute(SESSION + GENERATORS)
         if await _has_row(conn, "users", "pg_temp.user_id($1::int)", volume.users):
             return False
         await conn.execute(INSERT_USERS, volume.users, password_hash(), now)
@@ -205,7 +211,7 @@ async def seed_recipients(conn: asyncpg.Connection, volume: Volume, now: datetim
     n = volume.users
     last_owner = 1 + (n - 1 + NEIGHBOURS) % n  # the b end of the last pair (n, n + 5)
     async with conn.transaction():
-        await conn.execute(GENERATORS)
+        await conn.execute(SESSION + GENERATORS)
         if await _has_row(conn, "recipients", "pg_temp.recipient_id($1::int, $2::int, $2::int)", last_owner, n):
             return False
         await conn.execute(INSERT_CONNECTIONS, n, now)
@@ -218,7 +224,7 @@ async def seed_recipients(conn: asyncpg.Connection, volume: Volume, now: datetim
 async def seed_capsules(conn: asyncpg.Connection, volume: Volume, now: datetime) -> bool:
     """Capsules in the capsules database. False when already there."""
     async with conn.transaction():
-        await conn.execute(GENERATORS)
+        await conn.execute(SESSION + GENERATORS)
         if await _has_row(conn, "capsules", "pg_temp.id7('capsule:' || $1::int, $1::int)", volume.capsules):
             return False
         await conn.execute(INSERT_CAPSULES, volume.users, volume.capsules, now)
