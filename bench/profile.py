@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     infra = infra_mod.ensure(install=True)
     keys = ensure_dev_keys()
     out_dir = REPO / ".run" / "profiles" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out_dir.mkdir(parents=True, exist_ok=True)
     print(f"[profile] output: {out_dir}", flush=True)
     with open_mesh(infra, keys, out_dir, attach=args.attach) as mesh:
         print(f"[profile] {seed_and_describe(mesh.dsns, Volume(users=args.users))}", flush=True)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         options = case.load_options()
         if args.warmup > 0:
             h2load.run(case.title, case.url, clients=args.clients, seconds=args.warmup, warmup=0, **options)  # type: ignore[arg-type]
-        result, cpu = record(py_spy, targets, case.title, case.url, options, args, out_dir)
+        result, cpu, failed = record(py_spy, targets, case.title, case.url, options, args, out_dir)
     if result.not_2xx:
         raise SystemExit(f"{result.not_2xx} answers were not 2xx: the profile is not of the route's normal path")
     profiles = [Profile(p, read_collapsed(collapsed_path(out_dir, p)), cpu.get(p.name, 0.0)) for p in targets]
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     text = summary(profiles, case.title, result, args)
     (out_dir / "summary.txt").write_text(text + "\n")
     print("\n" + text + f"\n\nfiles: {out_dir}")
+    if failed:
+        print(f"\nFAILED: py-spy could not record {', '.join(failed)} (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -136,8 +140,9 @@ def record(
     options: dict[str, object],
     args: argparse.Namespace,
     out_dir: Path,
-) -> tuple[h2load.Result, dict[str, float]]:
-    """h2load for seconds + 1 in a thread; py-spy on every target for `seconds` meanwhile."""
+) -> tuple[h2load.Result, dict[str, float], list[str]]:
+    """h2load for seconds + 1 in a thread; py-spy on every target for `seconds` meanwhile.
+    Returns h2load's result, CPU µs per request per target, and the targets py-spy failed on."""
     meter = CpuMeter({p.name: p.pid for p in targets})
     results: list[h2load.Result] = []
     load = threading.Thread(
@@ -157,14 +162,16 @@ def record(
         )
         for p in targets
     ]  # fmt: skip
+    failed = []
     for spy, target in zip(spies, targets, strict=True):
         output, _ = spy.communicate(timeout=args.seconds + 60)
         if spy.returncode != 0:
+            failed.append(target.name)
             print(f"[profile] py-spy on {target.name} failed: {output.decode(errors='replace')[-500:]}", flush=True)
     load.join()
     if not results:
         raise SystemExit("h2load did not finish")
-    return results[0], meter.per_request_us(results[0].done)
+    return results[0], meter.per_request_us(results[0].done), failed
 
 
 # --- reading and summarising collapsed stacks ---------------------------------------------------------
