@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import h2load
-from bench.cases import ALL_KEYS, Case, build_cases, pick_user
+from bench.cases import ALL_KEYS, Case, User, build_cases, pick_user
 from bench.cpu import CpuMeter, MachineMeter, redis_pid
 from bench.mesh import BenchMesh, grpc_ok_count, login, open_mesh
 from bench.report import POSTGRES, REDIS, Measured, render, write_results
@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.only) - set(ALL_KEYS))
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {', '.join(ALL_KEYS)}")
+    try:
+        Volume(args.users)
+    except ValueError as exc:
+        parser.error(f"--users: {exc}")
     return args
 
 
@@ -88,15 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for case in (c for c in cases if c.key in args.only):
             rows.append(measure(case, mesh, meter_pids, redis, args, out_dir))
-    header = (
-        f"make bench, {started:%Y-%m-%d %H:%M} UTC, {'attached to the running mesh' if args.attach else 'own mesh'}; "
-        f"h2load -c {args.clients} -m 1, {args.seconds} s measured after a {args.warmup} s warm-up run (discarded), "
-        f"on the same {os.cpu_count()} cores\n"
-        f"data: {args.users:,} users, {Volume(args.users).connections:,} connections, "
-        f"{Volume(args.users).recipients:,} recipients, {Volume(args.users).capsules:,} capsules; "
-        f"measured user {user.username} (inbox {user.inbox}, {user.connections} connections)"
-    )
-    table = render(rows, mesh.processes, header)
+    table = render(rows, mesh.processes, describe_run(args, started, user))
     print("\n" + table)
     settings = {key: getattr(args, key) for key in ("seconds", "warmup", "clients", "only", "attach", "users")}
     path = write_results(out_dir, rows, mesh.processes, user, settings, table)
@@ -106,6 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFAILED: {', '.join(m.case.key for m in failed)} had answers that were not 2xx/OK", file=sys.stderr)
         return 1
     return 0
+
+
+def describe_run(args: argparse.Namespace, started: datetime, user: User) -> str:
+    """The table's first lines: when, what mesh, what load, what data, which user."""
+    volume = Volume(args.users)
+    where = "attached to the running mesh" if args.attach else "own mesh"
+    return (
+        f"make bench, {started:%Y-%m-%d %H:%M} UTC, {where}; h2load -c {args.clients} -m 1, {args.seconds} s "
+        f"measured after a {args.warmup} s warm-up run (discarded), on the same {os.cpu_count()} cores\n"
+        f"data: {volume.users:,} users, {volume.connections:,} connections, {volume.recipients:,} recipients, "
+        f"{volume.capsules:,} capsules; measured user {user.username} (inbox {user.inbox}, "
+        f"{user.connections} connections)"
+    )
 
 
 def start_baselines(mesh: BenchMesh, only: list[str]) -> dict[str, tuple[str, int]]:
