@@ -49,12 +49,15 @@ LEGEND = """\
 How to read this: py-spy samples Python stacks (idle threads left out), so "self" is the function
 on top of the stack when sampled and "inclusive" every function on the stack below the event loop
 or thread entry (Runner.run, Thread.run: they and their callers are on every stack), both in % of
-the process's samples. Time spent inside C extensions is attributed to the nearest Python frame: in an asyncio
-process the event loop itself (uvloop: socket I/O, callbacks, timers) shows as `Runner.run` /
-`run_until_complete`; in a service `Thread.run` / `_run` (threading.py) is grpc's poller thread
-(its Cython/C core: HTTP/2, completion queue); asyncpg's C protocol and hiredis show under the
-Python code that called them. CPU µs/request is measured while py-spy samples (--nonblocking: the
-processes are not paused, but py-spy uses CPU on the same cores): take throughput from make bench."""
+the process's samples. Time inside C extensions is attributed to the nearest Python frame:
+  Runner.run / run_until_complete   the event loop itself (uvloop, C: socket I/O, callbacks, timers)
+  Thread.run (threading.py)         grpc's poller thread (its C core: HTTP/2, completion queue), in
+                                    every process that serves or calls gRPC, the gateway included
+  UnaryUnaryCall._invoke (_call.py) grpc.aio's Cython client call path (the gateway's calls, a
+                                    service's calls to another)
+  asyncpg, hiredis                  their C protocol parsers, under the Python code that awaited them
+CPU µs/request is measured while py-spy samples (--nonblocking: the processes are not paused, but
+py-spy uses CPU on the same cores): take throughput and CPU figures from make bench."""
 
 
 @dataclass
