@@ -1,7 +1,8 @@
 """`make bench`'s table and results file.
 
-Two tables: one row per case (throughput, latency, answers, ratios to the baselines), then the CPU
-each process spent per request in each case (µs, from /proc), with per-service sums.
+One table, one column per case: throughput, latency, answers, ratios to the baselines, how busy
+the machine was, then the CPU each process spent per request (µs, from /proc) with per-service
+sums. results.json keeps every figure.
 """
 
 from __future__ import annotations
@@ -42,76 +43,76 @@ def mesh_cpu_us(measured: Measured, processes: Sequence[MeshProcess]) -> float:
     return sum(measured.cpu_us.get(p.name, 0.0) for p in processes)
 
 
-def summary_table(rows: Sequence[Measured], processes: Sequence[MeshProcess]) -> list[str]:
+class Table:
+    """One column per case, one row per figure: a label, then a cell per case."""
+
+    def __init__(self, rows: Sequence[Measured]) -> None:
+        self.rows = rows
+        self.width = max(10, *(len(m.case.key) + 2 for m in rows))
+        self.lines = [f"{'':<24}" + "".join(f"{m.case.key:>{self.width}}" for m in rows)]
+
+    def add(self, label: str, cells: Sequence[str]) -> None:
+        self.lines.append((f"{label:<24}" + "".join(f"{cell:>{self.width}}" for cell in cells)).rstrip())
+
+    def figures(self, label: str, values: Sequence[float | None], digits: int = 0) -> None:
+        self.add(label, ["-" if v is None else f"{v:.{digits}f}" for v in values])
+
+
+def table(rows: Sequence[Measured], processes: Sequence[MeshProcess]) -> list[str]:
+    """The run as one table: what each case answered, then the CPU each process spent on it."""
     base = {m.case.key: m.result.requests_per_second for m in rows if m.case.baseline}
-    lines = [
-        f"{'case':<34} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} {'body B':>7} "
-        f"{'/HTTP base':>10} {'/gRPC base':>10} {'CPU µs/req':>10} {'busy%':>5}"
-    ]
-    for m in rows:
-        r = m.result
-        http_ratio = _ratio(r.requests_per_second, base.get("http-echo")) if not m.case.grpc else "-"
-        grpc_ratio = _ratio(r.requests_per_second, base.get("grpc-echo"))
-        lines.append(
-            f"{m.case.title:<34} {r.requests_per_second:>7.0f} {r.p50_ms:>7.1f} {r.p99_ms:>7.1f} {r.not_2xx:>7d} "
-            f"{r.body_bytes:>7.0f} {http_ratio:>10} {grpc_ratio:>10} {mesh_cpu_us(m, processes):>10.0f} "
-            f"{m.machine_busy_pct:>5.0f}"
-        )
-    return lines
-
-
-def _ratio(value: float, baseline: float | None) -> str:
-    return f"{value / baseline:.2f}" if baseline else "-"
-
-
-def cpu_table(rows: Sequence[Measured], processes: Sequence[MeshProcess]) -> list[str]:
-    """Rows: processes (and per-service sums); columns: cases."""
-    keys = [m.case.key for m in rows]
-    width = max(9, *(len(k) + 1 for k in keys))
-    lines = [f"{'CPU µs per request':<22}" + "".join(f"{k:>{width}}" for k in keys)]
-
-    def line(label: str, values: Sequence[float | None]) -> str:
-        cells = "".join(f"{'-' if v is None else f'{v:.0f}':>{width}}" for v in values)
-        return f"{label:<22}{cells}"
-
+    t = Table(rows)
+    t.figures("req/s", [m.result.requests_per_second for m in rows])
+    t.figures("p50 ms", [m.result.p50_ms for m in rows], 1)
+    t.figures("p99 ms", [m.result.p99_ms for m in rows], 1)
+    t.figures("non-2xx", [m.result.not_2xx for m in rows])
+    t.figures("body B", [m.result.body_bytes for m in rows])
+    http_base, grpc_base = base.get("http-echo"), base.get("grpc-echo")
+    t.figures("vs HTTP baseline", [_ratio(m, http_base) if not m.case.grpc else None for m in rows], 2)
+    t.figures("vs gRPC baseline", [_ratio(m, grpc_base) for m in rows], 2)
+    t.figures("machine busy %", [m.machine_busy_pct for m in rows])
+    t.add("CPU µs per request:", [""] * len(rows))
     services: dict[str, list[str]] = {}
     for p in processes:
         if p.service:
             services.setdefault(p.service, []).append(p.name)
     for p in processes:
         if p.service is None:
-            lines.append(line(p.name, [m.cpu_us.get(p.name) for m in rows]))
+            t.figures(f"  {p.name}", [m.cpu_us.get(p.name) for m in rows])
     for service, names in services.items():
         for name in names:
-            lines.append(line(f"  {name}", [m.cpu_us.get(name) for m in rows]))
-        lines.append(line(f"{service} Σ", [sum(m.cpu_us.get(n, 0.0) for n in names) for m in rows]))
-    lines.append(line("mesh Σ", [None if m.case.baseline else mesh_cpu_us(m, processes) for m in rows]))
+            t.figures(f"    {name}", [m.cpu_us.get(name) for m in rows])
+        t.figures(f"  {service} Σ", [sum(m.cpu_us.get(n, 0.0) for n in names) for m in rows])
+    t.figures("  mesh Σ", [None if m.case.baseline else mesh_cpu_us(m, processes) for m in rows])
     for key in ("grpc-echo", "http-echo"):
         if any(key in m.cpu_us for m in rows):
-            lines.append(line(f"{key} server", [m.cpu_us.get(key) for m in rows]))
-    lines.append(line("Postgres (backends)", [m.cpu_us.get(POSTGRES) for m in rows]))
-    lines.append(line("Redis (server)", [m.cpu_us.get(REDIS) for m in rows]))
-    return lines
+            t.figures(f"  {key} server", [m.cpu_us.get(key) for m in rows])
+    t.figures("  Postgres backends", [m.cpu_us.get(POSTGRES) for m in rows])
+    t.figures("  Redis server", [m.cpu_us.get(REDIS) for m in rows])
+    return t.lines
+
+
+def _ratio(measured: Measured, baseline: float | None) -> float | None:
+    return measured.result.requests_per_second / baseline if baseline else None
 
 
 LEGEND = """\
-req/s, p50/p99: h2load's measured run (after a discarded warm-up run), per-request log.
+req/s, p50/p99: h2load's measured run (after a discarded warm-up run; latencies from its per-request log).
 non-2xx: answers other than 2xx + requests with no answer (+ gRPC 2xx the services did not count OK).
 body B: response body bytes per answer (gRPC: the framed message).
-/HTTP base, /gRPC base: req/s over the baseline's (bare uvicorn JSON echo; bare grpc.aio echo).
-CPU µs/req: CPU of the serving processes per answered request: the whole mesh (gateway, Envoy,
-  control plane, every service instance) or the baseline's own server. Postgres and Redis are shown
-  apart (Postgres: backends connected to the mesh's databases; Redis: the whole server, shared).
-busy%: the whole machine's CPU busy during the run (all cores: h2load, Postgres, everyone else)."""
+vs HTTP/gRPC baseline: req/s over the baseline's (bare uvicorn JSON echo; bare grpc.aio echo).
+machine busy %: the whole machine's CPU during the run (all cores: h2load, Postgres, everyone else).
+CPU µs per request: each process's CPU (all threads, /proc) per answered request; mesh Σ = gateway,
+  Envoy, control plane and every service instance. Postgres: the backends connected to the mesh's
+  databases; Redis: the whole server (shared: everyone's use counts)."""
 
 
 def render(rows: Sequence[Measured], processes: Sequence[MeshProcess], header: str) -> str:
     lines = [header, ""]
-    lines += summary_table(rows, processes)
+    lines += [f"  {m.case.key:<12} {m.case.title}   [{m.check}]" for m in rows]
     lines.append("")
-    lines += cpu_table(rows, processes)
-    lines.append("")
-    lines.append(LEGEND)
+    lines += table(rows, processes)
+    lines += ["", LEGEND]
     problems = [f"  {m.case.key}: {p}" for m in rows for p in m.problems]
     if problems:
         lines += ["", "FAILED CHECKS:", *problems]
