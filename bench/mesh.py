@@ -205,7 +205,10 @@ def find_running_mesh(gateway_port: int) -> list[MeshProcess]:
     if gateway is None:
         return []
     launcher = _parent(gateway)
-    found = [p for pid in _children(launcher) if (p := _describe(pid)) is not None]
+    # A gateway adopted by init (its launcher gone) or run by a container runtime has no launcher
+    # whose children are exactly the mesh: then only the gateway itself is known.
+    siblings = _children(launcher) if launcher > 1 else [gateway]
+    found = [p for pid in siblings if (p := _describe(pid)) is not None]
     order = {"gateway": 0, "envoy": 1, "control-plane": 2}
     return sorted(found, key=lambda p: (order.get(p.name, 3), p.name))
 
