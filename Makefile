@@ -3,7 +3,7 @@
 #
 #   make up                  the whole mesh on 127.0.0.1 (gateway :8080, Envoy :10000, admin :9901)
 #   make test                the test suite;  make test ARGS="tests/launcher -k envoy"
-#   make bench               the GetMe benchmark (SPEC §11);  make bench ARGS="--instances 2"
+#   make bench               the hot-reads benchmark (SPEC §11);  make bench ARGS="--seconds 3 --only me"
 #   make lint                ruff + mypy
 #   make protos              regenerate the gRPC stubs into gen/
 #   make clean               generated files, logs and caches (keeps .venv, keys, Postgres state)

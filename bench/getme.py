@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 import urllib.request
 import uuid
@@ -27,7 +26,8 @@ import asyncpg
 
 from bench import h2load
 from bench.cpu import CpuMeter
-from bench.seed import seed_users
+from bench.mesh import grpc_ok_count
+from bench.seed import asyncpg_dsn, seed_users
 from launcher import infra as infra_mod
 from launcher.keys import ensure_dev_keys
 from launcher.process import free_port
@@ -38,12 +38,7 @@ GETME = "/capsule.auth.v1.AuthService/GetMe"
 
 
 def ok_getme_count(admin_addresses: list[str]) -> int:
-    total = 0
-    pattern = re.compile(r'grpc_server_handled_total\{code="OK",method="GetMe",service="[^"]+"\} ([\d.e+]+)')
-    for address in admin_addresses:
-        text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
-        total += sum(int(float(m.group(1))) for m in pattern.finditer(text))
-    return total
+    return grpc_ok_count(admin_addresses, "GetMe")
 
 
 def sign_up(gateway_url: str) -> str:
@@ -136,8 +131,7 @@ def _tcp_ready(address: str):  # type: ignore[no-untyped-def]
 
 
 async def _seed(database_url: str) -> None:
-    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         await seed_users(conn, 10_000)
     finally:

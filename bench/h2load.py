@@ -2,7 +2,9 @@
 
 h2load drives HTTP/1.1, HTTP/2 and raw gRPC unary calls (a framed protobuf body with gRPC's
 headers) from one C process, so the load generator does not eat the cores it measures.
-Latency percentiles come from its per-request log (`--log-file`: start, status, duration µs).
+Latency percentiles come from its per-request log (`--log-file`: start, status, duration µs);
+status codes, errors and body bytes from its summary. `run(..., keep_output=path)` keeps h2load's
+own report there (the token in its command line masked).
 """
 
 from __future__ import annotations
@@ -24,6 +26,20 @@ class Result:
     p50_ms: float
     p99_ms: float
     mean_ms: float
+    # Answers by status (h2load's "succeeded" is any status < 400: 3xx counts there, not here).
+    status_2xx: int = 0
+    status_other: int = 0
+    # Requests that got no answer (connection errors, timeouts).
+    errored: int = 0
+    done: int = 0
+    # Response body bytes per answered request (h2load's "data": for gRPC the framed message).
+    body_bytes: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def not_2xx(self) -> int:
+        """Every request that did not end in a 2xx answer."""
+        return self.status_other + self.errored
 
 
 def ensure_h2load() -> str:
@@ -54,6 +70,7 @@ def run(
     headers: dict[str, str] | None = None,
     grpc_body: bytes | None = None,
     http1: bool = False,
+    keep_output: Path | None = None,
 ) -> Result:
     h2load = ensure_h2load()
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,22 +97,46 @@ def run(
             body.write_bytes(grpc_frame(grpc_body))
             argv += ["-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body)]
         argv.append(url)
-        out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=seconds + warmup + 60).stdout
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + warmup + 60)
+        out = done.stdout
+        if keep_output is not None:
+            _keep(keep_output, argv, out + done.stderr)
+        if done.returncode != 0 or "finished in" not in out:
+            raise SystemExit(f"{name}: h2load failed ({done.returncode}): {out[-800:]} {done.stderr[-800:]}")
         durations = sorted(
             int(parts[2]) for line in log_file.read_text().splitlines() if len(parts := line.split("\t")) >= 3
         )
-    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
-    counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
-    assert counts, out
+    finished = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
+    counts = re.search(
+        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout",
+        out,
+    )
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    traffic = re.search(r"traffic: .* \((\d+)\) data", out)
+    assert finished and counts and codes and traffic, out
+    answered = int(counts.group(1))
     return Result(
         name=name,
-        requests_per_second=rps,
-        succeeded=int(counts.group(1)),
-        failed=int(counts.group(2)),
+        requests_per_second=float(finished.group(3)),
+        succeeded=int(counts.group(2)),
+        failed=int(counts.group(3)),
         p50_ms=_percentile(durations, 0.50) / 1000,
         p99_ms=_percentile(durations, 0.99) / 1000,
         mean_ms=(sum(durations) / len(durations) / 1000) if durations else 0.0,
+        status_2xx=int(codes.group(1)),
+        status_other=sum(int(codes.group(i)) for i in (2, 3, 4)),
+        errored=int(counts.group(4)) + int(counts.group(5)),
+        done=answered,
+        body_bytes=int(traffic.group(1)) / answered if answered else 0.0,
+        seconds=float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1),
     )
+
+
+def _keep(path: Path, argv: list[str], output: str) -> None:
+    """h2load's report with its command line, the bearer token masked."""
+    shown = [re.sub(r"(?i)^(authorization: Bearer ).*", r"\1<token>", arg) for arg in argv]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(" ".join(shown) + "\n\n" + output)
 
 
 def _percentile(sorted_values: list[int], q: float) -> float:

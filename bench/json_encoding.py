@@ -49,8 +49,11 @@ def user() -> auth_pb2.User:
 def inbox_page(rows: int = 20) -> capsules_pb2.ListCapsulesResponse:
     capsules = []
     for i in range(rows):
-        status = (capsules_pb2.CAPSULE_STATUS_SEALED, capsules_pb2.CAPSULE_STATUS_READY,
-                  capsules_pb2.CAPSULE_STATUS_OPENED)[i % 3]
+        status = (
+            capsules_pb2.CAPSULE_STATUS_SEALED,
+            capsules_pb2.CAPSULE_STATUS_READY,
+            capsules_pb2.CAPSULE_STATUS_OPENED,
+        )[i % 3]
         sealed = status == capsules_pb2.CAPSULE_STATUS_SEALED
         capsule = capsules_pb2.Capsule(
             id=f"0193a0c5-{i:04x}-7cc1-9c51-5f0d2b8e{i:04x}",

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from bench import h2load
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, redis_pid
 from bench.getme import sign_up
 from launcher import infra as infra_mod
 from launcher.keys import ensure_dev_keys
@@ -30,19 +30,6 @@ from launcher.process import ManagedProcess, free_port, http_ok
 from launcher.stack import Stack, StackSettings
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def redis_pid(redis_url: str) -> int | None:
-    """The Redis server's pid (from INFO), when it runs on this machine."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return int(client.info("server")["process_id"])
-    except Exception:
-        return None
-    finally:
-        client.close()
 
 
 # The limited gateways wait up to 1 s for Redis (not 100 ms): on the shared machine a stall of

@@ -3,7 +3,7 @@
     setup          venv + pinned deps, stubs, dev keys, Postgres and Redis (installed if missing)
     up             setup, then the whole mesh on fixed ports until Ctrl-C / SIGTERM
     test [ARGS]    setup, then pytest ARGS inside the venv (exit code = pytest's)
-    bench [ARGS]   setup, then the GetMe benchmark (python -m bench.getme ARGS; needs h2load)
+    bench [ARGS]   setup, then the hot-reads benchmark (python -m bench ARGS; installs h2load if missing)
     lint           ruff check + mypy
     protos         regenerate the gRPC stubs into gen/
     clean          remove generated files, logs and caches (keeps .venv, keys, Postgres state)
@@ -127,7 +127,7 @@ def cmd_bench(args: Sequence[str]) -> int:
     prepared = Prepared()
     env = dict(os.environ)
     env.update(prepared.infra.env())
-    argv = [sys.executable, "-m", "bench.getme", *args]
+    argv = [sys.executable, "-m", "bench", *args]
     log("$ " + " ".join(argv))
     return subprocess.call(argv, cwd=REPO, env=env)
 
