@@ -232,7 +232,7 @@ class Relationships:
     async def list_connections(self, caller: Caller, requested_size: int, token: str) -> Page[ConnectionWithProfile]:
         size = page_size(requested_size)
         after = _id_cursor(token, "connections")
-        async with self.db.read() as conn:
+        async with self.db.driver_read() as conn:
             rows = await storage.list_connections(conn, caller.user_id, after=after, limit=size + 1)
         page = _page(rows, size, "connections")
         # One batched call to auth for the whole page (≤ 100 ids), never one per row.

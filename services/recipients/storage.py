@@ -1,4 +1,5 @@
-"""SQL of the recipients service (sqlalchemy `text()` on the connection of a db.read()/db.write()).
+"""SQL of the recipients service: sqlalchemy `text()` on the connection of a db.read()/db.write(), and
+the hot list of connections on the driver's connection (db.driver_read(), `$n` parameters).
 
 Lists are keyset-paginated: requests, connections and blocks newest first by their time-ordered
 (UUIDv7) id; recipients by (sort_name, id). No OFFSET anywhere. Every statement has an index
@@ -13,6 +14,8 @@ from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.db import DriverConnection
 
 # Larger than every UUID: the "after" of a first page read newest first.
 MAX_UUID = uuid.UUID(int=(1 << 128) - 1)
@@ -223,25 +226,24 @@ async def connected(conn: AsyncConnection, a: uuid.UUID, b: uuid.UUID) -> bool:
     )
 
 
-_CONNECTIONS = text(
-    """
+# Driver-level SQL ($1 user, $2 keyset position, $3 limit): the list of connections is a hot read
+# (the mobile app's contacts screen), run on the driver's connection (Database.driver_read()).
+_CONNECTIONS = """
     SELECT id, other, created_at FROM (
         (SELECT id, user_high AS other, created_at FROM connections
-          WHERE user_low = :u AND id < :after ORDER BY id DESC LIMIT :limit)
+          WHERE user_low = $1 AND id < $2 ORDER BY id DESC LIMIT $3)
         UNION ALL
         (SELECT id, user_low AS other, created_at FROM connections
-          WHERE user_high = :u AND id < :after ORDER BY id DESC LIMIT :limit)
+          WHERE user_high = $1 AND id < $2 ORDER BY id DESC LIMIT $3)
     ) AS mine
-    ORDER BY id DESC LIMIT :limit
+    ORDER BY id DESC LIMIT $3
     """
-)
 
 
 async def list_connections(
-    conn: AsyncConnection, user: uuid.UUID, *, after: uuid.UUID | None, limit: int
+    conn: DriverConnection, user: uuid.UUID, *, after: uuid.UUID | None, limit: int
 ) -> list[ConnectionRow]:
-    rows = await conn.execute(_CONNECTIONS, {"u": user, "after": after or MAX_UUID, "limit": limit})
-    return [ConnectionRow(**r._mapping) for r in rows]
+    return [ConnectionRow(*record) for record in await conn.fetch(_CONNECTIONS, user, after or MAX_UUID, limit)]
 
 
 # --- blocks --------------------------------------------------------------------------------------

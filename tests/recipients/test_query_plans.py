@@ -78,7 +78,7 @@ async def test_request_lists_and_rule_lookups_use_indexes(seeded: asyncpg.Connec
 
 
 async def test_connection_list_uses_both_end_indexes(seeded: asyncpg.Connection) -> None:
-    text = await plan(seeded, storage._CONNECTIONS, u=user(9), after=storage.MAX_UUID, limit=21)
+    text = await plan(seeded, storage._CONNECTIONS, user(9), storage.MAX_UUID, 21)
     no_scan(text, "connections_low_list_idx", "connections_high_list_idx")
 
 
