@@ -457,10 +457,12 @@ class RateLimit:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, call: Call, next: Next) -> Reply:
-        ip = rate_limit_key(self.resolver.resolve(call.scope))
         user = self._user(call.headers.get(b"authorization"))
+        login = _full_name(call.match) == LOGIN_RPC
+        # The client's address is only a key without a user, or for log-in (parsing it is not free).
+        ip = rate_limit_key(self.resolver.resolve(call.scope)) if login or not user else ""
         checks = [Check(f"user:{user}", self.limits.user) if user else Check(f"ip:{ip}", self.limits.ip)]
-        if _full_name(call.match) == LOGIN_RPC:
+        if login:
             account = await _login_account(call, self.max_body_bytes)
             if account:
                 checks.append(Check(f"login:{ip}:{account}", self.limits.login))

@@ -1,6 +1,11 @@
 """The auth service's domain: accounts, sessions, profiles and search (SPEC §3, §4).
 
 Plain async code on the storage layer; no gRPC types. Raises ServiceError subclasses.
+
+Profiles (GetMe, GetUsers) are read from this process's kept copies (services.common.kept), then
+Redis (5 min, written through on every update), then Postgres. An update drops the copy here and
+publishes the user's id on the mesh's profile channel before it answers: every auth instance and
+every service keeping public profiles drops its copy before the next read (changefeed.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from services.common.cache import Cache
 from services.common.db import Database, violated_constraint
 from services.common.errors import AlreadyExists, FieldErrors, InvalidArgument, Unauthenticated
 from services.common.ids import new_id, parse_uuid
+from services.common.kept import KeptCopies
 from services.common.pagination import decode_page_token, encode_page_token, page_size
 from services.common.tokens import Caller
 
@@ -63,6 +69,7 @@ class Accounts:
         profile_ttl_seconds: int,
         search_ttl_seconds: int,
         profile_changed: Callable[[uuid.UUID], Awaitable[None]],
+        kept_users: KeptCopies[UserRecord],
     ) -> None:
         self.db = db
         self.cache = cache
@@ -72,8 +79,10 @@ class Accounts:
         self.refresh_ttl = refresh_ttl
         self.profile_ttl = profile_ttl_seconds
         self.search_ttl = search_ttl_seconds
-        # Tells the services that keep copies of public profiles (services.common.people).
+        # Tells the services that keep copies of public profiles (services.common.people), and
+        # every auth instance, which keeps users too (GetMe, GetUsers: no Redis round trip).
         self.profile_changed = profile_changed
+        self.kept = kept_users
 
     # --- sign-up and log-in ------------------------------------------------------------------
 
@@ -244,6 +253,7 @@ class Accounts:
         # Write-through after commit: the next read anywhere sees the change (SPEC §4), here and in
         # the other services' copies, which drop theirs before this call answers.
         await self.cache.put(self._profile_key(user.id), _encode_user(user), self.profile_ttl)
+        self.kept.drop(user.id)
         await self.profile_changed(user.id)
         return user
 
@@ -271,12 +281,27 @@ class Accounts:
                 wanted.append(parsed)
         errors.raise_if_any()
         wanted = list(dict.fromkeys(wanted))
-        keys = [self._profile_key(u) for u in wanted]
         found: dict[uuid.UUID, UserRecord] = {}
-        for user_id, cached in zip(wanted, await self.cache.get_many(keys), strict=True):
+        missing = wanted
+        trusted = await self.kept.trusted()
+        if trusted:
+            found, missing = self.kept.get_many(wanted)
+        if missing:
+            mark = self.kept.mark()
+            loaded = await self._cached_users(missing)
+            if trusted:
+                self.kept.keep(loaded, mark)
+            found.update(loaded)
+        return [found[u] for u in wanted if u in found]
+
+    async def _cached_users(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, UserRecord]:
+        """Users by id from Redis, the rest from Postgres (then cached): one round trip each."""
+        keys = [self._profile_key(u) for u in ids]
+        found: dict[uuid.UUID, UserRecord] = {}
+        for user_id, cached in zip(ids, await self.cache.get_many(keys), strict=True):
             if cached is not None:
                 found[user_id] = _decode_user(cached)
-        missing = [u for u in wanted if u not in found]
+        missing = [u for u in ids if u not in found]
         if missing:
             async with self.db.read() as conn:
                 loaded = await storage.users_by_ids(conn, missing)
@@ -284,9 +309,21 @@ class Accounts:
             await self.cache.put_many_if_absent(
                 {self._profile_key(u.id): _encode_user(u) for u in loaded}, self.profile_ttl
             )
-        return [found[u] for u in wanted if u in found]
+        return found
 
     async def _profile(self, user_id: uuid.UUID) -> UserRecord | None:
+        trusted = await self.kept.trusted()
+        if trusted:
+            found, _ = self.kept.get_many((user_id,))
+            if found:
+                return found[user_id]
+        mark = self.kept.mark()
+        user = await self._cached_profile(user_id)
+        if user is not None and trusted:
+            self.kept.keep({user_id: user}, mark)
+        return user
+
+    async def _cached_profile(self, user_id: uuid.UUID) -> UserRecord | None:
         async def load() -> bytes | None:
             async with self.db.read() as conn:
                 user = await storage.user_by_id(conn, user_id)

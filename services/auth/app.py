@@ -14,11 +14,13 @@ from services.auth.handlers import AuthHandlers
 from services.auth.passwords import Passwords
 from services.auth.sessions import AccessTokenIssuer, load_private_key
 from services.auth.settings import AuthSettings
+from services.auth.storage import UserRecord
 from services.common.cache import Cache
-from services.common.changefeed import Publisher
+from services.common.changefeed import ChangeFeed, Publisher
 from services.common.db import Database
+from services.common.kept import KeptCopies
 from services.common.logs import configure_logging
-from services.common.people import publish_profile_change
+from services.common.people import profile_channel, publish_profile_change
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 
@@ -40,6 +42,13 @@ async def serve() -> None:
         RecipientsBlockList(settings.recipients_target) if settings.recipients_target else NobodyBlocked()
     )
     publisher = Publisher(cache.client)
+    # Users kept in process memory, dropped by the profile changes any auth instance publishes.
+    feed = ChangeFeed(common.redis_url)
+    kept_users: KeptCopies[UserRecord] = KeptCopies(
+        feed, profile_channel(common.mesh_prefix), "user_copy", ttl_seconds=settings.profile_cache_ttl_seconds
+    )
+    feed.start()
+    host.on_close(feed.close)
     host.on_close(db.close)
     host.on_close(cache.close)
     host.on_close(publisher.close)
@@ -65,6 +74,7 @@ async def serve() -> None:
         profile_ttl_seconds=settings.profile_cache_ttl_seconds,
         search_ttl_seconds=settings.search_cache_ttl_seconds,
         profile_changed=functools.partial(publish_profile_change, publisher, common.mesh_prefix),
+        kept_users=kept_users,
     )
     handlers = AuthHandlers(accounts, Authenticator(verifier))
     host.add_service(

@@ -6,10 +6,12 @@ what changed on a channel (`publish`); every interested process holds one `Chang
 it, which calls the handlers registered for that channel.
 
 The guarantee, and how it is kept:
-- Fresh reads: the owner publishes after its commit and before it answers, so by the time anyone
-  learns of the change, Redis has already written the message to every subscriber's socket. A
-  reader calls `catch_up()` before it trusts its copy: it applies whatever is waiting in that socket
-  (a non-blocking read, ~10 µs), so a message cannot sit unread behind the request that needs it.
+- Fresh reads: the owner publishes after its commit and before it answers. Redis writes the
+  message to every subscriber's socket in the same pass of its event loop as the owner's reply, so
+  by the time anyone can act on that answer (a round trip through the mesh at the very least), the
+  message sits in this process's socket. A reader calls `catch_up()` before it trusts its copy: it
+  applies whatever is waiting there (already read by the event loop or still in the kernel), so a
+  message cannot sit unread behind the request that needs it.
 - Lost messages: pub/sub keeps nothing for a disconnected subscriber. So a copy is trusted only
   while the feed is `healthy` — subscribed, and its periodic PING answered within
   3 ping intervals (a frozen or partitioned Redis is noticed within that bound) — and every
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,10 +146,19 @@ class ChangeFeed:
         log.info("change feed subscribed", extra={"fields": {"channels": list(self._subscriptions)}})
 
     async def _drain(self, pubsub: PubSub) -> None:
-        # can_read() is a look at the socket's buffer (~2 µs); get_message(timeout=0) alone costs
-        # ~20 µs even when nothing is there, and every read of a kept copy comes through here.
         connection = pubsub.connection
-        while connection is not None and await connection.can_read():
+        if connection is None:
+            return
+        # Every read of a kept copy comes through here, so the common case — nothing pending —
+        # must be cheap: can_read() looks at what the event loop already took off the socket
+        # (~2 µs), and a poll of the socket itself at what the kernel holds that the loop has not
+        # read yet (~2 µs). Only when the kernel holds something do we yield once to the loop,
+        # which moves it into the reader; get_message(timeout=0) alone would cost ~20 µs a call.
+        if not await connection.can_read():
+            if not _kernel_has_data(connection):
+                return
+            await asyncio.sleep(0)
+        while await connection.can_read():
             message = await pubsub.get_message(timeout=0)
             if message is None:
                 return
@@ -180,6 +192,20 @@ class ChangeFeed:
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
+
+
+def _kernel_has_data(connection: object) -> bool:
+    """Whether the connection's socket has bytes the event loop has not read yet. redis-py keeps
+    its StreamWriter private: without it, assume there may be (the caller then yields once)."""
+    writer = getattr(connection, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class Publisher:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,9 +27,8 @@ from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.common.changefeed import ChangeFeed, Publisher
 from services.common.clients import channel, forward_metadata
 from services.common.errors import Unavailable
-from services.common.ids import parse_uuid
+from services.common.kept import KeptCopies
 from services.common.logs import request_id_var
-from services.common.telemetry import CACHE_REQUESTS
 from services.common.tokens import Caller
 
 
@@ -91,8 +89,6 @@ class AuthDirectory:
 
 
 PROFILE_TTL_SECONDS = 300
-_HITS = CACHE_REQUESTS.labels("profile_copy", "hit")
-_MISSES = CACHE_REQUESTS.labels("profile_copy", "miss")
 
 
 def profile_channel(mesh_prefix: str) -> str:
@@ -120,57 +116,28 @@ class CachedDirectory:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._inner = inner
-        self._feed = feed
-        self._ttl = ttl_seconds
-        self._max_entries = max_entries
-        self._clock = clock
-        self._copies: OrderedDict[uuid.UUID, tuple[Profile, float]] = OrderedDict()
-        self._changes = 0  # bumped by every change message: a load that saw one in flight is not kept
-        feed.subscribe(profile_channel(mesh_prefix), self._changed, self._forget_all)
+        self._copies: KeptCopies[Profile] = KeptCopies(
+            feed,
+            profile_channel(mesh_prefix),
+            "profile_copy",
+            ttl_seconds=ttl_seconds,
+            max_entries=max_entries,
+            clock=clock,
+        )
 
     async def profiles(self, caller: Caller, ids: list[uuid.UUID]) -> dict[uuid.UUID, Profile]:
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return {}
-        if not await self._feed.catch_up():
-            _MISSES.inc(len(wanted))
+        if not await self._copies.trusted():
             return await self._inner.profiles(caller, wanted)
-        now = self._clock()
-        found: dict[uuid.UUID, Profile] = {}
-        missing: list[uuid.UUID] = []
-        for user_id in wanted:
-            copy = self._copies.get(user_id)
-            if copy is not None and copy[1] > now:
-                found[user_id] = copy[0]
-            else:
-                missing.append(user_id)
-        _HITS.inc(len(found))
+        found, missing = self._copies.get_many(wanted)
         if missing:
-            _MISSES.inc(len(missing))
-            epoch, changes = self._feed.epoch, self._changes
+            mark = self._copies.mark()
             loaded = await self._inner.profiles(caller, missing)
+            self._copies.keep(loaded, mark)
             found.update(loaded)
-            # Kept only if no change message and no reset happened while auth was asked: the
-            # answer may predate a change this process has already been told about.
-            if epoch == self._feed.epoch and changes == self._changes and self._feed.healthy:
-                expires = self._clock() + self._ttl
-                for user_id, profile in loaded.items():
-                    self._copies[user_id] = (profile, expires)
-                while len(self._copies) > self._max_entries:
-                    self._copies.popitem(last=False)
         return found
-
-    def _changed(self, data: bytes) -> None:
-        self._changes += 1
-        user_id = parse_uuid(data.decode("ascii", "replace"))
-        if user_id is None:
-            self._forget_all()  # a message we cannot read: trust nothing
-        else:
-            self._copies.pop(user_id, None)
-
-    def _forget_all(self) -> None:
-        self._changes += 1
-        self._copies.clear()
 
     async def close(self) -> None:
         await self._inner.close()

@@ -58,6 +58,15 @@ async def connection_names(api: httpx.AsyncClient, reader: dict[str, Any], other
     return names
 
 
+async def own_names(api: httpx.AsyncClient, reader: dict[str, Any]) -> list[str]:
+    names = []
+    for _ in range(READS):
+        me = await api.get("/v1/me", headers=bearer(reader))
+        assert me.status_code == 200, me.text
+        names.append(me.json()["firstName"])
+    return names
+
+
 async def test_a_renamed_sender_shows_on_the_next_inbox_page_from_every_instance(
     api: httpx.AsyncClient, capsule_stack: Stack
 ) -> None:
@@ -76,6 +85,10 @@ async def test_a_renamed_sender_shows_on_the_next_inbox_page_from_every_instance
         assert patched.status_code == 200, patched.text
         assert await sender_names(api, b, a) == [renamed] * READS
         assert await connection_names(api, b, a) == [renamed] * READS
+        served = counted(capsule_stack, "auth", r'cache_requests_total\{cache="user_copy",result="hit"\} (\S+)')
+        assert await own_names(api, a) == [renamed] * READS  # auth keeps copies too...
+        hits = counted(capsule_stack, "auth", r'cache_requests_total\{cache="user_copy",result="hit"\} (\S+)')
+        assert hits >= served + READS - 2  # ...and serves GetMe from them
 
 
 async def box(api: httpx.AsyncClient, reader: dict[str, Any], name: str) -> list[list[tuple[str, str, str]]]:
