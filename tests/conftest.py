@@ -38,6 +38,7 @@ from launcher.keys import DEFAULT_DIR as DEFAULT_KEYS_DIR
 from launcher.keys import KeyPair, ensure_dev_keys
 from launcher.process import ManagedProcess, stop_all
 from launcher.stack import Stack, StackSettings
+from tests.ratelimit.redis_server import RedisServer
 
 STACKS_DIR = REPO / ".run" / "test-stacks"
 KEEP_STACK_DIRS = 5
@@ -168,3 +169,13 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         yield group
     finally:
         group.stop_all()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server of the test's own (frozen, killed, restarted by outage tests)."""
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -18,10 +18,13 @@ The guarantee, and how it is kept:
   (re)subscription calls the channel's `reset` handler, which must drop every copy: whatever
   changed while the feed was blind is forgotten with it. `epoch` changes on every reset, so a
   loader that fetched across a reset can tell and must not store what it fetched.
-- A publish that fails (Redis unreachable from the owner) is retried in the background until Redis
-  takes it (`Publisher`); meanwhile subscribers served by the same Redis are blind too (not
-  healthy), so they do not trust their copies.
-Left open: a subscriber whose Redis connection stays healthy while the owner's publish fails (a
+- A publish that fails (Redis unreachable from the owner) is retried until Redis takes it or
+  until every subscriber must have noticed that it lost Redis too — a silence of 3 ping intervals
+  (`SILENCE_LIMIT`) — and only then does the owner answer (`Publisher`): either the message was
+  delivered, or every subscriber that shares the owner's view of Redis has dropped its copies. A
+  change made during an outage therefore answers up to ANNOUNCE_WITHIN later (1 s by default):
+  slower, never wrong. It is also kept and retried in the background after that.
+Left open: a subscriber whose Redis connection stays healthy while the owner cannot reach Redis (a
 partition between the owner and Redis only) trusts its copies until the retried publish arrives or
 the copy's own TTL ends; the TTL of each cache bounds it.
 """
@@ -29,6 +32,7 @@ the copy's own TTL ends; the TTL of each cache bounds it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import select
@@ -48,6 +52,13 @@ FEED_RESETS = Counter("changefeed_resets_total", "Times the change feed (re)subs
 FEED_MESSAGES = Counter("changefeed_messages_total", "Change messages applied", ["channel"])
 PUBLISH_RETRIES = Counter("changefeed_publish_retries_total", "Change messages published again after a failure")
 
+# How often a subscriber pings Redis, and how long a silence makes it stop trusting its copies.
+PING_INTERVAL_SECONDS = 0.25
+SILENCE_LIMIT_SECONDS = 3 * PING_INTERVAL_SECONDS
+# How long an owner keeps trying a failed announcement before it answers: the silence limit and
+# one more interval, so every subscriber has stopped trusting its copies by then.
+ANNOUNCE_WITHIN_SECONDS = SILENCE_LIMIT_SECONDS + PING_INTERVAL_SECONDS
+
 Handler = Callable[[bytes], None]
 Reset = Callable[[], None]
 
@@ -59,7 +70,9 @@ class _Subscription:
 
 
 class ChangeFeed:
-    def __init__(self, redis_url: str, *, ping_interval: float = 1.0, reconnect_delay: float = 0.5) -> None:
+    def __init__(
+        self, redis_url: str, *, ping_interval: float = PING_INTERVAL_SECONDS, reconnect_delay: float = 0.5
+    ) -> None:
         # No socket timeout: the connection mostly waits; liveness comes from our own pings.
         self._client: redis.Redis = redis.from_url(redis_url, socket_connect_timeout=ping_interval)
         self._pubsub: PubSub | None = None
@@ -68,7 +81,10 @@ class ChangeFeed:
         self._reconnect_delay = reconnect_delay
         self._lock = asyncio.Lock()  # one reader of the connection at a time
         self._healthy = False
+        # When the PING behind the last PONG was sent: a lower bound of when Redis last answered,
+        # so a silence is never under-estimated (PONGs are read a little after they arrive).
         self._last_pong = 0.0
+        self._pings_sent: collections.deque[float] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self.epoch = 0
 
@@ -120,6 +136,7 @@ class ChangeFeed:
                     async with self._lock:
                         assert self._pubsub is not None
                         await self._drain(self._pubsub)
+                        self._pings_sent.append(time.monotonic())
                         await self._pubsub.ping()
             except (RedisError, OSError) as exc:
                 self._lost(exc)
@@ -140,6 +157,7 @@ class ChangeFeed:
             if message["type"] == "subscribe":
                 confirmed += 1
         self._reset()
+        self._pings_sent.clear()
         self._last_pong = time.monotonic()
         self._healthy = True
         FEED_HEALTHY.set(1)
@@ -164,7 +182,7 @@ class ChangeFeed:
                 return
             kind = message["type"]
             if kind == "pong":
-                self._last_pong = time.monotonic()
+                self._last_pong = self._pings_sent.popleft() if self._pings_sent else time.monotonic()
             elif kind == "message":
                 channel = message["channel"]
                 name = channel.decode() if isinstance(channel, bytes) else str(channel)
@@ -209,26 +227,53 @@ def _kernel_has_data(connection: object) -> bool:
 
 
 class Publisher:
-    """The owner's side: publish a change after its commit; retried in the background on failure."""
+    """The owner's side: announce a change after its commit (see the module doc for why a failed
+    announcement holds the answer for up to `announce_within`)."""
 
-    def __init__(self, client: redis.Redis, *, retry_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        retry_delay: float = 0.05,
+        announce_within: float = ANNOUNCE_WITHIN_SECONDS,
+        background_retry_delay: float = 0.5,
+    ) -> None:
         self._client = client
         self._retry_delay = retry_delay
+        self._announce_within = announce_within
+        self._background_retry_delay = background_retry_delay
         self._pending: dict[tuple[str, bytes], None] = {}
         self._retrying: asyncio.Task[None] | None = None
 
     async def publish(self, channel: str, data: bytes) -> None:
-        try:
-            await self._client.publish(channel, data)
-        except (RedisError, OSError) as exc:
-            log.warning("change not published; retrying in the background", extra={"fields": {"error": str(exc)}})
-            self._pending[(channel, data)] = None
-            if self._retrying is None or self._retrying.done():
-                self._retrying = asyncio.get_running_loop().create_task(self._retry())
+        # Measured from the first failure: a subscriber's last pong came before Redis stopped
+        # answering, so by then its silence is at least as long.
+        give_up_at: float | None = None
+        while True:
+            try:
+                await self._client.publish(channel, data)
+                return
+            except (RedisError, OSError) as exc:
+                now = time.monotonic()
+                if give_up_at is None:
+                    give_up_at = now + self._announce_within
+                if now >= give_up_at:
+                    log.warning(
+                        "change not announced; subscribers have stopped trusting their copies; retrying later",
+                        extra={"fields": {"error": str(exc)}},
+                    )
+                    self._retry_later(channel, data)
+                    return
+            await asyncio.sleep(self._retry_delay)
+
+    def _retry_later(self, channel: str, data: bytes) -> None:
+        self._pending[(channel, data)] = None
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.get_running_loop().create_task(self._retry())
 
     async def _retry(self) -> None:
         while self._pending:
-            await asyncio.sleep(self._retry_delay)
+            await asyncio.sleep(self._background_retry_delay)
             for channel, data in list(self._pending):
                 try:
                     await self._client.publish(channel, data)

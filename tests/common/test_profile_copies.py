@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import pytest
@@ -27,6 +26,7 @@ from services.common.people import CachedDirectory, Profile, publish_profile_cha
 from services.common.tokens import Caller
 from tests.ratelimit.redis_server import RedisServer
 
+PING = 0.2  # the feeds' ping interval: a silence of 3 of them and copies are not trusted
 CALLER = Caller(user_id=uuid.uuid4(), session_id="s", token="t")
 
 
@@ -49,15 +49,6 @@ class Auth:
         pass
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
 async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not condition():
@@ -71,10 +62,10 @@ class Mesh:
     def __init__(self, url: str) -> None:
         self.prefix = f"t{uuid.uuid4().hex[:8]}:"
         self.auth = Auth()
-        self.feeds = [ChangeFeed(url, ping_interval=0.2, reconnect_delay=0.1) for _ in range(2)]
+        self.feeds = [ChangeFeed(url, ping_interval=PING, reconnect_delay=0.1) for _ in range(2)]
         self.copies = [CachedDirectory(self.auth, feed, self.prefix) for feed in self.feeds]
         self.client = redis.from_url(url, socket_timeout=0.2)
-        self.publisher = Publisher(self.client, retry_delay=0.05)
+        self.publisher = Publisher(self.client, retry_delay=0.05, announce_within=4 * PING)
 
     async def start(self) -> None:
         for feed in self.feeds:
@@ -211,3 +202,24 @@ async def test_a_publish_that_failed_is_retried_until_redis_takes_it(mesh: Mesh,
     finally:
         await publisher.close()
         await flaky.aclose()
+
+
+async def test_a_change_made_while_redis_is_frozen_answers_only_once_no_copy_can_hide_it(
+    mesh: Mesh, redis_server: RedisServer
+) -> None:
+    ada = uuid.uuid4()
+    mesh.auth.names[ada] = "ada"
+    second = mesh.copies[1]
+    assert await names(second, ada) == ["ada"]
+    redis_server.freeze()
+    try:
+        started = time.monotonic()
+        await mesh.change(ada, "ada2")  # its announcement cannot get through
+        assert time.monotonic() - started >= 4 * PING, "a failed announcement must wait out the silence limit"
+        # Answered: from now on no process may serve the old copy, Redis frozen or not.
+        assert await names(second, ada) == ["ada2"]
+    finally:
+        redis_server.thaw()
+    assert await names(second, ada) == ["ada2"]
+    await eventually(lambda: all(feed.healthy for feed in mesh.feeds))
+    assert await names(second, ada) == ["ada2"]

@@ -12,8 +12,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 import redis
@@ -199,14 +198,6 @@ async def test_leasing_off_is_one_round_trip_per_decision(infra: Infra, prefix: 
         await closing(one)
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
 
 def evalsha_calls(server: RedisServer) -> int:
     client = redis.Redis.from_url(server.url)
@@ -217,19 +208,19 @@ def evalsha_calls(server: RedisServer) -> int:
         client.close()
 
 
-async def test_redis_runs_one_script_per_32_decisions_of_a_hot_key(private_redis: RedisServer, prefix: str) -> None:
+async def test_redis_runs_one_script_per_32_decisions_of_a_hot_key(redis_server: RedisServer, prefix: str) -> None:
     """Counted by Redis itself (INFO commandstats), not only by the gateway's metric."""
-    leased = limiter(private_redis.url, prefix)
-    exact = limiter(private_redis.url, prefix, lease_max=1)
+    leased = limiter(redis_server.url, prefix)
+    exact = limiter(redis_server.url, prefix, lease_max=1)
     try:
         check = [Check("user:a", Limit("user", 100_000, 360_000.0))]
         await exact.decide(check)  # loads the script (EVAL + NOSCRIPT retry)
-        start = evalsha_calls(private_redis)
+        start = evalsha_calls(redis_server)
         await run(exact, check, 1000)
-        per_request = evalsha_calls(private_redis) - start
+        per_request = evalsha_calls(redis_server) - start
         before = calls()
         await run(leased, [Check("user:b", check[0].limit)], 1000)
-        leased_calls = evalsha_calls(private_redis) - start - per_request
+        leased_calls = evalsha_calls(redis_server) - start - per_request
         assert per_request == 1000
         assert leased_calls == calls() - before == 5 + len(range(32, 1001, 32))  # 1, 2, 4, 8, 16, then 32s
     finally:
@@ -237,17 +228,17 @@ async def test_redis_runs_one_script_per_32_decisions_of_a_hot_key(private_redis
 
 
 async def test_leases_outlive_a_redis_outage_then_the_fallback_is_as_before(
-    private_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
-    one = RateLimiter(private_redis.url, prefix, timeout_seconds=0.2, backoff_seconds=1.0, clock=clock)
+    one = RateLimiter(redis_server.url, prefix, timeout_seconds=0.2, backoff_seconds=1.0, clock=clock)
     fallback, from_lease = FALLBACK_DECISIONS._value.get(), LOCAL_DECISIONS.labels("lease")._value.get()
     caplog.set_level(logging.INFO, logger="gateway.ratelimit")
     try:
         check = [Check("user:a", Limit("user", 100, 36_000.0))]
         _, asked = await run(one, check, 16)  # leases 1, 2, 4, 5 (93 // 16), then 4 of 5 used
         assert asked == [1, 2, 4, 8, 13]
-        private_redis.freeze()
+        redis_server.freeze()
         decisions, asked = await run(one, check, 2)  # the cell left, then Redis times out
         assert [d.allowed for d in decisions] == [True] * 2 and asked == [2]
         assert decisions[0].remaining == 100 - 17  # Redis's count, from the lease
@@ -258,7 +249,7 @@ async def test_leases_outlive_a_redis_outage_then_the_fallback_is_as_before(
         decisions, asked = await run(one, check, 100)
         assert [d.allowed for d in decisions] == [True] * 99 + [False] and asked == []
         assert FALLBACK_DECISIONS._value.get() - fallback == 101
-        private_redis.thaw()
+        redis_server.thaw()
         clock.now += 1.0  # the back-off is over: the next decision asks Redis again
         decision = await one.decide(check)
         # Redis's bucket (the fallback's is empty), with 17 spent, or 22 when Redis ran the call that
@@ -270,7 +261,7 @@ async def test_leases_outlive_a_redis_outage_then_the_fallback_is_as_before(
         assert sum("redis unreachable" in m for m in messages) == 1
         assert sum("redis is back" in m for m in messages) == 1
     finally:
-        private_redis.thaw()
+        redis_server.thaw()
         await one.close()
         REDIS_UP.set(1)
 
