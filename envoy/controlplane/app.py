@@ -23,10 +23,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane.admin import Admin
 from controlplane.ads import AggregatedDiscoveryService
-from controlplane.cache import SnapshotCache
+from controlplane.cache import PROXYLESS, SnapshotCache
 from controlplane.registry import Registry
 from controlplane.registry_service import RegistryService
-from controlplane.snapshot import build_snapshot
+from controlplane.snapshot import build_proxyless_snapshot, build_snapshot
 from launcher.topology import SERVICES, ServiceSpec
 from services.common import admin_http
 
@@ -89,9 +89,10 @@ class ControlPlane:
     def _rebuild(self) -> None:
         if not self.ready:
             return
-        snapshot = build_snapshot(
-            self.registry.endpoints(), listen=_split(self.settings.envoy_listen), services=self.services
-        )
+        endpoints = self.registry.endpoints()
+        snapshot = build_snapshot(endpoints, listen=_split(self.settings.envoy_listen), services=self.services)
+        # Proxyless first: Deregister waits for every node, and the gateway's are the busier path.
+        self.cache.set_snapshot(build_proxyless_snapshot(endpoints, services=self.services), kind=PROXYLESS)
         self.cache.set_snapshot(snapshot)
 
     async def start(self) -> ControlPlane:
