@@ -255,6 +255,10 @@ class Stack:
 
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # Each gateway writes its own xDS bootstrap (a node id of its own, this stack's control
+        # plane); one inherited from the caller would win over it (gateway/xds.py).
+        for name in ("GRPC_XDS_BOOTSTRAP", "GRPC_XDS_BOOTSTRAP_CONFIG"):
+            env.pop(name, None)
         env.update(
             PYTHONUNBUFFERED="1",
             LOG_LEVEL=self.settings.log_level,
@@ -317,10 +321,6 @@ class Stack:
             GATEWAY_PROTO_MODULES=gateway_proto_modules(self.settings.services),
             GATEWAY_XDS_SERVER=self.control_plane_target if self.settings.control_plane else "",
         )
-        # Each gateway writes its own bootstrap (a node id of its own); one inherited from the
-        # caller's environment would make every gateway the same node.
-        for name in ("GRPC_XDS_BOOTSTRAP", "GRPC_XDS_BOOTSTRAP_CONFIG"):
-            env.pop(name, None)
         env.update(self.settings.gateway_env)
         return env
 

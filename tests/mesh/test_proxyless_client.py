@@ -70,10 +70,11 @@ async def plane(xds_mesh: XdsMesh, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         services=(AUTH,),
     )
     xds_mesh.plane = await ControlPlane(settings).start()
+    # Set through monkeypatch so that it is undone: processes spawned later inherit os.environ.
+    environ: dict[str, str] = {}
+    assert xds.install_bootstrap(f"127.0.0.1:{xds_mesh.cp_port}", environ=environ) is not None
     monkeypatch.delenv("GRPC_XDS_BOOTSTRAP", raising=False)
-    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP_CONFIG", raising=False)
-    node = xds.install_bootstrap(f"127.0.0.1:{xds_mesh.cp_port}")
-    assert node is not None
+    monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", environ["GRPC_XDS_BOOTSTRAP_CONFIG"])
     yield xds_mesh.plane
 
 
