@@ -151,7 +151,7 @@ class SnapshotCache:
         self.nacks.append(nack)
         del self.nacks[: -self._max_nacks]
         log.warning(
-            "Envoy rejected a configuration (NACK); keeping it unsent until the snapshot changes",
+            "a node rejected a configuration (NACK); keeping it unsent until the snapshot changes",
             extra={"fields": nack.to_dict()},
         )
         return nack

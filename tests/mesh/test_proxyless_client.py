@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 from capsule.mesh.v1 import registry_pb2, registry_pb2_grpc
+from controlplane import proxyless
 from controlplane import resources as rs
 from controlplane.app import ControlPlane, ControlPlaneSettings
 from controlplane.cache import PROXYLESS
+from controlplane.snapshot import Snapshot
 
 from gateway import xds
 from gateway.upstream import XDS_CHANNEL_OPTIONS
@@ -136,3 +138,26 @@ async def test_registered_instances_get_calls_within_2s_and_deregistered_ones_no
         await channel.close()
         await registry_channel.close()
     assert calls.failures == []
+    assert plane.cache.nacks == []  # grpcio accepted every resource it was served
+
+
+async def test_a_value_grpc_does_not_support_is_nacked_and_reported(xds_mesh: XdsMesh, plane: ControlPlane) -> None:
+    """Why the proxyless clusters say ROUND_ROBIN: grpcio rejects LEAST_REQUEST (gRFC A48 is
+    Java-only), and the control plane records the rejection (/nacks) instead of resending it.
+    (Another package than the test above: grpcio keeps one xDS client per target name.)"""
+    await asyncio.sleep(0.1)  # the warm-up task publishes the first snapshot
+    good = plane.cache.default_for(PROXYLESS)
+    assert good is not None
+    cluster = proxyless.build_cluster(AUTH)
+    cluster["lb_policy"] = "LEAST_REQUEST"
+    resources = {t: list(good.resources[t].values()) for t in rs.PUSH_ORDER}
+    resources[rs.CLUSTER] = [rs.from_dict(rs.CLUSTER, cluster)]
+    plane.cache.set_snapshot(Snapshot.of(resources), kind=PROXYLESS)
+    channel = grpc.aio.insecure_channel("xds:///grpc.reflection", options=XDS_CHANNEL_OPTIONS)
+    try:
+        channel.get_state(try_to_connect=True)
+        await xds_mesh.wait_for("a NACK", lambda: asyncio.sleep(0, result=plane.cache.nacks), timeout=10)
+    finally:
+        await channel.close()
+    assert {n.type_url for n in plane.cache.nacks} == {rs.CLUSTER}
+    assert all("lb_policy error:LB policy is not supported" in n.error for n in plane.cache.nacks)
