@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from gateway import xds
+from gateway.app import create_app
 from gateway.settings import Settings
+from tests.gateway.conftest import serve
 
 
 def test_the_bootstrap_names_the_control_plane_and_a_node_unique_per_process() -> None:
@@ -40,3 +43,20 @@ def test_settings_choose_xds_targets_per_package_and_keep_overrides() -> None:
     assert Settings.from_env({}).upstream_for("capsule.auth.v1.AuthService") == "127.0.0.1:10000"
     with pytest.raises(SystemExit):
         Settings.from_env({"GATEWAY_XDS_SERVER": "no-port"})
+
+
+async def test_readyz_is_503_while_the_control_plane_is_unreachable(
+    dead_target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxyless, /readyz means: every xds channel has its resources and a connected instance."""
+    # Through monkeypatch (the gateway would write os.environ itself, for the rest of the session).
+    bootstrap = xds.build_bootstrap(dead_target, node=xds.node_id())
+    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", json.dumps(bootstrap))
+    app = create_app(Settings(xds_server=dead_target, ready_timeout_seconds=0.3))
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.get("/readyz")
+        healthy = await http.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["reason"] == "DEPENDENCY_UNAVAILABLE"
+    assert healthy.status_code == 200
