@@ -1,7 +1,9 @@
-"""Snapshot builder: registry state + topology → one consistent, versioned set of Envoy resources.
+"""Snapshot builder: registry state + topology → consistent, versioned sets of xDS resources, one
+for Envoy (`build_snapshot`) and one for proxyless gRPC clients such as the gateway
+(`build_proxyless_snapshot`, resources from proxyless.py). Both carry the same endpoint assignments.
 
-Pure functions, no I/O. The resources themselves come from launcher/envoy_config.py, the builders
-the static bootstrap used (every value there carries its reason); this module only switches them to
+Pure functions, no I/O. Envoy's resources come from launcher/envoy_config.py, the builders the
+static bootstrap used (every value there carries its reason); this module only switches them to
 dynamic discovery (EDS clusters, an RDS listener), adds the endpoints from the registry, and
 versions the result.
 
