@@ -27,6 +27,17 @@ GATEWAY_CACHE_PRIVATE_MAX_AGE    max-age of user data without a per-route value 
 REDIS_URL, CACHE_PREFIX          the limiter's Redis and key prefix (keys: <prefix>rl:...)
 JWT_PUBLIC_KEY_FILE, JWT_ISSUER, JWT_AUDIENCE
                                  to key authenticated calls by user (unset: every call by IP)
+
+Proxyless upstream (xds.py):
+GATEWAY_XDS_SERVER               host:port of the mesh's xDS control plane. Set: every service without
+                                 a GATEWAY_UPSTREAM_<SERVICE> override is called over gRPC's own
+                                 xDS client (target xds:///<proto package>, e.g. xds:///capsule.auth.v1),
+                                 balanced by the gateway itself across the registered instances:
+                                 no Envoy hop. Unset (default; the launcher's CONTROL_PLANE=0):
+                                 GATEWAY_UPSTREAM (Envoy). The gateway writes its own xDS bootstrap
+                                 (GRPC_XDS_BOOTSTRAP_CONFIG, node id unique per process) unless
+                                 GRPC_XDS_BOOTSTRAP or GRPC_XDS_BOOTSTRAP_CONFIG is already set.
+GATEWAY_XDS_NODE_ZONE            the locality zone reported in the bootstrap's node (default empty)
 """
 
 from __future__ import annotations
@@ -67,6 +78,8 @@ class Settings:
     jwt_audience: str = "capsule-mesh"
     ratelimit_lease_max: int = 32
     ratelimit_lease_seconds: float = 1.0
+    xds_server: str = ""
+    xds_node_zone: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,12 +116,20 @@ class Settings:
             jwt_audience=env.get("JWT_AUDIENCE") or "capsule-mesh",
             ratelimit_lease_max=_whole("GATEWAY_RATELIMIT_LEASE_MAX", env, 32),
             ratelimit_lease_seconds=_positive("GATEWAY_RATELIMIT_LEASE_SECONDS", env, 1.0),
+            xds_server=_optional_host_port("GATEWAY_XDS_SERVER", env),
+            xds_node_zone=env.get("GATEWAY_XDS_NODE_ZONE") or "",
         )
 
     def upstream_for(self, service_full_name: str) -> str:
-        """The target of one service: its GATEWAY_UPSTREAM_<SERVICE> override, else the default."""
+        """The target of one service: its GATEWAY_UPSTREAM_<SERVICE> override, else its xds target
+        (GATEWAY_XDS_SERVER set), else the default (GATEWAY_UPSTREAM, Envoy)."""
         key = service_full_name.replace(".", "_").upper()
-        return self.upstream_overrides.get(key, self.upstream)
+        if key in self.upstream_overrides:
+            return self.upstream_overrides[key]
+        if self.xds_server:
+            # One listener per proto package on the control plane (controlplane/proxyless.py).
+            return f"xds:///{service_full_name.rpartition('.')[0]}"
+        return self.upstream
 
 
 def _host_port(name: str, raw: str) -> tuple[str, int]:
@@ -116,6 +137,13 @@ def _host_port(name: str, raw: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise SystemExit(f"setting {name}={raw!r} is not host:port")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _optional_host_port(name: str, env: Mapping[str, str]) -> str:
+    raw = (env.get(name) or "").strip()
+    if raw:
+        _host_port(name, raw)  # validate
+    return raw
 
 
 def _positive(name: str, env: Mapping[str, str], default: float) -> float:

@@ -1,8 +1,12 @@
 """The gRPC side: long-lived channels, one pre-built callable per method, metadata, deadlines.
 
-One `grpc.aio` channel per distinct target (by default every service goes to GATEWAY_UPSTREAM,
-Envoy's gRPC listener), opened at start-up and closed at shutdown. Retries are off in the
-channel: Envoy retries, and two layers of retries multiply load during an outage.
+One `grpc.aio` channel per distinct target, opened at start-up and closed at shutdown:
+- proxyless (GATEWAY_XDS_SERVER set): `xds:///<proto package>` per service; gRPC's xDS client
+  balances across the instances and applies the control plane's retry policy (xds.py), so
+  retries are on in those channels (they also enable gRPC's transparent retries of calls that
+  never reached a server);
+- otherwise every service goes to GATEWAY_UPSTREAM, Envoy's gRPC listener. Retries are off in
+  that channel: Envoy retries, and two layers of retries multiply load during an outage.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import grpc
 from google.protobuf.message import Message
 
+from gateway import xds
 from gateway.descriptors import Rpc
 from gateway.problems import Problem
 from gateway.settings import Settings
@@ -29,6 +34,12 @@ CHANNEL_OPTIONS: Sequence[tuple[str, int | str]] = (
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+)
+# xds targets: gRPC itself routes, balances and retries (the RDS retry policy of idempotent
+# methods, transparent retries for the rest), which needs retries enabled in the channel.
+XDS_CHANNEL_OPTIONS: Sequence[tuple[str, int | str]] = (
+    ("grpc.enable_retries", 1),
+    *(option for option in CHANNEL_OPTIONS if option[0] != "grpc.enable_retries"),
 )
 
 # HTTP request headers forwarded as gRPC metadata, under the same (lower-case) names.
@@ -49,8 +60,12 @@ class Upstream:
 
     async def start(self) -> None:
         """Opens the channels and builds the callables (needs the running event loop)."""
+        if self.settings.xds_server and any(t.startswith("xds:") for t in self.targets.values()):
+            node = xds.install_bootstrap(self.settings.xds_server, zone=self.settings.xds_node_zone)
+            log.info("proxyless upstream: xDS from %s as node %s", self.settings.xds_server, node or "(own bootstrap)")
         for target in sorted(set(self.targets.values())):
-            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            options = XDS_CHANNEL_OPTIONS if target.startswith("xds:") else CHANNEL_OPTIONS
+            channel = grpc.aio.insecure_channel(target, options=options)
             channel.get_state(try_to_connect=True)  # start connecting now, not on the first call
             self.channels[target] = channel
             log.info("upstream channel to %s", target)

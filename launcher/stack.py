@@ -11,7 +11,8 @@ database names and cache prefix, databases dropped at the end):
         stack.wait_envoy_health("auth", healthy=1)
 
 Start order: migrations → control plane → service instances (they register with it) → Envoy
-(its bootstrap only points at the control plane; everything else arrives over ADS) → gateway.
+(its bootstrap only points at the control plane; everything else arrives over ADS) → gateway
+(a proxyless xDS client of the same control plane: it calls the instances directly).
 Close: the reverse (gateway, Envoy, instances, control plane), each step SIGTERM → wait → SIGKILL.
 With `control_plane=False` Envoy gets the static bootstrap of launcher/envoy_config.py instead
 (the fallback: every planned instance listed, no registration).
@@ -254,6 +255,10 @@ class Stack:
 
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # Each gateway writes its own xDS bootstrap (a node id of its own, this stack's control
+        # plane); one inherited from the caller would win over it (gateway/xds.py).
+        for name in ("GRPC_XDS_BOOTSTRAP", "GRPC_XDS_BOOTSTRAP_CONFIG"):
+            env.pop(name, None)
         env.update(
             PYTHONUNBUFFERED="1",
             LOG_LEVEL=self.settings.log_level,
@@ -307,11 +312,14 @@ class Stack:
         return env
 
     def gateway_env(self) -> dict[str, str]:
+        """With the control plane the gateway is a proxyless xDS client (GATEWAY_XDS_SERVER: it
+        balances across the instances itself, no Envoy hop); without it, it calls Envoy."""
         env = self._base_env()
         env.update(
             GATEWAY_LISTEN=f"{self.host}:{self.settings.gateway_port}",
             GATEWAY_UPSTREAM=self.envoy_grpc,
             GATEWAY_PROTO_MODULES=gateway_proto_modules(self.settings.services),
+            GATEWAY_XDS_SERVER=self.control_plane_target if self.settings.control_plane else "",
         )
         env.update(self.settings.gateway_env)
         return env

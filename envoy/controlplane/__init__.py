@@ -4,7 +4,8 @@ Four parts, each usable and testable alone (STYLE.md, after go-control-plane):
 
     registry.py   leases of service instances (register / heartbeat / deregister / expiry)
     snapshot.py   pure builder: registry state + topology → Envoy resources, versioned, checked
-    cache.py      snapshots per Envoy node, ACK/NACK bookkeeping, watches
+                  (proxyless.py: the resources of gRPC's own xDS client, e.g. the gateway's)
+    cache.py      snapshots per node kind and node, ACK/NACK bookkeeping per node and stream
     ads.py        the AggregatedDiscoveryService stream servicer (the xDS protocol)
 
 plus the wiring: registry_service.py (capsule.mesh.v1.RegistryService), admin.py (HTTP status

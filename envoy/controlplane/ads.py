@@ -9,8 +9,11 @@ what the protocol needs (NOTES-mesh rules 1-6):
   the watch, answered only when the snapshot version for the type changes;
 - NACK (error_detail): recorded in the cache and logged; the same version is never resent —
   only a new snapshot version (or a change of requested names) gets an answer;
-- clusters and listeners: the full set; endpoints and routes: the names requested, with an empty
+- clusters and listeners: the full set to a wildcard request (Envoy), the names requested otherwise
+  (gRPC's xDS client subscribes by name); endpoints and routes: the names requested, with an empty
   assignment for endpoint names we do not have;
+- the node's kind (Envoy, or a proxyless gRPC client: node.cluster == proxyless.NODE_CLUSTER)
+  selects which default snapshot the stream is served;
 - when several types change together they go out clusters → endpoints → listeners → routes, and
   after a clusters push the next endpoints request is always answered (the clusters Envoy
   re-creates wait for it while warming).
@@ -32,7 +35,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
 from controlplane import resources as rs
-from controlplane.cache import SnapshotCache
+from controlplane.cache import ENVOY, PROXYLESS, SnapshotCache
+from controlplane.proxyless import NODE_CLUSTER
 from controlplane.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -65,12 +69,14 @@ class Stream:
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
         if not self.node_id:
             self.node_id = request.node.id or f"anonymous-{self.stream_id}"
-            self.cache.stream_opened(self.node_id)
+            kind = PROXYLESS if request.node.cluster == NODE_CLUSTER else ENVOY
+            self.cache.stream_opened(self.node_id, kind=kind, stream_id=self.stream_id)
         type_url = request.type_url
         if type_url not in rs.MESSAGES:
             log.warning("request for an unsupported type ignored", extra={"fields": {"type_url": type_url}})
             return []
         state = self.types.setdefault(type_url, TypeState())
+        self.cache.stream_watches(self.stream_id, type_url)
         if request.response_nonce and request.response_nonce != state.nonce:
             return []  # stale: answers a response that a newer one superseded
         snapshot = self.cache.snapshot_for(self.node_id)
@@ -84,7 +90,7 @@ class Stream:
                     error=request.error_detail.message,
                 )
             else:
-                self.cache.record_ack(self.node_id, type_url, request.version_info)
+                self.cache.record_ack(self.node_id, type_url, request.version_info, stream_id=self.stream_id)
         elif (
             state.sent_version is None
             and request.version_info
@@ -95,7 +101,7 @@ class Stream:
             # (the control plane restarted): nothing to send; hold the watch.
             state.sent_version = request.version_info
             state.sent_names = frozenset(request.resource_names)
-            self.cache.record_ack(self.node_id, type_url, request.version_info)
+            self.cache.record_ack(self.node_id, type_url, request.version_info, stream_id=self.stream_id)
         state.requested = frozenset(request.resource_names)
         state.open = True
         return self._maybe_respond(type_url, snapshot, from_request=True)
@@ -122,7 +128,8 @@ class Stream:
             changed = changed or state.requested != state.sent_names or state.force
         if not changed:
             return []
-        names = state.requested if type_url in rs.NAMED_TYPES else None
+        # Named types always answer the names; listeners and clusters the names when some were given.
+        names = state.requested if type_url in rs.NAMED_TYPES or state.requested else None
         response = discovery_pb2.DiscoveryResponse(
             version_info=version,
             type_url=type_url,
@@ -140,7 +147,7 @@ class Stream:
 
     def close(self) -> None:
         if self.node_id:
-            self.cache.stream_closed(self.node_id)
+            self.cache.stream_closed(self.node_id, stream_id=self.stream_id)
 
 
 def _pack(resource: object) -> any_pb2.Any:

@@ -1,6 +1,7 @@
 """The control plane process: registry + snapshot builder + cache + ADS, on one grpc.aio server.
 
-    registry change ──► build_snapshot() ──► cache.set_snapshot() ──► every ADS stream pushes
+    registry change ──► build_snapshot()           ──► cache.set_snapshot()   ──► every ADS stream pushes
+                        build_proxyless_snapshot()     (Envoy's / gRPC clients')
 
 Warm-up: a (re)started control plane knows no instance. Publishing at once would hand Envoy an
 empty endpoint set and fail every call, so the first snapshot waits `warmup_seconds` (default:
@@ -23,10 +24,11 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane.admin import Admin
 from controlplane.ads import AggregatedDiscoveryService
-from controlplane.cache import SnapshotCache
+from controlplane.cache import PROXYLESS, SnapshotCache
 from controlplane.registry import Registry
 from controlplane.registry_service import RegistryService
-from controlplane.snapshot import build_snapshot
+from controlplane.snapshot import build_proxyless_snapshot, build_snapshot
+from launcher import envoy_config
 from launcher.topology import SERVICES, ServiceSpec
 from services.common import admin_http
 
@@ -80,6 +82,8 @@ class ControlPlane:
         self.admin_server: asyncio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
+        # Read once from the generated descriptors (the protos decide which methods may retry).
+        self._idempotent_methods = envoy_config.idempotent_methods()
         self.registry.subscribe(self._rebuild)
 
     @property
@@ -89,10 +93,16 @@ class ControlPlane:
     def _rebuild(self) -> None:
         if not self.ready:
             return
-        snapshot = build_snapshot(
-            self.registry.endpoints(), listen=_split(self.settings.envoy_listen), services=self.services
+        endpoints = self.registry.endpoints()
+        idempotent = self._idempotent_methods
+        envoy = build_snapshot(
+            endpoints, listen=_split(self.settings.envoy_listen), services=self.services, idempotent_methods=idempotent
         )
-        self.cache.set_snapshot(snapshot)
+        proxyless = build_proxyless_snapshot(endpoints, services=self.services, idempotent_methods=idempotent)
+        # Both published in this one synchronous step: a Deregister waiting for in_sync never sees
+        # one kind updated and the other not yet.
+        self.cache.set_snapshot(proxyless, kind=PROXYLESS)
+        self.cache.set_snapshot(envoy)
 
     async def start(self) -> ControlPlane:
         self.server = grpc.aio.server(

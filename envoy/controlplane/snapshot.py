@@ -1,7 +1,9 @@
-"""Snapshot builder: registry state + topology → one consistent, versioned set of Envoy resources.
+"""Snapshot builder: registry state + topology → consistent, versioned sets of xDS resources, one
+for Envoy (`build_snapshot`) and one for proxyless gRPC clients such as the gateway
+(`build_proxyless_snapshot`, resources from proxyless.py). Both carry the same endpoint assignments.
 
-Pure functions, no I/O. The resources themselves come from launcher/envoy_config.py, the builders
-the static bootstrap used (every value there carries its reason); this module only switches them to
+Pure functions, no I/O. Envoy's resources come from launcher/envoy_config.py, the builders the
+static bootstrap used (every value there carries its reason); this module only switches them to
 dynamic discovery (EDS clusters, an RDS listener), adds the endpoints from the registry, and
 versions the result.
 
@@ -20,6 +22,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from controlplane import proxyless
 from controlplane import resources as rs
 from controlplane.registry import Endpoint
 from launcher import envoy_config
@@ -54,10 +57,11 @@ class Snapshot:
         return self.versions[type_url]
 
     def get(self, type_url: str, names: Iterable[str] | None = None) -> list[Message]:
-        """The resources of a type; `names` (EDS/RDS requests) selects, and an endpoints name we do
-        not have is answered with an empty assignment (rule 5)."""
+        """The resources of a type; `names` selects (always for EDS/RDS; for CDS/LDS when given:
+        gRPC clients subscribe by name, Envoy's wildcard request gives none), and an endpoints name
+        we do not have is answered with an empty assignment (rule 5)."""
         have = self.resources.get(type_url, {})
-        if names is None or type_url not in rs.NAMED_TYPES:
+        if names is None or (type_url not in rs.NAMED_TYPES and not names):
             return list(have.values())
         out: list[Message] = []
         for name in sorted(set(names)):
@@ -107,11 +111,13 @@ def _rds_names(listener: Message) -> list[str]:
     from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
     names = []
-    for chain in listener.filter_chains:  # type: ignore[attr-defined]
-        for network_filter in chain.filters:
-            hcm = hcm_pb2.HttpConnectionManager()
-            if network_filter.typed_config.Unpack(hcm) and hcm.HasField("rds"):
-                names.append(hcm.rds.route_config_name)
+    configs = [f.typed_config for chain in listener.filter_chains for f in chain.filters]  # type: ignore[attr-defined]
+    if listener.HasField("api_listener"):  # a proxyless gRPC client's listener
+        configs.append(listener.api_listener.api_listener)  # type: ignore[attr-defined]
+    for config in configs:
+        hcm = hcm_pb2.HttpConnectionManager()
+        if config.Unpack(hcm) and hcm.HasField("rds"):
+            names.append(hcm.rds.route_config_name)
     return names
 
 
@@ -133,10 +139,15 @@ def load_assignment(spec: ServiceSpec, endpoints: Sequence[Endpoint]) -> dict[st
                     "metadata": {"filter_metadata": {METADATA_NAMESPACE: dict(ep.metadata)}},
                 }
                 for ep in sorted(eps)
-            ]
+            ],
+            # gRPC's xDS client skips a locality without a weight ("contains no localities") and
+            # picks a locality by weight before round robin inside it: the instance count keeps
+            # the share per instance even. Envoy ignores locality weights unless its cluster asks
+            # for locality-weighted balancing (ours do not).
+            "load_balancing_weight": len(eps),
+            # Always present (empty without a zone): gRPC rejects a group without a locality.
+            "locality": {"zone": zone} if zone else {},
         }
-        if zone:
-            group["locality"] = {"zone": zone}
         groups.append(group)
     return {"cluster_name": spec.name, "endpoints": groups}
 
@@ -164,6 +175,31 @@ def build_snapshot(
             rs.ENDPOINT: [rs.from_dict(rs.ENDPOINT, a) for a in assignments],
             rs.LISTENER: [rs.from_dict(rs.LISTENER, listener)],
             rs.ROUTE: [rs.from_dict(rs.ROUTE, route_config)],
+        }
+    )
+    check_consistent(snapshot)
+    return snapshot
+
+
+def build_proxyless_snapshot(
+    endpoints: Mapping[str, Sequence[Endpoint]],
+    *,
+    services: Sequence[ServiceSpec] = SERVICES,
+    idempotent_methods: frozenset[str] | None = None,
+) -> Snapshot:
+    """What gRPC's own xDS client gets (proxyless.py): one api_listener and route configuration per
+    gRPC package, one cluster per service, and the very ClusterLoadAssignments Envoy gets — so an
+    endpoint change moves both snapshots' EDS versions together, and nothing else."""
+    if idempotent_methods is None:
+        idempotent_methods = envoy_config.idempotent_methods()
+    listeners, routes, clusters = proxyless.build_resources(services, idempotent_methods)
+    assignments = [load_assignment(spec, endpoints.get(spec.name, ())) for spec in services]
+    snapshot = Snapshot.of(
+        {
+            rs.CLUSTER: [rs.from_dict(rs.CLUSTER, c) for c in clusters],
+            rs.ENDPOINT: [rs.from_dict(rs.ENDPOINT, a) for a in assignments],
+            rs.LISTENER: [rs.from_dict(rs.LISTENER, listener) for listener in listeners],
+            rs.ROUTE: [rs.from_dict(rs.ROUTE, r) for r in routes],
         }
     )
     check_consistent(snapshot)

@@ -1,4 +1,4 @@
-"""The gateway in front of the real auth service (gateway → Envoy → auth, via tests/conftest.py's
+"""The gateway in front of the real auth service (gateway → auth over its proxyless xDS client, via tests/conftest.py's
 `stack`): the service's own rich errors come out as the problems the fake ones promise."""
 
 from __future__ import annotations

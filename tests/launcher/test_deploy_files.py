@@ -104,6 +104,9 @@ def test_services_get_the_contract_environment(compose: dict[str, Any]) -> None:
         assert migrate["environment"]["DATABASE_URL"] == env["DATABASE_URL"]
     gateway = services["gateway"]["environment"]
     assert gateway["GATEWAY_UPSTREAM"] == "envoy:10000"
+    # Proxyless: the gateway's own xDS client reads the control-plane container.
+    assert gateway["GATEWAY_XDS_SERVER"] == "control-plane:18000"
+    assert "control-plane" in services["gateway"]["depends_on"]
     assert gateway["GATEWAY_PROTO_MODULES"] == gateway_proto_modules()
 
 

@@ -69,6 +69,19 @@ async def test_isolation_settings_are_unique(infra: Infra, jwt_keys: KeyPair, tm
     assert gw["GATEWAY_PROTO_MODULES"] == "capsule.auth.v1.auth_pb2"
 
 
+def test_the_gateway_is_proxyless_with_a_control_plane_and_calls_envoy_without(
+    infra: Infra, jwt_keys: KeyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bootstrap in the caller's environment must not reach the stack's gateways (each writes its own).
+    monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "{}")
+    with_plane = Stack(replace(settings(infra, jwt_keys, tmp_path / "a"), control_plane=True))
+    gw = with_plane.gateway_env()
+    assert gw["GATEWAY_XDS_SERVER"] == with_plane.control_plane_target
+    assert "GRPC_XDS_BOOTSTRAP_CONFIG" not in gw
+    without = Stack(replace(settings(infra, jwt_keys, tmp_path / "b"), control_plane=False))
+    assert without.gateway_env()["GATEWAY_XDS_SERVER"] == ""  # CONTROL_PLANE=0: through Envoy
+
+
 async def test_whole_stack_starts_serves_and_cleans_up(infra: Infra, jwt_keys: KeyPair, tmp_path: Path) -> None:
     stack = Stack(settings(infra, jwt_keys, tmp_path))
     await asyncio.to_thread(stack.start)

@@ -4,7 +4,12 @@
   the survivor takes the traffic; restarted, the instance gets traffic again;
 - rolling restart (SIGTERM, start a new instance, one at a time) under reads AND writes: no failed
   call at all — no write was cut mid-flight;
-- control plane SIGKILLed and restarted: no failed call, Envoy in sync again, instances re-registered.
+- control plane SIGKILLed and restarted: no failed call, Envoy and the gateway in sync again,
+  instances re-registered.
+
+The gateway is a proxyless xDS client of the control plane (the stack's default with a control
+plane): its calls go straight to the instances, so traffic is counted on the instances (their
+/metrics), not by Envoy — a test checks that Envoy indeed sees none of it.
 
 A stack of its own (auth only, gateway rate limits off: the load comes from one IP), so killing
 instances never disturbs the session `stack` other tests share.
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +31,7 @@ import pytest
 
 from launcher import infra as infra_mod
 from launcher.keys import KeyPair
-from launcher.stack import Stack
+from launcher.stack import Instance, Stack
 from launcher.topology import AUTH
 from tests.conftest import start_test_stack
 from tests.mesh.load import Load, Op
@@ -97,6 +104,18 @@ async def host_requests(mesh: Stack, cluster: str = "auth") -> dict[str, int]:
     return out
 
 
+def _served(admin_address: str) -> int:
+    """Calls of the auth API an instance answered (any status), from its /metrics; health checks
+    (grpc.health.v1) are not counted."""
+    text = urllib.request.urlopen(f"http://{admin_address}/metrics", timeout=2).read().decode()
+    pattern = re.compile(r'grpc_server_handled_total\{[^}]*service="capsule\.auth\.v1\.AuthService"[^}]*\} ([\d.e+]+)')
+    return sum(int(float(m.group(1))) for m in pattern.finditer(text))
+
+
+async def served(instance: Instance) -> int:
+    return await asyncio.to_thread(_served, instance.admin_address)
+
+
 async def cluster_stats(mesh: Stack, cluster: str = "auth") -> dict[str, int]:
     data = await envoy_json(mesh, f"/stats?format=json&filter=^cluster\\.{cluster}\\.")
     return {s["name"]: int(s["value"]) for s in data["stats"] if isinstance(s.get("value"), int)}
@@ -131,16 +150,15 @@ async def test_sigkill_of_one_instance_fails_no_idempotent_call(
         )
         hc_failures = after["cluster.auth.health_check.failure"] - before["cluster.auth.health_check.failure"]
         assert ejected + hc_failures >= 1, (ejected, hc_failures)
-        survivor_before = (await host_requests(mesh))[survivor.grpc_address]
+        survivor_before = await served(survivor)
         await load.until(60)
-        hosts = await host_requests(mesh)
-        assert hosts[survivor.grpc_address] >= survivor_before + 50, hosts
+        assert await served(survivor) >= survivor_before + 50
         # The lease lapsed: the endpoint left Envoy's set altogether.
         await eventually("victim removed", lambda: _absent(mesh, victim.grpc_address), timeout=5)
 
         await mesh.astart_instance("auth", victim.index)
         await mesh.await_envoy_health("auth", healthy=[victim.grpc_address, survivor.grpc_address], timeout=15)
-        await eventually("traffic on the restarted instance", lambda: _has_traffic(mesh, victim.grpc_address))
+        await eventually("traffic on the restarted instance", lambda: _has_traffic(victim))
     finally:
         result = await load.stop()
     assert result.failures == [], result.failures[:5]
@@ -157,7 +175,7 @@ async def test_rolling_restart_under_reads_and_writes_fails_no_call(
             assert await mesh.astop_instance(old) == 0  # SIGTERM: drained, exit 0
             new = await mesh.astart_instance("auth")  # new ports: registration puts it in Envoy
             await mesh.await_envoy_health("auth", healthy=[new.grpc_address], timeout=15)
-            await eventually("traffic on the new instance", lambda n=new: _has_traffic(mesh, n.grpc_address))
+            await eventually("traffic on the new instance", lambda n=new: _has_traffic(n))
         await load.until(40)
     finally:
         result = await load.stop()
@@ -179,6 +197,8 @@ async def test_control_plane_kill_and_restart_fails_no_call(mesh: Stack, http: h
         )
         assert sorted(r["address"] for r in registry) == sorted(running)
         await eventually("Envoy in sync with the new control plane", lambda: _in_sync(mesh))
+        # gRPC's xDS client reconnects with its own (longer) back-off: allow more time.
+        await eventually("the gateway in sync with the new control plane", lambda: _gateway_in_sync(mesh), 30)
         await load.until(40)
         assert set(await mesh.await_envoy_health("auth", healthy=running)) == set(running)
     finally:
@@ -190,8 +210,8 @@ async def _absent(mesh: Stack, address: str) -> bool:
     return address not in await host_requests(mesh)
 
 
-async def _has_traffic(mesh: Stack, address: str) -> bool:
-    return (await host_requests(mesh)).get(address, 0) > 0
+async def _has_traffic(instance: Instance) -> bool:
+    return await served(instance) > 0
 
 
 async def _registered(mesh: Stack, count: int) -> list[dict[str, Any]] | None:
@@ -203,3 +223,52 @@ async def _in_sync(mesh: Stack) -> bool:
     status = await asyncio.to_thread(mesh.control_plane_status)
     node = status["nodes"].get(mesh.envoy_node_id)
     return bool(node and node["connected"] and node["acked"] == node["versions"] and len(node["acked"]) == 4)
+
+
+async def _gateway_in_sync(mesh: Stack) -> bool:
+    """The gateway's node (proxyless) reconnected and acknowledged the current version of every type."""
+    status = await asyncio.to_thread(mesh.control_plane_status)
+    nodes = [n for n in status["nodes"].values() if n["kind"] == "proxyless" and n["connected"]]
+    return len(nodes) == 1 and nodes[0]["acked"] == nodes[0]["versions"] and len(nodes[0]["acked"]) == 4
+
+
+async def test_gateway_calls_do_not_pass_through_envoy(mesh: Stack, http: httpx.AsyncClient, token: str) -> None:
+    """Proxyless: the gateway balances over the instances itself; Envoy's auth cluster (which still
+    health-checks the instances and serves grpcurl / service-to-service calls) counts none of it."""
+    instances = [i for i in mesh.instances["auth"] if i.running]
+    envoy_before = (await cluster_stats(mesh))["cluster.auth.upstream_rq_total"]
+    served_before = [await served(i) for i in instances]
+    for _ in range(60):
+        response = await http.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+    served_after = [await served(i) for i in instances]
+    assert (await cluster_stats(mesh))["cluster.auth.upstream_rq_total"] == envoy_before
+    assert sum(served_after) - sum(served_before) >= 60
+    # Round robin across the instances, not one pinned connection.
+    assert all(after - before >= 10 for before, after in zip(served_before, served_after, strict=True))
+
+
+async def test_a_new_instance_gets_gateway_traffic_within_2s_of_registering(
+    mesh: Stack, http: httpx.AsyncClient, token: str
+) -> None:
+    load = Load(reads(http, token)).start()
+    new: Instance | None = None
+    try:
+        await load.until(20)
+        new = await mesh.astart_instance("auth", wait=False)
+        registered = await eventually(
+            "the new instance registered", lambda: _registration(mesh, new.grpc_address), timeout=30
+        )
+        await eventually("gateway traffic on the new instance", lambda: _has_traffic(new), timeout=2)
+        assert time.monotonic() - registered < 2.0
+    finally:
+        if new is not None:
+            assert await mesh.astop_instance(new) == 0
+        result = await load.stop()
+    assert result.failures == [], result.failures[:5]
+
+
+async def _registration(mesh: Stack, address: str) -> float | None:
+    """The time the address was first seen registered (polled every 0.1 s by `eventually`)."""
+    registry = await asyncio.to_thread(get_json, f"{mesh.control_plane_admin_url}/registry")
+    return time.monotonic() if any(r["address"] == address for r in registry) else None
