@@ -156,6 +156,8 @@ def cmd_up(args: Sequence[str]) -> int:
         envoy_concurrency=_env_int("ENVOY_CONCURRENCY", 1),
         # CONTROL_PLANE=0: Envoy's static bootstrap instead of the xDS control plane (fallback).
         control_plane=os.environ.get("CONTROL_PLANE", "1") not in ("0", "false", "no", "off"),
+        # GATEWAY_PROXYLESS=0: the gateway calls the services through Envoy, not as an xDS client.
+        gateway_proxyless=os.environ.get("GATEWAY_PROXYLESS", "1") not in ("0", "false", "no", "off"),
         control_plane_port=_env_int("CONTROL_PLANE_PORT", 18000),
         control_plane_admin_port=_env_int("CONTROL_PLANE_ADMIN_PORT", 18001),
         services=services,

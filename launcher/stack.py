@@ -78,6 +78,9 @@ class StackSettings:
     envoy_admin_port: int = 9901
     # The xDS control plane (python -m controlplane): gRPC (ADS + registry) and admin HTTP ports.
     control_plane: bool = True
+    # With the control plane: the gateway reaches the services as a proxyless xDS client (True)
+    # or through Envoy (False: GATEWAY_PROXYLESS=0), e.g. to compare the two hops.
+    gateway_proxyless: bool = True
     control_plane_port: int = 18000
     control_plane_admin_port: int = 18001
     # Registration lease: heartbeats every ttl/3; a SIGKILLed instance leaves within ~ttl.
@@ -313,13 +316,16 @@ class Stack:
 
     def gateway_env(self) -> dict[str, str]:
         """With the control plane the gateway is a proxyless xDS client (GATEWAY_XDS_SERVER: it
-        balances across the instances itself, no Envoy hop); without it, it calls Envoy."""
+        balances across the instances itself, no Envoy hop) unless gateway_proxyless is off;
+        without it, it calls Envoy."""
         env = self._base_env()
         env.update(
             GATEWAY_LISTEN=f"{self.host}:{self.settings.gateway_port}",
             GATEWAY_UPSTREAM=self.envoy_grpc,
             GATEWAY_PROTO_MODULES=gateway_proto_modules(self.settings.services),
-            GATEWAY_XDS_SERVER=self.control_plane_target if self.settings.control_plane else "",
+            GATEWAY_XDS_SERVER=(
+                self.control_plane_target if self.settings.control_plane and self.settings.gateway_proxyless else ""
+            ),
         )
         env.update(self.settings.gateway_env)
         return env
