@@ -22,7 +22,7 @@ The guarantee, and how it is kept:
   until every subscriber must have noticed that it lost Redis too — a silence of 3 ping intervals
   (`SILENCE_LIMIT`) — and only then does the owner answer (`Publisher`): either the message was
   delivered, or every subscriber that shares the owner's view of Redis has dropped its copies. A
-  change made during an outage therefore answers up to ANNOUNCE_WITHIN later (1 s by default):
+  change made during an outage therefore answers up to ANNOUNCE_WITHIN later (4 s by default):
   slower, never wrong. It is also kept and retried in the background after that.
 Left open: a subscriber whose Redis connection stays healthy while the owner cannot reach Redis (a
 partition between the owner and Redis only) trusts its copies until the retried publish arrives or
@@ -53,7 +53,7 @@ FEED_MESSAGES = Counter("changefeed_messages_total", "Change messages applied", 
 PUBLISH_RETRIES = Counter("changefeed_publish_retries_total", "Change messages published again after a failure")
 
 # How often a subscriber pings Redis, and how long a silence makes it stop trusting its copies.
-PING_INTERVAL_SECONDS = 0.25
+PING_INTERVAL_SECONDS = 1.0  # 4 wake-ups a second measured ~1 % of a core per idle process
 SILENCE_LIMIT_SECONDS = 3 * PING_INTERVAL_SECONDS
 # How long an owner keeps trying a failed announcement before it answers: the silence limit and
 # one more interval, so every subscriber has stopped trusting its copies by then.
