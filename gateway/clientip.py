@@ -53,8 +53,8 @@ class ClientIpResolver:
         client = scope.get("client")
         peer_text = client[0] if client else ""
         address = peer_text
-        peer = _parse(peer_text)
-        if peer is not None and self.trusted and self._is_trusted(peer):
+        peer = _parse(peer_text) if self.trusted else None  # parsed only when it may be a proxy
+        if peer is not None and self._is_trusted(peer):
             forwarded = _forwarded_for(scope["headers"])
             address = self._from_forwarded(forwarded) or peer_text
         scope[CLIENT_IP_SCOPE_KEY] = address
