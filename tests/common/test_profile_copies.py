@@ -99,6 +99,15 @@ async def names(directory: CachedDirectory, *users: uuid.UUID) -> list[str]:
     return [found[u].username for u in users if u in found]
 
 
+async def kept_copy(mesh: Mesh, index: int) -> tuple[uuid.UUID, CachedDirectory]:
+    """A user "ada" whose profile process `index` now keeps a copy of."""
+    ada = uuid.uuid4()
+    mesh.auth.names[ada] = "ada"
+    directory = mesh.copies[index]
+    assert await names(directory, ada) == ["ada"]
+    return ada, directory
+
+
 async def test_copies_are_used_until_the_owner_publishes_a_change(mesh: Mesh) -> None:
     ada, bob = uuid.uuid4(), uuid.uuid4()
     mesh.auth.names.update({ada: "ada", bob: "bob"})
@@ -145,10 +154,7 @@ async def test_a_load_overtaken_by_a_change_is_not_kept(mesh: Mesh) -> None:
 async def test_a_frozen_redis_makes_every_read_ask_the_owner_and_a_resubscription_starts_empty(
     mesh: Mesh, redis_server: RedisServer
 ) -> None:
-    ada = uuid.uuid4()
-    mesh.auth.names[ada] = "ada"
-    first = mesh.copies[0]
-    assert await names(first, ada) == ["ada"]
+    ada, first = await kept_copy(mesh, 0)
     redis_server.freeze()
     try:
         # Unanswered pings: within three ping intervals the copies are no longer trusted.
@@ -179,10 +185,7 @@ class FlakyRedis(redis.Redis):
 
 
 async def test_a_publish_that_failed_is_retried_until_redis_takes_it(mesh: Mesh, redis_server: RedisServer) -> None:
-    ada = uuid.uuid4()
-    mesh.auth.names[ada] = "ada"
-    second = mesh.copies[1]
-    assert await names(second, ada) == ["ada"]
+    ada, second = await kept_copy(mesh, 1)
     flaky = cast(FlakyRedis, FlakyRedis.from_url(redis_server.url))
     publisher = Publisher(flaky, retry_delay=0.05)
     try:
@@ -207,10 +210,7 @@ async def test_a_publish_that_failed_is_retried_until_redis_takes_it(mesh: Mesh,
 async def test_a_change_made_while_redis_is_frozen_answers_only_once_no_copy_can_hide_it(
     mesh: Mesh, redis_server: RedisServer
 ) -> None:
-    ada = uuid.uuid4()
-    mesh.auth.names[ada] = "ada"
-    second = mesh.copies[1]
-    assert await names(second, ada) == ["ada"]
+    ada, second = await kept_copy(mesh, 1)
     redis_server.freeze()
     try:
         started = time.monotonic()
