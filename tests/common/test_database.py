@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from services.common.db import Database
 from services.common.errors import Unavailable
@@ -111,10 +112,12 @@ async def test_a_bad_statement_on_the_driver_is_not_mistaken_for_a_lost_connecti
 async def test_a_database_that_refuses_more_connections_is_unavailable_not_an_internal_error(url: str) -> None:
     # "too many connections" reaches SQLAlchemy as a generic DBAPIError: it must still be UNAVAILABLE.
     role = f"full_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex  # trust or password authentication alike: the role gets in, then is refused
     admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' CONNECTION LIMIT 0")
     try:
-        db = database(url.replace("postgres@", f"{role}@", 1), idle_ping_after=5)
+        limited = make_url(url).set(username=role, password=password).render_as_string(hide_password=False)
+        db = database(limited, idle_ping_after=5)
         try:
             with pytest.raises(Unavailable):
                 await backend_pid(db)

@@ -109,9 +109,12 @@ def test_a_remote_unreachable_server_is_never_installed_locally(monkeypatch: pyt
         lib.ensure(env, install=True)
 
 
-def test_unreachable_local_servers_are_started(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_local_servers_are_started(infra: Infra, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The install/start path is taken for a local unreachable server (stubbed here: this
     machine's servers must not be touched), then the launcher waits until it answers."""
+    # No password saved by an earlier install of this machine's own Postgres (a fresh machine
+    # has one): the stubbed server was not set up by the launcher.
+    monkeypatch.setattr(lib, "PG_STATE_FILE", tmp_path / "postgres.json")
     calls: list[str] = []
     pg_port = free_port()
 
