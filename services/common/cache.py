@@ -107,7 +107,7 @@ class Cache:
         self._generation = "0"  # the last one seen
         self._must_bump = False  # a Redis failure was seen: bump the generation before any use
         self._repair: asyncio.Task[None] | None = None
-        self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
+        self._inflight: dict[str, asyncio.Future[bytes | None]] = {}  # key → its shared load
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -222,30 +222,30 @@ class Cache:
 
     async def get_or_load(self, name: str, key: str, ttl_seconds: int, loader: Loader) -> bytes | None:
         """The cached value of `key`, or the loader's (stored for `ttl_seconds`; None is not stored).
-        `name` labels the hit/miss metrics."""
+        `name` labels the hit/miss metrics.
+
+        Concurrent misses of one key share one load, run as a task of its own: a caller that is
+        cancelled (its client went away) stops waiting, but the load goes on for the others."""
         generation, (cached,) = await self._read([key])
         if cached is not None:
             _counter(name, "hit").inc()
             return cached
         _counter(name, "miss").inc()
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        load = self._inflight.get(key)
+        if load is None:
+            load = asyncio.ensure_future(self._load(key, ttl_seconds, generation, loader))
+            load.add_done_callback(_retrieve_exception)
+            self._inflight[key] = load
+        return await asyncio.shield(load)
+
+    async def _load(self, key: str, ttl_seconds: int, generation: str | None, loader: Loader) -> bytes | None:
         try:
             value = await loader()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
-            raise
-        else:
-            future.set_result(value)
+            if value is not None and generation is not None:
+                await self._store_if_absent({key: value}, ttl_seconds, generation)
+            return value
         finally:
             del self._inflight[key]
-        if value is not None and generation is not None:
-            await self._store_if_absent({key: value}, ttl_seconds, generation)
-        return value
 
     async def ping(self) -> bool:
         try:
@@ -262,6 +262,13 @@ class Cache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._repair
         await self.client.aclose()
+
+
+def _retrieve_exception(load: asyncio.Future[bytes | None]) -> None:
+    """A load whose every caller was cancelled may end in an error nobody awaits: retrieved here
+    (its callers, if any, got it too), so asyncio does not log it as never retrieved."""
+    if not load.cancelled():
+        load.exception()
 
 
 @functools.cache

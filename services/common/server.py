@@ -84,6 +84,9 @@ def _instrumented(service: str, method: str, inner: Callable[[Any, Any], Awaitab
         except grpc.aio.AbortError:
             code = context.code().name if context.code() else "UNKNOWN"  # type: ignore[union-attr]
             raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the caller went away (or its deadline passed): not a success
+            raise
         except Exception:
             code = "INTERNAL"
             log.exception("unhandled error in %s", full_method)
