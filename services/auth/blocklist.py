@@ -12,7 +12,7 @@ from typing import Protocol
 import grpc
 from capsule.recipients.v1 import relationships_pb2, relationships_pb2_grpc
 
-from services.common.clients import channel, forward_metadata
+from services.common.clients import call_timeout, channel, forward_metadata
 from services.common.errors import Unavailable
 from services.common.ids import parse_uuid
 from services.common.logs import request_id_var
@@ -45,7 +45,7 @@ class RecipientsBlockList:
         try:
             response = await self._stub.ListBlockedUserIds(
                 relationships_pb2.ListBlockedUserIdsRequest(user_id=str(caller.user_id)),
-                timeout=self._timeout,
+                timeout=call_timeout(self._timeout),
                 metadata=forward_metadata(caller.token, request_id_var.get()),
             )
         except grpc.aio.AioRpcError as exc:

@@ -11,7 +11,7 @@ from typing import Protocol
 import grpc
 from capsule.recipients.v1 import recipients_pb2, recipients_pb2_grpc, relationships_pb2, relationships_pb2_grpc
 
-from services.common.clients import channel, forward_metadata
+from services.common.clients import call_timeout, channel, forward_metadata
 from services.common.errors import Unavailable
 from services.common.ids import parse_uuid
 from services.common.logs import request_id_var
@@ -55,7 +55,7 @@ class RecipientsClient:
         try:
             recipient = await self._recipients.GetRecipient(
                 recipients_pb2.GetRecipientRequest(id=str(recipient_id)),
-                timeout=self._timeout,
+                timeout=call_timeout(self._timeout),
                 metadata=forward_metadata(caller.token, request_id_var.get()),
             )
         except grpc.aio.AioRpcError as exc:
@@ -69,7 +69,7 @@ class RecipientsClient:
         try:
             answer = await self._relationships.GetRelationship(
                 relationships_pb2.GetRelationshipRequest(user_id=str(caller.user_id), other_user_id=str(other)),
-                timeout=self._timeout,
+                timeout=call_timeout(self._timeout),
                 metadata=forward_metadata(caller.token, request_id_var.get()),
             )
         except grpc.aio.AioRpcError as exc:

@@ -1,6 +1,10 @@
-"""gRPC channels to other services (through Envoy): created once, reused for every call."""
+"""gRPC channels to other services (through Envoy): created once, reused for every call, and the
+deadline of a call made while serving one: the caller's remaining time, never more."""
 
 from __future__ import annotations
+
+import contextvars
+import time
 
 import grpc
 
@@ -23,3 +27,19 @@ def forward_metadata(token: str, request_id: str = "") -> tuple[tuple[str, str],
     if request_id:
         metadata.append(("x-request-id", request_id))
     return tuple(metadata)
+
+
+# When the call this task is serving must be answered (time.monotonic()), set by the server's
+# handler wrapper from the incoming deadline; None outside a call or for a call without one.
+serving_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("serving_deadline", default=None)
+# Below this, a call to another service is not worth starting: it fails at once instead.
+_MIN_TIMEOUT_SECONDS = 0.001
+
+
+def call_timeout(ceiling: float) -> float:
+    """The timeout of a call to another service: `ceiling` (the service's own bound), shortened to
+    what is left of the deadline of the call being served, so no work outlives its caller."""
+    deadline = serving_deadline.get()
+    if deadline is None:
+        return ceiling
+    return max(_MIN_TIMEOUT_SECONDS, min(ceiling, deadline - time.monotonic()))

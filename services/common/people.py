@@ -25,7 +25,7 @@ import grpc
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from services.common.changefeed import ChangeFeed, Publisher
-from services.common.clients import channel, forward_metadata
+from services.common.clients import call_timeout, channel, forward_metadata
 from services.common.errors import Unavailable
 from services.common.kept import KeptCopies
 from services.common.logs import request_id_var
@@ -67,7 +67,7 @@ class AuthDirectory:
         try:
             response = await self._stub.GetUsers(
                 auth_pb2.GetUsersRequest(ids=[str(u) for u in wanted]),
-                timeout=self._timeout,
+                timeout=call_timeout(self._timeout),
                 metadata=forward_metadata(caller.token, request_id_var.get()),
             )
         except grpc.aio.AioRpcError as exc:

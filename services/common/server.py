@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common import admin_http
 from services.common.catalog import mesh_service_names
+from services.common.clients import serving_deadline
 from services.common.errors import Internal, ServiceError
 from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
 from services.common.registration import Registrar, advertised_host
@@ -71,6 +72,9 @@ def _instrumented(service: str, method: str, inner: Callable[[Any, Any], Awaitab
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         code = "OK"
+        remaining = context.time_remaining()
+        if remaining is not None:  # calls made while serving this one get what is left of it
+            serving_deadline.set(time.monotonic() + remaining)
         for key, value in context.invocation_metadata() or ():
             if key == "x-request-id":
                 request_id_var.set(str(value))

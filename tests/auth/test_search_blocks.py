@@ -28,11 +28,13 @@ class StubRelationships(relationships_pb2_grpc.RelationshipServiceServicer):
     def __init__(self) -> None:
         self.blocked: dict[str, list[str]] = {}
         self.seen_tokens: list[str] = []
+        self.seen_time_remaining: list[float | None] = []
 
     async def ListBlockedUserIds(
         self, request: relationships_pb2.ListBlockedUserIdsRequest, context: grpc.aio.ServicerContext
     ) -> relationships_pb2.ListBlockedUserIdsResponse:
         self.seen_tokens += [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        self.seen_time_remaining.append(context.time_remaining())
         return relationships_pb2.ListBlockedUserIdsResponse(user_ids=self.blocked.get(request.user_id, []))
 
 
@@ -103,5 +105,24 @@ async def test_search_excludes_block_relations_both_ways(
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await search(auth_pb2.SearchUsersRequest(query=tag + "x"), metadata=metadata, timeout=10)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await asyncio.to_thread(process.stop)
+
+
+async def test_the_block_list_is_asked_within_the_callers_deadline(
+    stack: Stack, client: httpx.AsyncClient, stub: tuple[StubRelationships, grpc.aio.Server, str]
+) -> None:
+    """A call made while serving another gets what is left of the caller's deadline, not the
+    service's own fixed bound (2 s for the block list): no work outlives the request it is for."""
+    servicer, _, stub_address = stub
+    me = await sign_up(client)
+    process, address = await start_auth_with_block_list(stack, stub_address)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            search = auth_pb2_grpc.AuthServiceStub(channel).SearchUsers
+            metadata = (("authorization", f"Bearer {me['accessToken']}"),)
+            await search(auth_pb2.SearchUsersRequest(query="zz" + uuid.uuid4().hex[:6]), metadata=metadata, timeout=0.9)
+            (remaining,) = servicer.seen_time_remaining
+            assert remaining is not None and 0 < remaining <= 0.9
     finally:
         await asyncio.to_thread(process.stop)
