@@ -41,12 +41,8 @@ ROUTE_TIMEOUT_S = 15.0
 # One try. A try stuck on a wedged instance is abandoned and retried elsewhere; 3 tries fit in
 # the route timeout.
 PER_TRY_TIMEOUT_S = 5.0
-# The conditions under which a call is retried on another instance. connect-failure and
-# refused-stream never reached the application, so they are always safe. unavailable and
-# cancelled are what a draining or dying grpc.aio server answers. Issue scope: retried on every
-# RPC; non-idempotent RPCs (SignUp without an idempotency key...) get a narrower policy once
-# idempotency keys exist (SPEC §3) — see README "Not yet".
-RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled"
+# The conditions under which a call is retried on another instance: see RETRY_ON_IDEMPOTENT and
+# RETRY_ON_UNSAFE below (the same per-method policy for the static bootstrap and the control plane).
 NUM_RETRIES = 2
 
 # The control plane's routes distinguish idempotent RPCs (a repeat changes nothing) from the rest:
@@ -249,7 +245,7 @@ def build_clusters(
 
 
 def build_route(
-    spec: ServiceSpec, prefix: str, *, retry_on: str = RETRY_ON, exact_path: bool = False
+    spec: ServiceSpec, prefix: str, *, retry_on: str = RETRY_ON_UNSAFE, exact_path: bool = False
 ) -> dict[str, Any]:
     """A route for a path prefix (`/capsule.auth.v1.`) or, with exact_path, one method."""
     return {
@@ -291,21 +287,22 @@ def build_route(
     }
 
 
-def _service_routes(spec: ServiceSpec, idempotent_methods: frozenset[str] | None) -> list[dict[str, Any]]:
-    if idempotent_methods is None:
-        return [build_route(spec, p) for p in spec.route_prefixes]
+def _service_routes(spec: ServiceSpec, retryable: frozenset[str]) -> list[dict[str, Any]]:
     # Exact method routes first (Envoy takes the first match), then the service's prefixes.
-    exact = sorted(m for m in idempotent_methods if m.startswith(spec.route_prefixes))
+    exact = sorted(m for m in retryable if m.startswith(spec.route_prefixes))
     return [build_route(spec, m, retry_on=RETRY_ON_IDEMPOTENT, exact_path=True) for m in exact] + [
         build_route(spec, p, retry_on=RETRY_ON_UNSAFE) for p in spec.route_prefixes
     ]
 
 
 def build_route_config(
-    services: Sequence[ServiceSpec] = SERVICES, idempotent_methods: frozenset[str] | None = None
+    services: Sequence[ServiceSpec] = SERVICES, retryable: frozenset[str] | None = None
 ) -> dict[str, Any]:
-    """The mesh's routes. idempotent_methods None: one policy (RETRY_ON) for every RPC (the static
-    bootstrap); a set (the control plane): broad retries for those methods, narrow for the rest."""
+    """The mesh's routes: broad retries for the methods the protos declare idempotent (`retryable`,
+    by default read from the protos), narrow ones for the rest — static bootstrap and control plane
+    alike."""
+    if retryable is None:
+        retryable = idempotent_methods()
     return {
         "name": "grpc_routes",
         "virtual_hosts": [
@@ -315,7 +312,7 @@ def build_route_config(
                 "domains": ["*"],
                 # No catch-all: an unknown service gets Envoy's 404, which gRPC clients see as
                 # UNIMPLEMENTED — the right answer for a method nobody serves.
-                "routes": [r for spec in services for r in _service_routes(spec, idempotent_methods)],
+                "routes": [r for spec in services for r in _service_routes(spec, retryable)],
             }
         ],
     }

@@ -97,7 +97,7 @@ def test_listener_admin_and_codec() -> None:
 
 def test_routes_by_grpc_prefix_with_timeouts_and_retries() -> None:
     routes = hcm(bootstrap(services=(AUTH, RECIPIENTS), endpoints={}))["route_config"]["virtual_hosts"][0]["routes"]
-    table = {r["match"]["prefix"]: r["route"]["cluster"] for r in routes}
+    table = {r["match"]["prefix"]: r["route"]["cluster"] for r in routes if "prefix" in r["match"]}
     assert table == {
         "/capsule.auth.v1.": "auth",
         "/grpc.reflection.": "auth",
@@ -109,11 +109,20 @@ def test_routes_by_grpc_prefix_with_timeouts_and_retries() -> None:
         assert action["timeout"] == "15s"
         assert action["max_stream_duration"]["grpc_timeout_header_max"] == "15s"
         retry = action["retry_policy"]
-        assert retry["retry_on"] == "connect-failure,refused-stream,unavailable,cancelled"
         assert retry["num_retries"] == 2
         assert retry["per_try_timeout"] == "5s"
         assert retry["retry_back_off"] == {"base_interval": "0.025s", "max_interval": "0.25s"}
         assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
+
+
+def test_the_static_bootstrap_retries_writes_only_when_they_never_reached_a_server() -> None:
+    """CONTROL_PLANE=0 uses the protos' per-method policy too: a read is retried after an
+    UNAVAILABLE or a reset, a write only on connect-failure / refused-stream (never replayed)."""
+    routes = hcm(bootstrap(services=(AUTH,), endpoints={}))["route_config"]["virtual_hosts"][0]["routes"]
+    policy = {r["match"].get("path") or r["match"]["prefix"]: r["route"]["retry_policy"]["retry_on"] for r in routes}
+    assert policy["/capsule.auth.v1.AuthService/GetMe"] == "unavailable,reset,connect-failure,refused-stream"
+    assert "/capsule.auth.v1.AuthService/SignUp" not in policy  # a write: the service's prefix route
+    assert policy["/capsule.auth.v1."] == "connect-failure,refused-stream"
 
 
 def test_one_cluster_per_service_with_health_checks_and_protection() -> None:
