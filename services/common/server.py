@@ -200,10 +200,10 @@ class ServiceHost:
                 continue
             await self._set_all(health_pb2.HealthCheckResponse.SERVING)
             self._serving = True
-            self._start_registration()
+            await self._start_registration()
             return
 
-    def _start_registration(self) -> None:
+    async def _start_registration(self) -> None:
         """Register with the control plane (if configured) now that health says SERVING."""
         target = self.settings.control_plane_target
         if not target:
@@ -214,7 +214,8 @@ class ServiceHost:
         metadata = {"instance": self.settings.instance_name} if self.settings.instance_name else {}
         instance = registry_pb2.ServiceInstance(
             service=self.settings.name,
-            host=advertised_host(host),
+            # A name look-up may block (DNS in compose): off the event loop.
+            host=await asyncio.to_thread(advertised_host, host),
             port=int(port),
             zone=self.settings.zone,
             metadata=metadata,
