@@ -81,6 +81,7 @@ class Unlocker:
         interval_seconds: float = 1.0,
         marker_ttl_seconds: int = 7 * 24 * 3600,
         stream_max_length: int = 1_000_000,
+        publish_timeout_seconds: float = 2.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
@@ -90,6 +91,9 @@ class Unlocker:
         self.interval = interval_seconds
         self.marker_ttl = marker_ttl_seconds
         self.max_length = stream_max_length
+        # The publish runs while the batch's rows are locked (FOR UPDATE): a Redis that does not
+        # answer must not hold them, so the call is bounded whatever the client's own timeouts.
+        self.publish_timeout = publish_timeout_seconds
         self.clock = clock
         self._publish = redis_client.register_script(_PUBLISH_LUA)
 
@@ -103,7 +107,8 @@ class Unlocker:
             args: list[str] = [str(self.marker_ttl), str(self.max_length)]
             for row in due:
                 args += [str(row.id), str(row.recipient_user), str(row.sender), row.unlocks_at.isoformat()]
-            added = int(await self._publish(keys=[self.stream], args=args))
+            published = self._publish(keys=[self.stream], args=args)
+            added = int(await asyncio.wait_for(published, self.publish_timeout))
             await storage.mark_published(conn, [row.id for row in due], now)
         PUBLISHED.inc(added)
         return len(due)

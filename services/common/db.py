@@ -69,6 +69,7 @@ def make_engine(url: str, settings: DatabaseSettings, role: str) -> AsyncEngine:
             "server_settings": {
                 "application_name": f"capsule-mesh-{role}",
                 "statement_timeout": str(settings.statement_timeout_ms),
+                "idle_in_transaction_session_timeout": str(settings.idle_in_transaction_timeout_ms),
             },
         },
     )

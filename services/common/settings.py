@@ -63,6 +63,9 @@ class DatabaseSettings:
     # A primary that is down must fail writes fast (SPEC §10), not after asyncpg's 60 s default.
     connect_timeout_seconds: float = 3.0
     statement_timeout_ms: int = 10_000
+    # A transaction left idle (its holder waiting on something else) is ended by Postgres after
+    # this long, releasing its locks: the backstop behind every bounded wait inside a transaction.
+    idle_in_transaction_timeout_ms: int = 30_000
 
     @classmethod
     def from_env(cls, default_database: str) -> DatabaseSettings:
@@ -77,6 +80,7 @@ class DatabaseSettings:
             pool_pre_ping_idle_seconds=env_float("DB_POOL_PRE_PING_IDLE_SECONDS", 5.0),
             connect_timeout_seconds=env_float("DB_CONNECT_TIMEOUT_SECONDS", 3.0),
             statement_timeout_ms=env_int("DB_STATEMENT_TIMEOUT_MS", 10_000),
+            idle_in_transaction_timeout_ms=env_int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 30_000),
         )
 
 
