@@ -13,6 +13,7 @@ Redis is real. The properties:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -75,6 +76,10 @@ class Mesh:
     async def change(self, user: uuid.UUID, name: str) -> None:
         self.auth.names[user] = name
         await publish_profile_change(self.publisher, self.prefix, user)
+        # Redis may answer the publisher a moment before it writes to the subscribers; a round trip
+        # after the answer (as any request through the mesh is, and more) finds them written.
+        with contextlib.suppress(redis.RedisError):
+            await self.client.ping()
 
     async def close(self) -> None:
         await self.publisher.close()
