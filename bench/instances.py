@@ -21,7 +21,7 @@ from bench.getme import GETME, ok_getme_count, sign_up
 from launcher import infra as infra_mod
 from launcher.keys import ensure_dev_keys
 from launcher.stack import Stack, StackSettings
-from launcher.topology import AUTH
+from mesh.topology import AUTH
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -37,7 +37,7 @@ from launcher.infra import Infra, PostgresServer
 from launcher.keys import KeyPair
 from launcher.process import ManagedProcess, http_ok, port_open, stop_all
 from launcher.stack import Stack, StackSettings
-from launcher.topology import SERVICES
+from mesh.topology import SERVICES
 
 # Raised, not disabled: the limiter's Redis call stays in every request's path.
 BENCH_RATE_LIMITS = {"GATEWAY_RATELIMIT_USER": "100000000/60", "GATEWAY_RATELIMIT_IP": "1000000/60"}

@@ -137,7 +137,7 @@ def cmd_up(args: Sequence[str]) -> int:
 
     from launcher.process import StartupError, port_open
     from launcher.stack import Stack, StackSettings
-    from launcher.topology import SERVICES
+    from mesh.topology import SERVICES
 
     prepared = Prepared()
     # Services and gateway are written in parallel issues: start what exists, say what does not.

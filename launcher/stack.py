@@ -14,7 +14,7 @@ Start order: migrations → control plane → service instances (they register w
 (its bootstrap only points at the control plane; everything else arrives over ADS) → gateway
 (a proxyless xDS client of the same control plane: it calls the instances directly).
 Close: the reverse (gateway, Envoy, instances, control plane), each step SIGTERM → wait → SIGKILL.
-With `control_plane=False` Envoy gets the static bootstrap of launcher/envoy_config.py instead
+With `control_plane=False` Envoy gets the static bootstrap of mesh/envoy_config.py instead
 (the fallback: every planned instance listed, no registration).
 """
 
@@ -36,7 +36,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from launcher import envoy_config
 from launcher.bootstrap import REPO
 from launcher.infra import Infra
 from launcher.keys import KeyPair
@@ -49,7 +48,8 @@ from launcher.process import (
     run_to_completion,
     stop_all,
 )
-from launcher.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
+from mesh import envoy_config
+from mesh.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
 
 # Every service may call every other through Envoy: `<NAME>_TARGET`. Names of services that do not
 # exist yet are set empty, so a stale value in the caller's shell never leaks in.
@@ -345,7 +345,7 @@ class Stack:
         return Instance(spec, index, grpc_address, admin_address, proc)
 
     def envoy_bootstrap(self) -> dict[str, Any]:
-        """Envoy's bootstrap (pure: see launcher.envoy_config): only the control plane's address,
+        """Envoy's bootstrap (pure: see mesh.envoy_config): only the control plane's address,
         or (control_plane=False) the static config listing every planned instance."""
         if self.settings.control_plane:
             return envoy_config.build_xds_bootstrap(

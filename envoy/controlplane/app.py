@@ -28,8 +28,8 @@ from controlplane.cache import PROXYLESS, SnapshotCache
 from controlplane.registry import Registry
 from controlplane.registry_service import RegistryService
 from controlplane.snapshot import build_proxyless_snapshot, build_snapshot
-from launcher import envoy_config
-from launcher.topology import SERVICES, ServiceSpec
+from mesh import envoy_config
+from mesh.topology import SERVICES, ServiceSpec
 from services.common import admin_http
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 A gRPC channel to `xds:///<name>` asks the control plane for the Listener `<name>`, follows it to a
 RouteConfiguration, the routes to Clusters and the clusters to ClusterLoadAssignments, then balances
 over the endpoints itself: no Envoy hop. The gateway uses this (gateway/xds.py); Envoy keeps serving
-everyone else. The resources differ from Envoy's (launcher/envoy_config.py) because gRPC implements
+everyone else. The resources differ from Envoy's (mesh/envoy_config.py) because gRPC implements
 only part of xDS (grpc/grpc doc/grpc_xds_features.md, gRFCs A27, A28, A31, A32, A44, A50):
 
 - an `api_listener` (no address, no filter chain) whose HttpConnectionManager names the routes;
@@ -34,8 +34,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from launcher import envoy_config
-from launcher.topology import ServiceSpec
+from mesh import envoy_config
+from mesh.topology import ServiceSpec
 
 # The node.cluster a proxyless client puts in its bootstrap (gateway/xds.py writes it): the control
 # plane serves such nodes these resources instead of Envoy's.

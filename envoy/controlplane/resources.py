@@ -1,6 +1,6 @@
 """xDS v3 resource types: type URLs, the push order, dict → message conversion.
 
-launcher/envoy_config.py builds resources as protobuf-JSON dicts (the static bootstrap's
+mesh/envoy_config.py builds resources as protobuf-JSON dicts (the static bootstrap's
 format). `from_dict` turns one into the typed message the ADS stream sends, resolving every
 `@type` of the typed_config fields — which is why the extension modules are imported here.
 """

@@ -2,7 +2,7 @@
 for Envoy (`build_snapshot`) and one for proxyless gRPC clients such as the gateway
 (`build_proxyless_snapshot`, resources from proxyless.py). Both carry the same endpoint assignments.
 
-Pure functions, no I/O. Envoy's resources come from launcher/envoy_config.py, the builders the
+Pure functions, no I/O. Envoy's resources come from mesh/envoy_config.py, the builders the
 static bootstrap used (every value there carries its reason); this module only switches them to
 dynamic discovery (EDS clusters, an RDS listener), adds the endpoints from the registry, and
 versions the result.
@@ -25,8 +25,8 @@ from google.protobuf.message import Message
 from controlplane import proxyless
 from controlplane import resources as rs
 from controlplane.registry import Endpoint
-from launcher import envoy_config
-from launcher.topology import SERVICES, ServiceSpec
+from mesh import envoy_config
+from mesh.topology import SERVICES, ServiceSpec
 
 Address = tuple[str, int]
 METADATA_NAMESPACE = "capsule-mesh"

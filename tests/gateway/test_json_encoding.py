@@ -46,7 +46,7 @@ from gateway.descriptors import HttpBinding, Rpc, http_bindings, load_services
 from gateway.message_json import MessageEncoder, encoder_for, generated_source, timestamp_json
 from gateway.routing import RouteTable
 from gateway.transcoding import Transcoder
-from launcher.topology import SERVICES
+from mesh.topology import SERVICES
 
 FD = FieldDescriptor
 TIMESTAMP_MIN = -62135596800

@@ -1,6 +1,6 @@
 """compose.yaml, the Dockerfiles, the Makefile and .ci/run, checked statically (no Docker engine
 here): structure, the service process contract's environment, health checks, and agreement with
-launcher/topology.py and the Envoy config builder."""
+mesh/topology.py and the Envoy config builder."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from launcher import envoy_config
 from launcher.bootstrap import REPO
-from launcher.topology import SERVICES, gateway_proto_modules
+from mesh import envoy_config
+from mesh.topology import SERVICES, gateway_proto_modules
 from tests.launcher.yaml_subset import YamlSubsetError, loads
 
 SERVICE_CONTRACT_ENV = {
@@ -146,7 +146,7 @@ def test_builds_and_volumes_point_at_real_things(compose: dict[str, Any]) -> Non
 def test_envoy_compose_config_is_the_builders_and_envoy_accepts_it(compose: dict[str, Any], tmp_path: Path) -> None:
     mount = next(v for v in compose["services"]["envoy"]["volumes"] if v.startswith("./envoy/"))
     committed = json.loads((REPO / mount.split(":")[0]).read_text())
-    assert committed == envoy_config.compose_bootstrap(), "run `python -m launcher.envoy_config compose`"
+    assert committed == envoy_config.compose_bootstrap(), "run `python -m mesh.envoy_config compose`"
     envoy = str(Path(sys.executable).parent / "envoy")
     result = subprocess.run(
         [

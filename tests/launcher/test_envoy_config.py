@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from launcher import envoy_config
-from launcher.topology import AUTH, SERVICES, ServiceSpec
+from mesh import envoy_config
+from mesh.topology import AUTH, SERVICES, ServiceSpec
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 RECIPIENTS = ServiceSpec(

@@ -17,10 +17,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from launcher import envoy_config
 from launcher.process import GrpcHealthProbe, ManagedProcess, free_port, http_ok
 from launcher.stack import envoy_cluster_health
-from launcher.topology import AUTH
+from mesh import envoy_config
+from mesh.topology import AUTH
 from tests.conftest import Processes
 
 SERVICE = AUTH.proto_service

@@ -77,5 +77,5 @@ def test_the_venv_sees_the_repository_and_the_stubs() -> None:
     import importlib
 
     assert importlib.import_module("capsule.auth.v1.auth_pb2")  # from gen/
-    assert importlib.import_module("launcher.topology")  # from the repository root
+    assert importlib.import_module("mesh.topology")  # from the repository root
     assert importlib.import_module("controlplane")  # from envoy/ (not `envoy`: the xds-protos name)

@@ -18,7 +18,7 @@ from launcher.infra import Infra
 from launcher.keys import KeyPair
 from launcher.process import StartupError, port_open
 from launcher.stack import Stack, StackSettings
-from launcher.topology import AUTH
+from mesh.topology import AUTH
 
 STANDIN = replace(AUTH, module="tests.launcher.standin")
 

@@ -1,4 +1,4 @@
-"""launcher/topology.py agrees with the code: modules exist, proto names and route prefixes match
+"""mesh/topology.py agrees with the code: modules exist, proto names and route prefixes match
 the generated descriptors, and names/prefixes/databases are unique."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import importlib.util
 
 import pytest
 
-from launcher.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
+from mesh.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
 
 
 @pytest.mark.parametrize("spec", SERVICES, ids=lambda s: s.name)

@@ -17,10 +17,10 @@ import grpc
 import pytest
 from controlplane.app import ControlPlane, ControlPlaneSettings
 
-from launcher import envoy_config
 from launcher.process import GrpcHealthProbe, ManagedProcess, free_port, http_ok
 from launcher.stack import envoy_cluster_health
-from launcher.topology import AUTH
+from mesh import envoy_config
+from mesh.topology import AUTH
 from tests.conftest import Processes
 
 ENVOY = str(Path(sys.executable).parent / "envoy")

@@ -32,7 +32,7 @@ import pytest
 from launcher import infra as infra_mod
 from launcher.keys import KeyPair
 from launcher.stack import Instance, Stack
-from launcher.topology import AUTH
+from mesh.topology import AUTH
 from tests.conftest import start_test_stack
 from tests.mesh.load import Load, Op
 

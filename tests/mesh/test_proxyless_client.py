@@ -27,7 +27,7 @@ from controlplane.snapshot import Snapshot
 from gateway import xds
 from gateway.upstream import XDS_CHANNEL_OPTIONS
 from launcher.process import free_port
-from launcher.topology import AUTH
+from mesh.topology import AUTH
 from tests.mesh.conftest import XdsMesh
 
 PROBE = f"/{AUTH.proto_service}/Probe"

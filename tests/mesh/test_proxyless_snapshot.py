@@ -15,7 +15,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from launcher.topology import AUTH, SERVICES
+from mesh.topology import AUTH, SERVICES
 
 LISTEN = ("127.0.0.1", 10000)
 GETME = "/capsule.auth.v1.AuthService/GetMe"

@@ -8,8 +8,8 @@ from controlplane.registry import Endpoint
 from controlplane.snapshot import InconsistentSnapshot, Snapshot, build_snapshot, check_consistent
 from envoy.config.cluster.v3 import cluster_pb2
 
-from launcher.envoy_config import RETRY_ON_IDEMPOTENT, RETRY_ON_UNSAFE
-from launcher.topology import AUTH, SERVICES
+from mesh.envoy_config import RETRY_ON_IDEMPOTENT, RETRY_ON_UNSAFE
+from mesh.topology import AUTH, SERVICES
 
 LISTEN = ("127.0.0.1", 10000)
 

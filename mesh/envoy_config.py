@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from launcher.topology import SERVICES, ServiceSpec
+from mesh.topology import SERVICES, ServiceSpec
 
 Address = tuple[str, int]
 Discovery = Literal["STATIC", "STRICT_DNS", "EDS"]
@@ -555,11 +555,11 @@ def compose_bootstrap(services: Sequence[ServiceSpec] = SERVICES) -> dict[str, A
 
 
 if __name__ == "__main__":
-    # `python -m launcher.envoy_config compose`: regenerate envoy/compose.json (a test checks
+    # `python -m mesh.envoy_config compose`: regenerate envoy/compose.json (a test checks
     # the committed file is what this function builds).
     import sys
 
     if sys.argv[1:] != ["compose"]:
-        raise SystemExit("usage: python -m launcher.envoy_config compose")
+        raise SystemExit("usage: python -m mesh.envoy_config compose")
     write_bootstrap(compose_bootstrap(), COMPOSE_FILE)
     print(f"wrote {COMPOSE_FILE}")
