@@ -55,9 +55,10 @@ def is_root() -> bool:
 
 
 class Apt:
-    """apt-get, with `apt-get update` run at most once per launcher run."""
+    """apt-get, with `apt-get update` run at most once per launcher run: the flag lives in the
+    environment, so it survives the launcher re-executing itself inside the venv."""
 
-    updated = False
+    UPDATED_MARKER = "CAPSULE_MESH_APT_UPDATED"
 
     @classmethod
     def install(cls, *packages: str) -> None:
@@ -69,9 +70,9 @@ class Apt:
         if not is_root():
             raise SetupError(f"installing {', '.join(packages)} needs root: run as root or install them")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        if not cls.updated:
+        if not os.environ.get(cls.UPDATED_MARKER):
             run(["apt-get", "update"], env=env)
-            cls.updated = True
+            os.environ[cls.UPDATED_MARKER] = "1"
         run(["apt-get", "install", "-y", "--no-install-recommends", *packages], env=env)
 
 
@@ -140,11 +141,27 @@ def write_pth() -> None:
         log(f"wrote {pth}")
 
 
+def installer_pin() -> str:
+    """The installer's requirement (`uv==x.y.z`), pinned in pyproject.toml with the rest."""
+    import tomllib
+
+    return str(tomllib.loads(PYPROJECT.read_text())["tool"]["capsule-mesh"]["installer"])
+
+
 def install_deps() -> None:
+    """uv installs the pinned dependencies (downloads in parallel: ~15 s on a fresh machine where
+    pip takes 80+ s); pip installs uv itself, and everything when uv cannot be had."""
     if deps_current():
         return
     log("installing the pinned dependencies of pyproject.toml (project + dev extras)")
-    run([str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-e", f"{REPO}[dev]"], cwd=REPO)
+    pip = [str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check"]
+    uv = VENV / "bin" / "uv"
+    try:
+        run([*pip, "--quiet", installer_pin()], cwd=REPO)
+        run([str(uv), "pip", "install", "--python", str(VENV_PYTHON), "-e", f"{REPO}[dev]"], cwd=REPO)
+    except SetupError as exc:
+        log(f"{exc}; installing with pip instead")
+        run([*pip, "-e", f"{REPO}[dev]"], cwd=REPO)
     DEPS_STAMP.write_text(pyproject_hash() + "\n")
 
 

@@ -43,9 +43,9 @@ from launcher.process import (
     GrpcHealthProbe,
     ManagedProcess,
     StartupError,
+    finish,
     free_port,
     http_ok,
-    run_to_completion,
     stop_all,
 )
 from mesh import envoy_config
@@ -373,12 +373,19 @@ class Stack:
         self.close()
 
     def start(self) -> Stack:
+        """Start everything and return once the gateway answers. Steps that do not depend on each
+        other overlap (each is mostly a Python interpreter starting): the migrations of every
+        database side by side, with the control plane warming up meanwhile; Envoy and the gateway
+        together once the instances serve."""
         _LIVE.add(self)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for spec in self.settings.services:
-            self.migrate(spec.name)
+        migrations = [self._start_migration(spec) for spec in self.settings.services]
         if self.settings.control_plane:
-            self.start_control_plane()
+            self.start_control_plane(wait=False)
+        for migration in migrations:
+            finish(migration, timeout=max(self.settings.ready_timeout, 120.0))
+        if self.control_plane is not None:
+            self.control_plane.wait_ready(self.settings.ready_timeout)
         # Instances before Envoy: Envoy's initialisation waits for the first health-check round,
         # so it starts with every instance healthy and balances from its first call. (Hosts that
         # turn healthy after start-up can take one more health-check interval to get traffic.)
@@ -389,22 +396,25 @@ class Stack:
         for insts in self.instances.values():
             for inst in insts:
                 inst.process.wait_ready(self.settings.ready_timeout)
-        self.start_envoy()
+        self.start_envoy(wait=False)
+        if self.settings.with_gateway:
+            self.start_gateway(wait=False)
+        assert self.envoy is not None
+        self.envoy.wait_ready(self.settings.ready_timeout)
         for name, insts in self.instances.items():
             self.wait_envoy_health(name, healthy=len(insts), timeout=self.settings.ready_timeout)
-        if self.settings.with_gateway:
-            self.start_gateway()
+        if self.gateway is not None:
+            self.gateway.wait_ready(self.settings.ready_timeout)
         return self
 
     def migrate(self, service: str) -> None:
-        spec = by_name(service, self.settings.services)
-        run_to_completion(
-            f"{spec.name}-migrate",
-            [self.settings.python, "-m", spec.module, "migrate"],
-            env=self.migrate_env(spec),
-            log_path=self.log_path(f"{spec.name}-migrate"),
-            timeout=max(self.settings.ready_timeout, 120.0),
-        )
+        """Migrate one service's database to head (blocks)."""
+        finish(self._start_migration(by_name(service, self.settings.services)), max(self.settings.ready_timeout, 120.0))
+
+    def _start_migration(self, spec: ServiceSpec) -> ManagedProcess:
+        name = f"{spec.name}-migrate"
+        argv = [self.settings.python, "-m", spec.module, "migrate"]
+        return ManagedProcess(name, argv, env=self.migrate_env(spec), log_path=self.log_path(name)).start()
 
     def envoy_argv(self) -> list[str]:
         envoy = Path(self.settings.python).parent / "envoy"
@@ -420,7 +430,7 @@ class Stack:
             "--drain-time-s", "1",
         ]  # fmt: skip
 
-    def start_envoy(self) -> ManagedProcess:
+    def start_envoy(self, *, wait: bool = True) -> ManagedProcess:
         envoy_config.write_bootstrap(self.envoy_bootstrap(), self.envoy_config_path)
         self.envoy = ManagedProcess(
             "envoy",
@@ -429,7 +439,9 @@ class Stack:
             log_path=self.log_path("envoy"),
             ready=lambda: http_ok(f"{self.envoy_admin_url}/ready"),
         )
-        self.envoy.start().wait_ready(self.settings.ready_timeout)
+        self.envoy.start()
+        if wait:
+            self.envoy.wait_ready(self.settings.ready_timeout)
         return self.envoy
 
     def start_control_plane(self, *, wait: bool = True) -> ManagedProcess:
@@ -457,7 +469,7 @@ class Stack:
         with urllib.request.urlopen(f"{self.control_plane_admin_url}/status", timeout=2) as response:
             return dict(json.load(response))
 
-    def start_gateway(self) -> ManagedProcess:
+    def start_gateway(self, *, wait: bool = True) -> ManagedProcess:
         self.gateway = ManagedProcess(
             "gateway",
             [self.settings.python, "-m", self.settings.gateway_module],
@@ -465,7 +477,9 @@ class Stack:
             log_path=self.log_path("gateway"),
             ready=lambda: http_ok(f"{self.gateway_url}/readyz"),
         )
-        self.gateway.start().wait_ready(self.settings.ready_timeout)
+        self.gateway.start()
+        if wait:
+            self.gateway.wait_ready(self.settings.ready_timeout)
         return self.gateway
 
     def _launch(self, inst: Instance) -> None:

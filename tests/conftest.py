@@ -2,7 +2,11 @@
 
     stack                  the running mesh (launcher.stack.Stack): real Postgres, Redis, Envoy,
                            every service of the topology (2 instances each), the gateway.
-                           Session-scoped; started on first use, stopped at the end.
+                           Session-scoped; started on first use, stopped at the end. The one
+                           whole mesh of a run: tests that break things (kill instances, freeze
+                           Redis) start only what they use. One test-only setting: capsules may
+                           unlock CAPSULE_LEAD_SECONDS after they are sent (SPEC §6 says 1 minute;
+                           tests watch capsules turn ready).
     gateway_url            "http://127.0.0.1:PORT"
     envoy_grpc             "127.0.0.1:PORT" (Envoy's gRPC listener; h2c)
     client                 httpx.AsyncClient on the gateway (session-scoped)
@@ -41,6 +45,7 @@ from launcher.stack import Stack, StackSettings
 from tests.ratelimit.redis_server import RedisServer
 
 STACKS_DIR = REPO / ".run" / "test-stacks"
+CAPSULE_LEAD_SECONDS = 1
 KEEP_STACK_DIRS = 5
 
 
@@ -108,7 +113,7 @@ def start_test_stack(infra: infra_mod.Infra, keys: KeyPair, **overrides: Any) ->
 
 @pytest.fixture(scope="session")
 def stack(infra: infra_mod.Infra, jwt_keys: KeyPair) -> Iterator[Stack]:
-    mesh = start_test_stack(infra, jwt_keys)
+    mesh = start_test_stack(infra, jwt_keys, service_env={"CAPSULE_MIN_UNLOCK_LEAD_SECONDS": str(CAPSULE_LEAD_SECONDS)})
     try:
         yield mesh
     finally:

@@ -149,13 +149,13 @@ DUE_SQL = """
 
 
 async def test_two_unlockers_publish_exactly_one_event_per_due_capsule(
-    capsule_stack: Stack, processes: Processes, scratch_db: tuple[str, asyncpg.Connection]
+    stack: Stack, processes: Processes, scratch_db: tuple[str, asyncpg.Connection]
 ) -> None:
     """1,000 due capsules (and some deleted or not yet due) in a scratch database, two
     `python -m services.capsules unlocker` processes on a fresh stream."""
     url, conn = scratch_db
-    stream = f"{capsule_stack.cache_prefix}unlock-test:{uuid.uuid4().hex[:8]}"
-    client = redis.from_url(capsule_stack.redis_url)
+    stream = f"{stack.cache_prefix}unlock-test:{uuid.uuid4().hex[:8]}"
+    client = redis.from_url(stack.redis_url)
     try:
         await conn.execute(DUE_SQL, 1000)
         await conn.execute(
@@ -172,7 +172,7 @@ async def test_two_unlockers_publish_exactly_one_event_per_due_capsule(
         )
         env = {
             "DATABASE_URL": url,
-            "REDIS_URL": capsule_stack.redis_url,
+            "REDIS_URL": stack.redis_url,
             "CAPSULE_READY_STREAM": stream,
             "CAPSULE_UNLOCKER_BATCH_SIZE": "50",
             "CAPSULE_UNLOCKER_INTERVAL_SECONDS": "0.2",
@@ -208,15 +208,15 @@ async def test_two_unlockers_publish_exactly_one_event_per_due_capsule(
 
 
 async def test_a_commit_lost_after_publishing_does_not_announce_twice(
-    capsule_stack: Stack, scratch_db: tuple[str, asyncpg.Connection], monkeypatch: pytest.MonkeyPatch
+    stack: Stack, scratch_db: tuple[str, asyncpg.Connection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The publish precedes the COMMIT: when the transaction fails after it, the rows stay
     unannounced and the next pass takes them again; the per-capsule marker keeps the stream at one
     entry each."""
     url, conn = scratch_db
     await conn.execute(DUE_SQL, 120)
-    stream = f"{capsule_stack.cache_prefix}unlock-test:{uuid.uuid4().hex[:8]}"
-    client = redis.from_url(capsule_stack.redis_url)
+    stream = f"{stack.cache_prefix}unlock-test:{uuid.uuid4().hex[:8]}"
+    client = redis.from_url(stack.redis_url)
     db = Database(DatabaseSettings(url=url, pool_size=2, max_overflow=0))
     unlocker = Unlocker(db, client, stream=stream, batch_size=100)
     try:

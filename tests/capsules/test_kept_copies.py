@@ -68,16 +68,16 @@ async def own_names(api: httpx.AsyncClient, reader: dict[str, Any]) -> list[str]
 
 
 async def test_a_renamed_sender_shows_on_the_next_inbox_page_from_every_instance(
-    api: httpx.AsyncClient, capsule_stack: Stack
+    api: httpx.AsyncClient, stack: Stack
 ) -> None:
     a, b, recipient = await pair(api)
     assert (await send(api, a, recipient)).status_code == 200
 
     before = await sender_names(api, b, a)
     assert len(before) == READS and len(set(before)) == 1
-    calls = get_users_calls(capsule_stack)
+    calls = get_users_calls(stack)
     assert await sender_names(api, b, a) == before
-    assert get_users_calls(capsule_stack) == calls, "pages must be served from the copies, not by asking auth"
+    assert get_users_calls(stack) == calls, "pages must be served from the copies, not by asking auth"
 
     for round_ in range(3):
         renamed = f"Renamed{round_}"
@@ -85,9 +85,9 @@ async def test_a_renamed_sender_shows_on_the_next_inbox_page_from_every_instance
         assert patched.status_code == 200, patched.text
         assert await sender_names(api, b, a) == [renamed] * READS
         assert await connection_names(api, b, a) == [renamed] * READS
-        served = counted(capsule_stack, "auth", r'cache_requests_total\{cache="user_copy",result="hit"\} (\S+)')
+        served = counted(stack, "auth", r'cache_requests_total\{cache="user_copy",result="hit"\} (\S+)')
         assert await own_names(api, a) == [renamed] * READS  # auth keeps copies too...
-        hits = counted(capsule_stack, "auth", r'cache_requests_total\{cache="user_copy",result="hit"\} (\S+)')
+        hits = counted(stack, "auth", r'cache_requests_total\{cache="user_copy",result="hit"\} (\S+)')
         assert hits >= served + READS - 2  # ...and serves GetMe from them
 
 
@@ -102,15 +102,15 @@ async def box(api: httpx.AsyncClient, reader: dict[str, Any], name: str) -> list
 
 
 async def test_kept_pages_are_served_and_every_write_shows_on_the_next_read(
-    api: httpx.AsyncClient, capsule_stack: Stack
+    api: httpx.AsyncClient, stack: Stack
 ) -> None:
     a, b, recipient = await pair(api)
     first = (await send(api, a, recipient, title="first", unlocksAt=at(2))).json()
     inbox = await box(api, b, "inbox")
     assert inbox == [[(first["id"], "first", "CAPSULE_STATUS_SEALED")]] * READS
-    served = kept_pages_served(capsule_stack)
+    served = kept_pages_served(stack)
     assert await box(api, b, "inbox") == inbox
-    assert kept_pages_served(capsule_stack) >= served + READS - 2, "pages must come from the kept copies"
+    assert kept_pages_served(stack) >= served + READS - 2, "pages must come from the kept copies"
     assert await box(api, a, "outbox") == inbox
 
     second = (await send(api, a, recipient, title="second")).json()

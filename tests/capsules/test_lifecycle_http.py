@@ -198,12 +198,12 @@ async def test_every_capsule_route_needs_a_token(api: httpx.AsyncClient) -> None
         assert response.status_code == 401, (method, path, response.text)
 
 
-async def test_serving_instances_announce_a_ready_capsule_once(api: httpx.AsyncClient, capsule_stack: Stack) -> None:
+async def test_serving_instances_announce_a_ready_capsule_once(api: httpx.AsyncClient, stack: Stack) -> None:
     """Both capsules instances run the unlocker: one "capsule ready" event reaches the stream."""
     a, b, recipient = await pair(api)
     cid = (await send(api, a, recipient, unlocksAt=at(2))).json()["id"]
-    stream = f"{capsule_stack.cache_prefix}capsules:ready"
-    client = redis.from_url(capsule_stack.redis_url)
+    stream = f"{stack.cache_prefix}capsules:ready"
+    client = redis.from_url(stack.redis_url)
     try:
 
         async def announced() -> list[Any] | None:

@@ -5,8 +5,9 @@
 
 Serves grpc.health.v1 (SERVING for STANDIN_SERVICE and ""), answers every method of
 STANDIN_SERVICE with an empty message and an `x-instance: <GRPC_LISTEN>` trailer (so a test sees
-which instance answered), and /healthz on ADMIN_LISTEN. SIGTERM: NOT_SERVING, wait
-DRAIN_DELAY_SECONDS, stop with SHUTDOWN_GRACE_SECONDS, exit 0.
+which instance answered), and /healthz on ADMIN_LISTEN. SIGTERM: NOT_SERVING, deregister, wait
+DEREGISTERED_DRAIN_SECONDS once the control plane confirmed it (else DRAIN_DELAY_SECONDS), stop
+with SHUTDOWN_GRACE_SECONDS, exit 0.
 Fault switches: STANDIN_EXIT_AT_START=<code> exits at once; STANDIN_UNAVAILABLE=1 answers every
 call with UNAVAILABLE while reporting SERVING (a broken instance that passes health checks).
 """
@@ -106,10 +107,15 @@ async def serve() -> None:
     await stopping.wait()
     print("standin: SIGTERM: NOT_SERVING, draining", flush=True)
     await servicer.enter_graceful_shutdown()
+    drained = False
     if registrar is not None:
-        await registrar.deregister()
+        drained = await registrar.deregister()
         await registrar.close()
-    await asyncio.sleep(float(os.environ.get("DRAIN_DELAY_SECONDS") or 0))
+    # The real services' order (services/common/server.py): once every Envoy confirmed the
+    # endpoint set without this instance, a short drain covers calls already on the wire;
+    # otherwise the health checks must notice NOT_SERVING first.
+    drain = "DEREGISTERED_DRAIN_SECONDS" if drained else "DRAIN_DELAY_SECONDS"
+    await asyncio.sleep(float(os.environ.get(drain) or (0.25 if drained else 0)))
     await server.stop(float(os.environ.get("SHUTDOWN_GRACE_SECONDS") or 5))
     admin.close()
     print("standin: stopped", flush=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -28,8 +28,11 @@ ENVOY = str(Path(sys.executable).parent / "envoy")
 
 
 class Mesh:
-    def __init__(self, processes: Processes, tmp_path: Path, instances: dict[str, dict[str, str]]) -> None:
+    def __init__(
+        self, processes: Processes, tmp_path: Path, instances: dict[str, dict[str, str]], drain_delay: float = 0.0
+    ) -> None:
         self.processes = processes
+        self.drain_delay = drain_delay
         self.instances: dict[str, ManagedProcess] = {}
         for address, extra_env in instances.items():
             self.instances[address] = self.start_instance(address, extra_env)
@@ -52,7 +55,7 @@ class Mesh:
         env = {
             "GRPC_LISTEN": address,
             "ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
-            "DRAIN_DELAY_SECONDS": "2",
+            "DRAIN_DELAY_SECONDS": str(self.drain_delay),
             **(extra_env or {}),
         }
         return self.processes.start(
@@ -80,25 +83,50 @@ class Mesh:
         self.channel.close()
 
 
-@pytest.fixture
-def addresses() -> list[str]:
+def two_addresses() -> list[str]:
     return [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
 
 
+@pytest.fixture(scope="module")
+def steady(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, list[str]]]:
+    """Envoy and two healthy instances shared by the tests that change nothing."""
+    tmp_path = tmp_path_factory.mktemp("steady")
+    processes = Processes(tmp_path / "logs")
+    try:
+        addresses = two_addresses()
+        m = Mesh(processes, tmp_path, {a: {} for a in addresses})
+        m.wait_health({a: True for a in addresses})
+        yield m, addresses
+        m.close()
+    finally:
+        processes.stop_all()
+
+
 @pytest.fixture
-def mesh(processes: Processes, tmp_path: Path, addresses: list[str]) -> Iterator[Mesh]:
-    m = Mesh(processes, tmp_path, {a: {} for a in addresses})
-    m.wait_health({a: True for a in addresses})
-    yield m
-    m.close()
+def fresh_mesh(processes: Processes, tmp_path: Path) -> Iterator[Callable[..., tuple[Mesh, list[str]]]]:
+    """Envoy and two healthy instances of a test's own (it kills or stops one)."""
+    made: list[Mesh] = []
+
+    def make(drain_delay: float = 0.0) -> tuple[Mesh, list[str]]:
+        addresses = two_addresses()
+        m = Mesh(processes, tmp_path, {a: {} for a in addresses}, drain_delay)
+        made.append(m)
+        m.wait_health({a: True for a in addresses})
+        return m, addresses
+
+    yield make
+    for m in made:
+        m.close()
 
 
-def test_calls_through_envoy_reach_every_healthy_instance(mesh: Mesh, addresses: list[str]) -> None:
+def test_calls_through_envoy_reach_every_healthy_instance(steady: tuple[Mesh, list[str]]) -> None:
+    mesh, addresses = steady
     seen = Counter(mesh.call() for _ in range(40))
     assert set(seen) == set(addresses), seen
 
 
-def test_health_service_name_is_the_proto_service(mesh: Mesh, addresses: list[str]) -> None:
+def test_health_service_name_is_the_proto_service(steady: tuple[Mesh, list[str]]) -> None:
+    _, addresses = steady
     # The stand-in only says SERVING for SERVICE: Envoy marking both healthy proves it asked for it.
     direct = grpc.insecure_channel(addresses[0])
     stub = health_pb2_grpc.HealthStub(direct)
@@ -108,7 +136,8 @@ def test_health_service_name_is_the_proto_service(mesh: Mesh, addresses: list[st
     direct.close()
 
 
-def test_a_killed_instance_costs_no_failed_call(mesh: Mesh, addresses: list[str]) -> None:
+def test_a_killed_instance_costs_no_failed_call(fresh_mesh: Callable[..., tuple[Mesh, list[str]]]) -> None:
+    mesh, addresses = fresh_mesh()
     victim, survivor = addresses
     mesh.instances[victim].kill()
     answers = [mesh.call() for _ in range(30)]  # right after the kill: retries cover the gap
@@ -124,7 +153,9 @@ def test_a_killed_instance_costs_no_failed_call(mesh: Mesh, addresses: list[str]
         time.sleep(0.05)
 
 
-def test_sigterm_drains_without_a_failed_call(mesh: Mesh, addresses: list[str]) -> None:
+def test_sigterm_drains_without_a_failed_call(fresh_mesh: Callable[..., tuple[Mesh, list[str]]]) -> None:
+    # A drain delay long enough that calls keep arriving while the instance is NOT_SERVING.
+    mesh, addresses = fresh_mesh(drain_delay=2.0)
     victim, survivor = addresses
     proc = mesh.instances[victim]
     proc.send_signal(15)
@@ -148,7 +179,8 @@ def test_an_instance_answering_unavailable_is_retried_around(processes: Processe
         m.close()
 
 
-def test_unknown_service_is_unimplemented(mesh: Mesh) -> None:
+def test_unknown_service_is_unimplemented(steady: tuple[Mesh, list[str]]) -> None:
+    mesh, _ = steady
     with pytest.raises(grpc.RpcError) as err:
         mesh.call(service="capsule.nothing.v1.Nothing")
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
