@@ -1,31 +1,35 @@
 """Helpers of the EXPLAIN tests (SPEC §9: indexes back every hot query): a scratch database
-migrated by a service's real command, and the plan of a statement exactly as the service sends it."""
+migrated by a service's real command (and seeded), cloned from a template built once, and the plan
+of a statement exactly as the service sends it."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import date
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 from sqlalchemy import TextClause
 from sqlalchemy.dialects import postgresql
 
+REPO = Path(__file__).resolve().parent.parent
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @asynccontextmanager
-async def scratch_database(service: str) -> AsyncIterator[asyncpg.Connection]:
-    """A fresh database migrated by `python -m services.<service> migrate`; dropped afterwards."""
+async def scratch_database(service: str, seed: str = "") -> AsyncIterator[asyncpg.Connection]:
+    """A fresh database migrated by `python -m services.<service> migrate`, with `seed` (SQL) run in
+    it; dropped afterwards. Cloned from a template built once (`clone_template`)."""
     name = f"{service}_plans_{uuid.uuid4().hex[:8]}"
     base = ADMIN_DSN.rsplit("/", 1)[0]
-    env = {**os.environ, "DATABASE_URL": base.replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"}
-    migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", f"services.{service}", "migrate", env=env)
-    assert await migrate.wait() == 0
+    await clone_template(service, seed, name)
     conn = await asyncpg.connect(f"{base}/{name}")
     try:
         yield conn
@@ -34,6 +38,56 @@ async def scratch_database(service: str) -> AsyncIterator[asyncpg.Connection]:
         admin = await asyncpg.connect(ADMIN_DSN)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def clone_template(service: str, seed: str, name: str) -> None:
+    """Create database `name` as a copy of a template migrated to head and seeded, built once and
+    then copied by CREATE DATABASE ... TEMPLATE (a file copy: well under a second, where migrating
+    and seeding 200,000 rows take seconds). Its name carries a digest of the seed and one of the
+    service's migrations and the day (seeds place rows around now()), so a stale template is never
+    used, and older ones with the same seed are dropped. Connections to a template are disallowed
+    once it is built: a copy needs it untouched."""
+    seed_digest = hashlib.sha256(seed.encode()).hexdigest()[:8]
+    state = hashlib.sha256(date.today().isoformat().encode())
+    for path in sorted((REPO / "services" / service / "migrations").rglob("*.py")):
+        state.update(path.read_bytes())
+    family = f"{service}_tpl_{seed_digest}"
+    template = f"{family}_{state.hexdigest()[:8]}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        # Per service, one session at a time builds, prunes or copies (parallel test sessions share
+        # the Postgres; a template being copied must not be dropped by a session whose digest differs).
+        await admin.execute("SELECT pg_advisory_lock(hashtext($1))", f"plans-template:{service}")
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", template):
+            await _build_template(admin, service, seed, template)
+        stale = await admin.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1 AND datname <> $2",
+            family.replace("_", "\\_") + "\\_%",
+            template,
+        )
+        for row in stale:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await admin.close()  # also releases the advisory lock
+
+
+async def _build_template(admin: asyncpg.Connection, service: str, seed: str, template: str) -> None:
+    building = f"{template}_new"
+    await admin.execute(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
+    base = ADMIN_DSN.rsplit("/", 1)[0]
+    env = {**os.environ, "DATABASE_URL": base.replace("postgresql://", "postgresql+asyncpg://") + f"/{building}"}
+    migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", f"services.{service}", "migrate", env=env)
+    assert await migrate.wait() == 0
+    if seed:
+        conn = await asyncpg.connect(f"{base}/{building}")
+        try:
+            await conn.execute(seed)
+        finally:
+            await conn.close()
+    # Complete before it gets its name: a session that dies halfway leaves only a *_new database.
+    await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{template}"')
+    await admin.execute(f'ALTER DATABASE "{template}" ALLOW_CONNECTIONS false')
 
 
 async def plan(conn: asyncpg.Connection, statement: TextClause | str, *args: Any, **values: Any) -> str:

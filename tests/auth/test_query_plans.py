@@ -17,19 +17,19 @@ import pytest
 from tests.query_plans import scratch_database
 
 
+SEED = """
+    INSERT INTO users (id, email, username, password_hash, first_name, last_name)
+    SELECT gen_random_uuid(), 'user' || i || '@example.com', 'user' || i, 'x',
+           (ARRAY['anna','bruno','chloe','dmitri','elif','farah','goran','hana'])[1 + i % 8] || i % 97,
+           (ARRAY['martin','nguyen','okafor','petrov','quinn','rossi','sato','tanaka'])[1 + i % 7] || i % 89
+      FROM generate_series(1, 100000) AS i;
+    ANALYZE users;
+"""
+
+
 @pytest.fixture(scope="module")
 async def seeded() -> AsyncIterator[asyncpg.Connection]:
-    async with scratch_database("auth") as conn:
-        await conn.execute(
-            """
-            INSERT INTO users (id, email, username, password_hash, first_name, last_name)
-            SELECT gen_random_uuid(), 'user' || i || '@example.com', 'user' || i, 'x',
-                   (ARRAY['anna','bruno','chloe','dmitri','elif','farah','goran','hana'])[1 + i % 8] || i % 97,
-                   (ARRAY['martin','nguyen','okafor','petrov','quinn','rossi','sato','tanaka'])[1 + i % 7] || i % 89
-              FROM generate_series(1, 100000) AS i
-            """
-        )
-        await conn.execute("ANALYZE users")
+    async with scratch_database("auth", SEED) as conn:
         yield conn
 
 

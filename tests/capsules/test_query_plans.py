@@ -21,26 +21,26 @@ def user(i: int) -> uuid.UUID:
     return uuid.UUID(int=i + 1)
 
 
+UID = "lpad(to_hex({}), 32, '0')::uuid"
+SEED = f"""
+    INSERT INTO capsules (id, sender, recipient_id, recipient_user, title, body, unlocks_at,
+                          opened_at, deleted_at, unlocked_event_at)
+    SELECT gen_random_uuid(), {UID.format("1 + i % 10000")}, gen_random_uuid(),
+           {UID.format("1 + (i * 7 + 1) % 10000")}, 'title ' || i, 'body ' || i, t,
+           CASE WHEN t < now() AND i % 3 = 0 THEN t + interval '1 hour' END,
+           CASE WHEN i % 50 = 0 THEN now() END,
+           CASE WHEN t < now() - interval '1 minute' THEN t END
+      FROM (SELECT i, now() + ((i * 7919) % 730 - 365) * interval '1 day'
+                         + (i % 86400) * interval '1 second' AS t
+              FROM generate_series(1, 200000) AS i) AS seed
+     WHERE {UID.format("1 + i % 10000")} <> {UID.format("1 + (i * 7 + 1) % 10000")};
+    ANALYZE;
+"""
+
+
 @pytest.fixture(scope="module")
 async def seeded() -> AsyncIterator[asyncpg.Connection]:
-    async with scratch_database("capsules") as conn:
-        uid = "lpad(to_hex({}), 32, '0')::uuid"
-        await conn.execute(
-            f"""
-            INSERT INTO capsules (id, sender, recipient_id, recipient_user, title, body, unlocks_at,
-                                  opened_at, deleted_at, unlocked_event_at)
-            SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, gen_random_uuid(),
-                   {uid.format("1 + (i * 7 + 1) % 10000")}, 'title ' || i, 'body ' || i, t,
-                   CASE WHEN t < now() AND i % 3 = 0 THEN t + interval '1 hour' END,
-                   CASE WHEN i % 50 = 0 THEN now() END,
-                   CASE WHEN t < now() - interval '1 minute' THEN t END
-              FROM (SELECT i, now() + ((i * 7919) % 730 - 365) * interval '1 day'
-                                 + (i % 86400) * interval '1 second' AS t
-                      FROM generate_series(1, 200000) AS i) AS seed
-             WHERE {uid.format("1 + i % 10000")} <> {uid.format("1 + (i * 7 + 1) % 10000")};
-            ANALYZE;
-            """
-        )
+    async with scratch_database("capsules", SEED) as conn:
         yield conn
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from launcher.infra import Infra
 from launcher.keys import KeyPair
+from mesh.topology import AUTH
 from tests.auth.test_auth_http import bearer, sign_up
 from tests.conftest import start_test_stack
 from tests.ratelimit.redis_server import RedisServer
@@ -56,6 +57,7 @@ async def test_redis_frozen_under_load(infra: Infra, jwt_keys: KeyPair, tmp_path
             start_test_stack,
             infra,
             jwt_keys,
+            services=(AUTH,),  # what the test calls: sign-up, /v1/me, usernames
             env={"REDIS_URL": redis.url},
             gateway_env={
                 "GATEWAY_RATELIMIT_IP": "20/3600",

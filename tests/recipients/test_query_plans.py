@@ -21,32 +21,32 @@ def user(i: int) -> uuid.UUID:
     return uuid.UUID(int=i + 1)
 
 
+# Users are the UUIDs 1..USERS (lpad'ed hex), so tests can name them.
+UID = "lpad(to_hex({}), 32, '0')::uuid"
+SEED = f"""
+    INSERT INTO recipients (id, owner, name, email)
+    SELECT gen_random_uuid(), {UID.format("1 + i % 10000")}, 'person ' || i, 'p' || i || '@example.com'
+      FROM generate_series(1, 200000) AS i;
+    INSERT INTO connection_requests (id, from_user, to_user, status, created_at, responded_at)
+    SELECT gen_random_uuid(), {UID.format("1 + i % 10000")}, {UID.format("1 + (i * 7 + 1) % 10000")},
+           (ARRAY['pending','accepted','declined','cancelled'])[1 + i % 4],
+           now() - (i % 1000) * interval '1 hour', now() - (i % 900) * interval '1 hour'
+      FROM generate_series(1, 100000) AS i ON CONFLICT DO NOTHING;
+    INSERT INTO connections (id, user_low, user_high)
+    SELECT gen_random_uuid(), least(a, b), greatest(a, b) FROM (
+        SELECT {UID.format("1 + i % 10000")} AS a, {UID.format("1 + (i * 13 + 5) % 10000")} AS b
+          FROM generate_series(1, 50000) AS i) AS pairs
+     WHERE a <> b ON CONFLICT DO NOTHING;
+    INSERT INTO blocks (id, blocker, blocked)
+    SELECT gen_random_uuid(), {UID.format("1 + i % 10000")}, {UID.format("1 + (i * 31 + 3) % 10000")}
+      FROM generate_series(1, 20000) AS i ON CONFLICT DO NOTHING;
+    ANALYZE;
+"""
+
+
 @pytest.fixture(scope="module")
 async def seeded() -> AsyncIterator[asyncpg.Connection]:
-    async with scratch_database("recipients") as conn:
-        # Users are the UUIDs 1..USERS (lpad'ed hex), so tests can name them.
-        uid = "lpad(to_hex({}), 32, '0')::uuid"
-        await conn.execute(
-            f"""
-            INSERT INTO recipients (id, owner, name, email)
-            SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, 'person ' || i, 'p' || i || '@example.com'
-              FROM generate_series(1, 200000) AS i;
-            INSERT INTO connection_requests (id, from_user, to_user, status, created_at, responded_at)
-            SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, {uid.format("1 + (i * 7 + 1) % 10000")},
-                   (ARRAY['pending','accepted','declined','cancelled'])[1 + i % 4],
-                   now() - (i % 1000) * interval '1 hour', now() - (i % 900) * interval '1 hour'
-              FROM generate_series(1, 100000) AS i ON CONFLICT DO NOTHING;
-            INSERT INTO connections (id, user_low, user_high)
-            SELECT gen_random_uuid(), least(a, b), greatest(a, b) FROM (
-                SELECT {uid.format("1 + i % 10000")} AS a, {uid.format("1 + (i * 13 + 5) % 10000")} AS b
-                  FROM generate_series(1, 50000) AS i) AS pairs
-             WHERE a <> b ON CONFLICT DO NOTHING;
-            INSERT INTO blocks (id, blocker, blocked)
-            SELECT gen_random_uuid(), {uid.format("1 + i % 10000")}, {uid.format("1 + (i * 31 + 3) % 10000")}
-              FROM generate_series(1, 20000) AS i ON CONFLICT DO NOTHING;
-            ANALYZE;
-            """
-        )
+    async with scratch_database("recipients", SEED) as conn:
         yield conn
 
 
