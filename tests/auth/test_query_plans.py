@@ -16,7 +16,6 @@ import pytest
 
 from tests.query_plans import scratch_database
 
-
 SEED = """
     INSERT INTO users (id, email, username, password_hash, first_name, last_name)
     SELECT gen_random_uuid(), 'user' || i || '@example.com', 'user' || i, 'x',
