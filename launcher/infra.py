@@ -10,9 +10,9 @@ process through `Infra.env()`:
 When a server is not reachable and its host is this machine, the launcher installs the Debian
 packages if the binaries are missing (`apt-get install -y postgresql redis-server`) and starts
 them. A Postgres the launcher installed itself gets a random password for `postgres` (Debian's
-default authentication on 127.0.0.1 is scram-sha-256), kept in .run/state/postgres.json and used
-in every URL. A Postgres it did not install is never reconfigured: if it asks for a password,
-set POSTGRES_PASSWORD.
+default authentication on 127.0.0.1 is scram-sha-256), kept in .run/state/postgres.json with the
+port of its cluster and used in every URL to that server (never to another). A Postgres it did not
+install is never reconfigured: if it asks for a password, set POSTGRES_PASSWORD.
 """
 
 from __future__ import annotations
@@ -252,8 +252,9 @@ def start_local_postgres(port: int) -> None:
         run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start"])
 
 
-def set_local_postgres_password(user: str) -> str:
-    """Give `user` a random password through the local socket (peer auth as the postgres OS user)."""
+def set_local_postgres_password(user: str, port: int) -> str:
+    """Give `user` a random password through the local socket (peer auth as the postgres OS user);
+    saved with the port of the cluster it belongs to (see `saved_password`)."""
     password = secrets.token_urlsafe(18)
     if shutil.which("runuser") is None or shutil.which("psql") is None:
         raise SetupError("cannot set the Postgres password: runuser/psql missing")
@@ -270,8 +271,19 @@ def set_local_postgres_password(user: str) -> str:
     )
     if result.returncode != 0:
         raise SetupError(f"setting the Postgres password failed: {result.stderr.strip()}")
-    _save_pg_state({**_load_pg_state(), "user": user, "password": password})
+    _save_pg_state({**_load_pg_state(), "user": user, "port": port, "password": password})
     return password
+
+
+def saved_password(host: str, port: int, user: str) -> str:
+    """The password the launcher gave `user` on the local Postgres it installed, for that server
+    only: never sent to another host or port (a test's fake server, a POSTGRES_PORT pointing at
+    another cluster)."""
+    state = _load_pg_state()
+    password = state.get("password")
+    if host in LOCAL_HOSTS and state.get("port") == port and state.get("user") == user and isinstance(password, str):
+        return password
+    return ""
 
 
 # --- local Redis -------------------------------------------------------------------------------------
@@ -307,13 +319,9 @@ def configured(env: Mapping[str, str] | None = None) -> Infra:
     without probing anything: cheap enough for import-time use (pytest_configure)."""
     env = os.environ if env is None else env
     user = env.get("POSTGRES_USER") or "postgres"
-    password = env.get("POSTGRES_PASSWORD") or ""
-    state = _load_pg_state()
-    if not password and state.get("user") == user and isinstance(state.get("password"), str):
-        password = str(state["password"])
-    server = PostgresServer(
-        env.get("POSTGRES_HOST") or "127.0.0.1", int(env.get("POSTGRES_PORT") or 5432), user, password
-    )
+    host, port = env.get("POSTGRES_HOST") or "127.0.0.1", int(env.get("POSTGRES_PORT") or 5432)
+    password = env.get("POSTGRES_PASSWORD") or saved_password(host, port, user)
+    server = PostgresServer(host, port, user, password)
     return Infra(server, env.get("REDIS_URL") or DEFAULT_REDIS_URL)
 
 
@@ -346,13 +354,10 @@ def ensure(env: Mapping[str, str] | None = None, *, install: bool = True) -> Inf
     if pg.status is Probe.REJECTED:
         raise SetupError(f"Postgres at {pg_host}:{pg_port} refused role {pg_user!r}: {pg.detail}")
 
-    state = _load_pg_state()
-    password = env.get("POSTGRES_PASSWORD") or ""
-    if not password and state.get("user") == pg_user and isinstance(state.get("password"), str):
-        password = str(state["password"])
+    password = env.get("POSTGRES_PASSWORD") or saved_password(pg_host, pg_port, pg_user)
     if pg.status is Probe.NEEDS_PASSWORD and not password:
-        if install and pg_host in LOCAL_HOSTS and state.get("installed_by_launcher"):
-            password = set_local_postgres_password(pg_user)
+        if install and pg_host in LOCAL_HOSTS and _load_pg_state().get("installed_by_launcher"):
+            password = set_local_postgres_password(pg_user, pg_port)
         else:
             raise SetupError(
                 f"Postgres at {pg_host}:{pg_port} asks a password ({pg.detail}) for role {pg_user!r}: "

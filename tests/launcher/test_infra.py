@@ -185,9 +185,9 @@ def test_a_postgres_the_launcher_installed_gets_a_password_once(
     lib._save_pg_state({"installed_by_launcher": True})
     set_calls: list[str] = []
 
-    def set_password(user: str) -> str:  # stands in for `runuser -u postgres -- psql`
+    def set_password(user: str, port: int) -> str:  # stands in for `runuser -u postgres -- psql`
         set_calls.append(user)
-        lib._save_pg_state({**lib._load_pg_state(), "user": user, "password": "generated"})
+        lib._save_pg_state({**lib._load_pg_state(), "user": user, "port": port, "password": "generated"})
         return "generated"
 
     monkeypatch.setattr(lib, "set_local_postgres_password", set_password)
@@ -197,6 +197,21 @@ def test_a_postgres_the_launcher_installed_gets_a_password_once(
         assert lib.ensure(env).postgres.password == "generated"  # kept, not reset
         assert lib.configured(env).postgres.password == "generated"
     assert set_calls == ["postgres"]
+
+
+def test_a_saved_password_goes_only_to_the_server_it_was_set_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(lib, "PG_STATE_FILE", tmp_path / "pg.json")
+    monkeypatch.setattr(lib, "STATE_DIR", tmp_path)
+    lib._save_pg_state({"installed_by_launcher": True, "user": "postgres", "port": 5432, "password": "kept"})
+    assert lib.configured({"POSTGRES_PORT": "5432"}).postgres.password == "kept"
+    assert lib.configured({"POSTGRES_PORT": "5433"}).postgres.password == ""  # another cluster
+    assert lib.configured({"POSTGRES_HOST": "10.0.0.9"}).postgres.password == ""  # another host
+    assert lib.configured({"POSTGRES_USER": "app"}).postgres.password == ""  # another role
+    # A state file from before ports were saved names no server: its password goes nowhere.
+    lib._save_pg_state({"installed_by_launcher": True, "user": "postgres", "password": "old"})
+    assert lib.configured({}).postgres.password == ""
 
 
 def test_an_unreachable_local_redis_is_really_started(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -79,3 +79,21 @@ def test_the_venv_sees_the_repository_and_the_stubs() -> None:
     assert importlib.import_module("capsule.auth.v1.auth_pb2")  # from gen/
     assert importlib.import_module("mesh.topology")  # from the repository root
     assert importlib.import_module("controlplane")  # from envoy/ (not `envoy`: the xds-protos name)
+
+
+def test_a_stalled_test_fails_on_the_suite_time_limit_instead_of_hanging(tmp_path: Path) -> None:
+    """The suite's per-test limit (pyproject's `timeout`) turns a stall into a failure with the
+    stalled test named; here with the limit lowered to 1 s for a test that waits forever."""
+    stalled = tmp_path / "test_stalled.py"
+    stalled.write_text("import asyncio\n\nasync def test_waits_forever():\n    await asyncio.Event().wait()\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", str(stalled), "-o", "timeout=1", "-p", "no:cacheprovider",
+         "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Timeout" in result.stdout and "test_waits_forever" in result.stdout, result.stdout
