@@ -3,18 +3,23 @@
 Each configured module (e.g. `capsule.auth.v1.auth_pb2`) is imported; every method of every
 service it declares that carries a `google.api.http` option yields one `HttpBinding` per rule
 (the main rule and each of its `additional_bindings`). Methods without the option get no route.
+Each method also carries the route policy its proto declares (`Rpc.policy`, read by
+mesh/catalog.py from our method options: HTTP caching, the log-in's rate limit), checked here
+against its HTTP rules.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
+
+from mesh.catalog import NO_POLICY, MethodPolicy, OptionError, method_policy
 
 HTTP_VERBS = ("get", "put", "post", "delete", "patch")
 
@@ -27,6 +32,8 @@ class Rpc:
     name: str  # SignUp
     input_type: type[Message]
     output_type: type[Message]
+    # What the method's proto declares for the gateway's policies (derived: not part of its identity).
+    policy: MethodPolicy = field(default=NO_POLICY, compare=False)
 
     @property
     def path(self) -> str:
@@ -80,15 +87,30 @@ def http_bindings(services: Iterable[ServiceDescriptor]) -> list[HttpBinding]:
                 continue
             if method.client_streaming or method.server_streaming:
                 raise DescriptorError(f"{method.full_name}: streaming methods cannot be transcoded")
+            try:
+                policy = method_policy(method)
+            except OptionError as exc:
+                raise DescriptorError(str(exc)) from None
             rpc = Rpc(
                 service=service.full_name,
                 name=method.name,
                 input_type=message_factory.GetMessageClass(method.input_type),
                 output_type=message_factory.GetMessageClass(method.output_type),
+                policy=policy,
             )
-            for index, rule in enumerate(_rules(method)):
-                bindings.append(_binding(rpc, rule, index))
+            own = [_binding(rpc, rule, index) for index, rule in enumerate(_rules(method))]
+            _check_policy(rpc, own)
+            bindings.extend(own)
     return bindings
+
+
+def _check_policy(rpc: Rpc, bindings: list[HttpBinding]) -> None:
+    """A declared policy the method's HTTP rules would silently ignore is a start-up error."""
+    where = f"{rpc.service}.{rpc.name}"
+    if rpc.policy.http_cache is not None and not any(b.verb == "GET" for b in bindings):
+        raise DescriptorError(f"{where}: http_cache applies to GET answers, and no http rule of it is a GET")
+    if rpc.policy.login is not None and any(b.body != "*" for b in bindings):
+        raise DescriptorError(f'{where}: a log-in names its account in the JSON body: every http rule needs body "*"')
 
 
 def _rules(method: MethodDescriptor) -> Iterator[http_pb2.HttpRule]:

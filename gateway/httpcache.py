@@ -6,12 +6,13 @@
   says, or `*`) matching the body's tag → `304 Not Modified` with no body, keeping ETag,
   Cache-Control and Vary. The upstream call is still made: the tag is of the answer itself, so it
   can never be stale; what 304 saves is the transfer (and the client's parsing).
-- `Cache-Control`: `public, max-age=3600` under /v1/themes (the same for everyone);
-  `private, max-age=N` on every other GET (user data; a shared cache must not keep it), N per
-  route template: /v1/users:search 30 s (the search service cache's own TTL: a result may already
-  be that old), everything else GATEWAY_CACHE_PRIVATE_MAX_AGE (default 0: a client revalidates
-  each time with If-None-Match, so it never shows its profile as it was before its own PATCH).
-  Errors and non-GET answers: `no-store`.
+- `Cache-Control` of a GET: what the route's method declares in its proto
+  (`option (capsule.common.v1.http_cache)`, read at start-up: the themes are `public,
+  max-age=3600`, the same for everyone; a user search `private, max-age=30`, the search service
+  cache's own TTL, so a result may already be that old); any other GET is user data that a shared
+  cache must not keep: `private, max-age=GATEWAY_CACHE_PRIVATE_MAX_AGE` (default 0: a client
+  revalidates each time with If-None-Match, so it never shows its profile as it was before its
+  own PATCH). Errors and non-GET answers: `no-store`.
 - `Vary: Authorization` on every answer: the same URL means different data per caller.
 """
 
@@ -19,19 +20,30 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from gateway.calls import Call, Next, Reply
-
-PUBLIC_PREFIXES = ("/v1/themes",)
-PUBLIC_MAX_AGE = 3600
-# Route template → max-age of its private GET answers (others: the configured default).
-PRIVATE_MAX_AGES: Mapping[str, int] = {"/v1/users:search": 30}
+from gateway.descriptors import HttpBinding, http_bindings
+from mesh.catalog import HttpCaching, mesh_services
 
 _VARY = (b"vary", b"Authorization")
 _NO_STORE = (b"cache-control", b"no-store")
 # Headers a 304 does not repeat (it has no body).
 _BODY_HEADERS = frozenset((b"content-length", b"content-type", b"content-encoding", b"transfer-encoding"))
+
+
+def cache_control(caching: HttpCaching) -> str:
+    return f"{'public' if caching.public else 'private'}, max-age={caching.max_age_seconds}"
+
+
+def declared_caching(bindings: Iterable[HttpBinding]) -> dict[str, HttpCaching]:
+    """Route template → the caching its method declares, for every GET route whose method does
+    (a template is one route per verb: the route table refuses two of the same shape)."""
+    return {
+        binding.template: binding.rpc.policy.http_cache
+        for binding in bindings
+        if binding.verb == "GET" and binding.rpc.policy.http_cache is not None
+    }
 
 
 def strong_etag(body: bytes) -> bytes:
@@ -53,16 +65,19 @@ def if_none_match_matches(header: bytes, etag: bytes) -> bool:
 
 
 class HttpCache:
-    """The policy (gateway/calls.py): marks every reply; answers 304 when the client has it."""
+    """The policy (gateway/calls.py): marks every reply; answers 304 when the client has it.
 
-    def __init__(self, *, private_max_age: int = 0) -> None:
-        self.private_max_age = private_max_age
+    `declared`: route template → the caching its method declares (`declared_caching` of the routes
+    served); by default, what the methods of every service of the mesh declare."""
+
+    def __init__(self, *, private_max_age: int = 0, declared: Mapping[str, HttpCaching] | None = None) -> None:
+        if declared is None:
+            declared = declared_caching(http_bindings(mesh_services()))
+        self._undeclared = b"private, max-age=%d" % private_max_age
+        self._declared = {template: cache_control(caching).encode() for template, caching in declared.items()}
 
     def cache_control(self, call: Call) -> bytes:
-        if call.path.startswith(PUBLIC_PREFIXES):
-            return b"public, max-age=%d" % PUBLIC_MAX_AGE
-        template = call.match.route.binding.template
-        return b"private, max-age=%d" % PRIVATE_MAX_AGES.get(template, self.private_max_age)
+        return self._declared.get(call.match.route.binding.template, self._undeclared)
 
     async def __call__(self, call: Call, next: Next) -> Reply:
         reply = await next(call)

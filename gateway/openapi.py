@@ -17,6 +17,7 @@ from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from gateway.fields import WRAPPERS, enum_values, is_map, is_nested_message, settable_from_text
+from gateway.httpcache import cache_control
 from gateway.routing import Route
 from gateway.transcoding import Transcoder
 
@@ -174,11 +175,20 @@ class _Builder:
                 "required": False,
                 "content": {"application/json": {"schema": self.request_body_schema(transcoder)}},
             }
+        ok: dict[str, Any] = {
+            "description": "OK",
+            "content": {"application/json": {"schema": self.response_schema(transcoder)}},
+        }
+        caching = rpc.policy.http_cache
+        if binding.verb == "GET" and caching is not None:
+            ok["headers"] = {
+                "Cache-Control": {
+                    "description": "Declared by the method (capsule.common.v1.http_cache).",
+                    "schema": {"type": "string", "const": cache_control(caching)},
+                }
+            }
         operation["responses"] = {
-            "200": {
-                "description": "OK",
-                "content": {"application/json": {"schema": self.response_schema(transcoder)}},
-            },
+            "200": ok,
             "4XX": {"$ref": "#/components/responses/Problem"},
             "5XX": {"$ref": "#/components/responses/Problem"},
         }

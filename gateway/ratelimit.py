@@ -60,7 +60,10 @@ gateway's use since); RateLimit-Reset counts the whole lease as spent; Retry-Aft
 Keys (under CACHE_PREFIX + "rl:"): `user:<sub>` for a call with a valid access token (verified
 with the auth service's public key; a forged or expired token is keyed as unauthenticated),
 else `ip:<client ip>` (see clientip.py: the socket peer, or X-Forwarded-For only behind a trusted
-proxy); a log-in also spends `login:<ip>:<hash of the lower-cased email or username>`.
+proxy); a log-in also spends `login:<ip>:<hash of the lower-cased account>`. Which method is a
+log-in, and which request fields name its account (LogIn: email, else username), is declared in
+its proto (`option (capsule.common.v1.rate_limit) = {login: true, account_fields: [...]}`), read
+at start-up (Rpc.policy).
 Every attempt counts (the gateway cannot know the outcome first). Limits: 60/min per IP,
 600/min per user, 10/min per IP+account, all set by GATEWAY_RATELIMIT_* (settings.py).
 Operational routes (/healthz, /readyz, /metrics, /openapi.json) are not transcoded routes, so the
@@ -100,7 +103,6 @@ from redis.exceptions import RedisError
 from gateway.calls import Call, Next, Reply
 from gateway.clientip import ClientIpResolver, rate_limit_key
 from gateway.problems import Problem
-from gateway.routing import RouteMatch
 from services.common.errors import Unauthenticated
 from services.common.tokens import AccessTokenVerifier
 
@@ -126,7 +128,6 @@ UNUSED_CELLS = Counter(
     "gateway_ratelimit_lease_cells_unused_total", "Leased cells (charged in Redis) that expired unused"
 )
 
-LOGIN_RPC = "capsule.auth.v1.AuthService.LogIn"
 MAX_LOGIN_BODY_BYTES = 16 * 1024  # a log-in body is a few hundred bytes; larger ones are not parsed
 US = 1_000_000
 
@@ -458,12 +459,12 @@ class RateLimit:
 
     async def __call__(self, call: Call, next: Next) -> Reply:
         user = self._user(call.headers.get(b"authorization"))
-        login = _full_name(call.match) == LOGIN_RPC
+        login = call.match.route.binding.rpc.policy.login
         # The client's address is only a key without a user, or for log-in (parsing it is not free).
-        ip = rate_limit_key(self.resolver.resolve(call.scope)) if login or not user else ""
+        ip = rate_limit_key(self.resolver.resolve(call.scope)) if login is not None or not user else ""
         checks = [Check(f"user:{user}", self.limits.user) if user else Check(f"ip:{ip}", self.limits.ip)]
-        if login:
-            account = await _login_account(call, self.max_body_bytes)
+        if login is not None:
+            account = await _login_account(call, self.max_body_bytes, login.json_keys)
             if account:
                 checks.append(Check(f"login:{ip}:{account}", self.limits.login))
         decision = await self.limiter.decide(checks)
@@ -492,15 +493,11 @@ class RateLimit:
             return None
 
 
-def _full_name(match: RouteMatch) -> str:
-    rpc = match.route.binding.rpc
-    return f"{rpc.service}.{rpc.name}"
-
-
-async def _login_account(call: Call, max_body_bytes: int) -> str | None:
+async def _login_account(call: Call, max_body_bytes: int, keys: Sequence[str]) -> str | None:
     """Name the account of a log-in body (the proxy reads the same body afterwards): a short hash
-    of the lower-cased email or username (keys stay small whatever a client sends). A body larger
-    than a log-in ever is, or one that is not a JSON object, names no account."""
+    of the lower-cased value of the first of `keys` (the declared account fields' JSON names) that
+    the body sets (keys stay small whatever a client sends). A body larger than a log-in ever is,
+    or one that is not a JSON object, names no account."""
     declared = call.headers.get(b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_LOGIN_BODY_BYTES):
         return None
@@ -513,7 +510,7 @@ async def _login_account(call: Call, max_body_bytes: int) -> str | None:
         return None
     if not isinstance(body, dict):
         return None
-    account = body.get("email") or body.get("username")
+    account = next((value for key in keys if (value := body.get(key))), None)
     if not isinstance(account, str) or not account.strip():
         return None
     return hashlib.blake2b(account.strip().lower().encode(), digest_size=12).hexdigest()

@@ -23,7 +23,7 @@ GATEWAY_RATELIMIT_LEASE_MAX      most cells of one key a gateway leases from Red
                                  round trip per decision
 GATEWAY_RATELIMIT_LEASE_SECONDS  lifetime of a lease: unused cells are void after it (default 1)
 GATEWAY_TRUSTED_PROXIES          CIDRs whose X-Forwarded-For is believed (default none)
-GATEWAY_CACHE_PRIVATE_MAX_AGE    max-age of user data without a per-route value (default 0)
+GATEWAY_CACHE_PRIVATE_MAX_AGE    max-age of GET answers whose method declares no http_cache (default 0)
 REDIS_URL, CACHE_PREFIX          the limiter's Redis and key prefix (keys: <prefix>rl:...)
 JWT_PUBLIC_KEY_FILE, JWT_ISSUER, JWT_AUDIENCE
                                  to key authenticated calls by user (unset: every call by IP)

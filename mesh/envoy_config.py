@@ -67,7 +67,7 @@ def idempotent_methods() -> frozenset[str]:
     """Full method paths Envoy may retry after they reached a server: every method whose proto
     says `option idempotency_level = NO_SIDE_EFFECTS;` (or IDEMPOTENT), and reflection.
     Read from the generated descriptors, so the protos are the one place this is decided."""
-    from services.common.catalog import retryable_methods
+    from mesh.catalog import retryable_methods
 
     return retryable_methods() | ALWAYS_RETRYABLE
 

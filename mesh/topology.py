@@ -37,7 +37,7 @@ AUTH = ServiceSpec(
     module="services.auth",
     proto_service="capsule.auth.v1.AuthService",
     # Server reflection lands on auth; every instance describes the whole mesh's catalog
-    # (services/common/catalog.py), so `grpcurl list` through Envoy shows every service.
+    # (mesh/catalog.py), so `grpcurl list` through Envoy shows every service.
     route_prefixes=("/capsule.auth.v1.", "/grpc.reflection."),
     database="auth",
     proto_module="capsule.auth.v1.auth_pb2",

@@ -36,8 +36,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mesh.catalog import mesh_service_names
 from services.common import admin_http
-from services.common.catalog import mesh_service_names
 from services.common.clients import serving_deadline
 from services.common.errors import Internal, ServiceError
 from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
@@ -136,7 +136,7 @@ class ServiceHost:
         for register in self._registrations:
             register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        # Reflection describes the whole mesh, not only this service: see services.common.catalog.
+        # Reflection describes the whole mesh, not only this service: see mesh.catalog.
         catalog = dict.fromkeys([*self._service_names, *mesh_service_names()])
         reflection.enable_server_reflection(
             [*catalog, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server

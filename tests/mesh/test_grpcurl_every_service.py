@@ -9,7 +9,7 @@ import httpx
 from google.protobuf import descriptor_pool
 
 from launcher.stack import Stack
-from services.common.catalog import mesh_service_names
+from mesh.catalog import mesh_service_names
 from tests.auth.test_auth_http import sign_up
 from tests.auth.test_grpcurl import grpcurl
 
