@@ -2,10 +2,11 @@
 
     stack                  the running mesh (launcher.stack.Stack): real Postgres, Redis, Envoy,
                            every service of the topology (2 instances each), the gateway.
-                           Session-scoped; started on first use, stopped at the end. The one
-                           whole mesh of a run: tests that break things (kill instances, freeze
-                           Redis) start only what they use. One test-only setting: capsules may
-                           unlock CAPSULE_LEAD_SECONDS after they are sent (SPEC §6 says 1 minute;
+                           Session-scoped (one per test process: pytest-xdist runs
+                           two); started on first use, stopped at the end. Tests that
+                           break things (kill instances, freeze Redis) start only what
+                           they use. One test-only setting: capsules may unlock
+                           CAPSULE_LEAD_SECONDS after they are sent (SPEC §6 says 1 minute;
                            tests watch capsules turn ready).
     gateway_url            "http://127.0.0.1:PORT"
     envoy_grpc             "127.0.0.1:PORT" (Envoy's gRPC listener; h2c)

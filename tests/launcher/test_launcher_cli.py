@@ -87,7 +87,7 @@ def test_a_stalled_test_fails_on_the_suite_time_limit_instead_of_hanging(tmp_pat
     stalled = tmp_path / "test_stalled.py"
     stalled.write_text("import asyncio\n\nasync def test_waits_forever():\n    await asyncio.Event().wait()\n")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(stalled), "-o", "timeout=1", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", str(stalled), "-o", "timeout=1", "-n", "0", "-p", "no:cacheprovider",
          "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml")],
         cwd=REPO,
         capture_output=True,
