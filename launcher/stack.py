@@ -36,6 +36,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+
 from launcher.bootstrap import REPO
 from launcher.infra import Infra
 from launcher.keys import KeyPair
@@ -344,7 +346,7 @@ class Stack:
         )
         return Instance(spec, index, grpc_address, admin_address, proc)
 
-    def envoy_bootstrap(self) -> dict[str, Any]:
+    def envoy_bootstrap(self) -> bootstrap_pb2.Bootstrap:
         """Envoy's bootstrap (pure: see mesh.envoy_config): only the control plane's address,
         or (control_plane=False) the static config listing every planned instance."""
         if self.settings.control_plane:

@@ -2,9 +2,9 @@
 for Envoy (`build_snapshot`) and one for proxyless gRPC clients such as the gateway
 (`build_proxyless_snapshot`, resources from proxyless.py). Both carry the same endpoint assignments.
 
-Pure functions, no I/O. Envoy's resources come from mesh/envoy_config.py, the builders the
-static bootstrap used (every value there carries its reason); this module only switches them to
-dynamic discovery (EDS clusters, an RDS listener), adds the endpoints from the registry, and
+Pure functions, no I/O. Envoy's resources are the typed messages of mesh/envoy_config.py, the
+builders the static bootstrap uses (every value there carries its reason); this module only switches
+them to dynamic discovery (EDS clusters, an RDS listener), adds the endpoints from the registry, and
 versions the result.
 
 Versions are per resource type: the SHA-256 of the deterministic serialization of that type's
@@ -18,14 +18,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
 from controlplane import proxyless
 from controlplane import resources as rs
 from controlplane.registry import Endpoint
 from mesh import envoy_config
+from mesh.envoy_config import socket_address, uint32
 from mesh.topology import SERVICES, ServiceSpec
 
 Address = tuple[str, int]
@@ -124,7 +127,7 @@ def _rds_names(listener: Message) -> list[str]:
 # --- the mesh's snapshot --------------------------------------------------------------------------
 
 
-def load_assignment(spec: ServiceSpec, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+def load_assignment(spec: ServiceSpec, endpoints: Sequence[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
     """EDS resource of one service: endpoints grouped by zone (Envoy locality), each carrying the
     instance's metadata (visible in /clusters and usable by subset load balancing later)."""
     by_zone: dict[str, list[Endpoint]] = {}
@@ -132,24 +135,29 @@ def load_assignment(spec: ServiceSpec, endpoints: Sequence[Endpoint]) -> dict[st
         by_zone.setdefault(ep.zone, []).append(ep)
     groups = []
     for zone, eps in sorted(by_zone.items()):
-        group: dict[str, Any] = {
-            "lb_endpoints": [
-                {
-                    "endpoint": {"address": {"socket_address": {"address": ep.host, "port_value": ep.port}}},
-                    "metadata": {"filter_metadata": {METADATA_NAMESPACE: dict(ep.metadata)}},
-                }
-                for ep in sorted(eps)
-            ],
-            # gRPC's xDS client skips a locality without a weight ("contains no localities") and
-            # picks a locality by weight before round robin inside it: the instance count keeps
-            # the share per instance even. Envoy ignores locality weights unless its cluster asks
-            # for locality-weighted balancing (ours do not).
-            "load_balancing_weight": len(eps),
-            # Always present (empty without a zone): gRPC rejects a group without a locality.
-            "locality": {"zone": zone} if zone else {},
-        }
-        groups.append(group)
-    return {"cluster_name": spec.name, "endpoints": groups}
+        lb_endpoints = []
+        for ep in sorted(eps):
+            metadata = struct_pb2.Struct()
+            metadata.update(dict(ep.metadata))
+            lb_endpoints.append(
+                endpoint_components_pb2.LbEndpoint(
+                    endpoint=endpoint_components_pb2.Endpoint(address=socket_address((ep.host, ep.port))),
+                    metadata=base_pb2.Metadata(filter_metadata={METADATA_NAMESPACE: metadata}),
+                )
+            )
+        groups.append(
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=lb_endpoints,
+                # gRPC's xDS client skips a locality without a weight ("contains no localities") and
+                # picks a locality by weight before round robin inside it: the instance count keeps
+                # the share per instance even. Envoy ignores locality weights unless its cluster
+                # asks for locality-weighted balancing (ours do not).
+                load_balancing_weight=uint32(len(eps)),
+                # Always present (empty without a zone): gRPC rejects a group without a locality.
+                locality=base_pb2.Locality(zone=zone),
+            )
+        )
+    return endpoint_pb2.ClusterLoadAssignment(cluster_name=spec.name, endpoints=groups)
 
 
 def build_snapshot(
@@ -166,16 +174,10 @@ def build_snapshot(
     assignments = [load_assignment(spec, endpoints.get(spec.name, ())) for spec in services]
     if idempotent_methods is None:
         idempotent_methods = envoy_config.idempotent_methods()
-    route_config = envoy_config.build_route_config(services, idempotent_methods)
-    route_config["name"] = envoy_config.ROUTE_CONFIG_NAME
+    route_config = envoy_config.build_route_config(services, idempotent_methods, envoy_config.ROUTE_CONFIG_NAME)
     listener = envoy_config.build_listener(listen, envoy_config.ROUTE_CONFIG_NAME)
     snapshot = Snapshot.of(
-        {
-            rs.CLUSTER: [rs.from_dict(rs.CLUSTER, c) for c in clusters],
-            rs.ENDPOINT: [rs.from_dict(rs.ENDPOINT, a) for a in assignments],
-            rs.LISTENER: [rs.from_dict(rs.LISTENER, listener)],
-            rs.ROUTE: [rs.from_dict(rs.ROUTE, route_config)],
-        }
+        {rs.CLUSTER: clusters, rs.ENDPOINT: assignments, rs.LISTENER: [listener], rs.ROUTE: [route_config]}
     )
     check_consistent(snapshot)
     return snapshot
@@ -194,13 +196,6 @@ def build_proxyless_snapshot(
         idempotent_methods = envoy_config.idempotent_methods()
     listeners, routes, clusters = proxyless.build_resources(services, idempotent_methods)
     assignments = [load_assignment(spec, endpoints.get(spec.name, ())) for spec in services]
-    snapshot = Snapshot.of(
-        {
-            rs.CLUSTER: [rs.from_dict(rs.CLUSTER, c) for c in clusters],
-            rs.ENDPOINT: [rs.from_dict(rs.ENDPOINT, a) for a in assignments],
-            rs.LISTENER: [rs.from_dict(rs.LISTENER, listener) for listener in listeners],
-            rs.ROUTE: [rs.from_dict(rs.ROUTE, r) for r in routes],
-        }
-    )
+    snapshot = Snapshot.of({rs.CLUSTER: clusters, rs.ENDPOINT: assignments, rs.LISTENER: listeners, rs.ROUTE: routes})
     check_consistent(snapshot)
     return snapshot

@@ -23,6 +23,7 @@ from controlplane import resources as rs
 from controlplane.app import ControlPlane, ControlPlaneSettings
 from controlplane.cache import PROXYLESS
 from controlplane.snapshot import Snapshot
+from envoy.config.cluster.v3 import cluster_pb2
 
 from gateway import xds
 from gateway.upstream import XDS_CHANNEL_OPTIONS
@@ -149,9 +150,9 @@ async def test_a_value_grpc_does_not_support_is_nacked_and_reported(xds_mesh: Xd
     good = plane.cache.default_for(PROXYLESS)
     assert good is not None
     cluster = proxyless.build_cluster(AUTH)
-    cluster["lb_policy"] = "LEAST_REQUEST"
+    cluster.lb_policy = cluster_pb2.Cluster.LEAST_REQUEST
     resources = {t: list(good.resources[t].values()) for t in rs.PUSH_ORDER}
-    resources[rs.CLUSTER] = [rs.from_dict(rs.CLUSTER, cluster)]
+    resources[rs.CLUSTER] = [cluster]
     plane.cache.set_snapshot(Snapshot.of(resources), kind=PROXYLESS)
     channel = grpc.aio.insecure_channel("xds:///grpc.reflection", options=XDS_CHANNEL_OPTIONS)
     try:
