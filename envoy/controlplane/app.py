@@ -1,7 +1,8 @@
 """The control plane process: registry + snapshot builder + cache + ADS, on one grpc.aio server.
 
-    registry change ──► build_snapshot()           ──► cache.set_snapshot()   ──► every ADS stream pushes
-                        build_proxyless_snapshot()     (Envoy's / gRPC clients')
+    start-up:        MeshSnapshots: clusters, listeners, routes of the topology, built once
+    registry change ──► MeshSnapshots.build(): the endpoint assignments only ──► cache.set_snapshot()
+                        (Envoy's and gRPC clients' snapshots)                     ──► every ADS stream pushes
 
 Warm-up: a (re)started control plane knows no instance. Publishing at once would hand Envoy an
 empty endpoint set and fail every call, so the first snapshot waits `warmup_seconds` (default:
@@ -27,7 +28,7 @@ from controlplane.ads import AggregatedDiscoveryService
 from controlplane.cache import PROXYLESS, SnapshotCache
 from controlplane.registry import Registry
 from controlplane.registry_service import RegistryService
-from controlplane.snapshot import build_proxyless_snapshot, build_snapshot
+from controlplane.snapshot import MeshSnapshots
 from mesh import envoy_config
 from mesh.topology import SERVICES, ServiceSpec
 from services.common import admin_http
@@ -82,8 +83,13 @@ class ControlPlane:
         self.admin_server: asyncio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
-        # Read once from the generated descriptors (the protos decide which methods may retry).
-        self._idempotent_methods = envoy_config.idempotent_methods()
+        # The topology's clusters, listeners and routes, built once; which methods may retry is read
+        # once from the generated descriptors (the protos decide it).
+        self.snapshots = MeshSnapshots(
+            listen=_split(settings.envoy_listen),
+            services=settings.services,
+            idempotent_methods=envoy_config.idempotent_methods(),
+        )
         self.registry.subscribe(self._rebuild)
 
     @property
@@ -93,12 +99,9 @@ class ControlPlane:
     def _rebuild(self) -> None:
         if not self.ready:
             return
-        endpoints = self.registry.endpoints()
-        idempotent = self._idempotent_methods
-        envoy = build_snapshot(
-            endpoints, listen=_split(self.settings.envoy_listen), services=self.services, idempotent_methods=idempotent
-        )
-        proxyless = build_proxyless_snapshot(endpoints, services=self.services, idempotent_methods=idempotent)
+        # Only the endpoint assignments are built; every other resource (and its version) is the
+        # topology's, unchanged: an endpoint change is an EDS push and nothing else.
+        envoy, proxyless = self.snapshots.build(self.registry.endpoints())
         # Both published in this one synchronous step: a Deregister waiting for in_sync never sees
         # one kind updated and the other not yet.
         self.cache.set_snapshot(proxyless, kind=PROXYLESS)
