@@ -51,6 +51,7 @@ from launcher.process import (
     stop_all,
 )
 from mesh import envoy_config
+from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
 
 # Every service may call every other through Envoy: `<NAME>_TARGET`. Names of services that do not
@@ -85,8 +86,9 @@ class StackSettings:
     gateway_proxyless: bool = True
     control_plane_port: int = 18000
     control_plane_admin_port: int = 18001
-    # Registration lease: heartbeats every ttl/3; a SIGKILLed instance leaves within ~ttl.
-    lease_ttl_seconds: float = 1.5
+    # Registration lease: heartbeats every ttl/3; a SIGKILLed instance leaves within ~ttl
+    # (mesh/timing.py).
+    lease_ttl_seconds: float = TIMING.lease_ttl_seconds
     services: tuple[ServiceSpec, ...] = SERVICES
     # Instance count per service name; missing names use the topology's default.
     instances: Mapping[str, int] = field(default_factory=dict)
@@ -110,10 +112,8 @@ class StackSettings:
     # Seconds a service may take to exit after SIGTERM before SIGKILL.
     stop_timeout: float = 20.0
     # Services' SIGTERM handling: NOT_SERVING, wait drain_delay (Envoy's active health check must
-    # notice first), then stop with shutdown_grace for in-flight calls.
-    drain_delay_seconds: float = (
-        envoy_config.HEALTH_CHECK_INTERVAL_S * envoy_config.UNHEALTHY_THRESHOLD + envoy_config.HEALTH_CHECK_TIMEOUT_S
-    )
+    # notice first: mesh/timing.py), then stop with shutdown_grace for in-flight calls.
+    drain_delay_seconds: float = TIMING.drain_delay_seconds
     shutdown_grace_seconds: float = 10.0
     drop_databases_on_close: bool = False
     python: str = sys.executable
@@ -144,6 +144,14 @@ class StackSettings:
 
     def instance_count(self, spec: ServiceSpec) -> int:
         return int(self.instances.get(spec.name, spec.instances))
+
+    def timing(self) -> Timing:
+        """The timings the processes will run with: the control plane's lease ttl, the services'
+        drain delay, and what the environment and service_env override (mesh/timing.py)."""
+        env = {**os.environ, **self.env, "DRAIN_DELAY_SECONDS": f"{self.drain_delay_seconds:g}"}
+        env.update(self.service_env)
+        env["LEASE_TTL_SECONDS"] = f"{self.lease_ttl_seconds:g}"
+        return Timing.from_env(env)
 
 
 @dataclass
@@ -375,6 +383,11 @@ class Stack:
         self.close()
 
     def start(self) -> Stack:
+        try:
+            # Before anything starts: every process would refuse (or, across processes, drain wrong).
+            self.settings.timing().check()
+        except TimingError as exc:
+            raise StartupError(str(exc)) from None
         _LIVE.add(self)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.settings.services:

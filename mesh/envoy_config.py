@@ -49,22 +49,18 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from mesh.timing import TIMING
 from mesh.topology import SERVICES, ServiceSpec
 
 Address = tuple[str, int]
 Discovery = Literal["STATIC", "STRICT_DNS", "EDS"]
 Cluster = cluster_pb2.Cluster
 
-# --- tunables other parts of the launcher read ------------------------------------------------
+# --- tunables ------------------------------------------------------------------------------------
 
-# Active health checks: a dead or draining instance is noticed within
-# HEALTH_CHECK_INTERVAL_S * UNHEALTHY_THRESHOLD (+ one timeout). The stack gives services a
-# drain delay just above that, so NOT_SERVING is seen before the server stops accepting calls.
-HEALTH_CHECK_INTERVAL_S = 1.0
-HEALTH_CHECK_TIMEOUT_S = 1.0
-UNHEALTHY_THRESHOLD = 2
-# One good answer makes a (re)started instance eligible again: a fresh process is ready when it
-# says SERVING, there is no reason to wait for a second round.
+# Active health checks: interval, timeout and unhealthy threshold are mesh/timing.py's (services'
+# drain delays depend on them). One good answer makes a (re)started instance eligible again: a
+# fresh process is ready when it says SERVING, there is no reason to wait for a second round.
 HEALTHY_THRESHOLD = 1
 
 # Whole call, retries included (Envoy's route timeout covers every try). Long enough for the
@@ -209,14 +205,15 @@ def build_cluster(spec: ServiceSpec, endpoints: Sequence[Address], discovery: Di
         health_checks=[
             health_check_pb2.HealthCheck(
                 # A health check answer slower than this counts as a failure.
-                timeout=duration(HEALTH_CHECK_TIMEOUT_S),
-                # Check every second: a dead instance leaves rotation within ~2 s (SPEC §10).
-                interval=duration(HEALTH_CHECK_INTERVAL_S),
-                unhealthy_threshold=uint32(UNHEALTHY_THRESHOLD),
+                timeout=duration(TIMING.health_check_timeout_seconds),
+                # Check every second: a dead instance leaves rotation within ~2 s (SPEC §10); a
+                # draining one within the services' drain delay (mesh/timing.py, relation 3).
+                interval=duration(TIMING.health_check_interval_seconds),
+                unhealthy_threshold=uint32(TIMING.unhealthy_threshold),
                 healthy_threshold=uint32(HEALTHY_THRESHOLD),
                 # Envoy's default is 60 s for clusters that have not had traffic yet: a fresh
                 # stack (or a restarted instance) would wait up to a minute to be eligible.
-                no_traffic_interval=duration(HEALTH_CHECK_INTERVAL_S),
+                no_traffic_interval=duration(TIMING.health_check_interval_seconds),
                 # The per-service status (not the overall ""), so a process that serves several
                 # services can take one out of rotation; it must answer SERVING/NOT_SERVING,
                 # never SERVICE_UNKNOWN (envoy#10825).

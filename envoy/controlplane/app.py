@@ -30,16 +30,11 @@ from controlplane.registry import Registry
 from controlplane.registry_service import RegistryService
 from controlplane.snapshot import MeshSnapshots
 from mesh import envoy_config
+from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec
 from services.common import admin_http
 
 log = logging.getLogger(__name__)
-
-# A heartbeat every ttl/3 (0.5 s): two may be lost before the lease lapses, and a SIGKILLed
-# instance leaves Envoy's endpoint set within ~1.5 s + one sweep, inside SPEC §2's 2 s.
-DEFAULT_LEASE_TTL_S = 1.5
-# Lapsed leases are looked for this often.
-SWEEP_INTERVAL_S = 0.1
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -54,7 +49,8 @@ class ControlPlaneSettings:
     admin_listen: str = "127.0.0.1:18001"
     # Where Envoy's gRPC listener binds (the LDS resource's address).
     envoy_listen: str = "127.0.0.1:10000"
-    lease_ttl_seconds: float = DEFAULT_LEASE_TTL_S
+    # Lease ttl, heartbeat, sweep, deregister confirmation bound: mesh/timing.py.
+    timing: Timing = TIMING
     warmup_seconds: float | None = None  # None: one lease ttl
     services: tuple[ServiceSpec, ...] = field(default=SERVICES)
 
@@ -63,11 +59,16 @@ class ControlPlaneSettings:
         names = [n.strip() for n in os.environ.get("CONTROL_PLANE_SERVICES", "").split(",") if n.strip()]
         services = tuple(s for s in SERVICES if s.name in names) if names else SERVICES
         warmup = os.environ.get("CONTROL_PLANE_WARMUP_SECONDS", "")
+        try:
+            # LEASE_TTL_SECONDS (and any other override) must keep every relation: else no start.
+            timing = Timing.from_env().check()
+        except TimingError as exc:
+            raise SystemExit(str(exc)) from None
         return cls(
             listen=os.environ.get("CONTROL_PLANE_LISTEN", cls.listen),
             admin_listen=os.environ.get("CONTROL_PLANE_ADMIN_LISTEN", cls.admin_listen),
             envoy_listen=os.environ.get("CONTROL_PLANE_ENVOY_LISTEN", cls.envoy_listen),
-            lease_ttl_seconds=float(os.environ.get("LEASE_TTL_SECONDS") or DEFAULT_LEASE_TTL_S),
+            timing=timing,
             warmup_seconds=float(warmup) if warmup else None,
             services=services,
         )
@@ -76,7 +77,7 @@ class ControlPlaneSettings:
 class ControlPlane:
     def __init__(self, settings: ControlPlaneSettings) -> None:
         self.settings = settings
-        self.registry = Registry(settings.lease_ttl_seconds)
+        self.registry = Registry(settings.timing.lease_ttl_seconds)
         self.cache = SnapshotCache()
         self.ready = False
         self.server: grpc.aio.Server | None = None
@@ -118,7 +119,9 @@ class ControlPlane:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AggregatedDiscoveryService(self.cache), self.server
         )
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(self.registry, self.cache), self.server)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryService(self.registry, self.cache, self.settings.timing), self.server
+        )
         self.port = self.server.add_insecure_port(self.settings.listen)
         if self.port == 0:
             raise SystemExit(f"cannot listen on {self.settings.listen}")
@@ -135,7 +138,7 @@ class ControlPlane:
     async def _warm_up(self) -> None:
         warmup = self.settings.warmup_seconds
         if warmup is None:
-            warmup = self.settings.lease_ttl_seconds
+            warmup = self.settings.timing.lease_ttl_seconds
         if warmup > 0:
             await asyncio.sleep(warmup)  # a deliberate delay (see module doc), not synchronisation
         self.ready = True
@@ -147,7 +150,7 @@ class ControlPlane:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.sleep(self.settings.timing.sweep_seconds)
             for endpoint in self.registry.expire():
                 log.warning(
                     "lease lapsed: endpoint removed",

@@ -28,6 +28,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from gateway import xds
 from gateway.upstream import XDS_CHANNEL_OPTIONS
 from launcher.process import free_port
+from mesh.timing import TIMING
 from mesh.topology import AUTH
 from tests.mesh.conftest import XdsMesh
 
@@ -69,7 +70,7 @@ async def plane(xds_mesh: XdsMesh, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         admin_listen=f"127.0.0.1:{xds_mesh.cp_admin_port}",
         warmup_seconds=0,
         # The test registers the stand-ins itself and sends no heartbeats: leases must outlive it.
-        lease_ttl_seconds=600,
+        timing=TIMING.with_lease_ttl(600),
         services=(AUTH,),
     )
     xds_mesh.plane = await ControlPlane(settings).start()
