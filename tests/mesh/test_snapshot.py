@@ -3,6 +3,7 @@ endpoint changes that rebuild the endpoints only."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -173,3 +174,12 @@ def test_assignments_missing_a_cluster_are_refused() -> None:
     topology = MeshSnapshots(listen=LISTEN, services=(AUTH,)).envoy
     with pytest.raises(InconsistentSnapshot, match="auth"):
         topology.snapshot(build_assignments({}, ()))
+
+
+def test_the_rebuild_benchmark_runs(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import xds_rebuild
+
+    monkeypatch.setattr(sys, "argv", ["xds_rebuild", "--instances", "30", "--rounds", "2"])
+    xds_rebuild.main()  # exits if the two ways built different snapshots
+    out = capsys.readouterr().out
+    assert "30 instances in the registry" in out and "EDS only (assignments)" in out
