@@ -36,6 +36,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+
 from launcher.bootstrap import REPO
 from launcher.infra import Infra
 from launcher.keys import KeyPair
@@ -49,6 +51,7 @@ from launcher.process import (
     stop_all,
 )
 from mesh import envoy_config
+from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
 
 # Every service may call every other through Envoy: `<NAME>_TARGET`. Names of services that do not
@@ -83,8 +86,9 @@ class StackSettings:
     gateway_proxyless: bool = True
     control_plane_port: int = 18000
     control_plane_admin_port: int = 18001
-    # Registration lease: heartbeats every ttl/3; a SIGKILLed instance leaves within ~ttl.
-    lease_ttl_seconds: float = 1.5
+    # Registration lease: heartbeats every ttl/3; a SIGKILLed instance leaves within ~ttl
+    # (mesh/timing.py).
+    lease_ttl_seconds: float = TIMING.lease_ttl_seconds
     services: tuple[ServiceSpec, ...] = SERVICES
     # Instance count per service name; missing names use the topology's default.
     instances: Mapping[str, int] = field(default_factory=dict)
@@ -108,10 +112,8 @@ class StackSettings:
     # Seconds a service may take to exit after SIGTERM before SIGKILL.
     stop_timeout: float = 20.0
     # Services' SIGTERM handling: NOT_SERVING, wait drain_delay (Envoy's active health check must
-    # notice first), then stop with shutdown_grace for in-flight calls.
-    drain_delay_seconds: float = (
-        envoy_config.HEALTH_CHECK_INTERVAL_S * envoy_config.UNHEALTHY_THRESHOLD + envoy_config.HEALTH_CHECK_TIMEOUT_S
-    )
+    # notice first: mesh/timing.py), then stop with shutdown_grace for in-flight calls.
+    drain_delay_seconds: float = TIMING.drain_delay_seconds
     shutdown_grace_seconds: float = 10.0
     drop_databases_on_close: bool = False
     python: str = sys.executable
@@ -142,6 +144,14 @@ class StackSettings:
 
     def instance_count(self, spec: ServiceSpec) -> int:
         return int(self.instances.get(spec.name, spec.instances))
+
+    def timing(self) -> Timing:
+        """The timings the processes will run with: the control plane's lease ttl, the services'
+        drain delay, and what the environment and service_env override (mesh/timing.py)."""
+        env = {**os.environ, **self.env, "DRAIN_DELAY_SECONDS": f"{self.drain_delay_seconds:g}"}
+        env.update(self.service_env)
+        env["LEASE_TTL_SECONDS"] = f"{self.lease_ttl_seconds:g}"
+        return Timing.from_env(env)
 
 
 @dataclass
@@ -344,7 +354,7 @@ class Stack:
         )
         return Instance(spec, index, grpc_address, admin_address, proc)
 
-    def envoy_bootstrap(self) -> dict[str, Any]:
+    def envoy_bootstrap(self) -> bootstrap_pb2.Bootstrap:
         """Envoy's bootstrap (pure: see mesh.envoy_config): only the control plane's address,
         or (control_plane=False) the static config listing every planned instance."""
         if self.settings.control_plane:
@@ -377,6 +387,11 @@ class Stack:
         other overlap (each is mostly a Python interpreter starting): the migrations of every
         database side by side, with the control plane warming up meanwhile; Envoy and the gateway
         together once the instances serve."""
+        try:
+            # Before anything starts: every process would refuse (or, across processes, drain wrong).
+            self.settings.timing().check()
+        except TimingError as exc:
+            raise StartupError(str(exc)) from None
         _LIVE.add(self)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         migrations = [self._start_migration(spec) for spec in self.settings.services]

@@ -1,12 +1,15 @@
-"""Envoy v3 configuration, built as plain data from the topology.
+"""Envoy v3 configuration, built as typed messages (the envoy.config.* classes of xds-protos) from
+the topology.
 
-`build_bootstrap()` is a pure function: (listener, admin, services → instance addresses) in, one
-Envoy bootstrap (a JSON-serialisable dict) out. Nothing here starts processes or touches files
-except `write_bootstrap()`. A later issue replaces the static resources with an xDS control
-plane; `build_clusters()`, `build_route_config()` and `build_listener()` are then the snapshot
-builder's cluster/endpoint, route and listener halves, unchanged.
+The builders are pure functions. The control plane serves their clusters, listeners and route
+configurations as they are (envoy/controlplane/snapshot.py); `build_bootstrap()` (static: every
+instance listed, CONTROL_PLANE=0) and `build_xds_bootstrap()` (only the control plane's address)
+put them in a Bootstrap, which `write_bootstrap()` — the only function here that touches a file —
+serialises to protobuf JSON (`to_json`) for Envoy's `-c`.
 
-Every value set below carries its reason. Values left out are Envoy's defaults on purpose.
+Every value set below carries its reason. Values left out are Envoy's defaults on purpose; a value
+equal to the default (codec AUTO, panic threshold 0 %) is set anyway when the reason matters, even
+though protobuf JSON then leaves it out of the file.
 """
 
 from __future__ import annotations
@@ -17,21 +20,47 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    backoff_pb2,
+    base_pb2,
+    config_source_pb2,
+    grpc_service_pb2,
+    health_check_pb2,
+    protocol_pb2,
+    substitution_format_string_pb2,
+)
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.overload.v3 import overload_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.clusters.common.dns.v3 import dns_pb2
+from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrappers_pb2
+from google.protobuf.message import Message
+
+from mesh.timing import TIMING
 from mesh.topology import SERVICES, ServiceSpec
 
 Address = tuple[str, int]
 Discovery = Literal["STATIC", "STRICT_DNS", "EDS"]
+Cluster = cluster_pb2.Cluster
 
-# --- tunables other parts of the launcher read ------------------------------------------------
+# --- tunables ------------------------------------------------------------------------------------
 
-# Active health checks: a dead or draining instance is noticed within
-# HEALTH_CHECK_INTERVAL_S * UNHEALTHY_THRESHOLD (+ one timeout). The stack gives services a
-# drain delay just above that, so NOT_SERVING is seen before the server stops accepting calls.
-HEALTH_CHECK_INTERVAL_S = 1.0
-HEALTH_CHECK_TIMEOUT_S = 1.0
-UNHEALTHY_THRESHOLD = 2
-# One good answer makes a (re)started instance eligible again: a fresh process is ready when it
-# says SERVING, there is no reason to wait for a second round.
+# Active health checks: interval, timeout and unhealthy threshold are mesh/timing.py's (services'
+# drain delays depend on them). One good answer makes a (re)started instance eligible again: a
+# fresh process is ready when it says SERVING, there is no reason to wait for a second round.
 HEALTHY_THRESHOLD = 1
 
 # Whole call, retries included (Envoy's route timeout covers every try). Long enough for the
@@ -62,6 +91,11 @@ ALWAYS_RETRYABLE = frozenset(
     }
 )
 
+XDS_CLUSTER = "xds_cluster"
+# The route configuration's name: inline in the static bootstrap, and shared by the listener (RDS
+# reference) and the RDS resource under the control plane.
+ROUTE_CONFIG_NAME = "grpc_routes"
+
 
 def idempotent_methods() -> frozenset[str]:
     """Full method paths Envoy may retry after they reached a server: every method whose proto
@@ -72,10 +106,32 @@ def idempotent_methods() -> frozenset[str]:
     return retryable_methods() | ALWAYS_RETRYABLE
 
 
-def _duration(seconds: float) -> str:
-    """Protobuf JSON Duration ("1s", "0.025s")."""
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return f"{text}s"
+# --- small typed values -----------------------------------------------------------------------------
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+def uint32(value: int) -> wrappers_pb2.UInt32Value:
+    return wrappers_pb2.UInt32Value(value=value)
+
+
+def typed(message: Message) -> any_pb2.Any:
+    """An extension's config as the Any of a typed_config field (deterministic bytes: resource
+    versions hash them)."""
+    packed = any_pb2.Any()
+    packed.Pack(message, deterministic=True)
+    return packed
+
+
+def ads_source() -> config_source_pb2.ConfigSource:
+    """Resources over the ADS stream the node already has open (v3)."""
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+    )
 
 
 def _is_ip(host: str) -> bool:
@@ -86,149 +142,153 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _socket_address(address: Address) -> dict[str, Any]:
+def socket_address(address: Address) -> address_pb2.Address:
     host, port = address
-    return {"socket_address": {"address": host, "port_value": port}}
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
 
 
-# --- clusters (later: CDS + EDS resources) ------------------------------------------------------
+def _http2_upstream(keepalive_interval_s: float, keepalive_timeout_s: float) -> Mapping[str, any_pb2.Any]:
+    """typed_extension_protocol_options of a gRPC upstream: HTTP/2 (h2c) with keep-alive PINGs."""
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
+                connection_keepalive=protocol_pb2.KeepaliveSettings(
+                    interval=duration(keepalive_interval_s), timeout=duration(keepalive_timeout_s)
+                )
+            )
+        )
+    )
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(options)}
 
 
-def build_load_assignment(spec: ServiceSpec, endpoints: Sequence[Address]) -> dict[str, Any]:
-    """The endpoints of one cluster (later: one EDS ClusterLoadAssignment)."""
-    return {
-        "cluster_name": spec.name,
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(a)}} for a in endpoints]}],
-    }
+# --- clusters (CDS + EDS resources under the control plane) ------------------------------------------
 
 
-def build_cluster(spec: ServiceSpec, endpoints: Sequence[Address], discovery: Discovery = "STATIC") -> dict[str, Any]:
-    cluster: dict[str, Any] = {
+def build_load_assignment(spec: ServiceSpec, endpoints: Sequence[Address]) -> endpoint_pb2.ClusterLoadAssignment:
+    """The endpoints of one cluster, listed in the cluster itself (static bootstrap)."""
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=spec.name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(
+                        endpoint=endpoint_components_pb2.Endpoint(address=socket_address(a))
+                    )
+                    for a in endpoints
+                ]
+            )
+        ],
+    )
+
+
+def build_cluster(spec: ServiceSpec, endpoints: Sequence[Address], discovery: Discovery = "STATIC") -> Cluster:
+    cluster = Cluster(
         # Cluster name = service name: what routes point at and what the admin /clusters shows.
-        "name": spec.name,
-        # STATIC: the launcher knows every instance address. STRICT_DNS (replaced below by the DNS
-        # cluster extension): compose, where one name resolves to every replica's IP.
-        # (Later: EDS from the control plane.)
-        "type": discovery,
+        name=spec.name,
         # Local network: a connect that has not completed in 1 s is a host that is gone; fail it
         # and let the retry policy pick another instance instead of waiting Envoy's 5 s default.
-        "connect_timeout": _duration(1.0),
+        connect_timeout=duration(1.0),
         # Least request (power of two choices): calls differ a lot in cost (an argon2 sign-up vs
         # a cached GetMe), so counting in-flight requests balances better than round robin.
-        "lb_policy": "LEAST_REQUEST",
-        "common_lb_config": {
+        lb_policy=Cluster.LEAST_REQUEST,
+        common_lb_config=Cluster.CommonLbConfig(
             # No panic mode: Envoy's default (50 %) would, once half the hosts are unhealthy, send
             # traffic to all hosts including the dead ones. With 2 or 3 instances that is one kill
             # away. With 0 only healthy hosts get traffic; none healthy → fast UNAVAILABLE.
-            "healthy_panic_threshold": {"value": 0.0},
-        },
-        "load_assignment": build_load_assignment(spec, endpoints),
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                # gRPC upstreams speak HTTP/2 only (h2c), and active gRPC health checks require
-                # HTTP/2 on the cluster (envoy#34570). Explicit, not ALPN: there is no TLS.
-                "explicit_http_config": {
-                    "http2_protocol_options": {
-                        # HTTP/2 PING every 10 s on idle connections, dropped if unanswered for
-                        # 3 s: a host that vanished without a FIN (kill -9 of a VM, network
-                        # partition) is detected without waiting for a call to time out.
-                        "connection_keepalive": {
-                            "interval": _duration(10.0),
-                            "timeout": _duration(3.0),
-                        },
-                    }
-                },
-            }
-        },
-        "health_checks": [
-            {
+            healthy_panic_threshold=percent_pb2.Percent(value=0.0),
+        ),
+        # gRPC upstreams speak HTTP/2 only (h2c), and active gRPC health checks require HTTP/2 on
+        # the cluster (envoy#34570). Explicit, not ALPN: there is no TLS. HTTP/2 PING every 10 s
+        # on idle connections, dropped if unanswered for 3 s: a host that vanished without a FIN
+        # (kill -9 of a VM, network partition) is detected without waiting for a call to time out.
+        typed_extension_protocol_options=_http2_upstream(10.0, 3.0),
+        health_checks=[
+            health_check_pb2.HealthCheck(
                 # A health check answer slower than this counts as a failure.
-                "timeout": _duration(HEALTH_CHECK_TIMEOUT_S),
-                # Check every second: a dead instance leaves rotation within ~2 s (SPEC §10).
-                "interval": _duration(HEALTH_CHECK_INTERVAL_S),
-                "unhealthy_threshold": UNHEALTHY_THRESHOLD,
-                "healthy_threshold": HEALTHY_THRESHOLD,
+                timeout=duration(TIMING.health_check_timeout_seconds),
+                # Check every second: a dead instance leaves rotation within ~2 s (SPEC §10); a
+                # draining one within the services' drain delay (mesh/timing.py, relation 3).
+                interval=duration(TIMING.health_check_interval_seconds),
+                unhealthy_threshold=uint32(TIMING.unhealthy_threshold),
+                healthy_threshold=uint32(HEALTHY_THRESHOLD),
                 # Envoy's default is 60 s for clusters that have not had traffic yet: a fresh
                 # stack (or a restarted instance) would wait up to a minute to be eligible.
-                "no_traffic_interval": _duration(HEALTH_CHECK_INTERVAL_S),
+                no_traffic_interval=duration(TIMING.health_check_interval_seconds),
                 # The per-service status (not the overall ""), so a process that serves several
                 # services can take one out of rotation; it must answer SERVING/NOT_SERVING,
                 # never SERVICE_UNKNOWN (envoy#10825).
-                "grpc_health_check": {"service_name": spec.proto_service},
-            }
+                grpc_health_check=health_check_pb2.HealthCheck.GrpcHealthCheck(service_name=spec.proto_service),
+            )
         ],
         # Passive health: faster than the active checks for hard failures between two rounds.
-        "outlier_detection": {
+        outlier_detection=outlier_detection_pb2.OutlierDetection(
             # Consecutive gateway failures (connect failure, reset, 502/503/504 — a killed
             # instance) eject after 2, instead of waiting for the next health check round.
-            "consecutive_gateway_failure": 2,
+            consecutive_gateway_failure=uint32(2),
             # Envoy's default is 0 % (count but never eject): enforce it.
-            "enforcing_consecutive_gateway_failure": 100,
+            enforcing_consecutive_gateway_failure=uint32(100),
             # Any 5xx (gRPC INTERNAL/UNKNOWN/UNAVAILABLE... map to 5xx): Envoy's default of 5 in a
             # row; application errors such as NOT_FOUND or INVALID_ARGUMENT are 4xx and never count.
-            "consecutive_5xx": 5,
+            consecutive_5xx=uint32(5),
             # Sweep every second so an ejection ends promptly once base_ejection_time is over.
-            "interval": _duration(1.0),
+            interval=duration(1.0),
             # Short ejection (default 30 s): an instance restarted on the same address is back in
             # seconds; the active health check still keeps it out while it is really down.
-            "base_ejection_time": _duration(5.0),
+            base_ejection_time=duration(5.0),
             # Never eject more than half the hosts: outlier detection must not empty a cluster
             # that the active health checks still consider healthy.
-            "max_ejection_percent": 50,
-        },
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "priority": "DEFAULT",
+            max_ejection_percent=uint32(50),
+        ),
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
+            thresholds=[
+                circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                    priority=base_pb2.DEFAULT,
                     # HTTP/2 multiplexes: a handful of connections per instance is normal.
-                    "max_connections": 1024,
+                    max_connections=uint32(1024),
                     # Calls waiting for a connection to be set up; beyond it, fail fast.
-                    "max_pending_requests": 1024,
+                    max_pending_requests=uint32(1024),
                     # In-flight calls to the whole cluster. Above this, a Python instance would
                     # only queue (its DB pool is ~50 connections); answering UNAVAILABLE at once
                     # protects the instances and tells the gateway to back off.
-                    "max_requests": 1024,
+                    max_requests=uint32(1024),
                     # Retries may add at most 20 % to the active requests (min 3 concurrent), so a
                     # failing cluster is not hammered with retry storms. Replaces max_retries.
-                    "retry_budget": {
-                        "budget_percent": {"value": 20.0},
-                        "min_retry_concurrency": 3,
-                    },
+                    retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
+                        budget_percent=percent_pb2.Percent(value=20.0),
+                        min_retry_concurrency=uint32(3),
+                    ),
                     # Publish remaining_* gauges: the benchmarks and tests read them.
-                    "track_remaining": True,
-                }
+                    track_remaining=True,
+                )
             ]
-        },
-    }
+        ),
+    )
     if discovery == "EDS":
         # Endpoints come from the control plane over the same ADS stream (one ClusterLoadAssignment
         # named after the cluster), not from the cluster resource itself.
-        del cluster["load_assignment"]
-        cluster["eds_cluster_config"] = {
-            "service_name": spec.name,
-            "eds_config": {"ads": {}, "resource_api_version": "V3"},
-        }
+        cluster.type = Cluster.EDS
+        cluster.eds_cluster_config.CopyFrom(Cluster.EdsClusterConfig(service_name=spec.name, eds_config=ads_source()))
         # An endpoint the control plane removed (deregistered on SIGTERM, or its lease lapsed) leaves
         # the load balancer at once. Envoy's default keeps a removed host until it also fails its
         # health checks, which would add up to 3 s to every drain.
-        cluster["ignore_health_on_host_removal"] = True
-    if discovery == "STRICT_DNS":
+        cluster.ignore_health_on_host_removal = True
+    elif discovery == "STRICT_DNS":
         # Compose scales replicas behind one name, each resolved IP being one host. Envoy 1.40
         # deprecates the Cluster-level DNS fields: the DNS cluster extension replaces `type`.
-        del cluster["type"]
-        cluster["cluster_type"] = {
-            "name": "envoy.cluster.dns",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
-                # Re-resolve every 5 s: a scaled-up replica gets traffic within seconds.
-                "dns_refresh_rate": _duration(5.0),
-                # IPv4 only: Docker's embedded DNS answers A records; AAAA lookups add latency.
-                "dns_lookup_family": "V4_ONLY",
-                # Every address is its own host (health-checked and balanced separately).
-                "all_addresses_in_single_endpoint": False,
-            },
-        }
+        dns = dns_cluster_pb2.DnsCluster(
+            # Re-resolve every 5 s: a scaled-up replica gets traffic within seconds.
+            dns_refresh_rate=duration(5.0),
+            # IPv4 only: Docker's embedded DNS answers A records; AAAA lookups add latency.
+            dns_lookup_family=dns_pb2.V4_ONLY,
+            # Every address is its own host (health-checked and balanced separately).
+            all_addresses_in_single_endpoint=False,
+        )
+        cluster.cluster_type.CopyFrom(Cluster.CustomClusterType(name="envoy.cluster.dns", typed_config=typed(dns)))
+        cluster.load_assignment.CopyFrom(build_load_assignment(spec, endpoints))
+    else:
+        # STATIC: the launcher knows every instance address.
+        cluster.type = Cluster.STATIC
+        cluster.load_assignment.CopyFrom(build_load_assignment(spec, endpoints))
     return cluster
 
 
@@ -236,58 +296,61 @@ def build_clusters(
     endpoints: Mapping[str, Sequence[Address]],
     services: Sequence[ServiceSpec] = SERVICES,
     discovery: Discovery = "STATIC",
-) -> list[dict[str, Any]]:
+) -> list[Cluster]:
     """One cluster per service of the topology; a service without instances gets an empty one."""
     return [build_cluster(spec, endpoints.get(spec.name, ()), discovery) for spec in services]
 
 
-# --- routes (later: RDS resource) ---------------------------------------------------------------
+# --- routes (RDS resource under the control plane) -----------------------------------------------
 
 
 def build_route(
     spec: ServiceSpec, prefix: str, *, retry_on: str = RETRY_ON_UNSAFE, exact_path: bool = False
-) -> dict[str, Any]:
+) -> route_components_pb2.Route:
     """A route for a path prefix (`/capsule.auth.v1.`) or, with exact_path, one method."""
-    return {
-        "name": f"{spec.name}:{prefix}",
-        # gRPC paths are /package.Service/Method: the package prefix selects the service.
-        # `grpc: {}` only matches requests with content-type application/grpc.
-        "match": {"path" if exact_path else "prefix": prefix, "grpc": {}},
-        "route": {
-            "cluster": spec.name,
-            "timeout": _duration(ROUTE_TIMEOUT_S),
+    # gRPC paths are /package.Service/Method: the package prefix selects the service.
+    # `grpc` (no options) only matches requests with content-type application/grpc.
+    match = route_components_pb2.RouteMatch(grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions())
+    if exact_path:
+        match.path = prefix
+    else:
+        match.prefix = prefix
+    return route_components_pb2.Route(
+        name=f"{spec.name}:{prefix}",
+        match=match,
+        route=route_components_pb2.RouteAction(
+            cluster=spec.name,
+            timeout=duration(ROUTE_TIMEOUT_S),
             # A caller's grpc-timeout (the gateway sets a deadline on every call) becomes the
             # limit instead, capped at the route timeout: Envoy never waits longer than the
             # caller does.
-            "max_stream_duration": {"grpc_timeout_header_max": _duration(ROUTE_TIMEOUT_S)},
-            "retry_policy": {
-                "retry_on": retry_on,
-                "num_retries": NUM_RETRIES,
-                "per_try_timeout": _duration(PER_TRY_TIMEOUT_S),
+            max_stream_duration=route_components_pb2.RouteAction.MaxStreamDuration(
+                grpc_timeout_header_max=duration(ROUTE_TIMEOUT_S)
+            ),
+            retry_policy=route_components_pb2.RetryPolicy(
+                retry_on=retry_on,
+                num_retries=uint32(NUM_RETRIES),
+                per_try_timeout=duration(PER_TRY_TIMEOUT_S),
                 # 25 ms base (Envoy's default, written out), capped at 250 ms: a retry lands after
                 # the outlier detector / health checker had a chance to act, without stalling.
-                "retry_back_off": {
-                    "base_interval": _duration(0.025),
-                    "max_interval": _duration(0.25),
-                },
+                retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
+                    base_interval=duration(0.025), max_interval=duration(0.25)
+                ),
                 # Retry on a different instance than the ones already tried.
-                "retry_host_predicate": [
-                    {
-                        "name": "envoy.retry_host_predicates.previous_hosts",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/"
-                            "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-                        },
-                    }
+                retry_host_predicate=[
+                    route_components_pb2.RetryPolicy.RetryHostPredicate(
+                        name="envoy.retry_host_predicates.previous_hosts",
+                        typed_config=typed(previous_hosts_pb2.PreviousHostsPredicate()),
+                    )
                 ],
                 # How many times host selection may be redone to satisfy the predicate.
-                "host_selection_retry_max_attempts": 3,
-            },
-        },
-    }
+                host_selection_retry_max_attempts=3,
+            ),
+        ),
+    )
 
 
-def _service_routes(spec: ServiceSpec, retryable: frozenset[str]) -> list[dict[str, Any]]:
+def _service_routes(spec: ServiceSpec, retryable: frozenset[str]) -> list[route_components_pb2.Route]:
     # Exact method routes first (Envoy takes the first match), then the service's prefixes.
     exact = sorted(m for m in retryable if m.startswith(spec.route_prefixes))
     return [build_route(spec, m, retry_on=RETRY_ON_IDEMPOTENT, exact_path=True) for m in exact] + [
@@ -296,29 +359,31 @@ def _service_routes(spec: ServiceSpec, retryable: frozenset[str]) -> list[dict[s
 
 
 def build_route_config(
-    services: Sequence[ServiceSpec] = SERVICES, retryable: frozenset[str] | None = None
-) -> dict[str, Any]:
+    services: Sequence[ServiceSpec] = SERVICES,
+    retryable: frozenset[str] | None = None,
+    name: str = ROUTE_CONFIG_NAME,
+) -> route_pb2.RouteConfiguration:
     """The mesh's routes: broad retries for the methods the protos declare idempotent (`retryable`,
     by default read from the protos), narrow ones for the rest — static bootstrap and control plane
     alike."""
     if retryable is None:
         retryable = idempotent_methods()
-    return {
-        "name": "grpc_routes",
-        "virtual_hosts": [
-            {
-                "name": "mesh",
+    return route_pb2.RouteConfiguration(
+        name=name,
+        virtual_hosts=[
+            route_components_pb2.VirtualHost(
+                name="mesh",
                 # Callers use IPs and ports (127.0.0.1:10000, envoy:10000): match any authority.
-                "domains": ["*"],
+                domains=["*"],
                 # No catch-all: an unknown service gets Envoy's 404, which gRPC clients see as
                 # UNIMPLEMENTED — the right answer for a method nobody serves.
-                "routes": [r for spec in services for r in _service_routes(spec, retryable)],
-            }
+                routes=[r for spec in services for r in _service_routes(spec, retryable)],
+            )
         ],
-    }
+    )
 
 
-# --- listener (later: LDS resource) -------------------------------------------------------------
+# --- listener (LDS resource under the control plane) ----------------------------------------------
 
 _ACCESS_LOG_FORMAT = {
     "time": "%START_TIME%",
@@ -334,68 +399,82 @@ _ACCESS_LOG_FORMAT = {
 }
 
 
+def router_filter() -> hcm_pb2.HttpFilter:
+    """The router, last HTTP filter of every HttpConnectionManager; it needs no settings."""
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=typed(router_pb2.Router()))
+
+
 def build_listener(
-    address: Address, route_config: Mapping[str, Any] | str, name: str = "grpc_ingress"
-) -> dict[str, Any]:
+    address: Address, route_config: route_pb2.RouteConfiguration | str, name: str = "grpc_ingress"
+) -> listener_pb2.Listener:
     """route_config: the routes inline (static bootstrap), or the name of a RouteConfiguration
     fetched over ADS (RDS: routes change without touching the listener, hence without GOAWAY)."""
-    hcm: dict[str, Any] = {
-        "@type": "type.googleapis.com/"
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": name,
+    log_format = struct_pb2.Struct()
+    log_format.update(_ACCESS_LOG_FORMAT)
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=name,
         # AUTO: plaintext HTTP/2 with prior knowledge (h2c) from gRPC clients, and HTTP/1.1 for
         # anything else (curl on the listener gets a readable 404 instead of a reset).
-        "codec_type": "AUTO",
-        "http2_protocol_options": {
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
             # Bounds one downstream connection's fan-in; a gateway instance uses few connections.
-            "max_concurrent_streams": 1024,
+            max_concurrent_streams=uint32(1024),
             # Envoy's edge guidance (64 KiB stream / 1 MiB connection windows) instead of 256 MiB:
             # bodies are ≤ 256 KiB and memory per connection stays bounded.
-            "initial_stream_window_size": 65536,
-            "initial_connection_window_size": 1048576,
-        },
+            initial_stream_window_size=uint32(65536),
+            initial_connection_window_size=uint32(1048576),
+        ),
         # One JSON line per call on stdout (the launcher writes it to .run/logs/envoy.log):
         # path, gRPC status, upstream instance, attempts, request id and trace context.
-        "access_log": [
-            {
-                "name": "envoy.access_loggers.stdout",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                    "log_format": {"json_format": _ACCESS_LOG_FORMAT},
-                },
-            }
+        access_log=[
+            accesslog_pb2.AccessLog(
+                name="envoy.access_loggers.stdout",
+                typed_config=typed(
+                    stream_pb2.StdoutAccessLog(
+                        log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=log_format)
+                    )
+                ),
+            )
         ],
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-            }
-        ],
-    }
+        http_filters=[router_filter()],
+    )
     if isinstance(route_config, str):
-        hcm["rds"] = {
-            "route_config_name": route_config,
-            "config_source": {"ads": {}, "resource_api_version": "V3"},
-        }
+        hcm.rds.CopyFrom(hcm_pb2.Rds(route_config_name=route_config, config_source=ads_source()))
     else:
-        hcm["route_config"] = dict(route_config)
-    return {
-        "name": name,
-        "address": _socket_address(address),
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": hcm,
-                    }
+        hcm.route_config.CopyFrom(route_config)
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(address),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager", typed_config=typed(hcm)
+                    )
                 ]
-            }
+            )
         ],
-    }
+    )
 
 
 # --- bootstrap ------------------------------------------------------------------------------------
+
+
+def _overload_manager(max_downstream_connections: int) -> overload_pb2.OverloadManager:
+    # A hard cap on downstream connections across all listeners (Envoy warns at start-up when
+    # there is none): past it new connections are refused instead of exhausting memory/fds.
+    return overload_pb2.OverloadManager(
+        resource_monitors=[
+            overload_pb2.ResourceMonitor(
+                name="envoy.resource_monitors.global_downstream_max_connections",
+                typed_config=typed(
+                    downstream_connections_pb2.DownstreamConnectionsConfig(
+                        max_active_downstream_connections=max_downstream_connections
+                    )
+                ),
+            )
+        ]
+    )
 
 
 def build_bootstrap(
@@ -407,57 +486,25 @@ def build_bootstrap(
     discovery: Discovery = "STATIC",
     node_id: str = "capsule-mesh-envoy",
     max_downstream_connections: int = 50_000,
-) -> dict[str, Any]:
-    """Envoy bootstrap for the mesh: one gRPC listener routing by path prefix to one cluster per
-    service, with the instances in `endpoints` (service name → addresses)."""
+) -> bootstrap_pb2.Bootstrap:
+    """Envoy bootstrap for the mesh without a control plane: one gRPC listener routing by path
+    prefix to one cluster per service, with the instances in `endpoints` (service name →
+    addresses)."""
     unknown = set(endpoints) - {s.name for s in services}
     if unknown:
         raise ValueError(f"endpoints for services not in the topology: {sorted(unknown)}")
-    return {
-        # Identifies this Envoy to the xDS control plane of a later issue; harmless until then.
-        "node": {"id": node_id, "cluster": "capsule-mesh"},
+    return bootstrap_pb2.Bootstrap(
+        # Identifies this Envoy (in logs, and to a control plane if one is added).
+        node=base_pb2.Node(id=node_id, cluster="capsule-mesh"),
         # Admin: /ready, /clusters (health per endpoint), /stats, /config_dump. Loopback only
         # outside compose: it can change Envoy's state (e.g. /healthcheck/fail).
-        "admin": {"address": _socket_address(admin)},
-        "static_resources": {
-            "listeners": [build_listener(listen, build_route_config(services))],
-            "clusters": build_clusters(endpoints, services, discovery),
-        },
-        # A hard cap on downstream connections across all listeners (Envoy warns at start-up when
-        # there is none): past it new connections are refused instead of exhausting memory/fds.
-        "overload_manager": {
-            "resource_monitors": [
-                {
-                    "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/"
-                        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                        "max_active_downstream_connections": max_downstream_connections,
-                    },
-                }
-            ]
-        },
-    }
-
-
-XDS_CLUSTER = "xds_cluster"
-# The route configuration's name, shared by the listener (RDS reference) and the RDS resource.
-ROUTE_CONFIG_NAME = "grpc_routes"
-
-
-def _overload_manager(max_downstream_connections: int) -> dict[str, Any]:
-    return {
-        "resource_monitors": [
-            {
-                "name": "envoy.resource_monitors.global_downstream_max_connections",
-                "typed_config": {
-                    "@type": "type.googleapis.com/"
-                    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                    "max_active_downstream_connections": max_downstream_connections,
-                },
-            }
-        ]
-    }
+        admin=bootstrap_pb2.Admin(address=socket_address(admin)),
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(
+            listeners=[build_listener(listen, build_route_config(services))],
+            clusters=build_clusters(endpoints, services, discovery),
+        ),
+        overload_manager=_overload_manager(max_downstream_connections),
+    )
 
 
 def build_xds_bootstrap(
@@ -467,74 +514,78 @@ def build_xds_bootstrap(
     node_id: str = "capsule-mesh-envoy",
     node_cluster: str = "capsule-mesh",
     max_downstream_connections: int = 50_000,
-) -> dict[str, Any]:
+) -> bootstrap_pb2.Bootstrap:
     """Envoy bootstrap that only points at the control plane: listeners, routes, clusters and
     endpoints all arrive over one ADS stream (envoy/controlplane)."""
-    ads_source = {"ads": {}, "resource_api_version": "V3"}
-    return {
+    xds_cluster = Cluster(
+        name=XDS_CLUSTER,
+        # An IP on loopback; a DNS name in compose ("control-plane").
+        type=Cluster.STATIC if _is_ip(control_plane[0]) else Cluster.STRICT_DNS,
+        # Loopback or the compose network: a control plane that does not accept in 1 s is down;
+        # retry (below) rather than wait.
+        connect_timeout=duration(1.0),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=XDS_CLUSTER,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(control_plane))
+                        )
+                    ]
+                )
+            ],
+        ),
+        # ADS is gRPC: HTTP/2 (h2c). Keep-alive PINGs notice a control plane that vanished
+        # without a FIN, so Envoy reconnects instead of waiting.
+        typed_extension_protocol_options=_http2_upstream(5.0, 2.0),
+    )
+    return bootstrap_pb2.Bootstrap(
         # The control plane keys its snapshots by node id: one per Envoy (or per group sharing it).
-        "node": {"id": node_id, "cluster": node_cluster},
-        "admin": {"address": _socket_address(admin)},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
+        node=base_pb2.Node(id=node_id, cluster=node_cluster),
+        admin=bootstrap_pb2.Admin(address=socket_address(admin)),
+        dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
+            ads_config=config_source_pb2.ApiConfigSource(
+                api_type=config_source_pb2.ApiConfigSource.GRPC,
+                transport_api_version=config_source_pb2.V3,
                 # The node (id, cluster, build) only in the first message of a stream: it never
                 # changes, and the control plane keeps it per stream.
-                "set_node_on_first_message_only": True,
-                "grpc_services": [
-                    {
-                        "envoy_grpc": {
-                            "cluster_name": XDS_CLUSTER,
+                set_node_on_first_message_only=True,
+                grpc_services=[
+                    grpc_service_pb2.GrpcService(
+                        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+                            cluster_name=XDS_CLUSTER,
                             # Reconnect to a restarted control plane within a second (Envoy's
                             # default back-off grows to 30 s). Envoy keeps serving its last
                             # configuration meanwhile.
-                            "retry_policy": {
-                                "retry_back_off": {"base_interval": _duration(0.1), "max_interval": _duration(1.0)}
-                            },
-                        }
-                    }
+                            retry_policy=base_pb2.RetryPolicy(
+                                retry_back_off=backoff_pb2.BackoffStrategy(
+                                    base_interval=duration(0.1), max_interval=duration(1.0)
+                                )
+                            ),
+                        )
+                    )
                 ],
-            },
-            "cds_config": ads_source,
-            "lds_config": ads_source,
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": XDS_CLUSTER,
-                    # An IP on loopback; a DNS name in compose ("control-plane").
-                    "type": "STATIC" if _is_ip(control_plane[0]) else "STRICT_DNS",
-                    # Loopback or the compose network: a control plane that does not accept in
-                    # 1 s is down; retry (above) rather than wait.
-                    "connect_timeout": _duration(1.0),
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(control_plane)}}]}],
-                    },
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            # ADS is gRPC: HTTP/2 (h2c). Keep-alive PINGs notice a control plane
-                            # that vanished without a FIN, so Envoy reconnects instead of waiting.
-                            "explicit_http_config": {
-                                "http2_protocol_options": {
-                                    "connection_keepalive": {"interval": _duration(5.0), "timeout": _duration(2.0)}
-                                }
-                            },
-                        }
-                    },
-                }
-            ]
-        },
-        "overload_manager": _overload_manager(max_downstream_connections),
-    }
+            ),
+            cds_config=ads_source(),
+            lds_config=ads_source(),
+        ),
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=[xds_cluster]),
+        overload_manager=_overload_manager(max_downstream_connections),
+    )
 
 
-def write_bootstrap(config: Mapping[str, Any], path: Path) -> Path:
-    """Write the config as JSON (Envoy reads JSON bootstraps; JSON is a subset of YAML)."""
+def to_json(message: Message) -> dict[str, Any]:
+    """Protobuf JSON of a message, with the proto's field names (what Envoy's docs and our
+    comments use). Fields left at their default (and not in a oneof) are omitted: Envoy reads them
+    back as the same defaults."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def write_bootstrap(config: bootstrap_pb2.Bootstrap, path: Path) -> Path:
+    """Write the bootstrap as JSON (Envoy reads JSON bootstraps; JSON is a subset of YAML)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+    path.write_text(json.dumps(to_json(config), indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -545,7 +596,7 @@ COMPOSE_GRPC_PORT = 50051  # GRPC_LISTEN of every service container (compose.yam
 COMPOSE_CONTROL_PLANE: Address = ("control-plane", 18000)  # the control-plane container
 
 
-def compose_bootstrap(services: Sequence[ServiceSpec] = SERVICES) -> dict[str, Any]:
+def compose_bootstrap(services: Sequence[ServiceSpec] = SERVICES) -> bootstrap_pb2.Bootstrap:
     """Envoy's bootstrap in compose.yaml: admin on all interfaces of the container (compose
     publishes it on loopback); everything else (the listener on 0.0.0.0:10000, every service's
     replicas as they register) comes from the control-plane container over ADS. `services` is

@@ -1,7 +1,8 @@
 """The control plane process: registry + snapshot builder + cache + ADS, on one grpc.aio server.
 
-    registry change ──► build_snapshot()           ──► cache.set_snapshot()   ──► every ADS stream pushes
-                        build_proxyless_snapshot()     (Envoy's / gRPC clients')
+    start-up:        MeshSnapshots: clusters, listeners, routes of the topology, built once
+    registry change ──► MeshSnapshots.build(): the endpoint assignments only ──► cache.set_snapshot()
+                        (Envoy's and gRPC clients' snapshots)                     ──► every ADS stream pushes
 
 Warm-up: a (re)started control plane knows no instance. Publishing at once would hand Envoy an
 empty endpoint set and fail every call, so the first snapshot waits `warmup_seconds` (default:
@@ -27,18 +28,13 @@ from controlplane.ads import AggregatedDiscoveryService
 from controlplane.cache import PROXYLESS, SnapshotCache
 from controlplane.registry import Registry
 from controlplane.registry_service import RegistryService
-from controlplane.snapshot import build_proxyless_snapshot, build_snapshot
+from controlplane.snapshot import MeshSnapshots
 from mesh import envoy_config
+from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec
 from services.common import admin_http
 
 log = logging.getLogger(__name__)
-
-# A heartbeat every ttl/3 (0.5 s): two may be lost before the lease lapses, and a SIGKILLed
-# instance leaves Envoy's endpoint set within ~1.5 s + one sweep, inside SPEC §2's 2 s.
-DEFAULT_LEASE_TTL_S = 1.5
-# Lapsed leases are looked for this often.
-SWEEP_INTERVAL_S = 0.1
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -53,7 +49,8 @@ class ControlPlaneSettings:
     admin_listen: str = "127.0.0.1:18001"
     # Where Envoy's gRPC listener binds (the LDS resource's address).
     envoy_listen: str = "127.0.0.1:10000"
-    lease_ttl_seconds: float = DEFAULT_LEASE_TTL_S
+    # Lease ttl, heartbeat, sweep, deregister confirmation bound: mesh/timing.py.
+    timing: Timing = TIMING
     warmup_seconds: float | None = None  # None: one lease ttl
     services: tuple[ServiceSpec, ...] = field(default=SERVICES)
 
@@ -62,11 +59,16 @@ class ControlPlaneSettings:
         names = [n.strip() for n in os.environ.get("CONTROL_PLANE_SERVICES", "").split(",") if n.strip()]
         services = tuple(s for s in SERVICES if s.name in names) if names else SERVICES
         warmup = os.environ.get("CONTROL_PLANE_WARMUP_SECONDS", "")
+        try:
+            # LEASE_TTL_SECONDS (and any other override) must keep every relation: else no start.
+            timing = Timing.from_env().check()
+        except TimingError as exc:
+            raise SystemExit(str(exc)) from None
         return cls(
             listen=os.environ.get("CONTROL_PLANE_LISTEN", cls.listen),
             admin_listen=os.environ.get("CONTROL_PLANE_ADMIN_LISTEN", cls.admin_listen),
             envoy_listen=os.environ.get("CONTROL_PLANE_ENVOY_LISTEN", cls.envoy_listen),
-            lease_ttl_seconds=float(os.environ.get("LEASE_TTL_SECONDS") or DEFAULT_LEASE_TTL_S),
+            timing=timing,
             warmup_seconds=float(warmup) if warmup else None,
             services=services,
         )
@@ -75,15 +77,20 @@ class ControlPlaneSettings:
 class ControlPlane:
     def __init__(self, settings: ControlPlaneSettings) -> None:
         self.settings = settings
-        self.registry = Registry(settings.lease_ttl_seconds)
+        self.registry = Registry(settings.timing.lease_ttl_seconds)
         self.cache = SnapshotCache()
         self.ready = False
         self.server: grpc.aio.Server | None = None
         self.admin_server: asyncio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
-        # Read once from the generated descriptors (the protos decide which methods may retry).
-        self._idempotent_methods = envoy_config.idempotent_methods()
+        # The topology's clusters, listeners and routes, built once; which methods may retry is read
+        # once from the generated descriptors (the protos decide it).
+        self.snapshots = MeshSnapshots(
+            listen=_split(settings.envoy_listen),
+            services=settings.services,
+            idempotent_methods=envoy_config.idempotent_methods(),
+        )
         self.registry.subscribe(self._rebuild)
 
     @property
@@ -93,12 +100,9 @@ class ControlPlane:
     def _rebuild(self) -> None:
         if not self.ready:
             return
-        endpoints = self.registry.endpoints()
-        idempotent = self._idempotent_methods
-        envoy = build_snapshot(
-            endpoints, listen=_split(self.settings.envoy_listen), services=self.services, idempotent_methods=idempotent
-        )
-        proxyless = build_proxyless_snapshot(endpoints, services=self.services, idempotent_methods=idempotent)
+        # Only the endpoint assignments are built; every other resource (and its version) is the
+        # topology's, unchanged: an endpoint change is an EDS push and nothing else.
+        envoy, proxyless = self.snapshots.build(self.registry.endpoints())
         # Both published in this one synchronous step: a Deregister waiting for in_sync never sees
         # one kind updated and the other not yet.
         self.cache.set_snapshot(proxyless, kind=PROXYLESS)
@@ -115,7 +119,9 @@ class ControlPlane:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AggregatedDiscoveryService(self.cache), self.server
         )
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(self.registry, self.cache), self.server)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryService(self.registry, self.cache, self.settings.timing), self.server
+        )
         self.port = self.server.add_insecure_port(self.settings.listen)
         if self.port == 0:
             raise SystemExit(f"cannot listen on {self.settings.listen}")
@@ -132,7 +138,7 @@ class ControlPlane:
     async def _warm_up(self) -> None:
         warmup = self.settings.warmup_seconds
         if warmup is None:
-            warmup = self.settings.lease_ttl_seconds
+            warmup = self.settings.timing.lease_ttl_seconds
         if warmup > 0:
             await asyncio.sleep(warmup)  # a deliberate delay (see module doc), not synchronisation
         self.ready = True
@@ -144,7 +150,7 @@ class ControlPlane:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.sleep(self.settings.timing.sweep_seconds)
             for endpoint in self.registry.expire():
                 log.warning(
                     "lease lapsed: endpoint removed",

@@ -32,10 +32,20 @@ named after the service (`auth`), the same ClusterLoadAssignments Envoy gets.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from mesh import envoy_config
+from mesh.envoy_config import ads_source, duration, typed, uint32
 from mesh.topology import ServiceSpec
+
+Cluster = cluster_pb2.Cluster
+Listener = listener_pb2.Listener
+RouteConfiguration = route_pb2.RouteConfiguration
 
 # The node.cluster a proxyless client puts in its bootstrap (gateway/xds.py writes it): the control
 # plane serves such nodes these resources instead of Envoy's.
@@ -64,11 +74,6 @@ FAILURE_PERCENTAGE_THRESHOLD = 95
 FAILURE_PERCENTAGE_REQUEST_VOLUME = 20
 
 
-def _duration(seconds: float) -> str:
-    """Protobuf JSON Duration ("1s", "0.025s")."""
-    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
-
-
 def listener_name(prefix: str) -> str:
     """`/capsule.auth.v1.` → `capsule.auth.v1` (the xds target's name and the listener's)."""
     return prefix.strip("/").rstrip(".")
@@ -80,106 +85,98 @@ def target_for_method(method: str) -> str:
     return f"xds:///{service.rpartition('.')[0]}"
 
 
-def build_listener(name: str) -> dict[str, Any]:
+def build_listener(name: str) -> Listener:
     """An api_listener: gRPC reads only the HttpConnectionManager in it (A27)."""
-    return {
-        "name": name,
-        "api_listener": {
-            "api_listener": {
-                "@type": "type.googleapis.com/"
-                "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                # Routes over RDS on the same ADS stream: a route change never touches the listener.
-                "rds": {"route_config_name": name, "config_source": {"ads": {}, "resource_api_version": "V3"}},
-                # gRPC requires the router as the last HTTP filter (A39); it has no settings.
-                "http_filters": [
-                    {
-                        "name": "envoy.filters.http.router",
-                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                    }
-                ],
-            }
-        },
-    }
+    hcm = hcm_pb2.HttpConnectionManager(
+        # Routes over RDS on the same ADS stream: a route change never touches the listener.
+        rds=hcm_pb2.Rds(route_config_name=name, config_source=ads_source()),
+        # gRPC requires the router as the last HTTP filter (A39); it has no settings.
+        http_filters=[envoy_config.router_filter()],
+    )
+    return Listener(name=name, api_listener=api_listener_pb2.ApiListener(api_listener=typed(hcm)))
 
 
-def _route(spec: ServiceSpec, match: dict[str, Any], *, retry: bool) -> dict[str, Any]:
-    action: dict[str, Any] = {
-        "cluster": spec.name,
+def _route(spec: ServiceSpec, match: route_components_pb2.RouteMatch, *, retry: bool) -> route_components_pb2.Route:
+    action = route_components_pb2.RouteAction(
+        cluster=spec.name,
         # The whole call's bound (A31); gRPC ignores Envoy's `timeout` field.
-        "max_stream_duration": {"max_stream_duration": _duration(MAX_STREAM_DURATION_S)},
-    }
+        max_stream_duration=route_components_pb2.RouteAction.MaxStreamDuration(
+            max_stream_duration=duration(MAX_STREAM_DURATION_S)
+        ),
+    )
     if retry:
-        action["retry_policy"] = {
-            "retry_on": RETRY_ON_IDEMPOTENT,
-            "num_retries": NUM_RETRIES,
-            # Envoy's values: 25 ms base, capped at 250 ms, so a retry lands after the failing
-            # instance's connection state (or the endpoint update) had a chance to change.
-            "retry_back_off": {
-                "base_interval": _duration(0.025),
-                "max_interval": _duration(0.25),
-            },
-        }
+        action.retry_policy.CopyFrom(
+            route_components_pb2.RetryPolicy(
+                retry_on=RETRY_ON_IDEMPOTENT,
+                num_retries=uint32(NUM_RETRIES),
+                # Envoy's values: 25 ms base, capped at 250 ms, so a retry lands after the failing
+                # instance's connection state (or the endpoint update) had a chance to change.
+                retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
+                    base_interval=duration(0.025), max_interval=duration(0.25)
+                ),
+            )
+        )
     # No retry_policy: writes are only retried transparently, i.e. when gRPC knows they never
     # reached the server (A6) — Envoy's RETRY_ON_UNSAFE.
-    return {"name": f"{spec.name}:{match.get('path') or match.get('prefix')}", "match": match, "route": action}
+    return route_components_pb2.Route(name=f"{spec.name}:{match.path or match.prefix}", match=match, route=action)
 
 
-def build_route_config(spec: ServiceSpec, prefix: str, idempotent_methods: frozenset[str]) -> dict[str, Any]:
+def build_route_config(spec: ServiceSpec, prefix: str, idempotent_methods: frozenset[str]) -> RouteConfiguration:
     """The routes behind one listener: every idempotent method of the prefix by exact path first
     (retried on UNAVAILABLE), then the prefix (no retry policy)."""
     exact = sorted(m for m in idempotent_methods if m.startswith(prefix))
-    routes = [_route(spec, {"path": m}, retry=True) for m in exact]
-    routes.append(_route(spec, {"prefix": prefix}, retry=False))
-    return {
-        "name": listener_name(prefix),
-        "virtual_hosts": [
+    routes = [_route(spec, route_components_pb2.RouteMatch(path=m), retry=True) for m in exact]
+    routes.append(_route(spec, route_components_pb2.RouteMatch(prefix=prefix), retry=False))
+    return RouteConfiguration(
+        name=listener_name(prefix),
+        virtual_hosts=[
             # gRPC matches the channel's authority (the target's name) against domains; "*" keeps
             # the routes independent of how the client spells its target.
-            {"name": listener_name(prefix), "domains": ["*"], "routes": routes}
+            route_components_pb2.VirtualHost(name=listener_name(prefix), domains=["*"], routes=routes)
         ],
-    }
+    )
 
 
-def build_cluster(spec: ServiceSpec) -> dict[str, Any]:
-    return {
+def build_cluster(spec: ServiceSpec) -> Cluster:
+    return Cluster(
         # Same name as Envoy's cluster and as the ClusterLoadAssignment both receive.
-        "name": spec.name,
+        name=spec.name,
         # Endpoints from the control plane on the same ADS stream (A27 requires ads or self).
-        "type": "EDS",
-        "eds_cluster_config": {"service_name": spec.name, "eds_config": {"ads": {}, "resource_api_version": "V3"}},
+        type=Cluster.EDS,
+        eds_cluster_config=Cluster.EdsClusterConfig(service_name=spec.name, eds_config=ads_source()),
         # The only per-call balancing C-core supports besides ring hash and WRR (see module doc).
-        "lb_policy": "ROUND_ROBIN",
-        "circuit_breakers": {
-            "thresholds": [
+        lb_policy=Cluster.ROUND_ROBIN,
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
+            thresholds=[
                 # Envoy's value: above 1024 calls in flight to the service, fail fast with
                 # UNAVAILABLE instead of queueing in Python instances (A32: only max_requests).
-                {"priority": "DEFAULT", "max_requests": 1024}
+                circuit_breaker_pb2.CircuitBreakers.Thresholds(priority=base_pb2.DEFAULT, max_requests=uint32(1024))
             ]
-        },
-        "outlier_detection": {
+        ),
+        outlier_detection=outlier_detection_pb2.OutlierDetection(
             # Sweep every second; an ejection ends after 5 s times the number of past ejections.
-            "interval": _duration(OUTLIER_INTERVAL_S),
-            "base_ejection_time": _duration(OUTLIER_BASE_EJECTION_S),
+            interval=duration(OUTLIER_INTERVAL_S),
+            base_ejection_time=duration(OUTLIER_BASE_EJECTION_S),
             # Never eject more than half the hosts (as Envoy's clusters).
-            "max_ejection_percent": 50,
+            max_ejection_percent=uint32(50),
             # Success rate off: with 2-3 instances its statistics say nothing (and A50 turns it on
             # whenever outlier_detection is present unless this is 0).
-            "enforcing_success_rate": 0,
-            "failure_percentage_threshold": FAILURE_PERCENTAGE_THRESHOLD,
-            "enforcing_failure_percentage": 100,
+            enforcing_success_rate=uint32(0),
+            failure_percentage_threshold=uint32(FAILURE_PERCENTAGE_THRESHOLD),
+            enforcing_failure_percentage=uint32(100),
             # Judge even a 2-instance service (default 5 would disable the algorithm here).
-            "failure_percentage_minimum_hosts": 2,
-            "failure_percentage_request_volume": FAILURE_PERCENTAGE_REQUEST_VOLUME,
-        },
-    }
+            failure_percentage_minimum_hosts=uint32(2),
+            failure_percentage_request_volume=uint32(FAILURE_PERCENTAGE_REQUEST_VOLUME),
+        ),
+    )
 
 
 def build_resources(
     services: Sequence[ServiceSpec], idempotent_methods: frozenset[str]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[Listener], list[RouteConfiguration], list[Cluster]]:
     """(listeners, route configurations, clusters) for every service of the topology."""
-    listeners: list[dict[str, Any]] = []
-    routes: list[dict[str, Any]] = []
+    listeners: list[Listener] = []
+    routes: list[RouteConfiguration] = []
     for spec in services:
         for prefix in spec.route_prefixes:
             listeners.append(build_listener(listener_name(prefix)))

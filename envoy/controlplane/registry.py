@@ -29,6 +29,11 @@ class Endpoint:
     def key(self) -> tuple[str, str, int]:
         return (self.service, self.host, self.port)
 
+    def sort_key(self) -> tuple[str, str, int, str, tuple[tuple[str, str], ...]]:
+        """The dataclass order as one tuple: `sorted(eps, key=Endpoint.sort_key)` builds it once per
+        endpoint instead of twice per comparison (snapshots sort every endpoint on every change)."""
+        return (self.service, self.host, self.port, self.zone, self.metadata)
+
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
@@ -118,7 +123,7 @@ class Registry:
         result: dict[str, list[Endpoint]] = {}
         for lease in self._leases.values():
             result.setdefault(lease.endpoint.service, []).append(lease.endpoint)
-        return {name: sorted(eps) for name, eps in sorted(result.items())}
+        return {name: sorted(eps, key=Endpoint.sort_key) for name, eps in sorted(result.items())}
 
     def leases(self) -> list[Lease]:
         return sorted(self._leases.values(), key=lambda lease: lease.endpoint)

@@ -11,6 +11,7 @@ from google.protobuf import duration_pb2
 from controlplane import resources as rs
 from controlplane.cache import SnapshotCache
 from controlplane.registry import Registry
+from mesh.timing import TIMING, Timing
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,13 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry, cache: SnapshotCache, drain_wait_seconds: float = 1.0) -> None:
+    def __init__(self, registry: Registry, cache: SnapshotCache, timing: Timing = TIMING) -> None:
         self.registry = registry
         self.cache = cache
         # Deregister answers once every connected Envoy acknowledged the endpoint set without the
-        # instance, or after this long (the instance then falls back to its health-check delay).
-        self.drain_wait_seconds = drain_wait_seconds
+        # instance, or after timing.deregister_confirm_seconds (the instance then falls back to its
+        # health-check delay); instances heartbeat every timing.heartbeat_seconds.
+        self.timing = timing
 
     async def Register(
         self, request: registry_pb2.RegisterRequest, context: grpc.aio.ServicerContext
@@ -41,7 +43,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.RegisterResponse(
             lease_id=lease.lease_id,
             ttl=_duration(self.registry.ttl),
-            heartbeat_interval=_duration(self.registry.ttl / 3),
+            heartbeat_interval=_duration(self.timing.heartbeat_seconds),
         )
 
     async def Heartbeat(
@@ -57,5 +59,5 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         endpoint = self.registry.deregister(request.lease_id)
         if endpoint is not None:
             log.info("deregistered", extra={"fields": {"service": endpoint.service, "address": endpoint.address}})
-        drained = await self.cache.wait_in_sync(rs.ENDPOINT, self.drain_wait_seconds)
+        drained = await self.cache.wait_in_sync(rs.ENDPOINT, self.timing.deregister_confirm_seconds)
         return registry_pb2.DeregisterResponse(drained=drained)

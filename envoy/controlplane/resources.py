@@ -1,26 +1,17 @@
-"""xDS v3 resource types: type URLs, the push order, dict → message conversion.
+"""xDS v3 resource types: type URLs, the push order, names.
 
-mesh/envoy_config.py builds resources as protobuf-JSON dicts (the static bootstrap's
-format). `from_dict` turns one into the typed message the ADS stream sends, resolving every
-`@type` of the typed_config fields — which is why the extension modules are imported here.
+The resources themselves are typed messages built by mesh/envoy_config.py (Envoy's) and
+proxyless.py (gRPC clients'); the ADS stream packs them into its responses as they are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-# Extension messages referenced by "@type" in the builders' dicts (registered on import).
-import envoy.extensions.access_loggers.stream.v3.stream_pb2
-import envoy.extensions.filters.http.router.v3.router_pb2
-import envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2
-import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2
-import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -44,11 +35,6 @@ MESSAGES: Mapping[str, type[Message]] = {
 }
 
 SHORT_NAMES: Mapping[str, str] = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds"}
-
-
-def from_dict(type_url: str, data: Mapping[str, Any]) -> Message:
-    """A resource dict (protobuf JSON mapping) as its typed message; unknown fields are errors."""
-    return json_format.ParseDict(dict(data), MESSAGES[type_url]())
 
 
 def name_of(resource: Message) -> str:

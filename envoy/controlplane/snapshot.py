@@ -1,11 +1,19 @@
 """Snapshot builder: registry state + topology → consistent, versioned sets of xDS resources, one
-for Envoy (`build_snapshot`) and one for proxyless gRPC clients such as the gateway
-(`build_proxyless_snapshot`, resources from proxyless.py). Both carry the same endpoint assignments.
+for Envoy and one for proxyless gRPC clients such as the gateway (resources from proxyless.py). Both
+carry the same endpoint assignments.
 
-Pure functions, no I/O. Envoy's resources come from mesh/envoy_config.py, the builders the
-static bootstrap used (every value there carries its reason); this module only switches them to
-dynamic discovery (EDS clusters, an RDS listener), adds the endpoints from the registry, and
-versions the result.
+Pure, no I/O. Envoy's resources are the typed messages of mesh/envoy_config.py, the builders the
+static bootstrap uses (every value there carries its reason); this module switches them to dynamic
+discovery (EDS clusters, an RDS listener), adds the endpoints from the registry, and versions the
+result.
+
+Two lifetimes. Clusters, listeners and route configurations depend on the topology only (the
+services and which of their methods are idempotent): `TopologyResources` builds, versions and
+checks them once. ClusterLoadAssignments depend on the registry: `build_assignments` makes them on
+every endpoint change, and `TopologyResources.snapshot(assignments)` publishes them next to the
+very same cluster, listener and route objects. `MeshSnapshots` holds both kinds of topology
+resources for the control plane; `build_snapshot` / `build_proxyless_snapshot` build everything
+at once (one-off snapshots, tests).
 
 Versions are per resource type: the SHA-256 of the deterministic serialization of that type's
 resources, sorted by name. An endpoint change therefore changes the EDS version only — no
@@ -18,8 +26,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
 
+from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf.message import Message
 
 from controlplane import proxyless
@@ -30,6 +39,8 @@ from mesh.topology import SERVICES, ServiceSpec
 
 Address = tuple[str, int]
 METADATA_NAMESPACE = "capsule-mesh"
+# The resource types that follow the topology; ENDPOINT follows the registry.
+TOPOLOGY_TYPES: tuple[str, ...] = (rs.CLUSTER, rs.LISTENER, rs.ROUTE)
 
 
 class InconsistentSnapshot(ValueError):
@@ -121,35 +132,177 @@ def _rds_names(listener: Message) -> list[str]:
     return names
 
 
-# --- the mesh's snapshot --------------------------------------------------------------------------
+# --- endpoints: rebuilt on every change of the registry ------------------------------------------
 
 
-def load_assignment(spec: ServiceSpec, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+def load_assignment(spec: ServiceSpec, endpoints: Sequence[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
     """EDS resource of one service: endpoints grouped by zone (Envoy locality), each carrying the
-    instance's metadata (visible in /clusters and usable by subset load balancing later)."""
+    instance's metadata (visible in /clusters and usable by subset load balancing later).
+
+    Filled in place (`add()`, field by field) rather than through nested constructors: this runs
+    for every endpoint on every change of the registry, and is several times faster so."""
     by_zone: dict[str, list[Endpoint]] = {}
     for ep in endpoints:
         by_zone.setdefault(ep.zone, []).append(ep)
-    groups = []
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=spec.name)
     for zone, eps in sorted(by_zone.items()):
-        group: dict[str, Any] = {
-            "lb_endpoints": [
-                {
-                    "endpoint": {"address": {"socket_address": {"address": ep.host, "port_value": ep.port}}},
-                    "metadata": {"filter_metadata": {METADATA_NAMESPACE: dict(ep.metadata)}},
-                }
-                for ep in sorted(eps)
-            ],
-            # gRPC's xDS client skips a locality without a weight ("contains no localities") and
-            # picks a locality by weight before round robin inside it: the instance count keeps
-            # the share per instance even. Envoy ignores locality weights unless its cluster asks
-            # for locality-weighted balancing (ours do not).
-            "load_balancing_weight": len(eps),
-            # Always present (empty without a zone): gRPC rejects a group without a locality.
-            "locality": {"zone": zone} if zone else {},
-        }
-        groups.append(group)
-    return {"cluster_name": spec.name, "endpoints": groups}
+        group = assignment.endpoints.add()
+        for ep in sorted(eps, key=Endpoint.sort_key):
+            lb_endpoint = group.lb_endpoints.add()
+            address = lb_endpoint.endpoint.address.socket_address
+            address.address = ep.host
+            address.port_value = ep.port
+            metadata = lb_endpoint.metadata.filter_metadata[METADATA_NAMESPACE]  # present even when empty
+            for key, value in ep.metadata:
+                metadata.fields[key].string_value = value
+        # gRPC's xDS client skips a locality without a weight ("contains no localities") and picks a
+        # locality by weight before round robin inside it: the instance count keeps the share per
+        # instance even. Envoy ignores locality weights unless its cluster asks for
+        # locality-weighted balancing (ours do not).
+        group.load_balancing_weight.value = len(eps)
+        # Always present (empty without a zone): gRPC rejects a group without a locality.
+        group.locality.SetInParent()
+        group.locality.zone = zone
+    return assignment
+
+
+@dataclass(frozen=True)
+class Assignments:
+    """The ClusterLoadAssignments of one registry state (cluster name → assignment, sorted) and
+    their version: one set shared by the Envoy and the proxyless snapshot."""
+
+    resources: Mapping[str, Message]
+    version: str
+
+    @classmethod
+    def of(cls, by_name: Mapping[str, Message]) -> Assignments:
+        resources = MappingProxyType(dict(sorted(by_name.items())))
+        return cls(resources, version_of(resources.values()))
+
+
+def build_assignments(endpoints: Mapping[str, Sequence[Endpoint]], services: Sequence[ServiceSpec]) -> Assignments:
+    """One assignment per service of the topology, empty while nothing registered; registrations
+    for services outside the topology are ignored (not routable anyway)."""
+    return Assignments.of({spec.name: load_assignment(spec, endpoints.get(spec.name, ())) for spec in services})
+
+
+# --- clusters, listeners, routes: built once per topology ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopologyResources:
+    """Clusters, listeners and route configurations of one topology, versioned and checked once.
+    Every snapshot made from it shares these very message objects and versions (never mutate
+    them): an endpoint change builds and hashes the assignments only."""
+
+    resources: Mapping[str, Mapping[str, Message]]
+    versions: Mapping[str, str]
+    # The assignment names the clusters use: all an endpoint change could leave dangling.
+    eds_names: frozenset[str]
+
+    @classmethod
+    def of(
+        cls,
+        services: Sequence[ServiceSpec],
+        *,
+        clusters: Iterable[Message],
+        listeners: Iterable[Message],
+        routes: Iterable[Message],
+    ) -> TopologyResources:
+        """Versions the resources and checks, once, everything that does not depend on the
+        endpoints (every route names a cluster, every listener a route configuration); raises
+        InconsistentSnapshot otherwise."""
+        full = Snapshot.of(
+            {rs.CLUSTER: clusters, rs.LISTENER: listeners, rs.ROUTE: routes, rs.ENDPOINT: _empty(services)}
+        )
+        check_consistent(full)
+        eds_names = frozenset(
+            cluster.eds_cluster_config.service_name or name  # type: ignore[attr-defined]
+            for name, cluster in full.resources[rs.CLUSTER].items()
+            if cluster.type == cluster.EDS  # type: ignore[attr-defined]
+        )
+        return cls(
+            resources=MappingProxyType({t: MappingProxyType(dict(full.resources[t])) for t in TOPOLOGY_TYPES}),
+            versions=MappingProxyType({t: full.version(t) for t in TOPOLOGY_TYPES}),
+            eds_names=eds_names,
+        )
+
+    def snapshot(self, assignments: Assignments) -> Snapshot:
+        """The topology's resources with these endpoints (no other resource is built or hashed)."""
+        missing = self.eds_names - assignments.resources.keys()
+        if missing:
+            raise InconsistentSnapshot(f"clusters use endpoints {sorted(missing)}, which the assignments lack")
+        resources = {t: assignments.resources if t == rs.ENDPOINT else self.resources[t] for t in rs.PUSH_ORDER}
+        versions = {t: assignments.version if t == rs.ENDPOINT else self.versions[t] for t in rs.PUSH_ORDER}
+        return Snapshot(resources, versions)
+
+
+def _empty(services: Sequence[ServiceSpec]) -> list[Message]:
+    return [endpoint_pb2.ClusterLoadAssignment(cluster_name=spec.name) for spec in services]
+
+
+def envoy_resources(
+    *, listen: Address, services: Sequence[ServiceSpec] = SERVICES, idempotent_methods: frozenset[str] | None = None
+) -> TopologyResources:
+    """Envoy's clusters (EDS), its gRPC listener (RDS) and the routes, for `services`."""
+    if idempotent_methods is None:
+        idempotent_methods = envoy_config.idempotent_methods()
+    return TopologyResources.of(
+        services,
+        clusters=[envoy_config.build_cluster(spec, (), "EDS") for spec in services],
+        listeners=[envoy_config.build_listener(listen, envoy_config.ROUTE_CONFIG_NAME)],
+        routes=[envoy_config.build_route_config(services, idempotent_methods, envoy_config.ROUTE_CONFIG_NAME)],
+    )
+
+
+def proxyless_resources(
+    *, services: Sequence[ServiceSpec] = SERVICES, idempotent_methods: frozenset[str] | None = None
+) -> TopologyResources:
+    """What gRPC's own xDS client gets (proxyless.py): one api_listener and route configuration per
+    gRPC package, one cluster per service; the endpoints are the very assignments Envoy gets."""
+    if idempotent_methods is None:
+        idempotent_methods = envoy_config.idempotent_methods()
+    listeners, routes, clusters = proxyless.build_resources(services, idempotent_methods)
+    return TopologyResources.of(services, clusters=clusters, listeners=listeners, routes=routes)
+
+
+class MeshSnapshots:
+    """The control plane's builder. The topology (services, idempotent methods) is fixed for its
+    lifetime, so both kinds of topology resources are built here, once; `build` turns a registry
+    state into the Envoy and the proxyless snapshot by building the assignments once for both —
+    and only those of services whose endpoints changed since the last call (one, for a
+    registration): the others are the previous assignment objects. Same input, same snapshots
+    (versions included) as building everything afresh; nothing here does I/O."""
+
+    def __init__(
+        self,
+        *,
+        listen: Address,
+        services: Sequence[ServiceSpec] = SERVICES,
+        idempotent_methods: frozenset[str] | None = None,
+    ) -> None:
+        if idempotent_methods is None:
+            idempotent_methods = envoy_config.idempotent_methods()
+        self.services = tuple(services)
+        self.envoy = envoy_resources(listen=listen, services=services, idempotent_methods=idempotent_methods)
+        self.proxyless = proxyless_resources(services=services, idempotent_methods=idempotent_methods)
+        # Service name → (the endpoints its last assignment was built from, that assignment).
+        self._last: dict[str, tuple[tuple[Endpoint, ...], Message]] = {}
+
+    def build(self, endpoints: Mapping[str, Sequence[Endpoint]]) -> tuple[Snapshot, Snapshot]:
+        """(Envoy's snapshot, the proxyless clients' snapshot) for this registry state."""
+        assignments = self.assignments(endpoints)
+        return self.envoy.snapshot(assignments), self.proxyless.snapshot(assignments)
+
+    def assignments(self, endpoints: Mapping[str, Sequence[Endpoint]]) -> Assignments:
+        by_name: dict[str, Message] = {}
+        for spec in self.services:
+            current = tuple(endpoints.get(spec.name, ()))
+            last = self._last.get(spec.name)
+            if last is None or last[0] != current:
+                last = self._last[spec.name] = (current, load_assignment(spec, current))
+            by_name[spec.name] = last[1]
+        return Assignments.of(by_name)
 
 
 def build_snapshot(
@@ -159,26 +312,11 @@ def build_snapshot(
     services: Sequence[ServiceSpec] = SERVICES,
     idempotent_methods: frozenset[str] | None = None,
 ) -> Snapshot:
-    """Clusters (EDS), endpoints, the gRPC listener (RDS) and its routes for `services`. Every
-    service of the topology gets a cluster and an assignment, empty while nothing registered;
-    registrations for services outside the topology are ignored (not routable anyway)."""
-    clusters = [envoy_config.build_cluster(spec, (), "EDS") for spec in services]
-    assignments = [load_assignment(spec, endpoints.get(spec.name, ())) for spec in services]
-    if idempotent_methods is None:
-        idempotent_methods = envoy_config.idempotent_methods()
-    route_config = envoy_config.build_route_config(services, idempotent_methods)
-    route_config["name"] = envoy_config.ROUTE_CONFIG_NAME
-    listener = envoy_config.build_listener(listen, envoy_config.ROUTE_CONFIG_NAME)
-    snapshot = Snapshot.of(
-        {
-            rs.CLUSTER: [rs.from_dict(rs.CLUSTER, c) for c in clusters],
-            rs.ENDPOINT: [rs.from_dict(rs.ENDPOINT, a) for a in assignments],
-            rs.LISTENER: [rs.from_dict(rs.LISTENER, listener)],
-            rs.ROUTE: [rs.from_dict(rs.ROUTE, route_config)],
-        }
-    )
-    check_consistent(snapshot)
-    return snapshot
+    """Envoy's whole snapshot, every resource built afresh: clusters (EDS), endpoints, the gRPC
+    listener (RDS) and its routes for `services`. Every service of the topology gets a cluster and
+    an assignment, empty while nothing registered."""
+    topology = envoy_resources(listen=listen, services=services, idempotent_methods=idempotent_methods)
+    return topology.snapshot(build_assignments(endpoints, services))
 
 
 def build_proxyless_snapshot(
@@ -187,20 +325,8 @@ def build_proxyless_snapshot(
     services: Sequence[ServiceSpec] = SERVICES,
     idempotent_methods: frozenset[str] | None = None,
 ) -> Snapshot:
-    """What gRPC's own xDS client gets (proxyless.py): one api_listener and route configuration per
-    gRPC package, one cluster per service, and the very ClusterLoadAssignments Envoy gets — so an
-    endpoint change moves both snapshots' EDS versions together, and nothing else."""
-    if idempotent_methods is None:
-        idempotent_methods = envoy_config.idempotent_methods()
-    listeners, routes, clusters = proxyless.build_resources(services, idempotent_methods)
-    assignments = [load_assignment(spec, endpoints.get(spec.name, ())) for spec in services]
-    snapshot = Snapshot.of(
-        {
-            rs.CLUSTER: [rs.from_dict(rs.CLUSTER, c) for c in clusters],
-            rs.ENDPOINT: [rs.from_dict(rs.ENDPOINT, a) for a in assignments],
-            rs.LISTENER: [rs.from_dict(rs.LISTENER, listener) for listener in listeners],
-            rs.ROUTE: [rs.from_dict(rs.ROUTE, r) for r in routes],
-        }
-    )
-    check_consistent(snapshot)
-    return snapshot
+    """The proxyless clients' whole snapshot, every resource built afresh: the same
+    ClusterLoadAssignments as Envoy's, so an endpoint change moves both snapshots' EDS versions
+    together, and nothing else."""
+    topology = proxyless_resources(services=services, idempotent_methods=idempotent_methods)
+    return topology.snapshot(build_assignments(endpoints, services))

@@ -20,14 +20,12 @@ import socket
 import grpc
 from capsule.mesh.v1 import registry_pb2, registry_pb2_grpc
 
+from mesh.timing import TIMING
+
 log = logging.getLogger(__name__)
 
-# Until the control plane tells its own (ttl / 3), and while it is unreachable.
-DEFAULT_HEARTBEAT_S = 0.5
 # One registry call; the control plane answers in milliseconds, a slow answer is a failure.
 CALL_TIMEOUT_S = 1.0
-# Deregister waits for Envoy's acknowledgement (the control plane bounds that wait to 1 s).
-DEREGISTER_TIMEOUT_S = 2.0
 
 
 def advertised_host(listen_host: str) -> str:
@@ -43,7 +41,8 @@ class Registrar:
         self.target = target
         self.instance = instance
         self.lease_id = ""
-        self.interval = DEFAULT_HEARTBEAT_S
+        # Until the control plane tells its own, and while it is unreachable (mesh/timing.py).
+        self.interval = TIMING.heartbeat_seconds
         self.registrations = 0
         self._channel = grpc.aio.insecure_channel(
             target,
@@ -71,7 +70,7 @@ class Registrar:
         request = registry_pb2.RegisterRequest(instance=self.instance)
         response = await self._stub.Register(request, timeout=CALL_TIMEOUT_S)
         self.lease_id = response.lease_id
-        self.interval = max(0.05, response.heartbeat_interval.ToNanoseconds() / 1e9 or DEFAULT_HEARTBEAT_S)
+        self.interval = max(0.05, response.heartbeat_interval.ToNanoseconds() / 1e9 or TIMING.heartbeat_seconds)
         self.registrations += 1
         self.registered.set()
         log.info(
@@ -112,7 +111,9 @@ class Registrar:
             return False
         try:
             response = await self._stub.Deregister(
-                registry_pb2.DeregisterRequest(lease_id=self.lease_id), timeout=DEREGISTER_TIMEOUT_S
+                registry_pb2.DeregisterRequest(lease_id=self.lease_id),
+                # Longer than the control plane's confirmation bound (mesh/timing.py, relation 4).
+                timeout=TIMING.deregister_call_timeout_seconds,
             )
         except grpc.aio.AioRpcError as exc:
             log.warning("deregistration failed", extra={"fields": {"code": exc.code().name}})

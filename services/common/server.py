@@ -14,7 +14,8 @@ acknowledged the endpoint set without this instance (EDS push + ACK, millisecond
 plane bounds it to 1 s); a short `deregistered_drain` then covers calls already on the wire.
 Without that confirmation (no control plane configured, or it is down), `drain_delay` is used: the
 time Envoy's active health checks take to see NOT_SERVING (interval x unhealthy threshold + one
-timeout, set by the launcher).
+timeout). Both delays and the relations between them and the control plane's bounds:
+mesh/timing.py, checked when the settings are read.
 
 Health says SERVING only once the readiness check (e.g. the database answers) has passed.
 """

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from mesh.timing import TIMING, Timing, TimingError
+
 
 def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -43,6 +45,16 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_list(name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())
+
+
+def service_timing() -> Timing:
+    """The mesh's timings with this process's overrides (DRAIN_DELAY_SECONDS,
+    DEREGISTERED_DRAIN_SECONDS), every relation of mesh/timing.py checked: a drain delay too short
+    for Envoy's health checks to notice NOT_SERVING refuses to start, naming the relation."""
+    try:
+        return Timing.from_env().check()
+    except TimingError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,8 @@ class ServiceSettings:
     jwt_audience: str
     log_level: str
     # SIGTERM: report NOT_SERVING, wait drain_delay for health checkers to notice, then stop with
-    # grace for in-flight calls (NOTES-mesh: the order that loses nothing).
+    # grace for in-flight calls (NOTES-mesh: the order that loses nothing). Its bounds:
+    # mesh/timing.py, checked by from_env.
     drain_delay_seconds: float
     shutdown_grace_seconds: float
     # The mesh's control plane (host:port of capsule.mesh.v1.RegistryService). Empty: no
@@ -113,12 +126,13 @@ class ServiceSettings:
     instance_name: str = ""
     # SIGTERM with a control plane: once it confirmed that every Envoy applied the removal, wait
     # this long for calls Envoy had already forwarded (in the network) before stopping the server.
-    deregistered_drain_seconds: float = 0.25
+    deregistered_drain_seconds: float = TIMING.deregistered_drain_seconds
     # CACHE_PREFIX itself: the namespace of what the whole mesh shares in Redis (change channels).
     mesh_prefix: str = ""
 
     @classmethod
     def from_env(cls, name: str, default_grpc_port: int, default_admin_port: int) -> ServiceSettings:
+        timing = service_timing()
         return cls(
             name=name,
             grpc_listen=env_str("GRPC_LISTEN", f"127.0.0.1:{default_grpc_port}"),
@@ -130,12 +144,12 @@ class ServiceSettings:
             jwt_issuer=env_str("JWT_ISSUER", "capsule-mesh/auth"),
             jwt_audience=env_str("JWT_AUDIENCE", "capsule-mesh"),
             log_level=env_str("LOG_LEVEL", "INFO"),
-            drain_delay_seconds=env_float("DRAIN_DELAY_SECONDS", 0.0),
+            drain_delay_seconds=timing.drain_delay_seconds,
             shutdown_grace_seconds=env_float("SHUTDOWN_GRACE_SECONDS", 10.0),
             control_plane_target=env_str("CONTROL_PLANE_TARGET", ""),
             zone=env_str("SERVICE_ZONE", "local"),
             advertise_address=env_str("ADVERTISE_ADDRESS", ""),
             instance_name=env_str("SERVICE_INSTANCE", ""),
-            deregistered_drain_seconds=env_float("DEREGISTERED_DRAIN_SECONDS", 0.25),
+            deregistered_drain_seconds=timing.deregistered_drain_seconds,
             mesh_prefix=env_str("CACHE_PREFIX", ""),
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from mesh import envoy_config
 from mesh.topology import AUTH, SERVICES, ServiceSpec
@@ -27,13 +28,19 @@ ENDPOINTS = {"auth": [("127.0.0.1", 50051), ("127.0.0.1", 50052)]}
 
 
 def bootstrap(**kwargs: Any) -> dict[str, Any]:
+    """The static bootstrap as Envoy reads it (protobuf JSON of the typed message)."""
+    return envoy_config.to_json(bootstrap_message(**kwargs))
+
+
+def bootstrap_message(**kwargs: Any) -> Any:
     args: dict[str, Any] = {"listen": ("127.0.0.1", 10000), "admin": ("127.0.0.1", 9901), "endpoints": ENDPOINTS}
     args.update(kwargs)
     return envoy_config.build_bootstrap(**args)
 
 
 def envoy_validate(config: dict[str, Any], tmp_path: Path, base_id: int) -> subprocess.CompletedProcess[str]:
-    path = envoy_config.write_bootstrap(config, tmp_path / "bootstrap.json")
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(config, indent=2))
     return subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(path), "--base-id", str(base_id), "--log-level", "warn"],
         capture_output=True,
@@ -78,10 +85,16 @@ def test_real_envoy_rejects_a_broken_config(tmp_path: Path) -> None:
 
 def test_pure_and_deterministic() -> None:
     endpoints = copy.deepcopy(ENDPOINTS)
-    first = bootstrap(endpoints=endpoints)
+    first = bootstrap_message(endpoints=endpoints)
     assert endpoints == ENDPOINTS  # inputs untouched
-    assert json.dumps(first) == json.dumps(bootstrap(endpoints=copy.deepcopy(ENDPOINTS)))
-    json.dumps(first)  # serialisable as is
+    again = bootstrap_message(endpoints=copy.deepcopy(ENDPOINTS))
+    assert first.SerializeToString(deterministic=True) == again.SerializeToString(deterministic=True)
+    assert json.dumps(envoy_config.to_json(first)) == json.dumps(envoy_config.to_json(again))
+
+
+def test_the_written_file_is_the_messages_json(tmp_path: Path) -> None:
+    path = envoy_config.write_bootstrap(bootstrap_message(), tmp_path / "envoy.json")
+    assert json.loads(path.read_text()) == bootstrap()
 
 
 def test_listener_admin_and_codec() -> None:
@@ -90,7 +103,10 @@ def test_listener_admin_and_codec() -> None:
     listener = config["static_resources"]["listeners"][0]
     assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 10123}
     manager = hcm(config)
-    assert manager["codec_type"] == "AUTO"
+    # AUTO is the enum's default, which protobuf JSON leaves out of the file: read the message.
+    typed = hcm_pb2.HttpConnectionManager()
+    assert bootstrap_message().static_resources.listeners[0].filter_chains[0].filters[0].typed_config.Unpack(typed)
+    assert typed.codec_type == hcm_pb2.HttpConnectionManager.AUTO
     assert [f["name"] for f in manager["http_filters"]] == ["envoy.filters.http.router"]
     assert manager["access_log"][0]["name"] == "envoy.access_loggers.stdout"
 
@@ -111,7 +127,7 @@ def test_routes_by_grpc_prefix_with_timeouts_and_retries() -> None:
         retry = action["retry_policy"]
         assert retry["num_retries"] == 2
         assert retry["per_try_timeout"] == "5s"
-        assert retry["retry_back_off"] == {"base_interval": "0.025s", "max_interval": "0.25s"}
+        assert retry["retry_back_off"] == {"base_interval": "0.025s", "max_interval": "0.250s"}
         assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
 
 
@@ -137,8 +153,9 @@ def test_one_cluster_per_service_with_health_checks_and_protection() -> None:
         for e in group["lb_endpoints"]
     ]
     assert hosts == [{"address": "127.0.0.1", "port_value": 50051}, {"address": "127.0.0.1", "port_value": 50052}]
-    # A service without instances yet: an empty cluster, not a missing one.
-    assert clusters["recipients"]["load_assignment"]["endpoints"][0]["lb_endpoints"] == []
+    # A service without instances yet: an empty cluster, not a missing one (protobuf JSON leaves
+    # the empty list out).
+    assert clusters["recipients"]["load_assignment"]["endpoints"][0].get("lb_endpoints", []) == []
     assert auth["lb_policy"] in ("LEAST_REQUEST", "ROUND_ROBIN")
     options = auth["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert "connection_keepalive" in options["explicit_http_config"]["http2_protocol_options"]

@@ -48,6 +48,16 @@ def standin_stack(infra: Infra, jwt_keys: KeyPair, tmp_path: Path) -> Iterator[S
         yield stack
 
 
+def test_a_stack_whose_timings_break_a_relation_does_not_start(infra: Infra, jwt_keys: KeyPair, tmp_path: Path) -> None:
+    """mesh/timing.py's relations, checked before any process starts: a drain delay shorter than
+    Envoy's health checks need, given to the services through service_env."""
+    stack = Stack(settings(infra, jwt_keys, tmp_path, service_env={"DRAIN_DELAY_SECONDS": "1"}))
+    with pytest.raises(StartupError, match="drain delay ≥ health-check interval"):
+        stack.start()
+    assert stack.control_plane is None and not stack.log_dir.exists()
+    assert settings(infra, jwt_keys, tmp_path).timing().check()  # the defaults keep them
+
+
 async def test_isolation_settings_are_unique(infra: Infra, jwt_keys: KeyPair, tmp_path: Path) -> None:
     a = Stack(settings(infra, jwt_keys, tmp_path / "a"))
     b = Stack(settings(infra, jwt_keys, tmp_path / "b"))

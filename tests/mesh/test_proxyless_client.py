@@ -23,10 +23,12 @@ from controlplane import resources as rs
 from controlplane.app import ControlPlane, ControlPlaneSettings
 from controlplane.cache import PROXYLESS
 from controlplane.snapshot import Snapshot
+from envoy.config.cluster.v3 import cluster_pb2
 
 from gateway import xds
 from gateway.upstream import XDS_CHANNEL_OPTIONS
 from launcher.process import free_port
+from mesh.timing import TIMING
 from mesh.topology import AUTH
 from tests.mesh.conftest import XdsMesh
 
@@ -68,7 +70,7 @@ async def plane(xds_mesh: XdsMesh, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         admin_listen=f"127.0.0.1:{xds_mesh.cp_admin_port}",
         warmup_seconds=0,
         # The test registers the stand-ins itself and sends no heartbeats: leases must outlive it.
-        lease_ttl_seconds=600,
+        timing=TIMING.with_lease_ttl(600),
         services=(AUTH,),
     )
     xds_mesh.plane = await ControlPlane(settings).start()
@@ -149,9 +151,9 @@ async def test_a_value_grpc_does_not_support_is_nacked_and_reported(xds_mesh: Xd
     good = plane.cache.default_for(PROXYLESS)
     assert good is not None
     cluster = proxyless.build_cluster(AUTH)
-    cluster["lb_policy"] = "LEAST_REQUEST"
+    cluster.lb_policy = cluster_pb2.Cluster.LEAST_REQUEST
     resources = {t: list(good.resources[t].values()) for t in rs.PUSH_ORDER}
-    resources[rs.CLUSTER] = [rs.from_dict(rs.CLUSTER, cluster)]
+    resources[rs.CLUSTER] = [cluster]
     plane.cache.set_snapshot(Snapshot.of(resources), kind=PROXYLESS)
     channel = grpc.aio.insecure_channel("xds:///grpc.reflection", options=XDS_CHANNEL_OPTIONS)
     try:

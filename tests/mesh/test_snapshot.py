@@ -1,13 +1,30 @@
-"""The snapshot builder: resources from the launcher's builders, per-type versions, consistency."""
+"""The snapshot builder: resources from mesh's builders, per-type versions, consistency, and
+endpoint changes that rebuild the endpoints only."""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import pytest
+from controlplane import proxyless
 from controlplane import resources as rs
+from controlplane.app import ControlPlane, ControlPlaneSettings
+from controlplane.cache import PROXYLESS
 from controlplane.registry import Endpoint
-from controlplane.snapshot import InconsistentSnapshot, Snapshot, build_snapshot, check_consistent
+from controlplane.snapshot import (
+    TOPOLOGY_TYPES,
+    InconsistentSnapshot,
+    MeshSnapshots,
+    Snapshot,
+    build_assignments,
+    build_proxyless_snapshot,
+    build_snapshot,
+    check_consistent,
+)
 from envoy.config.cluster.v3 import cluster_pb2
 
+from mesh import envoy_config
 from mesh.envoy_config import RETRY_ON_IDEMPOTENT, RETRY_ON_UNSAFE
 from mesh.topology import AUTH, SERVICES
 
@@ -83,3 +100,86 @@ def test_an_inconsistent_snapshot_is_refused() -> None:
     no_clusters = Snapshot.of({t: list(good.resources[t].values()) for t in (rs.ENDPOINT, rs.LISTENER, rs.ROUTE)})
     with pytest.raises(InconsistentSnapshot, match="unknown cluster"):
         check_consistent(no_clusters)
+
+
+# --- an endpoint change rebuilds the endpoints only -----------------------------------------------
+
+TOPOLOGY_BUILDERS = (
+    (envoy_config, "build_cluster"),
+    (envoy_config, "build_listener"),
+    (envoy_config, "build_route_config"),
+    (envoy_config, "build_route"),
+    (proxyless, "build_resources"),
+    (proxyless, "build_cluster"),
+    (proxyless, "build_listener"),
+    (proxyless, "build_route_config"),
+)
+
+
+def forbid_topology_builders(monkeypatch: pytest.MonkeyPatch) -> None:
+    def rebuilt(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a cluster, listener or route was built again for an endpoint change")
+
+    for module, name in TOPOLOGY_BUILDERS:
+        monkeypatch.setattr(module, name, rebuilt)
+
+
+def assert_only_endpoints_moved(before: Snapshot, after: Snapshot) -> None:
+    for type_url in TOPOLOGY_TYPES:
+        assert after.version(type_url) == before.version(type_url)
+        assert list(after.resources[type_url]) == list(before.resources[type_url])
+        # The very same message objects: nothing was built (or hashed) again.
+        assert all(after.resources[type_url][n] is m for n, m in before.resources[type_url].items())
+    assert after.version(rs.ENDPOINT) != before.version(rs.ENDPOINT)
+
+
+def test_an_endpoint_change_builds_the_assignments_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    snapshots = MeshSnapshots(listen=LISTEN)
+    envoy_one, grpc_one = snapshots.build({"auth": [ep(1)]})
+    forbid_topology_builders(monkeypatch)
+    envoy_two, grpc_two = snapshots.build({"auth": [ep(1), ep(2)]})
+    assert_only_endpoints_moved(envoy_one, envoy_two)
+    assert_only_endpoints_moved(grpc_one, grpc_two)
+    # One set of assignments for both kinds of client, built once; and only for the service whose
+    # endpoints changed.
+    assert envoy_two.resources[rs.ENDPOINT]["auth"] is grpc_two.resources[rs.ENDPOINT]["auth"]
+    assert envoy_two.resources[rs.ENDPOINT]["auth"] is not envoy_one.resources[rs.ENDPOINT]["auth"]
+    assert envoy_two.resources[rs.ENDPOINT]["capsules"] is envoy_one.resources[rs.ENDPOINT]["capsules"]
+    monkeypatch.undo()
+    # The same versions as building everything afresh: the scheme did not change.
+    assert envoy_two.versions == build_snapshot({"auth": [ep(1), ep(2)]}, listen=LISTEN).versions
+    assert grpc_two.versions == build_proxyless_snapshot({"auth": [ep(1), ep(2)]}).versions
+
+
+def test_the_control_plane_publishes_an_endpoint_change_without_rebuilding(monkeypatch: pytest.MonkeyPatch) -> None:
+    plane = ControlPlane(ControlPlaneSettings(warmup_seconds=0))
+    plane.ready = True  # as after the warm-up; nothing is served, only the registry → cache path runs
+    plane.registry.register("auth", "127.0.0.1", 1)
+    envoy_one, grpc_one = plane.cache.default, plane.cache.default_for(PROXYLESS)
+    assert envoy_one is not None and grpc_one is not None
+    forbid_topology_builders(monkeypatch)
+    plane.registry.register("auth", "127.0.0.1", 2)
+    envoy_two, grpc_two = plane.cache.default, plane.cache.default_for(PROXYLESS)
+    assert envoy_two is not None and grpc_two is not None
+    assert_only_endpoints_moved(envoy_one, envoy_two)
+    assert_only_endpoints_moved(grpc_one, grpc_two)
+    ports = [
+        e.endpoint.address.socket_address.port_value
+        for e in envoy_two.resources[rs.ENDPOINT]["auth"].endpoints[0].lb_endpoints
+    ]  # type: ignore[attr-defined]
+    assert ports == [1, 2]
+
+
+def test_assignments_missing_a_cluster_are_refused() -> None:
+    topology = MeshSnapshots(listen=LISTEN, services=(AUTH,)).envoy
+    with pytest.raises(InconsistentSnapshot, match="auth"):
+        topology.snapshot(build_assignments({}, ()))
+
+
+def test_the_rebuild_benchmark_runs(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import xds_rebuild
+
+    monkeypatch.setattr(sys, "argv", ["xds_rebuild", "--instances", "30", "--rounds", "2"])
+    xds_rebuild.main()  # exits if the two ways built different snapshots
+    out = capsys.readouterr().out
+    assert "30 instances in the registry" in out and "EDS only (assignments)" in out
