@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,11 +28,33 @@ class StartupError(RuntimeError):
     """A process exited or did not become ready in time."""
 
 
+# Ports for test and bench processes come from below Linux's ephemeral range (32768-60999), from
+# which outgoing connections take their source ports: a port found free by bind(0) and released is
+# in that range, and a busy test's next connection can take it before the child binds it. Each
+# process walks this range from a random point (two test processes rarely meet) and never hands a
+# port out twice.
+FREE_PORT_RANGE = range(20000, 32000)
+_handed_out: set[int] = set()
+_cursor = random.randrange(len(FREE_PORT_RANGE))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS picks it; tiny race until the child binds it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nobody listens on right now and this process never handed out before (tiny race
+    until the child binds it; see FREE_PORT_RANGE)."""
+    global _cursor
+    for _ in range(len(FREE_PORT_RANGE)):
+        port = FREE_PORT_RANGE[_cursor % len(FREE_PORT_RANGE)]
+        _cursor += 1
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise StartupError(f"no free port left in {FREE_PORT_RANGE.start}-{FREE_PORT_RANGE.stop - 1} on {host}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

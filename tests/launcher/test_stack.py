@@ -4,6 +4,7 @@ migrations, start order, readiness, Envoy health, fail-fast, instance restarts, 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.request
 import uuid
@@ -16,7 +17,7 @@ import pytest
 
 from launcher.infra import Infra
 from launcher.keys import KeyPair
-from launcher.process import StartupError, port_open
+from launcher.process import StartupError, free_port, port_open
 from launcher.stack import Stack, StackSettings
 from mesh.topology import AUTH
 
@@ -166,3 +167,13 @@ def test_two_stacks_side_by_side(infra: Infra, jwt_keys: KeyPair, tmp_path: Path
 def test_unique_token_format() -> None:
     token = uuid.uuid4().hex[:10]
     assert f"auth_t{token}".isidentifier()  # a plain Postgres identifier, no quoting surprises
+
+
+def test_free_ports_are_never_handed_out_twice_and_avoid_the_ephemeral_range() -> None:
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert not any(low <= port <= high for port in ports)  # outgoing connections' source ports
+    for port in ports[:20]:  # each was bindable when handed out
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
