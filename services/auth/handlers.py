@@ -80,7 +80,7 @@ class AuthHandlers(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.SearchUsersResponse:
         caller = self.auth.require(context)
         page = await self.accounts.search(caller, request.query, request.page_size, request.page_token)
-        return auth_pb2.SearchUsersResponse(users=[_public(h) for h in page.hits], next_page_token=page.next_page_token)
+        return auth_pb2.SearchUsersResponse(users=[_public(h) for h in page.rows], next_page_token=page.next_page_token)
 
 
 def _user(user: UserRecord) -> auth_pb2.User:

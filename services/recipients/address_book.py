@@ -9,7 +9,6 @@ email or linked user clears it. Capsules are another service's: nothing here tou
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,18 +17,12 @@ from services.common import validation
 from services.common.db import Database, violated_constraint
 from services.common.errors import AlreadyExists, FailedPrecondition, FieldErrors, InvalidArgument, NotFound
 from services.common.ids import new_id, parse_uuid
-from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.tokens import Caller
 from services.recipients import rules, storage
 from services.recipients.storage import RecipientRow
 
 QUERY_MAX = 100
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientPage:
-    rows: list[RecipientRow]
-    next_page_token: str
 
 
 class AddressBook:
@@ -101,7 +94,7 @@ class AddressBook:
         if not deleted:
             raise _not_found()
 
-    async def list(self, caller: Caller, *, query: str, requested_size: int, token: str) -> RecipientPage:
+    async def list(self, caller: Caller, *, query: str, requested_size: int, token: str) -> Page[RecipientRow]:
         query = " ".join(query.split())
         if len(query) > QUERY_MAX:
             raise InvalidArgument(
@@ -109,23 +102,10 @@ class AddressBook:
             )
         size = page_size(requested_size)
         name = "recipients:" + query.lower()
-        keys = decode_page_token(token, name, 2)
-        after: tuple[str, uuid.UUID] | None = None
-        if keys is not None:
-            after_id = parse_uuid(keys[1]) if isinstance(keys[1], str) else None
-            if not isinstance(keys[0], str) or after_id is None:
-                raise InvalidArgument(
-                    "page_token is not a token this list returned",
-                    reason="MALFORMED_PAGE_TOKEN",
-                    violations=[("page_token", "use the next_page_token of the previous page of the same list")],
-                )
-            after = (keys[0], after_id)
+        after = page_after(token, name, str, uuid.UUID)
         async with self.db.read() as conn:
             rows = await storage.list_recipients(conn, caller.user_id, prefix=query, after=after, limit=size + 1)
-        if len(rows) > size:
-            rows = rows[:size]
-            return RecipientPage(rows, encode_page_token(name, [rows[-1].sort_name, str(rows[-1].id)]))
-        return RecipientPage(rows, "")
+        return Page(*take_page(rows, size, name, lambda r: [r.sort_name, r.id]))
 
 
 async def _require_connection(conn: AsyncConnection, owner: uuid.UUID, other: uuid.UUID, field: str) -> None:
