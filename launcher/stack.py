@@ -289,8 +289,6 @@ class Stack:
             SHUTDOWN_GRACE_SECONDS=f"{self.settings.shutdown_grace_seconds:g}",
             DRAIN_DELAY_SECONDS=f"{self.settings.drain_delay_seconds:g}",
             SERVICE_INSTANCE=instance.name,
-            # The topology name (Envoy cluster) the instance registers under.
-            SERVICE_NAME=spec.name,
             CONTROL_PLANE_TARGET=self.control_plane_target if self.settings.control_plane else "",
         )
         names = {s.name for s in self.settings.services}
