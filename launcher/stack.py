@@ -159,10 +159,6 @@ class Instance:
         return f"{self.service.name}-{self.index}"
 
     @property
-    def grpc_port(self) -> int:
-        return int(self.grpc_address.rsplit(":", 1)[1])
-
-    @property
     def running(self) -> bool:
         return self.process.running
 

@@ -44,7 +44,6 @@ class Registrar:
         self.instance = instance
         self.lease_id = ""
         self.interval = DEFAULT_HEARTBEAT_S
-        self.registrations = 0
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
@@ -72,7 +71,6 @@ class Registrar:
         response = await self._stub.Register(request, timeout=CALL_TIMEOUT_S)
         self.lease_id = response.lease_id
         self.interval = max(0.05, response.heartbeat_interval.ToNanoseconds() / 1e9 or DEFAULT_HEARTBEAT_S)
-        self.registrations += 1
         self.registered.set()
         log.info(
             "registered with the control plane",

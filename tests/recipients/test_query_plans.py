@@ -14,8 +14,6 @@ import pytest
 from services.recipients import storage
 from tests.query_plans import no_scan, plan, scratch_database
 
-USERS = 10_000
-
 
 def user(i: int) -> uuid.UUID:
     return uuid.UUID(int=i + 1)
@@ -24,7 +22,7 @@ def user(i: int) -> uuid.UUID:
 @pytest.fixture(scope="module")
 async def seeded() -> AsyncIterator[asyncpg.Connection]:
     async with scratch_database("recipients") as conn:
-        # Users are the UUIDs 1..USERS (lpad'ed hex), so tests can name them.
+        # Users are the UUIDs 1..10,000 (lpad'ed hex), so tests can name them.
         uid = "lpad(to_hex({}), 32, '0')::uuid"
         await conn.execute(
             f"""
