@@ -1,8 +1,8 @@
 """Seeding SPEC §11's volume in SQL (generate_series, INSERT … SELECT): seconds, never row by row.
 
-The data set has the shape of /work/shared/perf's side-by-side benchmark (`seed-mesh` +
-`seed-common.sql`), row for row and id for id, so `make bench` figures compare with side-by-side's
-and seeding a database that seed-mesh already seeded changes nothing. For `users` = N (10,000 in
+The data set is, row for row and id for id, the one SPEC §11's side-by-side benchmark seeds, so
+`make bench` figures compare with side-by-side's and seeding a database that benchmark already
+seeded changes nothing. For `users` = N (10,000 in
 SPEC §11):
 
     users        pf1 … pfN, email pf<i>@perf.example, password SEED_PASSWORD (argon2)     auth

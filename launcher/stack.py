@@ -99,7 +99,7 @@ class StackSettings:
     with_gateway: bool = True
     gateway_module: str = "gateway"
     # Envoy worker threads. 1 on the 2-core target machine: the Python processes need the cores
-    # more (NOTES-mesh: Envoy costs ~0.2 ms CPU per proxied call, the Python side about twice that).
+    # more (measured there: Envoy costs ~0.2 ms CPU per proxied call, the Python side about twice that).
     envoy_concurrency: int = 1
     log_level: str = "INFO"
     # Logs (<work_dir>/logs/<process>.log) and the generated Envoy bootstrap.

@@ -1,5 +1,5 @@
-"""xds-protos and googleapis-common-protos both ship google/api and google/rpc modules
-(NOTES-mesh): everything the mesh imports must load together in one process."""
+"""xds-protos and googleapis-common-protos both ship google/api and google/rpc modules:
+everything the mesh imports must load together in one process."""
 
 from __future__ import annotations
 
