@@ -4,9 +4,9 @@ migrations, start order, readiness, Envoy health, fail-fast, instance restarts, 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +18,7 @@ from launcher.infra import Infra
 from launcher.keys import KeyPair
 from launcher.process import StartupError, port_open
 from launcher.stack import Stack, StackSettings
-from mesh.topology import AUTH
+from mesh.topology import AUTH, SERVICES
 
 STANDIN = replace(AUTH, module="tests.launcher.standin")
 
@@ -153,6 +153,9 @@ def test_two_stacks_side_by_side(infra: Infra, jwt_keys: KeyPair, tmp_path: Path
         )
 
 
-def test_unique_token_format() -> None:
-    token = uuid.uuid4().hex[:10]
-    assert f"auth_t{token}".isidentifier()  # a plain Postgres identifier, no quoting surprises
+def test_test_databases_have_plain_names(infra: Infra, jwt_keys: KeyPair, tmp_path: Path) -> None:
+    """What a test stack names its databases reads the same unquoted in SQL: lower-case letters,
+    digits and '_', at most 63 bytes (Postgres folds case and cuts longer names)."""
+    stack = Stack(settings(infra, jwt_keys, tmp_path, services=SERVICES))
+    for spec in SERVICES:
+        assert re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", stack.database_name(spec.name)), spec.name
