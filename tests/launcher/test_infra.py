@@ -3,6 +3,7 @@ read the servers' answers right (probed with raw protocol messages)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
@@ -180,14 +181,16 @@ def test_urls() -> None:
 def test_a_postgres_the_launcher_installed_gets_a_password_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, infra: Infra
 ) -> None:
-    monkeypatch.setattr(lib, "PG_STATE_FILE", tmp_path / "pg.json")
+    state = tmp_path / "pg.json"
+    monkeypatch.setattr(lib, "PG_STATE_FILE", state)
     monkeypatch.setattr(lib, "STATE_DIR", tmp_path)
-    lib._save_pg_state({"installed_by_launcher": True})
+    # The launcher's state file (README: .run/state/postgres.json) as its install of Postgres leaves it.
+    state.write_text(json.dumps({"installed_by_launcher": True}))
     set_calls: list[str] = []
 
-    def set_password(user: str) -> str:  # stands in for `runuser -u postgres -- psql`
+    def set_password(user: str) -> str:  # stands in for `runuser -u postgres -- psql`, and keeps it
         set_calls.append(user)
-        lib._save_pg_state({**lib._load_pg_state(), "user": user, "password": "generated"})
+        state.write_text(json.dumps({**json.loads(state.read_text()), "user": user, "password": "generated"}))
         return "generated"
 
     monkeypatch.setattr(lib, "set_local_postgres_password", set_password)
