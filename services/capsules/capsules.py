@@ -48,7 +48,7 @@ from services.common import idempotency, validation
 from services.common.cache import Cache
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, FieldErrors, InvalidArgument, NotFound
-from services.common.ids import new_id, parse_uuid
+from services.common.ids import new_id
 from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.people import Directory, Profile
 from services.common.tokens import Caller
@@ -238,7 +238,7 @@ class Capsules:
     # --- read -------------------------------------------------------------------------------------
 
     async def get(self, caller: Caller, capsule_id: str) -> CapsuleView:
-        cid = _capsule_id(capsule_id)
+        cid = validation.resource_id(capsule_id)
         row = await self._cached_row(cid)
         if row is None or caller.user_id not in (row.sender, row.recipient_user):
             raise _not_found()
@@ -320,7 +320,7 @@ class Capsules:
     # --- writes by the sender ---------------------------------------------------------------------
 
     async def update(self, caller: Caller, capsule_id: str, values: dict[str, Any], mask: list[str]) -> CapsuleView:
-        cid = _capsule_id(capsule_id)
+        cid = validation.resource_id(capsule_id)
         now = self.clock()
         errors = FieldErrors()
         paths = mask or [field for field in storage.UPDATABLE_COLUMNS if values.get(field)]
@@ -370,7 +370,7 @@ class Capsules:
         return view(row, caller.user_id, self.clock())
 
     async def delete(self, caller: Caller, capsule_id: str) -> None:
-        cid = _capsule_id(capsule_id)
+        cid = validation.resource_id(capsule_id)
         now = self.clock()
         async with self.db.write() as conn:
             row = await storage.capsule(conn, cid, for_update=True)
@@ -383,7 +383,7 @@ class Capsules:
     # --- open by the recipient --------------------------------------------------------------------
 
     async def open(self, caller: Caller, capsule_id: str) -> CapsuleView:
-        cid = _capsule_id(capsule_id)
+        cid = validation.resource_id(capsule_id)
         now = self.clock()
         async with self.db.write() as conn:
             row = await storage.capsule(conn, cid, for_update=True)
@@ -434,13 +434,6 @@ class Capsules:
 def _require_sealed(row: CapsuleRow, now: datetime, action: str) -> None:
     if now >= row.unlocks_at:
         raise FailedPrecondition(f"a capsule can only be {action} while it is sealed", reason="CAPSULE_NOT_SEALED")
-
-
-def _capsule_id(value: str) -> uuid.UUID:
-    parsed = parse_uuid(value.strip())
-    if parsed is None:
-        raise InvalidArgument("id must be a UUID", violations=[("id", "must be a UUID")])
-    return parsed
 
 
 def _not_found() -> NotFound:

@@ -13,10 +13,10 @@ import orjson
 
 from services.capsules import storage
 from services.capsules.storage import ThemeRow
+from services.common import validation
 from services.common.cache import Cache
 from services.common.db import Database
-from services.common.errors import InvalidArgument, NotFound
-from services.common.ids import parse_uuid
+from services.common.errors import NotFound
 from services.common.pagination import Page, page_after, page_size, take_page
 
 LIST_NAME = "themes"
@@ -37,9 +37,7 @@ class Themes:
         self.ttl = ttl_seconds
 
     async def get(self, theme_id: str) -> ThemeRow:
-        tid = parse_uuid(theme_id.strip())
-        if tid is None:
-            raise InvalidArgument("id must be a UUID", violations=[("id", "must be a UUID")])
+        tid = validation.resource_id(theme_id)
 
         async def load() -> bytes | None:
             async with self.db.read() as conn:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.common import validation
 from services.common.db import Database, violated_constraint
 from services.common.errors import AlreadyExists, FailedPrecondition, FieldErrors, InvalidArgument, NotFound
-from services.common.ids import new_id, parse_uuid
+from services.common.ids import new_id
 from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.tokens import Caller
 from services.recipients import rules, storage
@@ -46,7 +46,7 @@ class AddressBook:
             raise _uniqueness_error(exc, prefix="") from None
 
     async def get(self, caller: Caller, recipient_id: str) -> RecipientRow:
-        rid = _recipient_id(recipient_id)
+        rid = validation.resource_id(recipient_id)
         async with self.db.read() as conn:
             row = await storage.recipient(conn, caller.user_id, rid)
         if row is None:
@@ -54,7 +54,7 @@ class AddressBook:
         return row
 
     async def update(self, caller: Caller, recipient_id: str, values: dict[str, str], mask: list[str]) -> RecipientRow:
-        rid = _recipient_id(recipient_id)
+        rid = validation.resource_id(recipient_id)
         errors = FieldErrors()
         paths = mask or [field for field in storage.UPDATABLE_COLUMNS if values.get(field)]
         changes: dict[str, object] = {}
@@ -88,7 +88,7 @@ class AddressBook:
         return row
 
     async def delete(self, caller: Caller, recipient_id: str) -> None:
-        rid = _recipient_id(recipient_id)
+        rid = validation.resource_id(recipient_id)
         async with self.db.write() as conn:
             deleted = await storage.delete_recipient(conn, caller.user_id, rid)
         if not deleted:
@@ -115,13 +115,6 @@ async def _require_connection(conn: AsyncConnection, owner: uuid.UUID, other: uu
             reason="NOT_CONNECTED",
             violations=[(field, "is not one of your connections")],
         )
-
-
-def _recipient_id(value: str) -> uuid.UUID:
-    parsed = parse_uuid(value.strip())
-    if parsed is None:
-        raise InvalidArgument("id must be a UUID", violations=[("id", "must be a UUID")])
-    return parsed
 
 
 def _not_found() -> NotFound:

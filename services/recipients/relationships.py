@@ -154,7 +154,7 @@ class Relationships:
     # --- responding ----------------------------------------------------------------------------
 
     async def accept(self, caller: Caller, request_id: str) -> RequestRow:
-        rid = _request_id(request_id)
+        rid = _required_uuid(request_id, "id")
         async with self.db.read() as conn:
             seen = await storage.request_by_id(conn, rid)
         if seen is None or seen.to_user != caller.user_id:
@@ -187,7 +187,7 @@ class Relationships:
         return result
 
     async def decline(self, caller: Caller, request_id: str, reason: str) -> RequestRow:
-        rid = _request_id(request_id)
+        rid = _required_uuid(request_id, "id")
         errors = FieldErrors()
         reason = validation.text(errors, reason, "reason", rules.REASON_MAX)
         errors.raise_if_any()
@@ -199,7 +199,7 @@ class Relationships:
             return await storage.set_request_status(conn, rid, "declined", reason)
 
     async def cancel(self, caller: Caller, request_id: str) -> RequestRow:
-        rid = _request_id(request_id)
+        rid = _required_uuid(request_id, "id")
         async with self.db.write() as conn:
             row = await storage.request_by_id(conn, rid, for_update=True)
             if row is None or row.from_user != caller.user_id:
@@ -230,7 +230,7 @@ class Relationships:
         return Page([ConnectionWithProfile(r, profiles.get(r.other)) for r in rows], next_token)
 
     async def remove_connection(self, caller: Caller, user_id: str) -> None:
-        other = _path_user(user_id)
+        other = _required_uuid(user_id, "user_id")
         async with self.db.write() as conn:
             await storage.lock_pair(conn, caller.user_id, other)
             removed = await storage.delete_connection(conn, caller.user_id, other)
@@ -258,7 +258,7 @@ class Relationships:
         return row
 
     async def unblock(self, caller: Caller, user_id: str) -> None:
-        other = _path_user(user_id)
+        other = _required_uuid(user_id, "user_id")
         async with self.db.write() as conn:
             await storage.lock_pair(conn, caller.user_id, other)
             await storage.delete_block(conn, caller.user_id, other)
@@ -329,17 +329,9 @@ def _by_id(row: RequestRow | ConnectionRow | BlockRow) -> list[uuid.UUID]:
     return [row.id]
 
 
-def _request_id(value: str) -> uuid.UUID:
+def _required_uuid(value: str, field: str) -> uuid.UUID:
     errors = FieldErrors()
-    parsed = validation.uuid_field(errors, value, "id")
-    errors.raise_if_any()
-    assert parsed is not None
-    return parsed
-
-
-def _path_user(value: str) -> uuid.UUID:
-    errors = FieldErrors()
-    parsed = validation.uuid_field(errors, value, "user_id")
+    parsed = validation.uuid_field(errors, value, field)
     errors.raise_if_any()
     assert parsed is not None
     return parsed
