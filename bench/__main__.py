@@ -5,7 +5,7 @@
 1. Starts its own mesh (bench/mesh.py: free ports, own databases dropped at the end, the gateway's
    rate limiter in the path with limits raised out of the way) — or, with --attach, measures the
    `make up` answering on the default ports.
-2. Seeds SPEC §11's volume in SQL (bench/seed.py: the shape and ids of side-by-side's seed-mesh),
+2. Seeds SPEC §11's volume in SQL (bench/seed.py: the shape and ids of side-by-side's seed),
    skipped where it is already there.
 3. Picks side-by-side's measured user (bench/cases.py) and logs in through the gateway.
 4. For each case (bench/cases.py: two baselines, three HTTP routes through the gateway, GetMe over

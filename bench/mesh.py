@@ -267,7 +267,9 @@ def _describe(pid: int) -> MeshProcess | None:
         return None
     env = dict(item.split("=", 1) for item in raw_env if "=" in item)
     if env.get("SERVICE_INSTANCE"):
-        return MeshProcess(env["SERVICE_INSTANCE"], pid, env.get("SERVICE_NAME"), env.get("ADMIN_LISTEN"))
+        # The service is the topology entry whose module the instance runs (`python -m <module>`).
+        service = next((s.name for s in SERVICES if s.module in argv), None)
+        return MeshProcess(env["SERVICE_INSTANCE"], pid, service, env.get("ADMIN_LISTEN"))
     if "controlplane" in argv:
         return MeshProcess("control-plane", pid)
     if "gateway" in argv:

@@ -1,8 +1,8 @@
 """Seeding SPEC §11's volume in SQL (generate_series, INSERT … SELECT): seconds, never row by row.
 
-The data set has the shape of /work/shared/perf's side-by-side benchmark (`seed-mesh` +
-`seed-common.sql`), row for row and id for id, so `make bench` figures compare with side-by-side's
-and seeding a database that seed-mesh already seeded changes nothing. For `users` = N (10,000 in
+The data set is, row for row and id for id, the one SPEC §11's side-by-side benchmark seeds, so
+`make bench` figures compare with side-by-side's and seeding a database that benchmark already
+seeded changes nothing. For `users` = N (10,000 in
 SPEC §11):
 
     users        pf1 … pfN, email pf<i>@perf.example, password SEED_PASSWORD (argon2)     auth
@@ -37,13 +37,9 @@ import asyncpg
 from argon2 import PasswordHasher
 
 SEED_PASSWORD = "seeded password"
-SEED_EMAIL_DOMAIN = "perf.example"
 # Capsules per user (200,000 for 10,000 users in SPEC §11) and connections on each side of a user.
 CAPSULES_PER_USER = 20
 NEIGHBOURS = 5
-# Row-number bases of the ids' time field (so that ids of different tables never collide).
-CONNECTION_ID_BASE = 1_000_000
-RECIPIENT_ID_BASE = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +84,8 @@ CREATE OR REPLACE FUNCTION pg_temp.h(salt text, j bigint) RETURNS float8 LANGUAG
 AS $$ SELECT (('x' || substr(md5(salt || ':' || j), 1, 8))::bit(32)::bigint)::float8 / 4294967296.0 $$;
 
 -- UUIDv7 shape: 48-bit time field = 2025-01-01T00:00:00Z in ms + n, version 7, variant 8, md5 bits.
+-- n is the row number, plus 1,000,000 for connections and 2,000,000 for recipients (ids of
+-- different tables never collide).
 CREATE OR REPLACE FUNCTION pg_temp.id7(seed text, n bigint) RETURNS uuid LANGUAGE sql STABLE
 AS $$ SELECT (lpad(to_hex(1735689600000 + n), 12, '0') || '7' || substr(m, 1, 3) || '8' || substr(m, 4, 15))::uuid
       FROM md5(seed) AS m $$;

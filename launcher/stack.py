@@ -103,7 +103,7 @@ class StackSettings:
     with_gateway: bool = True
     gateway_module: str = "gateway"
     # Envoy worker threads. 1 on the 2-core target machine: the Python processes need the cores
-    # more (NOTES-mesh: Envoy costs ~0.2 ms CPU per proxied call, the Python side about twice that).
+    # more (measured there: Envoy costs ~0.2 ms CPU per proxied call, the Python side about twice that).
     envoy_concurrency: int = 1
     log_level: str = "INFO"
     # Logs (<work_dir>/logs/<process>.log) and the generated Envoy bootstrap.
@@ -167,10 +167,6 @@ class Instance:
     @property
     def name(self) -> str:
         return f"{self.service.name}-{self.index}"
-
-    @property
-    def grpc_port(self) -> int:
-        return int(self.grpc_address.rsplit(":", 1)[1])
 
     @property
     def running(self) -> bool:
@@ -299,8 +295,6 @@ class Stack:
             SHUTDOWN_GRACE_SECONDS=f"{self.settings.shutdown_grace_seconds:g}",
             DRAIN_DELAY_SECONDS=f"{self.settings.drain_delay_seconds:g}",
             SERVICE_INSTANCE=instance.name,
-            # The topology name (Envoy cluster) the instance registers under.
-            SERVICE_NAME=spec.name,
             CONTROL_PLANE_TARGET=self.control_plane_target if self.settings.control_plane else "",
         )
         names = {s.name for s in self.settings.services}

@@ -1,6 +1,6 @@
 """capsule-mesh's xDS control plane (state-of-the-world ADS, v3).
 
-Four parts, each usable and testable alone (STYLE.md, after go-control-plane):
+Four parts, each usable and testable alone (after go-control-plane):
 
     registry.py   leases of service instances (register / heartbeat / deregister / expiry)
     snapshot.py   pure builder: registry state + topology → Envoy resources, versioned, checked

@@ -1,7 +1,7 @@
 """The AggregatedDiscoveryService (xDS v3, state of the world) over grpc.aio.
 
 One `StreamAggregatedResources` stream per Envoy. Per stream and per type URL, `TypeState` keeps
-what the protocol needs (NOTES-mesh rules 1-6):
+what the protocol needs (as go-control-plane's and java-control-plane's servers keep it):
 
 - the names last requested and last answered, the version and nonce last sent;
 - a request whose `response_nonce` is not the last nonce sent for its type is stale: ignored;

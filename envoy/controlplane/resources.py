@@ -45,5 +45,6 @@ def name_of(resource: Message) -> str:
 
 def empty_load_assignment(cluster_name: str) -> endpoint_pb2.ClusterLoadAssignment:
     """The answer for an endpoints request naming a cluster we have nothing for: an explicit empty
-    set, so Envoy finishes warming the cluster instead of waiting forever (NOTES-mesh rule 5)."""
+    set, so Envoy finishes warming the cluster instead of waiting forever (java-control-plane #127,
+    go-control-plane #583)."""
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)

@@ -94,7 +94,8 @@ def version_of(resources: Iterable[Message]) -> str:
 
 def check_consistent(snapshot: Snapshot) -> None:
     """Every EDS name used by a cluster has an assignment, every RDS name used by a listener has a
-    route configuration, and every route points at an existing cluster (NOTES-mesh rule 7)."""
+    route configuration, and every route points at an existing cluster (go-control-plane's
+    Snapshot.Consistent checks the same)."""
     clusters = snapshot.resources.get(rs.CLUSTER, {})
     endpoints = snapshot.resources.get(rs.ENDPOINT, {})
     routes = snapshot.resources.get(rs.ROUTE, {})

@@ -35,7 +35,7 @@ from services.common.db import Database, violated_constraint
 from services.common.errors import AlreadyExists, FieldErrors, InvalidArgument, Unauthenticated
 from services.common.ids import new_id, parse_uuid
 from services.common.kept import KeptCopies
-from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.tokens import Caller
 
 MAX_BATCH_IDS = 100
@@ -48,12 +48,6 @@ class Session:
     access_token: str
     refresh_token: str
     expires_in: int
-
-
-@dataclass(frozen=True, slots=True)
-class SearchPage:
-    hits: list[SearchHit]
-    next_page_token: str
 
 
 class Accounts:
@@ -337,19 +331,13 @@ class Accounts:
 
     # --- search -----------------------------------------------------------------------------
 
-    async def search(self, caller: Caller, query: str, requested_page_size: int, page_token: str) -> SearchPage:
+    async def search(self, caller: Caller, query: str, requested_page_size: int, page_token: str) -> Page[SearchHit]:
         errors = FieldErrors()
         query = rules.search_query(errors, query)
         errors.raise_if_any()
         size = page_size(requested_page_size, default=SEARCH_DEFAULT_PAGE, maximum=SEARCH_MAX_PAGE)
         list_name = "users:search:" + query.lower()
-        after = decode_page_token(page_token, list_name, 2)
-        if after is not None and not (isinstance(after[0], int) and isinstance(after[1], str)):
-            raise InvalidArgument(
-                "page_token is malformed",
-                reason="MALFORMED_PAGE_TOKEN",
-                violations=[("page_token", "is not a token of this search")],
-            )
+        after = page_after(page_token, list_name, int, str)
         blocked = sorted(await self.block_list.blocked_with(caller))
         # Results depend on the caller's block list: it is part of the key, so a new block is
         # honoured at once rather than after the 30 s TTL.
@@ -364,21 +352,18 @@ class Accounts:
                     query=query,
                     caller=caller.user_id,
                     blocked=blocked,
-                    after=(after[0], after[1]) if after else None,  # type: ignore[arg-type]
+                    after=after,
                     limit=size + 1,
                 )
-            next_token = ""
-            if len(hits) > size:
-                hits = hits[:size]
-                next_token = encode_page_token(list_name, [hits[-1].tier, hits[-1].username])
-            return orjson.dumps({"hits": [asdict(h) for h in hits], "next": next_token}, default=str)
+            page, next_token = take_page(hits, size, list_name, lambda h: [h.tier, h.username])
+            return orjson.dumps({"hits": [asdict(h) for h in page], "next": next_token}, default=str)
 
         key = self.cache.key("search", str(caller.user_id), fingerprint)
         raw = await self.cache.get_or_load("search", key, self.search_ttl, load)
         assert raw is not None
         page = orjson.loads(raw)
         hits = [SearchHit(**{**h, "id": uuid.UUID(h["id"])}) for h in page["hits"]]
-        return SearchPage(hits=hits, next_page_token=page["next"])
+        return Page(hits, page["next"])
 
 
 def _validate_profile_field(errors: FieldErrors, path: str, value: str) -> str:

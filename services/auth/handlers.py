@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import grpc
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
-from capsule.common.v1 import common_pb2
 from google.protobuf import empty_pb2
 
 from services.auth.accounts import Accounts, Session
-from services.auth.storage import SearchHit, UserRecord
+from services.auth.storage import UserRecord
+from services.common.people import public_profile
 from services.common.timestamps import set_timestamp
 from services.common.tokens import Authenticator, metadata_value
 
@@ -73,14 +73,15 @@ class AuthHandlers(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.GetUsersResponse:
         self.auth.require(context)
         users = await self.accounts.profiles(list(request.ids))
-        return auth_pb2.GetUsersResponse(users=[_public(u) for u in users])
+        return auth_pb2.GetUsersResponse(users=[public_profile(u) for u in users])
 
     async def SearchUsers(
         self, request: auth_pb2.SearchUsersRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.SearchUsersResponse:
         caller = self.auth.require(context)
         page = await self.accounts.search(caller, request.query, request.page_size, request.page_token)
-        return auth_pb2.SearchUsersResponse(users=[_public(h) for h in page.hits], next_page_token=page.next_page_token)
+        users = [public_profile(h) for h in page.rows]
+        return auth_pb2.SearchUsersResponse(users=users, next_page_token=page.next_page_token)
 
 
 def _user(user: UserRecord) -> auth_pb2.User:
@@ -96,16 +97,6 @@ def _user(user: UserRecord) -> auth_pb2.User:
     set_timestamp(message.created_at, user.created_at)
     set_timestamp(message.updated_at, user.updated_at)
     return message
-
-
-def _public(user: UserRecord | SearchHit) -> common_pb2.PublicProfile:
-    return common_pb2.PublicProfile(
-        id=str(user.id),
-        username=user.username,
-        first_name=user.first_name,
-        last_name=user.last_name,
-        avatar_url=user.avatar_url,
-    )
 
 
 def _session(session: Session) -> auth_pb2.Session:

@@ -1,6 +1,7 @@
 """The auth service's tables and queries (SQL through the service's SQLAlchemy async engine).
 
-Every query here is backed by an index of migrations/versions/0001 (tests check with EXPLAIN).
+Every query here is backed by an index of migrations/versions/0001 (tests check with EXPLAIN:
+the statements tests/auth/test_query_plans.py reads are public names).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ async def username_taken(conn: AsyncConnection, username: str) -> bool:
 #   2 first or last name prefix (…_prefix_idx)   3 fuzzy full name, 3+ characters (…_trgm_idx)
 # The caller and everyone in a block relation with the caller are excluded in SQL.
 
-_SEARCH = text(
+SEARCH = text(
     """
     WITH candidates AS (
         (SELECT 0 AS tier, id, username, first_name, last_name, avatar_url FROM users
@@ -204,7 +205,7 @@ async def search_users(
     q = query.lower()
     after_tier, after_username = after if after else (-1, "")
     rows = await conn.execute(
-        _SEARCH,
+        SEARCH,
         {
             "q": q,
             "prefix": escape_like(q) + "%",

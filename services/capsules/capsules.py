@@ -48,8 +48,8 @@ from services.common import idempotency, validation
 from services.common.cache import Cache
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, FieldErrors, InvalidArgument, NotFound
-from services.common.ids import new_id, parse_uuid
-from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.ids import new_id
+from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.people import Directory, Profile
 from services.common.tokens import Caller
 
@@ -86,12 +86,6 @@ class CapsuleView:
     sender_hidden: bool
     body_visible: bool
     sender_profile: Profile | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CapsulePage:
-    rows: list[CapsuleView]
-    next_page_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +238,7 @@ class Capsules:
     # --- read -------------------------------------------------------------------------------------
 
     async def get(self, caller: Caller, capsule_id: str) -> CapsuleView:
-        cid = _capsule_id(capsule_id)
+        cid = validation.resource_id(capsule_id)
         row = await self._cached_row(cid)
         if row is None or caller.user_id not in (row.sender, row.recipient_user):
             raise _not_found()
@@ -255,33 +249,22 @@ class Capsules:
             seen = view(row, caller.user_id, now, profiles.get(row.sender))
         return seen
 
-    async def list_box(self, caller: Caller, *, box: str, status: str, requested_size: int, token: str) -> CapsulePage:
+    async def list_box(
+        self, caller: Caller, *, box: str, status: str, requested_size: int, token: str
+    ) -> Page[CapsuleView]:
         assert box in BOXES and status in ("", *STATUSES)
         size = page_size(requested_size)
         name = f"capsules:{box}:{status}"
-        keys = decode_page_token(token, name, 2)
-        after: tuple[datetime, uuid.UUID] | None = None
-        if keys is not None:
-            after_id = parse_uuid(keys[1]) if isinstance(keys[1], str) else None
-            if not isinstance(keys[0], datetime) or after_id is None:
-                raise InvalidArgument(
-                    "page_token is not a token this list returned",
-                    reason="MALFORMED_PAGE_TOKEN",
-                    violations=[("page_token", "use the next_page_token of the previous page of the same list")],
-                )
-            after = (keys[0], after_id)
+        after = page_after(token, name, datetime, uuid.UUID)
         now = self.clock()
-        rows = await self._page(caller.user_id, box, status, now, after, size + 1)
-        next_token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            next_token = encode_page_token(name, [rows[-1].unlocks_at, str(rows[-1].id)])
+        read = await self._page(caller.user_id, box, status, now, after, size + 1)
+        rows, next_token = take_page(read, size, name, lambda r: [r.unlocks_at, r.id])
         profiles: dict[uuid.UUID, Profile] = {}
         if box == "inbox":
             # One batched look-up per page, for the senders the caller may see.
             visible = [r.sender for r in rows if r.sender != caller.user_id and sender_revealed(r, now)]
             profiles = await self.directory.profiles(caller, visible) if visible else {}
-        return CapsulePage([view(r, caller.user_id, now, profiles.get(r.sender)) for r in rows], next_token)
+        return Page([view(r, caller.user_id, now, profiles.get(r.sender)) for r in rows], next_token)
 
     async def _page(
         self,
@@ -337,7 +320,7 @@ class Capsules:
     # --- writes by the sender ---------------------------------------------------------------------
 
     async def update(self, caller: Caller, capsule_id: str, values: dict[str, Any], mask: list[str]) -> CapsuleView:
-        cid = _capsule_id(capsule_id)
+        cid = validation.resource_id(capsule_id)
         now = self.clock()
         errors = FieldErrors()
         paths = mask or [field for field in storage.UPDATABLE_COLUMNS if values.get(field)]
@@ -387,7 +370,7 @@ class Capsules:
         return view(row, caller.user_id, self.clock())
 
     async def delete(self, caller: Caller, capsule_id: str) -> None:
-        cid = _capsule_id(capsule_id)
+        cid = validation.resource_id(capsule_id)
         now = self.clock()
         async with self.db.write() as conn:
             row = await storage.capsule(conn, cid, for_update=True)
@@ -400,7 +383,7 @@ class Capsules:
     # --- open by the recipient --------------------------------------------------------------------
 
     async def open(self, caller: Caller, capsule_id: str) -> CapsuleView:
-        cid = _capsule_id(capsule_id)
+        cid = validation.resource_id(capsule_id)
         now = self.clock()
         async with self.db.write() as conn:
             row = await storage.capsule(conn, cid, for_update=True)
@@ -451,13 +434,6 @@ class Capsules:
 def _require_sealed(row: CapsuleRow, now: datetime, action: str) -> None:
     if now >= row.unlocks_at:
         raise FailedPrecondition(f"a capsule can only be {action} while it is sealed", reason="CAPSULE_NOT_SEALED")
-
-
-def _capsule_id(value: str) -> uuid.UUID:
-    parsed = parse_uuid(value.strip())
-    if parsed is None:
-        raise InvalidArgument("id must be a UUID", violations=[("id", "must be a UUID")])
-    return parsed
 
 
 def _not_found() -> NotFound:

@@ -15,6 +15,7 @@ from google.protobuf import empty_pb2
 from services.capsules.capsules import Capsules, CapsuleView
 from services.capsules.storage import ThemeRow
 from services.capsules.themes import Themes
+from services.common.people import public_profile
 from services.common.timestamps import set_timestamp, to_datetime
 from services.common.tokens import Authenticator, metadata_value
 
@@ -136,14 +137,8 @@ def _fill_capsule(message: pb.Capsule, seen: CapsuleView) -> None:
     message.reveal_delay_seconds = row.reveal_delay_seconds
     message.status = STATUSES[seen.status]
     message.sender_hidden = seen.sender_hidden
-    profile = seen.sender_profile
-    if profile is not None:
-        sender = message.sender
-        sender.id = str(profile.id)
-        sender.username = profile.username
-        sender.first_name = profile.first_name
-        sender.last_name = profile.last_name
-        sender.avatar_url = profile.avatar_url
+    if seen.sender_profile is not None:
+        public_profile(seen.sender_profile, message.sender)
     set_timestamp(message.unlocks_at, row.unlocks_at)
     set_timestamp(message.created_at, row.created_at)
     set_timestamp(message.updated_at, row.updated_at)

@@ -2,7 +2,8 @@
 
 Most statements are SQLAlchemy Core text() on the connections of `Database.read()`/`write()`; the
 inbox and outbox pages, the hottest reads, run on the driver's connection (`Database.driver_read()`,
-positional `$n` parameters, asyncpg records), whose columns are in CapsuleRow's order."""
+positional `$n` parameters, asyncpg records), whose columns are in CapsuleRow's order. The statements
+tests/capsules/test_query_plans.py EXPLAINs are public names."""
 
 from __future__ import annotations
 
@@ -116,13 +117,13 @@ async def insert_capsule(
     return CapsuleRow(**row._mapping)
 
 
-_CAPSULE = text(f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = :id AND deleted_at IS NULL")
+CAPSULE = text(f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = :id AND deleted_at IS NULL")
 _CAPSULE_FOR_UPDATE = text(f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = :id AND deleted_at IS NULL FOR UPDATE")
 
 
 async def capsule(conn: AsyncConnection, capsule_id: uuid.UUID, *, for_update: bool = False) -> CapsuleRow | None:
     """A capsule that is not deleted (primary key look-up); the caller checks who may see it."""
-    statement = _CAPSULE_FOR_UPDATE if for_update else _CAPSULE
+    statement = _CAPSULE_FOR_UPDATE if for_update else CAPSULE
     row = (await conn.execute(statement, {"id": capsule_id})).first()
     return CapsuleRow(**row._mapping) if row else None
 
@@ -183,7 +184,7 @@ def _list_query(owner_column: str, status: str) -> str:
 
 
 # Driver-level SQL (positional parameters): the inbox and outbox pages are the hottest reads.
-_LISTS = {
+LISTS = {
     (box, status): _list_query("recipient_user" if box == "inbox" else "sender", status)
     for box in ("inbox", "outbox")
     for status in STATUS_CONDITIONS
@@ -205,7 +206,7 @@ async def list_capsules(
     args: tuple[object, ...] = (user, after_time, after_id, limit)
     if "$5" in STATUS_CONDITIONS[status]:
         args += (now,)
-    return [CapsuleRow(*record) for record in await conn.fetch(_LISTS[(box, status)], *args)]
+    return [CapsuleRow(*record) for record in await conn.fetch(LISTS[(box, status)], *args)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +217,7 @@ class SummaryRow:
     next_unlocks_at: datetime | None
 
 
-_SUMMARY = text(
+SUMMARY = text(
     """
     SELECT count(*) FILTER (WHERE unlocks_at > :now) AS sealed,
            count(*) FILTER (WHERE opened_at IS NOT NULL) AS opened,
@@ -229,7 +230,7 @@ _SUMMARY = text(
 
 
 async def inbox_summary(conn: AsyncConnection, user: uuid.UUID, now: datetime) -> SummaryRow:
-    row = (await conn.execute(_SUMMARY, {"u": user, "now": now})).one()
+    row = (await conn.execute(SUMMARY, {"u": user, "now": now})).one()
     return SummaryRow(**row._mapping)
 
 
@@ -261,7 +262,7 @@ class DueRow:
 
 
 # capsules_unlocker_idx; SKIP LOCKED: several unlockers take disjoint batches.
-_DUE = text(
+DUE = text(
     """
     SELECT id, recipient_user, sender, unlocks_at FROM capsules
      WHERE unlocks_at <= :now AND unlocked_event_at IS NULL AND deleted_at IS NULL
@@ -273,7 +274,7 @@ _DUE = text(
 
 
 async def lock_due(conn: AsyncConnection, now: datetime, limit: int) -> list[DueRow]:
-    rows = await conn.execute(_DUE, {"now": now, "limit": limit})
+    rows = await conn.execute(DUE, {"now": now, "limit": limit})
     return [DueRow(**r._mapping) for r in rows]
 
 

@@ -8,25 +8,18 @@ the TTL bounds how long a changed catalog takes to show. The gateway marks /v1/t
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import orjson
 
 from services.capsules import storage
 from services.capsules.storage import ThemeRow
+from services.common import validation
 from services.common.cache import Cache
 from services.common.db import Database
-from services.common.errors import InvalidArgument, NotFound
-from services.common.ids import parse_uuid
-from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.errors import NotFound
+from services.common.pagination import Page, page_after, page_size, take_page
 
 LIST_NAME = "themes"
-
-
-@dataclass(frozen=True, slots=True)
-class ThemePage:
-    rows: list[ThemeRow]
-    next_page_token: str
 
 
 def _encode(row: ThemeRow) -> dict[str, object]:
@@ -44,9 +37,7 @@ class Themes:
         self.ttl = ttl_seconds
 
     async def get(self, theme_id: str) -> ThemeRow:
-        tid = parse_uuid(theme_id.strip())
-        if tid is None:
-            raise InvalidArgument("id must be a UUID", violations=[("id", "must be a UUID")])
+        tid = validation.resource_id(theme_id)
 
         async def load() -> bytes | None:
             async with self.db.read() as conn:
@@ -58,31 +49,18 @@ class Themes:
             raise NotFound("no theme with this id")
         return _decode(orjson.loads(raw))
 
-    async def list(self, requested_size: int, token: str) -> ThemePage:
+    async def list(self, requested_size: int, token: str) -> Page[ThemeRow]:
         size = page_size(requested_size)
-        keys = decode_page_token(token, LIST_NAME, 2)
-        after: tuple[str, uuid.UUID] | None = None
-        if keys is not None:
-            after_id = parse_uuid(keys[1]) if isinstance(keys[1], str) else None
-            if not isinstance(keys[0], str) or after_id is None:
-                raise InvalidArgument(
-                    "page_token is not a token this list returned",
-                    reason="MALFORMED_PAGE_TOKEN",
-                    violations=[("page_token", "use the next_page_token of the previous page of the same list")],
-                )
-            after = (keys[0], after_id)
+        after = page_after(token, LIST_NAME, str, uuid.UUID)
 
         async def load() -> bytes:
             async with self.db.read() as conn:
-                rows = await storage.list_themes(conn, after=after, limit=size + 1)
-            next_token = ""
-            if len(rows) > size:
-                rows = rows[:size]
-                next_token = encode_page_token(LIST_NAME, [rows[-1].name, str(rows[-1].id)])
+                read = await storage.list_themes(conn, after=after, limit=size + 1)
+            rows, next_token = take_page(read, size, LIST_NAME, lambda r: [r.name, r.id])
             return orjson.dumps({"rows": [_encode(r) for r in rows], "next": next_token}, default=str)
 
         key = self.cache.key("themes", str(size), token or "-")
         raw = await self.cache.get_or_load("themes", key, self.ttl, load)
         assert raw is not None
         data = orjson.loads(raw)
-        return ThemePage([_decode(r) for r in data["rows"]], data["next"])
+        return Page([_decode(r) for r in data["rows"]], data["next"])

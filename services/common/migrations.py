@@ -2,6 +2,9 @@
 
 `upgrade(migrations_dir, database_url)` creates the service's database when it does not exist yet,
 then migrates it to head. Each service's `migrations/env.py` only calls `run_env()`.
+
+Tables that every service has are created by one function here, called from each service's own
+revision (Alembic records applied revisions by id, not by content).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import contextlib
 from pathlib import Path
 
 import asyncpg
-from alembic import command, context
+from alembic import command, context, op
 from alembic.config import Config
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection, make_url
@@ -67,3 +70,24 @@ def run_env() -> None:
         await engine.dispose()
 
     asyncio.run(run())
+
+
+def create_idempotency_keys_table() -> None:
+    """The `idempotency_keys` table of services/common/idempotency.py, as revision 0001 of every
+    service creates it. Already applied where a database exists: a change to the table is a new
+    revision in each service, never an edit here."""
+    # Retry-safe writes (SPEC §3): one row per (operation, caller, key) for 24 h.
+    op.execute(
+        """
+        CREATE TABLE idempotency_keys (
+            operation    text NOT NULL,
+            caller       text NOT NULL,
+            key          text NOT NULL CHECK (length(key) BETWEEN 1 AND 200),
+            request_hash bytea NOT NULL,
+            result_id    uuid,
+            created_at   timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (operation, caller, key)
+        )
+        """
+    )
+    op.execute("CREATE INDEX idempotency_keys_created_idx ON idempotency_keys (created_at)")

@@ -2,21 +2,35 @@
 
 A token is the base64url form of a capsule.common.v1.PageCursor: the list it belongs to and the
 sort key of the last row returned. The next page reads rows strictly after that key.
+
+A list reads `size + 1` rows after `page_after(token, name, *kinds)` and answers
+`Page(*take_page(rows, size, name, key))`: the extra row only says that a next page exists.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar, overload
 
 from capsule.common.v1 import common_pb2
 from google.protobuf import message as protobuf_message
 
 from services.common.errors import InvalidArgument
-from services.common.timestamps import set_timestamp
+from services.common.ids import parse_uuid
+from services.common.timestamps import set_timestamp, to_datetime
 
+# A sort key's parts as they travel in a token; a uuid.UUID travels as its text.
 CursorValue = str | int | datetime
+KeyPart = CursorValue | uuid.UUID
+
+T = TypeVar("T")
+A = TypeVar("A", str, int, datetime, uuid.UUID)
+B = TypeVar("B", str, int, datetime, uuid.UUID)
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -33,7 +47,13 @@ def page_size(requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int 
     return min(requested, maximum)
 
 
-def encode_page_token(list_name: str, keys: list[CursorValue]) -> str:
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    rows: list[T]
+    next_page_token: str  # empty on the last page
+
+
+def encode_page_token(list_name: str, keys: Sequence[KeyPart]) -> str:
     cursor = common_pb2.PageCursor(list=list_name)
     for value in keys:
         key = cursor.keys.add()
@@ -42,7 +62,7 @@ def encode_page_token(list_name: str, keys: list[CursorValue]) -> str:
         elif isinstance(value, int):
             key.integer = value
         else:
-            key.text = value
+            key.text = str(value)
     return base64.urlsafe_b64encode(cursor.SerializeToString()).rstrip(b"=").decode()
 
 
@@ -62,7 +82,7 @@ def decode_page_token(token: str, list_name: str, arity: int) -> list[CursorValu
     for key in cursor.keys:
         kind = key.WhichOneof("value")
         if kind == "time":
-            keys.append(key.time.ToDatetime(tzinfo=UTC))
+            keys.append(to_datetime(key.time))
         elif kind == "integer":
             keys.append(key.integer)
         elif kind == "text":
@@ -70,6 +90,42 @@ def decode_page_token(token: str, list_name: str, arity: int) -> list[CursorValu
         else:
             raise _malformed()
     return keys
+
+
+@overload
+def page_after(token: str, list_name: str, first: type[A], /) -> tuple[A] | None: ...
+@overload
+def page_after(token: str, list_name: str, first: type[A], second: type[B], /) -> tuple[A, B] | None: ...
+def page_after(token: str, list_name: str, *kinds: type) -> tuple[Any, ...] | None:
+    """The sort key a page starts after, one part per kind the list sorts by (str, int, datetime or
+    uuid.UUID), or None for the first page. A token of another list, or whose parts are not of
+    these kinds, is refused as MALFORMED_PAGE_TOKEN."""
+    keys = decode_page_token(token, list_name, len(kinds))
+    if keys is None:
+        return None
+    parts: list[Any] = []
+    for kind, value in zip(kinds, keys, strict=True):
+        if kind is uuid.UUID:
+            parsed = parse_uuid(value) if isinstance(value, str) else None
+            if parsed is None:
+                raise _malformed()
+            parts.append(parsed)
+        elif isinstance(value, kind):
+            parts.append(value)
+        else:
+            raise _malformed()
+    return tuple(parts)
+
+
+def take_page(
+    rows: Sequence[T], size: int, list_name: str, key: Callable[[T], Sequence[KeyPart]]
+) -> tuple[list[T], str]:
+    """The first `size` of `rows` (read with a limit of size + 1) and the token of the page after
+    them, made from the last row's sort key; the token is empty when no row was left over."""
+    if len(rows) <= size:
+        return list(rows), ""
+    page = list(rows[:size])
+    return page, encode_page_token(list_name, key(page[-1]))
 
 
 def _malformed() -> InvalidArgument:

@@ -11,6 +11,9 @@ every service that shows people (recipients: connections; capsules: senders).
   makes an update visible to the next read, and what happens when Redis is away: copies are not
   trusted and every page asks auth).
 - Unknown ids are not remembered: a user who signs up later is found at once.
+
+`public_profile` is the one mapping of a person (auth's user rows, the `Profile`s kept here) to the
+PublicProfile message every service answers with.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Protocol
 
 import grpc
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
+from capsule.common.v1 import common_pb2
 
 from services.common.changefeed import ChangeFeed, Publisher
 from services.common.clients import call_timeout, channel, forward_metadata
@@ -45,6 +49,34 @@ class Profile:
         """The name a linked recipient gets: first and last name, else the username."""
         full = " ".join(f"{self.first_name} {self.last_name}".split())
         return (full or self.username or "user")[:100]
+
+
+class PublicFields(Protocol):
+    """What every view of a person has that anyone may see."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def first_name(self) -> str: ...
+    @property
+    def last_name(self) -> str: ...
+    @property
+    def avatar_url(self) -> str: ...
+
+
+def public_profile(person: PublicFields, message: common_pb2.PublicProfile | None = None) -> common_pb2.PublicProfile:
+    """`person` as a PublicProfile: written into `message` when given (a field of a larger message,
+    or a list's `add()`: filled in place, no copy), else into a new one."""
+    if message is None:
+        message = common_pb2.PublicProfile()
+    message.id = str(person.id)
+    message.username = person.username
+    message.first_name = person.first_name
+    message.last_name = person.last_name
+    message.avatar_url = person.avatar_url
+    return message
 
 
 class Directory(Protocol):

@@ -43,7 +43,6 @@ class Registrar:
         self.lease_id = ""
         # Until the control plane tells its own, and while it is unreachable (mesh/timing.py).
         self.interval = TIMING.heartbeat_seconds
-        self.registrations = 0
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
@@ -71,7 +70,6 @@ class Registrar:
         response = await self._stub.Register(request, timeout=CALL_TIMEOUT_S)
         self.lease_id = response.lease_id
         self.interval = max(0.05, response.heartbeat_interval.ToNanoseconds() / 1e9 or TIMING.heartbeat_seconds)
-        self.registrations += 1
         self.registered.set()
         log.info(
             "registered with the control plane",

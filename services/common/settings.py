@@ -111,8 +111,8 @@ class ServiceSettings:
     jwt_audience: str
     log_level: str
     # SIGTERM: report NOT_SERVING, wait drain_delay for health checkers to notice, then stop with
-    # grace for in-flight calls (NOTES-mesh: the order that loses nothing). Its bounds:
-    # mesh/timing.py, checked by from_env.
+    # grace for in-flight calls (the order that loses nothing: stopping first refuses the calls
+    # still being routed here). Its bounds: mesh/timing.py, checked by from_env.
     drain_delay_seconds: float
     shutdown_grace_seconds: float
     # The mesh's control plane (host:port of capsule.mesh.v1.RegistryService). Empty: no

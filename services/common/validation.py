@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from services.common.errors import FieldErrors
+from services.common.errors import FieldErrors, InvalidArgument
 from services.common.ids import parse_uuid
 
 # Control characters other than the layout ones (tab, line feed, carriage return).
@@ -22,6 +22,15 @@ def uuid_field(errors: FieldErrors, value: str, field: str, *, required: bool = 
     parsed = parse_uuid(value)
     if parsed is None:
         errors.add(field, "must be a UUID")
+    return parsed
+
+
+def resource_id(value: str, field: str = "id") -> uuid.UUID:
+    """The UUID a request names its resource by (Get, Update, Delete, …): alone in the request,
+    so a bad one is refused at once rather than collected."""
+    parsed = parse_uuid(value.strip())
+    if parsed is None:
+        raise InvalidArgument(f"{field} must be a UUID", violations=[(field, "must be a UUID")])
     return parsed
 
 

@@ -9,7 +9,6 @@ email or linked user clears it. Capsules are another service's: nothing here tou
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,19 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.common import validation
 from services.common.db import Database, violated_constraint
 from services.common.errors import AlreadyExists, FailedPrecondition, FieldErrors, InvalidArgument, NotFound
-from services.common.ids import new_id, parse_uuid
-from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.ids import new_id
+from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.tokens import Caller
 from services.recipients import rules, storage
 from services.recipients.storage import RecipientRow
 
 QUERY_MAX = 100
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientPage:
-    rows: list[RecipientRow]
-    next_page_token: str
 
 
 class AddressBook:
@@ -53,7 +46,7 @@ class AddressBook:
             raise _uniqueness_error(exc, prefix="") from None
 
     async def get(self, caller: Caller, recipient_id: str) -> RecipientRow:
-        rid = _recipient_id(recipient_id)
+        rid = validation.resource_id(recipient_id)
         async with self.db.read() as conn:
             row = await storage.recipient(conn, caller.user_id, rid)
         if row is None:
@@ -61,7 +54,7 @@ class AddressBook:
         return row
 
     async def update(self, caller: Caller, recipient_id: str, values: dict[str, str], mask: list[str]) -> RecipientRow:
-        rid = _recipient_id(recipient_id)
+        rid = validation.resource_id(recipient_id)
         errors = FieldErrors()
         paths = mask or [field for field in storage.UPDATABLE_COLUMNS if values.get(field)]
         changes: dict[str, object] = {}
@@ -95,13 +88,13 @@ class AddressBook:
         return row
 
     async def delete(self, caller: Caller, recipient_id: str) -> None:
-        rid = _recipient_id(recipient_id)
+        rid = validation.resource_id(recipient_id)
         async with self.db.write() as conn:
             deleted = await storage.delete_recipient(conn, caller.user_id, rid)
         if not deleted:
             raise _not_found()
 
-    async def list(self, caller: Caller, *, query: str, requested_size: int, token: str) -> RecipientPage:
+    async def list(self, caller: Caller, *, query: str, requested_size: int, token: str) -> Page[RecipientRow]:
         query = " ".join(query.split())
         if len(query) > QUERY_MAX:
             raise InvalidArgument(
@@ -109,23 +102,10 @@ class AddressBook:
             )
         size = page_size(requested_size)
         name = "recipients:" + query.lower()
-        keys = decode_page_token(token, name, 2)
-        after: tuple[str, uuid.UUID] | None = None
-        if keys is not None:
-            after_id = parse_uuid(keys[1]) if isinstance(keys[1], str) else None
-            if not isinstance(keys[0], str) or after_id is None:
-                raise InvalidArgument(
-                    "page_token is not a token this list returned",
-                    reason="MALFORMED_PAGE_TOKEN",
-                    violations=[("page_token", "use the next_page_token of the previous page of the same list")],
-                )
-            after = (keys[0], after_id)
+        after = page_after(token, name, str, uuid.UUID)
         async with self.db.read() as conn:
             rows = await storage.list_recipients(conn, caller.user_id, prefix=query, after=after, limit=size + 1)
-        if len(rows) > size:
-            rows = rows[:size]
-            return RecipientPage(rows, encode_page_token(name, [rows[-1].sort_name, str(rows[-1].id)]))
-        return RecipientPage(rows, "")
+        return Page(*take_page(rows, size, name, lambda r: [r.sort_name, r.id]))
 
 
 async def _require_connection(conn: AsyncConnection, owner: uuid.UUID, other: uuid.UUID, field: str) -> None:
@@ -135,13 +115,6 @@ async def _require_connection(conn: AsyncConnection, owner: uuid.UUID, other: uu
             reason="NOT_CONNECTED",
             violations=[(field, "is not one of your connections")],
         )
-
-
-def _recipient_id(value: str) -> uuid.UUID:
-    parsed = parse_uuid(value.strip())
-    if parsed is None:
-        raise InvalidArgument("id must be a UUID", violations=[("id", "must be a UUID")])
-    return parsed
 
 
 def _not_found() -> NotFound:

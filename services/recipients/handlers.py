@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import grpc
-from capsule.common.v1 import common_pb2
 from capsule.recipients.v1 import (
     recipients_pb2 as pb,
 )
@@ -19,7 +18,7 @@ from capsule.recipients.v1 import (
 )
 from google.protobuf import empty_pb2
 
-from services.common.people import Profile
+from services.common.people import public_profile
 from services.common.timestamps import set_timestamp
 from services.common.tokens import Authenticator, metadata_value
 from services.recipients.address_book import AddressBook
@@ -185,21 +184,11 @@ def _request(row: RequestRow) -> pb.ConnectionRequest:
     return message
 
 
-def _profile(profile: Profile) -> common_pb2.PublicProfile:
-    return common_pb2.PublicProfile(
-        id=str(profile.id),
-        username=profile.username,
-        first_name=profile.first_name,
-        last_name=profile.last_name,
-        avatar_url=profile.avatar_url,
-    )
-
-
 def _connection(item: ConnectionWithProfile) -> pb.Connection:
     row = item.connection
     message = pb.Connection(id=str(row.id), user_id=str(row.other))
     if item.profile is not None:
-        message.user.CopyFrom(_profile(item.profile))
+        public_profile(item.profile, message.user)
     set_timestamp(message.created_at, row.created_at)
     return message
 

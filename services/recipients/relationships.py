@@ -12,7 +12,6 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Generic, TypeVar
 
 import orjson
 import sqlalchemy.exc
@@ -30,8 +29,8 @@ from services.common.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from services.common.ids import new_id, parse_uuid
-from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.ids import new_id
+from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.people import Directory, Profile
 from services.common.tokens import Caller
 from services.recipients import rules, storage
@@ -41,15 +40,6 @@ DAILY_REQUEST_LIMIT = 5
 COOL_DOWN_DAYS = 7
 # Same words whether the user does not exist or a block stands between the two (SPEC §3, §5).
 UNKNOWN_USER = "no user with this id"
-
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    rows: list[T]
-    next_page_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +154,7 @@ class Relationships:
     # --- responding ----------------------------------------------------------------------------
 
     async def accept(self, caller: Caller, request_id: str) -> RequestRow:
-        rid = _request_id(request_id)
+        rid = _required_uuid(request_id, "id")
         async with self.db.read() as conn:
             seen = await storage.request_by_id(conn, rid)
         if seen is None or seen.to_user != caller.user_id:
@@ -197,7 +187,7 @@ class Relationships:
         return result
 
     async def decline(self, caller: Caller, request_id: str, reason: str) -> RequestRow:
-        rid = _request_id(request_id)
+        rid = _required_uuid(request_id, "id")
         errors = FieldErrors()
         reason = validation.text(errors, reason, "reason", rules.REASON_MAX)
         errors.raise_if_any()
@@ -209,7 +199,7 @@ class Relationships:
             return await storage.set_request_status(conn, rid, "declined", reason)
 
     async def cancel(self, caller: Caller, request_id: str) -> RequestRow:
-        rid = _request_id(request_id)
+        rid = _required_uuid(request_id, "id")
         async with self.db.write() as conn:
             row = await storage.request_by_id(conn, rid, for_update=True)
             if row is None or row.from_user != caller.user_id:
@@ -222,28 +212,25 @@ class Relationships:
     ) -> Page[RequestRow]:
         size = page_size(requested_size)
         name = "requests:incoming" if incoming else "requests:outgoing"
-        after = _id_cursor(token, name)
+        (after,) = page_after(token, name, uuid.UUID) or (None,)
         async with self.db.read() as conn:
             rows = await storage.list_requests(conn, caller.user_id, incoming=incoming, after=after, limit=size + 1)
-        return _page(rows, size, name)
+        return Page(*take_page(rows, size, name, _by_id))
 
     # --- connections -----------------------------------------------------------------------------
 
     async def list_connections(self, caller: Caller, requested_size: int, token: str) -> Page[ConnectionWithProfile]:
         size = page_size(requested_size)
-        after = _id_cursor(token, "connections")
+        (after,) = page_after(token, "connections", uuid.UUID) or (None,)
         async with self.db.driver_read() as conn:
-            rows = await storage.list_connections(conn, caller.user_id, after=after, limit=size + 1)
-        page = _page(rows, size, "connections")
+            read = await storage.list_connections(conn, caller.user_id, after=after, limit=size + 1)
+        rows, next_token = take_page(read, size, "connections", _by_id)
         # One batched call to auth for the whole page (≤ 100 ids), never one per row.
-        profiles = await self.directory.profiles(caller, [r.other for r in page.rows])
-        return Page(
-            rows=[ConnectionWithProfile(r, profiles.get(r.other)) for r in page.rows],
-            next_page_token=page.next_page_token,
-        )
+        profiles = await self.directory.profiles(caller, [r.other for r in rows])
+        return Page([ConnectionWithProfile(r, profiles.get(r.other)) for r in rows], next_token)
 
     async def remove_connection(self, caller: Caller, user_id: str) -> None:
-        other = _path_user(user_id)
+        other = _required_uuid(user_id, "user_id")
         async with self.db.write() as conn:
             await storage.lock_pair(conn, caller.user_id, other)
             removed = await storage.delete_connection(conn, caller.user_id, other)
@@ -271,7 +258,7 @@ class Relationships:
         return row
 
     async def unblock(self, caller: Caller, user_id: str) -> None:
-        other = _path_user(user_id)
+        other = _required_uuid(user_id, "user_id")
         async with self.db.write() as conn:
             await storage.lock_pair(conn, caller.user_id, other)
             await storage.delete_block(conn, caller.user_id, other)
@@ -279,10 +266,10 @@ class Relationships:
 
     async def list_blocks(self, caller: Caller, requested_size: int, token: str) -> Page[BlockRow]:
         size = page_size(requested_size)
-        after = _id_cursor(token, "blocks")
+        (after,) = page_after(token, "blocks", uuid.UUID) or (None,)
         async with self.db.read() as conn:
             rows = await storage.list_blocks(conn, caller.user_id, after=after, limit=size + 1)
-        return _page(rows, size, "blocks")
+        return Page(*take_page(rows, size, "blocks", _by_id))
 
     # --- internal API (cached) -------------------------------------------------------------------
 
@@ -338,41 +325,13 @@ class Relationships:
         return self.cache.key("blocked", str(user))
 
 
-Row = TypeVar("Row", RequestRow, ConnectionRow, BlockRow)
+def _by_id(row: RequestRow | ConnectionRow | BlockRow) -> list[uuid.UUID]:
+    return [row.id]
 
 
-def _page(rows: list[Row], size: int, name: str) -> Page[Row]:
-    if len(rows) > size:
-        rows = rows[:size]
-        return Page(rows, encode_page_token(name, [str(rows[-1].id)]))
-    return Page(rows, "")
-
-
-def _id_cursor(token: str, name: str) -> uuid.UUID | None:
-    keys = decode_page_token(token, name, 1)
-    if keys is None:
-        return None
-    parsed = parse_uuid(keys[0]) if isinstance(keys[0], str) else None
-    if parsed is None:
-        raise InvalidArgument(
-            "page_token is not a token this list returned",
-            reason="MALFORMED_PAGE_TOKEN",
-            violations=[("page_token", "use the next_page_token of the previous page of the same list")],
-        )
-    return parsed
-
-
-def _request_id(value: str) -> uuid.UUID:
+def _required_uuid(value: str, field: str) -> uuid.UUID:
     errors = FieldErrors()
-    parsed = validation.uuid_field(errors, value, "id")
-    errors.raise_if_any()
-    assert parsed is not None
-    return parsed
-
-
-def _path_user(value: str) -> uuid.UUID:
-    errors = FieldErrors()
-    parsed = validation.uuid_field(errors, value, "user_id")
+    parsed = validation.uuid_field(errors, value, field)
     errors.raise_if_any()
     assert parsed is not None
     return parsed

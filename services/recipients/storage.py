@@ -3,7 +3,8 @@ the hot list of connections on the driver's connection (db.driver_read(), `$n` p
 
 Lists are keyset-paginated: requests, connections and blocks newest first by their time-ordered
 (UUIDv7) id; recipients by (sort_name, id). No OFFSET anywhere. Every statement has an index
-behind it (see migrations/versions/0001_*.py).
+behind it (see migrations/versions/0001_*.py); the statements tests/recipients/test_query_plans.py
+EXPLAINs are public names.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ async def request_by_id(conn: AsyncConnection, request_id: uuid.UUID, *, for_upd
     return RequestRow(**row._mapping) if row else None
 
 
-_PENDING_ONE_WAY = text(
+PENDING_ONE_WAY = text(
     f"SELECT {REQUEST_COLUMNS} FROM connection_requests "
     "WHERE least(from_user, to_user) = :low AND greatest(from_user, to_user) = :high "
     "AND status = 'pending' AND from_user = :f"
@@ -93,14 +94,14 @@ async def pending_request(conn: AsyncConnection, from_user: uuid.UUID, to_user: 
     low, high = ordered(from_user, to_user)
     row = (
         await conn.execute(
-            _PENDING_ONE_WAY,
+            PENDING_ONE_WAY,
             {"low": low, "high": high, "f": from_user},
         )
     ).first()
     return RequestRow(**row._mapping) if row else None
 
 
-_SENT_SINCE = text(
+SENT_SINCE = text(
     "SELECT count(*) AS n, min(created_at) AS oldest FROM connection_requests "
     "WHERE from_user = :f AND created_at > now() - make_interval(hours => :h)"
 )
@@ -110,14 +111,14 @@ async def requests_sent_since(conn: AsyncConnection, from_user: uuid.UUID, hours
     """How many requests the user created in the last `hours`, and the oldest of them."""
     row = (
         await conn.execute(
-            _SENT_SINCE,
+            SENT_SINCE,
             {"f": from_user, "h": hours},
         )
     ).one()
     return int(row.n), row.oldest
 
 
-_DECLINED_SINCE = text(
+DECLINED_SINCE = text(
     "SELECT max(responded_at) FROM connection_requests "
     "WHERE from_user = :f AND to_user = :t AND status = 'declined' "
     "AND responded_at > now() - make_interval(days => :d)"
@@ -128,7 +129,7 @@ async def declined_since(conn: AsyncConnection, from_user: uuid.UUID, to_user: u
     """When the addressee last declined a request of this sender within `days`, if they did."""
     return (
         await conn.execute(
-            _DECLINED_SINCE,
+            DECLINED_SINCE,
             {"f": from_user, "t": to_user, "d": days},
         )
     ).scalar_one_or_none()
@@ -160,11 +161,11 @@ async def cancel_pending_between(conn: AsyncConnection, a: uuid.UUID, b: uuid.UU
     )
 
 
-_INCOMING = text(
+INCOMING = text(
     f"SELECT {REQUEST_COLUMNS} FROM connection_requests "
     "WHERE to_user = :u AND status = 'pending' AND id < :after ORDER BY id DESC LIMIT :limit"
 )
-_OUTGOING = text(
+OUTGOING = text(
     f"SELECT {REQUEST_COLUMNS} FROM connection_requests "
     "WHERE from_user = :u AND status = 'pending' AND id < :after ORDER BY id DESC LIMIT :limit"
 )
@@ -174,7 +175,7 @@ async def list_requests(
     conn: AsyncConnection, user: uuid.UUID, *, incoming: bool, after: uuid.UUID | None, limit: int
 ) -> list[RequestRow]:
     rows = await conn.execute(
-        _INCOMING if incoming else _OUTGOING, {"u": user, "after": after or MAX_UUID, "limit": limit}
+        INCOMING if incoming else OUTGOING, {"u": user, "after": after or MAX_UUID, "limit": limit}
     )
     return [RequestRow(**r._mapping) for r in rows]
 
@@ -228,7 +229,7 @@ async def connected(conn: AsyncConnection, a: uuid.UUID, b: uuid.UUID) -> bool:
 
 # Driver-level SQL ($1 user, $2 keyset position, $3 limit): the list of connections is a hot read
 # (the mobile app's contacts screen), run on the driver's connection (Database.driver_read()).
-_CONNECTIONS = """
+CONNECTIONS = """
     SELECT id, other, created_at FROM (
         (SELECT id, user_high AS other, created_at FROM connections
           WHERE user_low = $1 AND id < $2 ORDER BY id DESC LIMIT $3)
@@ -243,7 +244,7 @@ _CONNECTIONS = """
 async def list_connections(
     conn: DriverConnection, user: uuid.UUID, *, after: uuid.UUID | None, limit: int
 ) -> list[ConnectionRow]:
-    return [ConnectionRow(*record) for record in await conn.fetch(_CONNECTIONS, user, after or MAX_UUID, limit)]
+    return [ConnectionRow(*record) for record in await conn.fetch(CONNECTIONS, user, after or MAX_UUID, limit)]
 
 
 # --- blocks --------------------------------------------------------------------------------------
@@ -276,7 +277,7 @@ async def delete_block(conn: AsyncConnection, blocker: uuid.UUID, blocked: uuid.
     await conn.execute(text("DELETE FROM blocks WHERE blocker = :a AND blocked = :b"), {"a": blocker, "b": blocked})
 
 
-_BLOCKED_EITHER_WAY = text(
+BLOCKED_EITHER_WAY = text(
     "SELECT EXISTS (SELECT 1 FROM blocks WHERE (blocker = :a AND blocked = :b) OR (blocker = :b AND blocked = :a))"
 )
 
@@ -285,14 +286,14 @@ async def blocked_either_way(conn: AsyncConnection, a: uuid.UUID, b: uuid.UUID) 
     return bool(
         (
             await conn.execute(
-                _BLOCKED_EITHER_WAY,
+                BLOCKED_EITHER_WAY,
                 {"a": a, "b": b},
             )
         ).scalar_one()
     )
 
 
-_BLOCK_RELATIONS = text(
+BLOCK_RELATIONS = text(
     "SELECT blocked FROM blocks WHERE blocker = :u UNION SELECT blocker FROM blocks WHERE blocked = :u"
 )
 
@@ -300,20 +301,20 @@ _BLOCK_RELATIONS = text(
 async def block_relations(conn: AsyncConnection, user: uuid.UUID) -> list[uuid.UUID]:
     """Everyone the user blocked or who blocked the user."""
     rows = await conn.execute(
-        _BLOCK_RELATIONS,
+        BLOCK_RELATIONS,
         {"u": user},
     )
     return [r[0] for r in rows]
 
 
-_LIST_BLOCKS = text(
+LIST_BLOCKS = text(
     "SELECT id, blocked, created_at FROM blocks WHERE blocker = :u AND id < :after ORDER BY id DESC LIMIT :limit"
 )
 
 
 async def list_blocks(conn: AsyncConnection, user: uuid.UUID, *, after: uuid.UUID | None, limit: int) -> list[BlockRow]:
     rows = await conn.execute(
-        _LIST_BLOCKS,
+        LIST_BLOCKS,
         {"u": user, "after": after or MAX_UUID, "limit": limit},
     )
     return [BlockRow(**r._mapping) for r in rows]
@@ -409,7 +410,7 @@ async def delete_recipient(conn: AsyncConnection, owner: uuid.UUID, recipient_id
     return row is not None
 
 
-_RECIPIENTS = text(
+RECIPIENTS = text(
     f"""
     SELECT {RECIPIENT_COLUMNS} FROM recipients
      WHERE owner = :o AND sort_name LIKE :prefix
@@ -434,7 +435,7 @@ async def list_recipients(
 ) -> list[RecipientRow]:
     after_name, after_id = after if after else ("", uuid.UUID(int=0))
     rows = await conn.execute(
-        _RECIPIENTS,
+        RECIPIENTS,
         {
             "o": owner,
             "prefix": escape_like(prefix.lower()) + "%",

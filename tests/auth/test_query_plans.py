@@ -41,9 +41,9 @@ def _search_sql() -> tuple[str, list[str]]:
     """The search statement exactly as the service sends it, in asyncpg's $n form."""
     from sqlalchemy.dialects import postgresql
 
-    from services.auth.storage import _SEARCH
+    from services.auth.storage import SEARCH
 
-    compiled = _SEARCH.compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
+    compiled = SEARCH.compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
     return str(compiled), list(compiled.positiontup or [])
 
 

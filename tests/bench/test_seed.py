@@ -1,5 +1,5 @@
 """The bench's seed (bench/seed.py) at a small scale, into scratch databases migrated by each
-service's own migrations: the shape SPEC §11's volume must have (and side-by-side's seed-mesh has),
+service's own migrations: the shape SPEC §11's volume must have (and side-by-side's seed has),
 checked across the three databases."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ VOLUME = Volume(users=150)
 
 
 def seed_mesh_user_id(i: int) -> uuid.UUID:
-    """User pf<i>'s id as /work/shared/perf/seed-mesh writes it (pg_temp.id7('user:' || i, i))."""
+    """User pf<i>'s id as SPEC §11's side-by-side benchmark seeds it (pg_temp.id7('user:' || i, i))."""
     digest = hashlib.md5(f"user:{i}".encode()).hexdigest()
     return uuid.UUID(f"{1735689600000 + i:012x}7{digest[:3]}8{digest[3:18]}")
 

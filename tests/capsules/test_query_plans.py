@@ -56,25 +56,25 @@ def page_args(
 
 async def test_inbox_and_outbox_pages_use_their_indexes_for_every_filter(seeded: asyncpg.Connection) -> None:
     for status in storage.STATUS_CONDITIONS:
-        no_scan(await plan(seeded, storage._LISTS[("inbox", status)], *page_args(status)), "capsules_inbox_idx")
-        no_scan(await plan(seeded, storage._LISTS[("outbox", status)], *page_args(status)), "capsules_outbox_idx")
+        no_scan(await plan(seeded, storage.LISTS[("inbox", status)], *page_args(status)), "capsules_inbox_idx")
+        no_scan(await plan(seeded, storage.LISTS[("outbox", status)], *page_args(status)), "capsules_outbox_idx")
     later = page_args("sealed", (NOW, uuid.UUID(int=0)))
-    no_scan(await plan(seeded, storage._LISTS[("inbox", "sealed")], *later), "capsules_inbox_idx")
+    no_scan(await plan(seeded, storage.LISTS[("inbox", "sealed")], *later), "capsules_inbox_idx")
 
 
 async def test_summary_uses_the_inbox_index(seeded: asyncpg.Connection) -> None:
-    no_scan(await plan(seeded, storage._SUMMARY, u=user(9), now=NOW), "capsules_inbox_idx")
+    no_scan(await plan(seeded, storage.SUMMARY, u=user(9), now=NOW), "capsules_inbox_idx")
 
 
 async def test_unlocker_batch_uses_its_partial_index(seeded: asyncpg.Connection) -> None:
-    text = await plan(seeded, storage._DUE, now=NOW, limit=100)
+    text = await plan(seeded, storage.DUE, now=NOW, limit=100)
     no_scan(text, "capsules_unlocker_idx")
     assert "LockRows" in text, text
 
 
 async def test_capsule_lookup_by_id(seeded: asyncpg.Connection) -> None:
     capsule = await seeded.fetchval("SELECT id FROM capsules LIMIT 1")
-    text = await plan(seeded, storage._CAPSULE, id=capsule)
+    text = await plan(seeded, storage.CAPSULE, id=capsule)
     no_scan(text, "capsules_pkey")
     # The theme catalog is a handful of rows, read once an hour per page (cached): a scan of one
     # page is the right plan there, and themes_list_idx takes over if the catalog ever grows.

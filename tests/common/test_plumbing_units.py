@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common.errors import AlreadyExists, FieldErrors, InvalidArgument, Unauthenticated
-from services.common.pagination import decode_page_token, encode_page_token, page_size
+from services.common.pagination import decode_page_token, encode_page_token, page_after, page_size, take_page
 from services.common.tokens import AccessTokenVerifier
 
 
@@ -37,6 +37,33 @@ def test_page_token_round_trip_and_tamper_detection() -> None:
         with pytest.raises(InvalidArgument) as caught:
             decode_page_token(bad, "inbox", 3)
         assert caught.value.reason == "MALFORMED_PAGE_TOKEN"
+
+
+def test_page_after_types_the_sort_key_and_refuses_other_kinds() -> None:
+    when = datetime(2030, 1, 2, tzinfo=UTC)
+    row_id = uuid.uuid4()
+    token = encode_page_token("inbox", [when, row_id])
+    assert token == encode_page_token("inbox", [when, str(row_id)])  # a UUID travels as its text
+    assert page_after(token, "inbox", datetime, uuid.UUID) == (when, row_id)
+    assert page_after("", "inbox", datetime, uuid.UUID) is None
+    for bad, kinds in (
+        (encode_page_token("inbox", [when, "not a uuid"]), (datetime, uuid.UUID)),
+        (encode_page_token("inbox", ["text", str(row_id)]), (datetime, uuid.UUID)),
+        (encode_page_token("inbox", [7, "name"]), (str, str)),
+        (token, (uuid.UUID,)),
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            page_after(bad, "inbox", *kinds)
+        assert caught.value.reason == "MALFORMED_PAGE_TOKEN"
+        assert caught.value.violations[0][0] == "page_token"
+
+
+def test_take_page_cuts_the_extra_row_into_a_token() -> None:
+    rows = [(i, f"n{i}") for i in range(4)]
+    assert take_page(rows[:3], 3, "l", lambda r: [r[0], r[1]]) == (rows[:3], "")
+    page, token = take_page(rows, 3, "l", lambda r: [r[0], r[1]])
+    assert page == rows[:3]
+    assert page_after(token, "l", int, str) == (2, "n2")
 
 
 def test_service_error_carries_reason_and_field_violations() -> None:

@@ -90,13 +90,14 @@ async def serve() -> None:
     registrar = None
     if os.environ.get("CONTROL_PLANE_TARGET"):
         # Registers like a real service (services/common/registration.py) when the stack runs a
-        # control plane, under the topology name the stack gives it.
+        # control plane.
         from capsule.mesh.v1 import registry_pb2
 
         from services.common.registration import Registrar
 
         host, port = _split(listen)
-        instance = registry_pb2.ServiceInstance(service=os.environ.get("SERVICE_NAME", "auth"), host=host, port=port)
+        # Under the name of the topology entry it stands in for (the tests' replace(AUTH, ...)).
+        instance = registry_pb2.ServiceInstance(service="auth", host=host, port=port)
         registrar = Registrar(os.environ["CONTROL_PLANE_TARGET"], instance)
         registrar.start()
 

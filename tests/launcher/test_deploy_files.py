@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import string
 import subprocess
 import sys
 import tomllib
@@ -31,7 +32,9 @@ SERVICE_CONTRACT_ENV = {
     "LOG_LEVEL",
     "SHUTDOWN_GRACE_SECONDS",
 }
-DOCKERFILES = {"auth": REPO / "services" / "auth" / "Dockerfile", "gateway": REPO / "gateway" / "Dockerfile"}
+# The images built from the root Dockerfile: every service's and the gateway's.
+IMAGES = [*(spec.name for spec in SERVICES), "gateway"]
+Step = tuple[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +137,27 @@ def test_builds_and_volumes_point_at_real_things(compose: dict[str, Any]) -> Non
     declared = set(compose["volumes"])
     for name, service in compose["services"].items():
         if "build" in service:
-            assert (REPO / service["build"]["context"] / service["build"]["dockerfile"]).is_file(), name
+            dockerfile = REPO / service["build"]["context"] / service["build"]["dockerfile"]
+            assert dockerfile.is_file(), name
+            if "target" in service["build"]:
+                assert service["build"]["target"] in stages(dockerfile), name
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (REPO / source).exists(), volume
             else:
                 assert source in declared, volume
+
+
+def test_containers_of_one_image_name_one_build(compose: dict[str, Any]) -> None:
+    builds: dict[str, dict[str, Any]] = {}
+    for name, service in compose["services"].items():
+        if "build" in service:
+            first = builds.setdefault(service["image"], service["build"])
+            assert service["build"] == first, (name, service["image"])
+    for spec in SERVICES:
+        build = compose["services"][spec.name]["build"]
+        assert build["args"] == {"SERVICE": spec.name} and build["target"] == "service", spec.name
 
 
 def test_envoy_compose_config_is_the_builders_and_envoy_accepts_it(compose: dict[str, Any], tmp_path: Path) -> None:
@@ -172,8 +189,8 @@ def test_envoy_compose_config_is_the_builders_and_envoy_accepts_it(compose: dict
 # --- Dockerfiles -----------------------------------------------------------------------------------
 
 
-def instructions(path: Path) -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", path.read_text())
+def instructions(text: str) -> list[Step]:
+    text = re.sub(r"\\\n", " ", text)
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -183,9 +200,60 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("image", sorted(DOCKERFILES))
-def test_dockerfile_shape(image: str) -> None:
-    steps = instructions(DOCKERFILES[image])
+def stages(path: Path) -> dict[str, tuple[str, list[Step]]]:
+    """Stage name → (the image or stage it starts FROM, its instructions after FROM)."""
+    found: dict[str, tuple[str, list[Step]]] = {}
+    steps: list[Step] = []
+    for word, rest in instructions(path.read_text()):
+        if word == "FROM":
+            source, _, name = rest.partition(" AS ")
+            steps = []
+            found[name.strip() or source] = (source.strip(), steps)
+        else:
+            steps.append((word, rest))
+    return found
+
+
+def image_steps(build: dict[str, Any]) -> list[Step]:
+    """The instructions that make the image of a compose `build`: the stages it is built on, then
+    its target's, with the build args substituted where Docker substitutes them (COPY, ENV)."""
+    found = stages(REPO / build["context"] / build["dockerfile"])
+    chain: list[Step] = []
+    name = build.get("target") or list(found)[-1]
+    while name in found:
+        source, steps = found[name]
+        chain = [*steps, *chain]
+        name = source
+    args = build.get("args", {})
+    substituted = [
+        (word, string.Template(rest).substitute(args) if word in ("COPY", "ENV") else rest) for word, rest in chain
+    ]
+    return [("FROM", name), *substituted]
+
+
+def environment(steps: list[Step]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, rest in steps:
+        if word == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def command(steps: list[Step]) -> list[str]:
+    """The process the image starts: CMD, read through `sh -c "exec …"` with the image's ENV."""
+    cmd = json.loads(next(rest for word, rest in reversed(steps) if word == "CMD"))
+    if cmd[:2] != ["sh", "-c"]:
+        return list(cmd)
+    words = shlex.split(string.Template(cmd[2]).substitute(environment(steps)))
+    assert words[0] == "exec", cmd  # python replaces the shell as PID 1: SIGTERM reaches it
+    return words[1:]
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_dockerfile_shape(compose: dict[str, Any], image: str) -> None:
+    steps = image_steps(compose["services"][image]["build"])
     assert steps[0] == ("FROM", "python:3.11-slim")
     users = [rest for word, rest in steps if word == "USER"]
     assert users and users[-1] not in ("0", "root")
@@ -196,13 +264,28 @@ def test_dockerfile_shape(image: str) -> None:
     assert copies[0] == "pyproject.toml"  # dependencies before code: a cached layer
     for source in copies:
         assert (REPO / source).exists(), source
-    cmd = json.loads(next(rest for word, rest in reversed(steps) if word == "CMD"))
-    assert cmd[:2] == ["python", "-m"]
-    assert cmd[2] == ("gateway" if image == "gateway" else f"services.{image}")
+    packages = {c.rstrip("/") for c in copies if c.startswith(("services/", "gateway/"))} - {"services/__init__.py"}
+    if image == "gateway":
+        assert command(steps) == ["python", "-m", "gateway"]
+        assert packages == {"services/common", "gateway"}
+    else:
+        assert command(steps) == ["python", "-m", f"services.{image}"]
+        assert packages == {"services/common", f"services/{image}"}  # its own package, no other's
 
 
-def test_dockerfile_dependency_step_installs_exactly_the_pins(tmp_path: Path) -> None:
-    run = next(rest for word, rest in instructions(DOCKERFILES["auth"]) if word == "RUN" and "tomllib" in rest)
+def test_a_service_image_is_not_built_without_its_name() -> None:
+    _, steps = stages(REPO / "Dockerfile")["service"]
+    check = next(rest for word, rest in steps if word == "RUN" and "SERVICE" in rest)
+    words = [word for word, _ in steps]
+    assert words.index("RUN") < words.index("COPY")  # checked before anything is copied
+    for value, code in (("", 1), ("auth", 0)):
+        result = subprocess.run(["sh", "-c", check], env={"SERVICE": value}, capture_output=True, check=False)
+        assert result.returncode == code, (value, result.stderr)
+
+
+def test_dockerfile_dependency_step_installs_exactly_the_pins(compose: dict[str, Any], tmp_path: Path) -> None:
+    steps = image_steps(compose["services"]["auth"]["build"])
+    run = next(rest for word, rest in steps if word == "RUN" and "tomllib" in rest)
     extract = run.split("&&")[0].replace("/tmp/requirements.txt", str(tmp_path / "req.txt"))
     (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
     subprocess.run(

@@ -13,17 +13,9 @@ import pytest
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from mesh import envoy_config
-from mesh.topology import AUTH, SERVICES, ServiceSpec
+from mesh.topology import AUTH, RECIPIENTS, SERVICES
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
-RECIPIENTS = ServiceSpec(
-    name="recipients",
-    module="services.recipients",
-    proto_service="capsule.recipients.v1.RecipientsService",
-    route_prefixes=("/capsule.recipients.v1.",),
-    database="recipients",
-    proto_module="capsule.recipients.v1.recipients_pb2",
-)
 ENDPOINTS = {"auth": [("127.0.0.1", 50051), ("127.0.0.1", 50052)]}
 
 

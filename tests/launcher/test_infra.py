@@ -3,6 +3,7 @@ read the servers' answers right (probed with raw protocol messages)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
@@ -180,14 +181,18 @@ def test_urls() -> None:
 def test_a_postgres_the_launcher_installed_gets_a_password_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, infra: Infra
 ) -> None:
-    monkeypatch.setattr(lib, "PG_STATE_FILE", tmp_path / "pg.json")
+    state = tmp_path / "pg.json"
+    monkeypatch.setattr(lib, "PG_STATE_FILE", state)
     monkeypatch.setattr(lib, "STATE_DIR", tmp_path)
-    lib._save_pg_state({"installed_by_launcher": True})
+    # The launcher's state file (README: .run/state/postgres.json) as its install of Postgres leaves it.
+    state.write_text(json.dumps({"installed_by_launcher": True}))
     set_calls: list[str] = []
 
-    def set_password(user: str, port: int) -> str:  # stands in for `runuser -u postgres -- psql`
+    def set_password(user: str, port: int) -> str:  # stands in for `runuser -u postgres -- psql`, and keeps it
         set_calls.append(user)
-        lib._save_pg_state({**lib._load_pg_state(), "user": user, "port": port, "password": "generated"})
+        state.write_text(
+            json.dumps({**json.loads(state.read_text()), "user": user, "port": port, "password": "generated"})
+        )
         return "generated"
 
     monkeypatch.setattr(lib, "set_local_postgres_password", set_password)
@@ -202,15 +207,15 @@ def test_a_postgres_the_launcher_installed_gets_a_password_once(
 def test_a_saved_password_goes_only_to_the_server_it_was_set_on(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(lib, "PG_STATE_FILE", tmp_path / "pg.json")
-    monkeypatch.setattr(lib, "STATE_DIR", tmp_path)
-    lib._save_pg_state({"installed_by_launcher": True, "user": "postgres", "port": 5432, "password": "kept"})
+    state = tmp_path / "pg.json"
+    monkeypatch.setattr(lib, "PG_STATE_FILE", state)
+    state.write_text(json.dumps({"installed_by_launcher": True, "user": "postgres", "port": 5432, "password": "kept"}))
     assert lib.configured({"POSTGRES_PORT": "5432"}).postgres.password == "kept"
     assert lib.configured({"POSTGRES_PORT": "5433"}).postgres.password == ""  # another cluster
     assert lib.configured({"POSTGRES_HOST": "10.0.0.9"}).postgres.password == ""  # another host
     assert lib.configured({"POSTGRES_USER": "app"}).postgres.password == ""  # another role
     # A state file from before ports were saved names no server: its password goes nowhere.
-    lib._save_pg_state({"installed_by_launcher": True, "user": "postgres", "password": "old"})
+    state.write_text(json.dumps({"installed_by_launcher": True, "user": "postgres", "password": "old"}))
     assert lib.configured({}).postgres.password == ""
 
 

@@ -4,10 +4,10 @@ migrations, start order, readiness, Envoy health, fail-fast, instance restarts, 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +19,7 @@ from launcher.infra import Infra
 from launcher.keys import KeyPair
 from launcher.process import StartupError, free_port, port_open
 from launcher.stack import Stack, StackSettings
-from mesh.topology import AUTH
+from mesh.topology import AUTH, SERVICES
 
 STANDIN = replace(AUTH, module="tests.launcher.standin")
 
@@ -164,11 +164,6 @@ def test_two_stacks_side_by_side(infra: Infra, jwt_keys: KeyPair, tmp_path: Path
         )
 
 
-def test_unique_token_format() -> None:
-    token = uuid.uuid4().hex[:10]
-    assert f"auth_t{token}".isidentifier()  # a plain Postgres identifier, no quoting surprises
-
-
 def test_free_ports_are_never_handed_out_twice_and_avoid_the_ephemeral_range() -> None:
     low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     ports = [free_port() for _ in range(200)]
@@ -177,3 +172,11 @@ def test_free_ports_are_never_handed_out_twice_and_avoid_the_ephemeral_range() -
     for port in ports[:20]:  # each was bindable when handed out
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_test_databases_have_plain_names(infra: Infra, jwt_keys: KeyPair, tmp_path: Path) -> None:
+    """What a test stack names its databases reads the same unquoted in SQL: lower-case letters,
+    digits and '_', at most 63 bytes (Postgres folds case and cuts longer names)."""
+    stack = Stack(settings(infra, jwt_keys, tmp_path, services=SERVICES))
+    for spec in SERVICES:
+        assert re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", stack.database_name(spec.name)), spec.name

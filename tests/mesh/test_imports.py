@@ -1,6 +1,6 @@
-"""xds-protos and googleapis-common-protos both ship google/api and google/rpc modules
-(NOTES-mesh): everything the mesh imports must load together in one process. And the layering of
-imports: production code never imports the launcher; mesh/ imports none of its users."""
+"""xds-protos and googleapis-common-protos both ship google/api and google/rpc modules: everything
+the mesh imports must load together in one process. And the layering of imports: production code
+never imports the launcher; mesh/ imports none of its users."""
 
 from __future__ import annotations
 

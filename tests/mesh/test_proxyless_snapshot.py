@@ -19,7 +19,6 @@ from mesh.topology import AUTH, SERVICES
 
 LISTEN = ("127.0.0.1", 10000)
 GETME = "/capsule.auth.v1.AuthService/GetMe"
-UPDATE_ME = "/capsule.auth.v1.AuthService/UpdateMe"
 
 
 def eps(*ports: int) -> dict[str, list[Endpoint]]:

@@ -62,7 +62,3 @@ class RedisServer:
             os.kill(self.popen.pid, signal.SIGCONT)  # a frozen process would not die cleanly
             self.popen.kill()
             self.popen.wait(10)
-
-    def restart(self) -> RedisServer:
-        self.kill()
-        return self.start()

@@ -30,6 +30,7 @@ from gateway.ratelimit import (
 )
 from gateway.settings import Settings
 from launcher.infra import Infra
+from tests.metrics import sample
 from tests.ratelimit.redis_server import RedisServer
 
 
@@ -42,7 +43,7 @@ class Clock:
 
 
 def calls() -> float:
-    return REDIS_CALLS._value.get()
+    return sample(REDIS_CALLS)
 
 
 def limiter(
@@ -171,12 +172,12 @@ async def test_an_expired_lease_is_void_and_the_next_grant_fits_what_it_used(inf
         check = [Check("user:a", Limit("user", 640, 36_000.0))]
         _, asked = await run(one, check, 20)  # leases 1, 2, 4, 8, then 16 at the 16th: 11 left
         assert asked == [1, 2, 4, 8, 16]
-        unused, before = UNUSED_CELLS._value.get(), calls()
+        unused, before = sample(UNUSED_CELLS), calls()
         clock.now += 0.5
         assert (await one.decide(check)).allowed and calls() == before  # still in force
         clock.now += 0.5  # 1 s after the 16 were asked for: void
         _, asked = await run(one, check, 14)
-        assert UNUSED_CELLS._value.get() - unused == 10
+        assert sample(UNUSED_CELLS) - unused == 10
         # It had used 6 of 16 in its lifetime: the next is 6 (then it doubles: hot again).
         assert asked == [1, 7]
         # Stranded cells stay spent for everyone else until they refill: 31 + 6 + 12 charged.
@@ -232,7 +233,7 @@ async def test_leases_outlive_a_redis_outage_then_the_fallback_is_as_before(
 ) -> None:
     clock = Clock()
     one = RateLimiter(redis_server.url, prefix, timeout_seconds=0.2, backoff_seconds=1.0, clock=clock)
-    fallback, from_lease = FALLBACK_DECISIONS._value.get(), LOCAL_DECISIONS.labels("lease")._value.get()
+    fallback, from_lease = sample(FALLBACK_DECISIONS), sample(LOCAL_DECISIONS, source="lease")
     caplog.set_level(logging.INFO, logger="gateway.ratelimit")
     try:
         check = [Check("user:a", Limit("user", 100, 36_000.0))]
@@ -242,21 +243,21 @@ async def test_leases_outlive_a_redis_outage_then_the_fallback_is_as_before(
         decisions, asked = await run(one, check, 2)  # the cell left, then Redis times out
         assert [d.allowed for d in decisions] == [True] * 2 and asked == [2]
         assert decisions[0].remaining == 100 - 17  # Redis's count, from the lease
-        assert LOCAL_DECISIONS.labels("lease")._value.get() - from_lease == 16 - 5 + 1
-        assert FALLBACK_DECISIONS._value.get() - fallback == 1
-        assert not one.global_mode and REDIS_UP._value.get() == 0
+        assert sample(LOCAL_DECISIONS, source="lease") - from_lease == 16 - 5 + 1
+        assert sample(FALLBACK_DECISIONS) - fallback == 1
+        assert not one.global_mode and sample(REDIS_UP) == 0
         # The per-instance fallback, a fresh bucket: the full limit, no round trip in the back-off.
         decisions, asked = await run(one, check, 100)
         assert [d.allowed for d in decisions] == [True] * 99 + [False] and asked == []
-        assert FALLBACK_DECISIONS._value.get() - fallback == 101
+        assert sample(FALLBACK_DECISIONS) - fallback == 101
         redis_server.thaw()
         clock.now += 1.0  # the back-off is over: the next decision asks Redis again
         decision = await one.decide(check)
         # Redis's bucket (the fallback's is empty), with 17 spent, or 22 when Redis ran the call that
         # timed out once thawed (it was in its socket buffer): then a lease of 4, else of 5.
         assert decision.allowed and decision.remaining in (100 - 22 - 1, 100 - 17 - 1)
-        assert one.global_mode and REDIS_UP._value.get() == 1
-        assert FALLBACK_DECISIONS._value.get() - fallback == 101
+        assert one.global_mode and sample(REDIS_UP) == 1
+        assert sample(FALLBACK_DECISIONS) - fallback == 101
         messages = [r.getMessage() for r in caplog.records if r.name == "gateway.ratelimit"]
         assert sum("redis unreachable" in m for m in messages) == 1
         assert sum("redis is back" in m for m in messages) == 1

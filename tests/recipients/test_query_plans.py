@@ -14,14 +14,12 @@ import pytest
 from services.recipients import storage
 from tests.query_plans import no_scan, plan, scratch_database
 
-USERS = 10_000
-
 
 def user(i: int) -> uuid.UUID:
     return uuid.UUID(int=i + 1)
 
 
-# Users are the UUIDs 1..USERS (lpad'ed hex), so tests can name them.
+# Users are the UUIDs 1..10,000 (lpad'ed hex), so tests can name them.
 UID = "lpad(to_hex({}), 32, '0')::uuid"
 SEED = f"""
     INSERT INTO recipients (id, owner, name, email)
@@ -54,7 +52,7 @@ async def test_recipient_list_and_prefix_use_the_name_index(seeded: asyncpg.Conn
     for prefix, after in (("%", ("", uuid.UUID(int=0))), ("person 1%", ("person 12", uuid.UUID(int=0)))):
         text = await plan(
             seeded,
-            storage._RECIPIENTS,
+            storage.RECIPIENTS,
             o=user(7),
             prefix=prefix,
             after_name=after[0],
@@ -66,25 +64,25 @@ async def test_recipient_list_and_prefix_use_the_name_index(seeded: asyncpg.Conn
 
 async def test_request_lists_and_rule_lookups_use_indexes(seeded: asyncpg.Connection) -> None:
     after = {"after": storage.MAX_UUID, "limit": 21}
-    no_scan(await plan(seeded, storage._INCOMING, u=user(5), **after), "connection_requests_incoming_idx")
-    no_scan(await plan(seeded, storage._OUTGOING, u=user(5), **after), "connection_requests_outgoing_idx")
-    no_scan(await plan(seeded, storage._SENT_SINCE, f=user(5), h=24), "connection_requests_sender_time_idx")
-    no_scan(await plan(seeded, storage._DECLINED_SINCE, f=user(5), t=user(6), d=7), "connection_requests_declined_idx")
+    no_scan(await plan(seeded, storage.INCOMING, u=user(5), **after), "connection_requests_incoming_idx")
+    no_scan(await plan(seeded, storage.OUTGOING, u=user(5), **after), "connection_requests_outgoing_idx")
+    no_scan(await plan(seeded, storage.SENT_SINCE, f=user(5), h=24), "connection_requests_sender_time_idx")
+    no_scan(await plan(seeded, storage.DECLINED_SINCE, f=user(5), t=user(6), d=7), "connection_requests_declined_idx")
     low, high = storage.ordered(user(5), user(6))
     no_scan(
-        await plan(seeded, storage._PENDING_ONE_WAY, low=low, high=high, f=user(5)),
+        await plan(seeded, storage.PENDING_ONE_WAY, low=low, high=high, f=user(5)),
         "connection_requests_pending_pair_key",
     )
 
 
 async def test_connection_list_uses_both_end_indexes(seeded: asyncpg.Connection) -> None:
-    text = await plan(seeded, storage._CONNECTIONS, user(9), storage.MAX_UUID, 21)
+    text = await plan(seeded, storage.CONNECTIONS, user(9), storage.MAX_UUID, 21)
     no_scan(text, "connections_low_list_idx", "connections_high_list_idx")
 
 
 async def test_block_lookups_use_indexes(seeded: asyncpg.Connection) -> None:
-    either = await plan(seeded, storage._BLOCKED_EITHER_WAY, a=user(3), b=user(4))
+    either = await plan(seeded, storage.BLOCKED_EITHER_WAY, a=user(3), b=user(4))
     no_scan(either, "Index")
     assert "blocks_pkey" in either or "blocks_list_idx" in either, either
-    no_scan(await plan(seeded, storage._BLOCK_RELATIONS, u=user(3)), "blocks_blocked_idx")
-    no_scan(await plan(seeded, storage._LIST_BLOCKS, u=user(3), after=storage.MAX_UUID, limit=21), "blocks_list_idx")
+    no_scan(await plan(seeded, storage.BLOCK_RELATIONS, u=user(3)), "blocks_blocked_idx")
+    no_scan(await plan(seeded, storage.LIST_BLOCKS, u=user(3), after=storage.MAX_UUID, limit=21), "blocks_list_idx")

@@ -7,6 +7,8 @@ Create Date: 2026-11-26
 
 from alembic import op
 
+from services.common.migrations import create_idempotency_keys_table
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -62,21 +64,8 @@ def upgrade() -> None:
     op.execute("CREATE INDEX refresh_tokens_family_idx ON refresh_tokens (family_id)")
     op.execute("CREATE INDEX refresh_tokens_user_idx ON refresh_tokens (user_id)")
 
-    # Retry-safe writes (SPEC §3): one row per (operation, caller, key) for 24 h.
-    op.execute(
-        """
-        CREATE TABLE idempotency_keys (
-            operation    text NOT NULL,
-            caller       text NOT NULL,
-            key          text NOT NULL CHECK (length(key) BETWEEN 1 AND 200),
-            request_hash bytea NOT NULL,
-            result_id    uuid,
-            created_at   timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (operation, caller, key)
-        )
-        """
-    )
-    op.execute("CREATE INDEX idempotency_keys_created_idx ON idempotency_keys (created_at)")
+    # Retry-safe writes (SPEC §3): the table every service shares.
+    create_idempotency_keys_table()
 
 
 def downgrade() -> None:

@@ -1,0 +1,74 @@
+# The Python images of the mesh from one file: a service (target `service`, with the build arg
+# SERVICE naming it) and the gateway (target `gateway`), both on one base stage, so what they share
+# is written once and built once. The control plane and Envoy have their own: envoy/Dockerfile.
+# Build from the repository root:
+#   docker build --target service --build-arg SERVICE=auth -t capsule-mesh/auth:dev .
+#   docker build --target gateway -t capsule-mesh/gateway:dev .
+FROM python:3.11-slim AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app:/app/gen
+
+WORKDIR /app
+
+# Dependencies first, in their own layer: exactly the pins of pyproject.toml (the one place they
+# are pinned), read with the standard library's TOML parser. Dev extras are not installed.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Generated stubs (the gateway derives its routes from their google.api.http annotations), from
+# the same generator as development (launcher/protos.py). launcher/ also provides the health check.
+COPY protos/ protos/
+COPY launcher/ launcher/
+RUN python -m launcher.protos
+
+# The mesh's own knowledge (mesh/: timings, what the protos declare about methods), which the
+# services' settings, registration and reflection and the gateway's route policies read.
+COPY mesh/ mesh/
+
+# The plumbing every service shares; the gateway uses its logging and token verification.
+COPY services/__init__.py services/__init__.py
+COPY services/common/ services/common/
+
+# Non-root, one uid in every container of the mesh, which all read the shared JWT key volume.
+# /keys is where compose mounts it; owning it lets the one-shot key generator write there.
+RUN useradd --system --uid 10001 --no-create-home --home-dir /app app \
+    && mkdir -p /keys && chown app /keys
+
+
+# Before `service`: building this target never needs SERVICE, whatever the builder.
+FROM base AS gateway
+
+COPY gateway/ gateway/
+USER 10001
+
+EXPOSE 8080
+ENV GATEWAY_LISTEN=0.0.0.0:8080
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "gateway"]
+
+
+# One service (auth, recipients or capsules): `python -m services.<SERVICE>` serves, `… migrate`
+# migrates its database (compose's one-shot <service>-migrate), and the auth image also runs the
+# one-shot key generation.
+FROM base AS service
+
+ARG SERVICE
+RUN test -n "$SERVICE" || { echo "build with --build-arg SERVICE=<auth|recipients|capsules>" >&2; exit 1; }
+COPY services/${SERVICE}/ services/${SERVICE}/
+USER 10001
+
+# gRPC, admin HTTP (/metrics, /healthz). SIGTERM = graceful drain (the service's contract).
+EXPOSE 50051 9090
+ENV GRPC_LISTEN=0.0.0.0:50051 \
+    ADMIN_LISTEN=0.0.0.0:9090 \
+    SERVICE_MODULE=services.${SERVICE}
+STOPSIGNAL SIGTERM
+# exec: python replaces the shell as PID 1, so the SIGTERM reaches it.
+CMD ["sh", "-c", "exec python -m \"$SERVICE_MODULE\""]
