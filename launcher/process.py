@@ -30,20 +30,30 @@ class StartupError(RuntimeError):
 
 # Ports for test and bench processes come from below Linux's ephemeral range (32768-60999), from
 # which outgoing connections take their source ports: a port found free by bind(0) and released is
-# in that range, and a busy test's next connection can take it before the child binds it. Each
-# process walks this range from a random point (two test processes rarely meet) and never hands a
-# port out twice.
+# in that range, and a busy test's next connection can take it before the child binds it. A process
+# walks its slice of the range (see use_port_slice) from a random point and never hands a port out
+# twice; a stack's ports stay unbound for seconds (until its processes start), so processes that
+# share the machine at once (pytest-xdist's workers) get disjoint slices.
 FREE_PORT_RANGE = range(20000, 32000)
+_ports = FREE_PORT_RANGE
 _handed_out: set[int] = set()
-_cursor = random.randrange(len(FREE_PORT_RANGE))
+_cursor = random.randrange(len(_ports))
+
+
+def use_port_slice(index: int, count: int) -> None:
+    """Hand out ports from slice `index` of `count` equal slices of FREE_PORT_RANGE only."""
+    global _ports, _cursor
+    size = len(FREE_PORT_RANGE) // count
+    _ports = FREE_PORT_RANGE[index * size : (index + 1) * size]
+    _cursor = random.randrange(len(_ports))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now and this process never handed out before (tiny race
     until the child binds it; see FREE_PORT_RANGE)."""
     global _cursor
-    for _ in range(len(FREE_PORT_RANGE)):
-        port = FREE_PORT_RANGE[_cursor % len(FREE_PORT_RANGE)]
+    for _ in range(len(_ports)):
+        port = _ports[_cursor % len(_ports)]
         _cursor += 1
         if port in _handed_out:
             continue
@@ -54,7 +64,7 @@ def free_port(host: str = "127.0.0.1") -> int:
                 continue
         _handed_out.add(port)
         return port
-    raise StartupError(f"no free port left in {FREE_PORT_RANGE.start}-{FREE_PORT_RANGE.stop - 1} on {host}")
+    raise StartupError(f"no free port left in {_ports.start}-{_ports.stop - 1} on {host}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -41,7 +41,7 @@ from launcher import infra as infra_mod
 from launcher.bootstrap import REPO
 from launcher.keys import DEFAULT_DIR as DEFAULT_KEYS_DIR
 from launcher.keys import KeyPair, ensure_dev_keys
-from launcher.process import ManagedProcess, stop_all
+from launcher.process import ManagedProcess, stop_all, use_port_slice
 from launcher.stack import Stack, StackSettings
 from tests.ratelimit.redis_server import RedisServer
 
@@ -57,6 +57,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    # pytest-xdist's workers (gw0, gw1, ...) run at once: each hands out ports from its own slice.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        use_port_slice(int(worker[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
     # Tests that create their own scratch databases read this (with a trust-auth default).
     os.environ.setdefault("TEST_POSTGRES_ADMIN_DSN", infra_mod.configured().postgres.dsn("postgres"))
 
