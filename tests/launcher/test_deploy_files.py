@@ -32,8 +32,9 @@ SERVICE_CONTRACT_ENV = {
     "LOG_LEVEL",
     "SHUTDOWN_GRACE_SECONDS",
 }
-# The images built from the root Dockerfile: every service's and the gateway's.
-IMAGES = [*(spec.name for spec in SERVICES), "gateway"]
+# The images built from the root Dockerfile, by a compose container of each: every service's, the
+# gateway's, and the mesh image (control plane and Envoy).
+IMAGES = [*(spec.name for spec in SERVICES), "gateway", "control-plane"]
 Step = tuple[str, str]
 
 
@@ -268,6 +269,10 @@ def test_dockerfile_shape(compose: dict[str, Any], image: str) -> None:
     if image == "gateway":
         assert command(steps) == ["python", "-m", "gateway"]
         assert packages == {"services/common", "gateway"}
+    elif image == "control-plane":
+        assert command(steps) == ["python", "-m", "controlplane"]
+        assert packages == {"services/common"} and "envoy/controlplane/" in copies
+        assert "/app/envoy" in environment(steps)["PYTHONPATH"].split(":")  # `import controlplane`
     else:
         assert command(steps) == ["python", "-m", f"services.{image}"]
         assert packages == {"services/common", f"services/{image}"}  # its own package, no other's
