@@ -31,6 +31,7 @@ from controlplane.snapshot import build_proxyless_snapshot, build_snapshot
 from mesh import envoy_config
 from mesh.topology import SERVICES, ServiceSpec
 from services.common import admin_http
+from services.common.background import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.ready = False
         self.server: grpc.aio.Server | None = None
-        self.admin_server: asyncio.Server | None = None
+        self.admin_server: admin_http.AdminServer | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         # Read once from the generated descriptors (the protos decide which methods may retry).
@@ -152,10 +153,9 @@ class ControlPlane:
                 )
 
     async def stop(self, grace: float = 1.0) -> None:
-        for task in self._tasks:
-            task.cancel()
+        await cancel_and_wait(*self._tasks)
         if self.admin_server is not None:
-            self.admin_server.close()
+            await self.admin_server.close()
         if self.server is not None:
             await self.server.stop(grace)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from capsule.capsules.v1 import capsules_pb2, capsules_pb2_grpc
@@ -66,8 +64,6 @@ async def serve() -> None:
         capsules_pb2_grpc.add_ThemesServiceServicer_to_server,
     )
 
-    stop_unlocker = asyncio.Event()
-    unlocker_task: asyncio.Task[None] | None = None
     if settings.unlocker_enabled:
         unlocker = Unlocker(
             db,
@@ -78,22 +74,15 @@ async def serve() -> None:
             marker_ttl_seconds=settings.ready_marker_ttl_seconds,
             stream_max_length=settings.ready_stream_max_length,
         )
-        unlocker_task = asyncio.create_task(unlocker.run(stop_unlocker))
+        # Owned by the server's lifecycle: stopped before the closers below close its pools.
+        host.add_background("unlocker", unlocker.run)
 
-    async def close_unlocker() -> None:
-        stop_unlocker.set()
-        if unlocker_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await unlocker_task
-
-    # Closers run last-added first: the unlocker stops before the pools it uses close.
     host.on_close(db.close)
     host.on_close(cache.close)
     host.on_close(directory.close)
     host.on_close(feed.close)
     host.on_close(publisher.close)
     host.on_close(recipients.close)
-    host.on_close(close_unlocker)
     logging.getLogger(__name__).info(
         "capsules service configured",
         extra={

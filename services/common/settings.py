@@ -116,6 +116,9 @@ class ServiceSettings:
     deregistered_drain_seconds: float = 0.25
     # CACHE_PREFIX itself: the namespace of what the whole mesh shares in Redis (change channels).
     mesh_prefix: str = ""
+    # SIGTERM: how long background jobs (unlocker, purge) may take to finish their current pass
+    # once the gRPC server stopped, before they are cancelled.
+    background_stop_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, name: str, default_grpc_port: int, default_admin_port: int) -> ServiceSettings:
@@ -138,4 +141,5 @@ class ServiceSettings:
             instance_name=env_str("SERVICE_INSTANCE", ""),
             deregistered_drain_seconds=env_float("DEREGISTERED_DRAIN_SECONDS", 0.25),
             mesh_prefix=env_str("CACHE_PREFIX", ""),
+            background_stop_seconds=env_float("BACKGROUND_STOP_SECONDS", 5.0),
         )
