@@ -13,11 +13,13 @@ from services.capsules.pages import PageCopies
 from services.capsules.settings import CapsulesSettings
 from services.capsules.themes import Themes
 from services.capsules.unlocker import Unlocker
+from services.common import idempotency
 from services.common.cache import Cache
 from services.common.changefeed import ChangeFeed, Publisher
 from services.common.db import Database
 from services.common.logs import configure_logging
 from services.common.people import AuthDirectory, CachedDirectory
+from services.common.purge import Purger
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 
@@ -76,6 +78,8 @@ async def serve() -> None:
         )
         # Owned by the server's lifecycle: stopped before the closers below close its pools.
         host.add_background("unlocker", unlocker.run)
+    if common.purge.enabled:
+        host.add_background("purge", Purger(db, [idempotency.PURGE], common.purge).run)
 
     host.on_close(db.close)
     host.on_close(cache.close)
