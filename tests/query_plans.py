@@ -102,7 +102,29 @@ async def plan(conn: asyncpg.Connection, statement: TextClause | str, *args: Any
     return "\n".join(r[0] for r in rows)
 
 
+# A day and an hour of idempotency keys (100,000, one every second or so): what the table holds
+# with the purge running, the last hour's worth past SPEC §3's 24 hours and due for the purge.
+IDEMPOTENCY_SEED = """
+    INSERT INTO idempotency_keys (operation, caller, key, request_hash, created_at)
+    SELECT 'op', 'caller ' || i % 5000, 'key ' || i, '\\x00', now() - (i % 90000) * interval '1 second'
+      FROM generate_series(1, 100000) AS i
+"""
+
+
 def no_scan(text: str, *indexes: str) -> None:
     assert "Seq Scan" not in text, text
     for index in indexes:
         assert index in text, text
+
+
+async def purge_plans(conn: asyncpg.Connection, target: Any, seed: str, batch: int = 500) -> list[str]:
+    """EXPLAIN of each step of a purge `Target` (services/common/purge.py) once `seed` is inserted
+    and analysed, in a transaction rolled back afterwards: the module's other checks keep their data."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        await conn.execute(seed)
+        await conn.execute(f"ANALYZE {target.table}")
+        return [await plan(conn, step, **target.params, limit=batch) for step in target.steps]
+    finally:
+        await transaction.rollback()

@@ -24,7 +24,6 @@ Resources come from the cache; the servicer knows nothing about the registry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -38,6 +37,7 @@ from controlplane import resources as rs
 from controlplane.cache import ENVOY, PROXYLESS, SnapshotCache
 from controlplane.proxyless import NODE_CLUSTER
 from controlplane.snapshot import Snapshot
+from services.common.background import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     yield response
         finally:
             unsubscribe()
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
             stream.close()
 
     async def DeltaAggregatedResources(

@@ -33,6 +33,7 @@ from mesh import envoy_config
 from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec
 from services.common import admin_http
+from services.common.background import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.ready = False
         self.server: grpc.aio.Server | None = None
-        self.admin_server: asyncio.Server | None = None
+        self.admin_server: admin_http.AdminServer | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         # The topology's clusters, listeners and routes, built once; which methods may retry is read
@@ -158,10 +159,9 @@ class ControlPlane:
                 )
 
     async def stop(self, grace: float = 1.0) -> None:
-        for task in self._tasks:
-            task.cancel()
+        await cancel_and_wait(*self._tasks)
         if self.admin_server is not None:
-            self.admin_server.close()
+            await self.admin_server.close()
         if self.server is not None:
             await self.server.stop(grace)
 

@@ -14,13 +14,15 @@ from services.auth.handlers import AuthHandlers
 from services.auth.passwords import Passwords
 from services.auth.sessions import AccessTokenIssuer, load_private_key
 from services.auth.settings import AuthSettings
-from services.auth.storage import UserRecord
+from services.auth.storage import UserRecord, refresh_tokens_purge
+from services.common import idempotency
 from services.common.cache import Cache
 from services.common.changefeed import ChangeFeed, Publisher
 from services.common.db import Database
 from services.common.kept import KeptCopies
 from services.common.logs import configure_logging
 from services.common.people import profile_channel, publish_profile_change
+from services.common.purge import Purger
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 
@@ -76,6 +78,9 @@ async def serve() -> None:
         profile_changed=functools.partial(publish_profile_change, publisher, common.mesh_prefix),
         kept_users=kept_users,
     )
+    if common.purge.enabled:
+        targets = [idempotency.PURGE, refresh_tokens_purge(settings.refresh_token_retention_seconds)]
+        host.add_background("purge", Purger(db, targets, common.purge).run)
     handlers = AuthHandlers(accounts, Authenticator(verifier))
     host.add_service(
         auth_pb2.DESCRIPTOR.services_by_name["AuthService"], handlers, auth_pb2_grpc.add_AuthServiceServicer_to_server

@@ -21,6 +21,9 @@ class AuthSettings:
     recipients_target: str
     profile_cache_ttl_seconds: int = 300
     search_cache_ttl_seconds: int = 30
+    # How long the refresh tokens of a session that ended (its last token expired or revoked) are
+    # kept before the purge removes them all (storage.refresh_tokens_purge).
+    refresh_token_retention_seconds: int = 7 * 24 * 3600
 
     @classmethod
     def from_env(cls) -> AuthSettings:
@@ -33,4 +36,5 @@ class AuthSettings:
             argon2_memory_kib=env_int("ARGON2_MEMORY_KIB", 64 * 1024),
             argon2_parallelism=env_int("ARGON2_PARALLELISM", 4),
             recipients_target=env_str("RECIPIENTS_TARGET", ""),
+            refresh_token_retention_seconds=env_int("REFRESH_TOKEN_RETENTION_SECONDS", 7 * 24 * 3600),
         )

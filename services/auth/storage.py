@@ -1,7 +1,7 @@
 """The auth service's tables and queries (SQL through the service's SQLAlchemy async engine).
 
-Every query here is backed by an index of migrations/versions/0001 (tests check with EXPLAIN:
-the statements tests/auth/test_query_plans.py reads are public names).
+Every query here is backed by an index of migrations/versions (tests check with EXPLAIN: the
+statements tests/auth/test_query_plans.py reads are public names).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.purge import Target
 
 USER_COLUMNS = "id, email, username, first_name, last_name, avatar_url, country, created_at, updated_at"
 
@@ -275,3 +277,51 @@ _FAMILY_OF = text("SELECT family_id FROM refresh_tokens WHERE token_hash = :h")
 
 async def family_of(conn: AsyncConnection, token_hash: bytes) -> uuid.UUID | None:
     return (await conn.execute(_FAMILY_OF, {"h": token_hash})).scalar_one_or_none()
+
+
+# --- the housekeeping purge (services/common/purge.py) --------------------------------------------
+# Reuse detection (SPEC §3: a rotated token presented again revokes its whole family) needs every
+# spent token of a session for as long as the session can go on, however old the token: so rows
+# are purged by session, never one by one. A family's one unused token is its newest (a rotation
+# marks the old one used and inserts the next in the same transaction); the session has ended
+# when that token can no longer be refreshed: expired or revoked, from least(expires_at,
+# revoked_at) on (LEAST skips a NULL). After REFRESH_TOKEN_RETENTION_SECONDS more (a client coming
+# back soon still hears TOKEN_EXPIRED rather than TOKEN_INVALID) the whole family goes: its spent
+# tokens first, then, once none is left, the last one, which is what marks the family as ended —
+# deleted first, it would leave the others behind for good. Nothing can be added to an ended
+# family (its last token cannot be refreshed), so no row is ever orphaned. A session that goes on
+# keeps one row per rotation until it ends.
+# Index: refresh_tokens_session_end_idx (the partial index of unused tokens by end), then
+# refresh_tokens_family_idx.
+_ENDED = "used_at IS NULL AND least(expires_at, revoked_at) < now() - make_interval(secs => :retention_seconds)"
+# A batch looks at :limit ended sessions at most, in the index's order (the ORDER BY keeps the
+# planner on the index whatever it guesses of the expression's selectivity: a partial index has
+# no statistics), and takes up to :limit of their spent tokens.
+_PURGE_SPENT_OF_ENDED = text(
+    f"""
+    DELETE FROM refresh_tokens WHERE ctid = ANY(ARRAY(
+        SELECT spent.ctid
+          FROM (SELECT family_id FROM refresh_tokens WHERE {_ENDED}
+                 ORDER BY least(expires_at, revoked_at) LIMIT :limit) AS ended
+          JOIN refresh_tokens spent ON spent.family_id = ended.family_id AND spent.used_at IS NOT NULL
+         LIMIT :limit
+           FOR UPDATE OF spent SKIP LOCKED))
+    """
+)
+_PURGE_LAST_OF_ENDED = text(
+    f"""
+    DELETE FROM refresh_tokens WHERE ctid = ANY(ARRAY(
+        SELECT ended.ctid
+          FROM (SELECT ctid, family_id FROM refresh_tokens WHERE {_ENDED}
+                 ORDER BY least(expires_at, revoked_at) LIMIT :limit) AS ended
+         WHERE NOT EXISTS (SELECT 1 FROM refresh_tokens spent
+                            WHERE spent.family_id = ended.family_id AND spent.used_at IS NOT NULL)
+           FOR UPDATE SKIP LOCKED))
+    """
+)
+
+
+def refresh_tokens_purge(retention_seconds: int) -> Target:
+    return Target(
+        "refresh_tokens", (_PURGE_SPENT_OF_ENDED, _PURGE_LAST_OF_ENDED), {"retention_seconds": retention_seconds}
+    )

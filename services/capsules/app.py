@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from capsule.capsules.v1 import capsules_pb2, capsules_pb2_grpc
@@ -15,11 +13,13 @@ from services.capsules.pages import PageCopies
 from services.capsules.settings import CapsulesSettings
 from services.capsules.themes import Themes
 from services.capsules.unlocker import Unlocker
+from services.common import idempotency
 from services.common.cache import Cache
 from services.common.changefeed import ChangeFeed, Publisher
 from services.common.db import Database
 from services.common.logs import configure_logging
 from services.common.people import AuthDirectory, CachedDirectory
+from services.common.purge import Purger
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 
@@ -66,8 +66,6 @@ async def serve() -> None:
         capsules_pb2_grpc.add_ThemesServiceServicer_to_server,
     )
 
-    stop_unlocker = asyncio.Event()
-    unlocker_task: asyncio.Task[None] | None = None
     if settings.unlocker_enabled:
         unlocker = Unlocker(
             db,
@@ -78,22 +76,17 @@ async def serve() -> None:
             marker_ttl_seconds=settings.ready_marker_ttl_seconds,
             stream_max_length=settings.ready_stream_max_length,
         )
-        unlocker_task = asyncio.create_task(unlocker.run(stop_unlocker))
+        # Owned by the server's lifecycle: stopped before the closers below close its pools.
+        host.add_background("unlocker", unlocker.run)
+    if common.purge.enabled:
+        host.add_background("purge", Purger(db, [idempotency.PURGE], common.purge).run)
 
-    async def close_unlocker() -> None:
-        stop_unlocker.set()
-        if unlocker_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await unlocker_task
-
-    # Closers run last-added first: the unlocker stops before the pools it uses close.
     host.on_close(db.close)
     host.on_close(cache.close)
     host.on_close(directory.close)
     host.on_close(feed.close)
     host.on_close(publisher.close)
     host.on_close(recipients.close)
-    host.on_close(close_unlocker)
     logging.getLogger(__name__).info(
         "capsules service configured",
         extra={

@@ -55,6 +55,7 @@ import redis.asyncio as redis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from services.common.background import cancel_and_wait
 from services.common.telemetry import CACHE_ERRORS, CACHE_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -257,10 +258,8 @@ class Cache:
         return True
 
     async def close(self) -> None:
-        if self._repair is not None:
-            self._repair.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._repair
+        # Loads whose callers all went away may still run: end them before their client closes.
+        await cancel_and_wait(*([self._repair] if self._repair else []), *self._inflight.values())
         await self.client.aclose()
 
 

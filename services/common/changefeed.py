@@ -45,6 +45,8 @@ from prometheus_client import Counter, Gauge
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from services.common.background import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 FEED_HEALTHY = Gauge("changefeed_healthy", "1 while the change feed is subscribed and answering pings")
@@ -119,9 +121,7 @@ class ChangeFeed:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         await self._disconnect()
         await self._client.aclose()
 
@@ -284,6 +284,4 @@ class Publisher:
 
     async def close(self) -> None:
         if self._retrying is not None:
-            self._retrying.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retrying
+            await cancel_and_wait(self._retrying)

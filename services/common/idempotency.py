@@ -5,6 +5,10 @@ Each service keeps an `idempotency_keys` table in its own database (created by i
 operation, caller, key, request_hash, result_id, created_at; primary key (operation, caller, key)).
 Inside the write's transaction the service first `claim`s the key: a second call with the same key
 waits on the primary key until the first commits or rolls back, then sees what it did.
+
+A key older than the window answers as if it were absent, so the housekeeping purge
+(services/common/purge.py, `PURGE`) deletes exactly those rows: no answer changes, and the table
+holds one day of keys instead of all of them (`idempotency_keys_created_idx` serves the scan).
 """
 
 from __future__ import annotations
@@ -16,20 +20,25 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import Aborted, FieldErrors
+from services.common.purge import rows_where
 
 KEY_MAX_LENGTH = 200
+# SPEC §3: how long a key binds its caller to the first result.
+WINDOW = "interval '24 hours'"
 
-# A key older than 24 h is replaced as if it were absent (ON CONFLICT … WHERE).
+# A key older than the window is replaced as if it were absent (ON CONFLICT … WHERE).
 _CLAIM = text(
-    """
+    f"""
     INSERT INTO idempotency_keys (operation, caller, key, request_hash)
     VALUES (:operation, :caller, :key, :request_hash)
     ON CONFLICT (operation, caller, key) DO UPDATE
        SET request_hash = EXCLUDED.request_hash, result_id = NULL, created_at = now()
-     WHERE idempotency_keys.created_at < now() - interval '24 hours'
+     WHERE idempotency_keys.created_at < now() - {WINDOW}
     RETURNING true
     """
 )
+# The rows the claim above already treats as absent.
+PURGE = rows_where("idempotency_keys", f"created_at < now() - {WINDOW}")
 _READ = text(
     "SELECT request_hash, result_id FROM idempotency_keys "
     "WHERE operation = :operation AND caller = :caller AND key = :key"

@@ -13,7 +13,6 @@ giving up: Envoy keeps its last configuration meanwhile, so the instance keeps s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 
@@ -21,6 +20,7 @@ import grpc
 from capsule.mesh.v1 import registry_pb2, registry_pb2_grpc
 
 from mesh.timing import TIMING
+from services.common.background import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ class Registrar:
 
     async def _stop_loop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def close(self) -> None:

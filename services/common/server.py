@@ -4,10 +4,12 @@
 (SPEC §2): `grpc.health.v1.Health` per service name and overall, server reflection, an admin HTTP
 port with `/metrics` and `/healthz`, the handler wrapper that maps domain errors to rich statuses and
 records RED metrics, registration with the mesh's control plane when CONTROL_PLANE_TARGET is
-set (services/common/registration.py), and a graceful stop on SIGTERM/SIGINT:
+set (services/common/registration.py), background jobs owned by the lifecycle (`add_background`,
+services/common/background.py: started once SERVING), and a graceful stop on SIGTERM/SIGINT:
 
-    NOT_SERVING → deregister → wait until Envoy has drained the instance → stop(grace) for
-    in-flight calls → close pools → exit 0.
+    NOT_SERVING, background jobs told to stop → deregister → wait until Envoy has drained the
+    instance → stop(grace) for in-flight calls → background jobs awaited (BACKGROUND_STOP_SECONDS,
+    then cancelled) → admin port closed → close pools → exit 0.
 
 "Envoy has drained it": with a control plane, Deregister answers once every connected Envoy
 acknowledged the endpoint set without this instance (EDS push + ACK, milliseconds; the control
@@ -39,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mesh.catalog import mesh_service_names
 from services.common import admin_http
+from services.common.background import BackgroundTasks, Job, cancel_and_wait
 from services.common.clients import serving_deadline
 from services.common.errors import Internal, ServiceError
 from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
@@ -112,6 +115,8 @@ class ServiceHost:
         self._closers: list[Closer] = []
         self._serving = False
         self.registrar: Registrar | None = None
+        self.background = BackgroundTasks()
+        self.admin: admin_http.AdminServer | None = None
 
     def add_service(self, descriptor: ServiceDescriptor, servicer: Any, register: Register) -> None:
         """Serve `servicer` (instrumented, see `instrument`); `register(servicer, server)` is the
@@ -121,10 +126,18 @@ class ServiceHost:
         self._registrations.append(functools.partial(register, servicer))
 
     def on_close(self, closer: Closer) -> None:
-        """Closers run after the gRPC server stopped, last added first."""
+        """Closers run after the gRPC server and the background jobs stopped, last added first."""
         self._closers.append(closer)
 
-    async def run(self, ready: Callable[[], Awaitable[None]]) -> None:
+    def add_background(self, name: str, job: Job) -> None:
+        """Run `job(stop)` while the instance serves: started once health says SERVING, told to
+        stop (the event is set) when the graceful stop begins, awaited after the gRPC server
+        stopped and before the closers run; restarted with back-off if it crashes."""
+        self.background.add(name, job)
+
+    async def run(self, ready: Callable[[], Awaitable[None]], stop: asyncio.Event | None = None) -> None:
+        """Serve until SIGTERM/SIGINT, or until `stop` is set when given (then no signal handler
+        is installed: the caller owns the signals)."""
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
@@ -146,12 +159,13 @@ class ServiceHost:
         if server.add_insecure_port(self.settings.grpc_listen) == 0:
             raise SystemExit(f"cannot listen on {self.settings.grpc_listen}")
         await server.start()
-        admin = await self._start_admin()
+        self.admin = admin = await self._start_admin()
 
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
 
         readiness = asyncio.create_task(self._become_ready(ready, stop))
         log.info(
@@ -165,10 +179,11 @@ class ServiceHost:
             },
         )
         await stop.wait()
-        readiness.cancel()
+        await cancel_and_wait(readiness)
 
         log.info("stopping: reporting NOT_SERVING and draining")
         self._serving = False
+        self.background.signal_stop()  # they finish their pass while the instance drains
         await self.health.enter_graceful_shutdown()
         drained = False
         if self.registrar is not None:
@@ -179,7 +194,8 @@ class ServiceHost:
         if delay > 0:
             await asyncio.sleep(delay)
         await server.stop(self.settings.shutdown_grace_seconds)
-        admin.close()
+        await self.background.stop(self.settings.background_stop_seconds)
+        await admin.close()
         if self.registrar is not None:
             await self.registrar.close()
         for closer in reversed(self._closers):
@@ -201,6 +217,7 @@ class ServiceHost:
                 continue
             await self._set_all(health_pb2.HealthCheckResponse.SERVING)
             self._serving = True
+            self.background.start()
             await self._start_registration()
             return
 
@@ -228,7 +245,7 @@ class ServiceHost:
         for name in ("", *self._service_names):
             await self.health.set(name, status)  # type: ignore[arg-type]
 
-    async def _start_admin(self) -> asyncio.Server:
+    async def _start_admin(self) -> admin_http.AdminServer:
         return await admin_http.serve(self.settings.admin_listen, self._admin_page)
 
     def _admin_page(self, path: str) -> tuple[int, str, bytes]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mesh.timing import TIMING, Timing, TimingError
 
@@ -97,6 +97,28 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class PurgeSettings:
+    """The housekeeping purge every service runs (services/common/purge.py)."""
+
+    enabled: bool = True
+    # Time between passes (each instance, ±10 %).
+    interval_seconds: float = 600.0
+    # Rows per DELETE (one short transaction, its rows locked only for that statement).
+    batch_size: int = 500
+    # Rows per table per pass at most: a backlog is worked off over several passes.
+    max_rows_per_run: int = 50_000
+
+    @classmethod
+    def from_env(cls) -> PurgeSettings:
+        return cls(
+            enabled=env_bool("PURGE_ENABLED", True),
+            interval_seconds=env_float("PURGE_INTERVAL_SECONDS", 600.0),
+            batch_size=env_int("PURGE_BATCH_SIZE", 500),
+            max_rows_per_run=env_int("PURGE_MAX_ROWS_PER_RUN", 50_000),
+        )
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     """What every service process needs, whatever its domain."""
 
@@ -129,6 +151,10 @@ class ServiceSettings:
     deregistered_drain_seconds: float = TIMING.deregistered_drain_seconds
     # CACHE_PREFIX itself: the namespace of what the whole mesh shares in Redis (change channels).
     mesh_prefix: str = ""
+    # SIGTERM: how long background jobs (unlocker, purge) may take to finish their current pass
+    # once the gRPC server stopped, before they are cancelled.
+    background_stop_seconds: float = 5.0
+    purge: PurgeSettings = field(default_factory=PurgeSettings)
 
     @classmethod
     def from_env(cls, name: str, default_grpc_port: int, default_admin_port: int) -> ServiceSettings:
@@ -152,4 +178,6 @@ class ServiceSettings:
             instance_name=env_str("SERVICE_INSTANCE", ""),
             deregistered_drain_seconds=timing.deregistered_drain_seconds,
             mesh_prefix=env_str("CACHE_PREFIX", ""),
+            background_stop_seconds=env_float("BACKGROUND_STOP_SECONDS", 5.0),
+            purge=PurgeSettings.from_env(),
         )

@@ -1,4 +1,5 @@
-"""The Prometheus metrics every service exports (RED per RPC, cache, database pool)."""
+"""The Prometheus metrics every service exports (RED per RPC, cache, database pool, background
+jobs and the purge)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,9 @@ DB_POOL_WAIT = Histogram(
     ["role"],
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
 )
+# Lifecycle-owned background jobs (services/common/background.py) and the housekeeping purge.
+BACKGROUND_RUNNING = Gauge("background_task_running", "1 while the background task runs", ["task"])
+BACKGROUND_RESTARTS = Counter(
+    "background_task_restarts_total", "Background tasks started again after a crash", ["task"]
+)
+PURGED_ROWS = Counter("purged_rows_total", "Rows removed by the housekeeping purge", ["table"])

@@ -6,11 +6,13 @@ import logging
 
 from capsule.recipients.v1 import recipients_pb2, recipients_pb2_grpc, relationships_pb2, relationships_pb2_grpc
 
+from services.common import idempotency
 from services.common.cache import Cache
 from services.common.changefeed import ChangeFeed
 from services.common.db import Database
 from services.common.logs import configure_logging
 from services.common.people import AuthDirectory, CachedDirectory
+from services.common.purge import Purger
 from services.common.server import ServiceHost
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 from services.recipients.address_book import AddressBook
@@ -36,6 +38,8 @@ async def serve() -> None:
     host.on_close(cache.close)
     host.on_close(directory.close)
     host.on_close(feed.close)
+    if common.purge.enabled:
+        host.add_background("purge", Purger(db, [idempotency.PURGE], common.purge).run)
 
     verifier = AccessTokenVerifier(
         load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience

@@ -14,7 +14,8 @@ import asyncpg
 import pytest
 
 from services.capsules import storage
-from tests.query_plans import no_scan, plan, scratch_database
+from services.common import idempotency
+from tests.query_plans import IDEMPOTENCY_SEED, no_scan, plan, purge_plans, scratch_database
 
 
 def user(i: int) -> uuid.UUID:
@@ -78,3 +79,8 @@ async def test_capsule_lookup_by_id(seeded: asyncpg.Connection) -> None:
     no_scan(text, "capsules_pkey")
     # The theme catalog is a handful of rows, read once an hour per page (cached): a scan of one
     # page is the right plan there, and themes_list_idx takes over if the catalog ever grows.
+
+
+async def test_idempotency_key_purge_uses_the_created_index(seeded: asyncpg.Connection) -> None:
+    (text,) = await purge_plans(seeded, idempotency.PURGE, IDEMPOTENCY_SEED)
+    no_scan(text, "idempotency_keys_created_idx", "LockRows", "Tid Scan")

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from services.common import idempotency
 from services.recipients import storage
-from tests.query_plans import no_scan, plan, scratch_database
+from tests.query_plans import IDEMPOTENCY_SEED, no_scan, plan, purge_plans, scratch_database
 
 
 def user(i: int) -> uuid.UUID:
@@ -86,3 +87,8 @@ async def test_block_lookups_use_indexes(seeded: asyncpg.Connection) -> None:
     assert "blocks_pkey" in either or "blocks_list_idx" in either, either
     no_scan(await plan(seeded, storage.BLOCK_RELATIONS, u=user(3)), "blocks_blocked_idx")
     no_scan(await plan(seeded, storage.LIST_BLOCKS, u=user(3), after=storage.MAX_UUID, limit=21), "blocks_list_idx")
+
+
+async def test_idempotency_key_purge_uses_the_created_index(seeded: asyncpg.Connection) -> None:
+    (text,) = await purge_plans(seeded, idempotency.PURGE, IDEMPOTENCY_SEED)
+    no_scan(text, "idempotency_keys_created_idx", "LockRows", "Tid Scan")
