@@ -16,13 +16,29 @@ import pytest
 
 from tests.query_plans import IDEMPOTENCY_SEED, no_scan, purge_plans, scratch_database
 
-SEED = """
+# Refresh tokens as they stand with the purge running: 40,000 sessions of 5 tokens, live with old
+# spent tokens, but for one in a hundred that ended (expired or logged out) past the retention.
+REFRESH_SEED = """
+    INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, created_at, expires_at, used_at, revoked_at)
+    SELECT gen_random_uuid(), lpad(to_hex(1 + i / 5), 32, '0')::uuid, u.id, sha256(i::text::bytea),
+           now() - (90 - i % 5) * interval '1 day', now() + (CASE WHEN ended THEN -40 ELSE 30 END) * interval '1 day'
+                                                 - (4 - i % 5) * interval '1 day',
+           CASE WHEN i % 5 < 4 THEN now() - (89 - i % 5) * interval '1 day' END,
+           CASE WHEN ended AND i % 1000 = 4 THEN now() - interval '9 days' END
+      FROM (SELECT i, (i / 5) % 100 = 0 AS ended FROM generate_series(0, 199999) AS i) AS seed,
+           (SELECT id FROM users LIMIT 1) AS u
+"""
+
+
+SEED = f"""
     INSERT INTO users (id, email, username, password_hash, first_name, last_name)
     SELECT gen_random_uuid(), 'user' || i || '@example.com', 'user' || i, 'x',
            (ARRAY['anna','bruno','chloe','dmitri','elif','farah','goran','hana'])[1 + i % 8] || i % 97,
            (ARRAY['martin','nguyen','okafor','petrov','quinn','rossi','sato','tanaka'])[1 + i % 7] || i % 89
       FROM generate_series(1, 100000) AS i;
-    ANALYZE users;
+    {REFRESH_SEED};
+    {IDEMPOTENCY_SEED};
+    ANALYZE;
 """
 
 
@@ -77,24 +93,10 @@ async def test_search_uses_indexes_and_never_scans_users(seeded: asyncpg.Connect
     assert "users_first_name_prefix_idx" in text or "users_full_name_trgm_idx" in text, text
 
 
-# Refresh tokens as they stand with the purge running: 40,000 sessions of 5 tokens, live with old
-# spent tokens, but for one in a hundred that ended (expired or logged out) past the retention.
-REFRESH_SEED = """
-    INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, created_at, expires_at, used_at, revoked_at)
-    SELECT gen_random_uuid(), lpad(to_hex(1 + i / 5), 32, '0')::uuid, u.id, sha256(i::text::bytea),
-           now() - (90 - i % 5) * interval '1 day', now() + (CASE WHEN ended THEN -40 ELSE 30 END) * interval '1 day'
-                                                 - (4 - i % 5) * interval '1 day',
-           CASE WHEN i % 5 < 4 THEN now() - (89 - i % 5) * interval '1 day' END,
-           CASE WHEN ended AND i % 1000 = 4 THEN now() - interval '9 days' END
-      FROM (SELECT i, (i / 5) % 100 = 0 AS ended FROM generate_series(0, 199999) AS i) AS seed,
-           (SELECT id FROM users LIMIT 1) AS u
-"""
-
-
 async def test_refresh_token_purge_walks_ended_sessions_only(seeded: asyncpg.Connection) -> None:
     from services.auth.storage import refresh_tokens_purge
 
-    spent, last = await purge_plans(seeded, refresh_tokens_purge(7 * 24 * 3600), REFRESH_SEED)
+    spent, last = await purge_plans(seeded, refresh_tokens_purge(7 * 24 * 3600))
     for text in (spent, last):
         no_scan(text, "refresh_tokens_session_end_idx", "refresh_tokens_family_idx", "LockRows", "Tid Scan")
 
@@ -102,5 +104,5 @@ async def test_refresh_token_purge_walks_ended_sessions_only(seeded: asyncpg.Con
 async def test_idempotency_key_purge_uses_the_created_index(seeded: asyncpg.Connection) -> None:
     from services.common.idempotency import PURGE
 
-    (text,) = await purge_plans(seeded, PURGE, IDEMPOTENCY_SEED)
+    (text,) = await purge_plans(seeded, PURGE)
     no_scan(text, "idempotency_keys_created_idx", "LockRows", "Tid Scan")

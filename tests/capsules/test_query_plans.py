@@ -35,6 +35,7 @@ SEED = f"""
                          + (i % 86400) * interval '1 second' AS t
               FROM generate_series(1, 200000) AS i) AS seed
      WHERE {UID.format("1 + i % 10000")} <> {UID.format("1 + (i * 7 + 1) % 10000")};
+    {IDEMPOTENCY_SEED};
     ANALYZE;
 """
 
@@ -82,5 +83,5 @@ async def test_capsule_lookup_by_id(seeded: asyncpg.Connection) -> None:
 
 
 async def test_idempotency_key_purge_uses_the_created_index(seeded: asyncpg.Connection) -> None:
-    (text,) = await purge_plans(seeded, idempotency.PURGE, IDEMPOTENCY_SEED)
+    (text,) = await purge_plans(seeded, idempotency.PURGE)
     no_scan(text, "idempotency_keys_created_idx", "LockRows", "Tid Scan")

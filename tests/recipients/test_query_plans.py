@@ -39,6 +39,7 @@ SEED = f"""
     INSERT INTO blocks (id, blocker, blocked)
     SELECT gen_random_uuid(), {UID.format("1 + i % 10000")}, {UID.format("1 + (i * 31 + 3) % 10000")}
       FROM generate_series(1, 20000) AS i ON CONFLICT DO NOTHING;
+    {IDEMPOTENCY_SEED};
     ANALYZE;
 """
 
@@ -90,5 +91,5 @@ async def test_block_lookups_use_indexes(seeded: asyncpg.Connection) -> None:
 
 
 async def test_idempotency_key_purge_uses_the_created_index(seeded: asyncpg.Connection) -> None:
-    (text,) = await purge_plans(seeded, idempotency.PURGE, IDEMPOTENCY_SEED)
+    (text,) = await purge_plans(seeded, idempotency.PURGE)
     no_scan(text, "idempotency_keys_created_idx", "LockRows", "Tid Scan")
