@@ -149,11 +149,14 @@ def test_a_failing_migration_stops_the_start(infra: Infra, jwt_keys: KeyPair, tm
     assert stack.envoy is None  # nothing started after the failed migration
 
 
-def test_two_stacks_side_by_side(infra: Infra, jwt_keys: KeyPair, tmp_path: Path) -> None:
-    """Two Envoys on one machine (distinct --base-id), distinct databases and prefixes."""
+async def test_two_stacks_side_by_side(infra: Infra, jwt_keys: KeyPair, tmp_path: Path) -> None:
+    """Two Envoys on one machine (distinct --base-id), distinct databases and prefixes; started and
+    stopped at the same time, as two test processes do."""
     one = settings(infra, jwt_keys, tmp_path / "one", instances={"auth": 1}, with_gateway=False)
     two = settings(infra, jwt_keys, tmp_path / "two", instances={"auth": 1}, with_gateway=False)
-    with Stack(one) as a, Stack(two) as b:
+    a, b = Stack(one), Stack(two)
+    try:
+        await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
         assert a.envoy is not None and b.envoy is not None
         assert a.envoy.running and b.envoy.running
         assert a.database_name("auth") != b.database_name("auth")
@@ -162,6 +165,8 @@ def test_two_stacks_side_by_side(infra: Infra, jwt_keys: KeyPair, tmp_path: Path
             a.envoy_argv()[a.envoy_argv().index("--base-id") + 1]
             != b.envoy_argv()[b.envoy_argv().index("--base-id") + 1]
         )
+    finally:
+        await asyncio.gather(asyncio.to_thread(a.close), asyncio.to_thread(b.close))
 
 
 def test_free_ports_are_never_handed_out_twice_and_avoid_the_ephemeral_range() -> None:
