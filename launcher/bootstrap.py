@@ -158,7 +158,12 @@ def install_deps() -> None:
     uv = VENV / "bin" / "uv"
     try:
         run([*pip, "--quiet", installer_pin()], cwd=REPO)
-        run([str(uv), "pip", "install", "--python", str(VENV_PYTHON), "-e", f"{REPO}[dev]"], cwd=REPO)
+        # --compile-bytecode, as pip does: otherwise every process of the first mesh compiles the
+        # same modules at once (xds-protos alone is thousands), costing minutes of CPU.
+        run(
+            [str(uv), "pip", "install", "--compile-bytecode", "--python", str(VENV_PYTHON), "-e", f"{REPO}[dev]"],
+            cwd=REPO,
+        )
     except SetupError as exc:
         log(f"{exc}; installing with pip instead")
         run([*pip, "-e", f"{REPO}[dev]"], cwd=REPO)
