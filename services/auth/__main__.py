@@ -2,8 +2,7 @@
 
 from pathlib import Path
 
-from services.auth.app import serve
 from services.common import cli
 
 if __name__ == "__main__":
-    cli.run("auth", serve, Path(__file__).parent / "migrations")
+    cli.run("auth", Path(__file__).parent / "migrations")

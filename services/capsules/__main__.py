@@ -15,6 +15,4 @@ if __name__ == "__main__":
 
         main()
     else:
-        from services.capsules.app import serve
-
-        cli.run("capsules", serve, Path(__file__).parent / "migrations")
+        cli.run("capsules", Path(__file__).parent / "migrations")

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from services.common import cli
-from services.recipients.app import serve
 
 if __name__ == "__main__":
-    cli.run("recipients", serve, Path(__file__).parent / "migrations")
+    cli.run("recipients", Path(__file__).parent / "migrations")
