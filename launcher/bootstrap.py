@@ -160,10 +160,10 @@ def install_deps() -> None:
         run([*pip, "--quiet", installer_pin()], cwd=REPO)
         # --compile-bytecode, as pip does: otherwise every process of the first mesh compiles the
         # same modules at once (xds-protos alone is thousands), costing minutes of CPU.
-        run(
-            [str(uv), "pip", "install", "--compile-bytecode", "--python", str(VENV_PYTHON), "-e", f"{REPO}[dev]"],
-            cwd=REPO,
-        )
+        # --system-certs: the machine's CA store, as pip trusts it (a network whose proxy re-signs
+        # TLS is trusted there, not in uv's built-in roots).
+        install = ["pip", "install", "--compile-bytecode", "--system-certs", "--python", str(VENV_PYTHON)]
+        run([str(uv), *install, "-e", f"{REPO}[dev]"], cwd=REPO)
     except SetupError as exc:
         log(f"{exc}; installing with pip instead")
         run([*pip, "-e", f"{REPO}[dev]"], cwd=REPO)
