@@ -274,7 +274,9 @@ class Stack:
             REDIS_URL=self.redis_url,
             CACHE_PREFIX=self.cache_prefix,
             JWT_PUBLIC_KEY_FILE=str(self.jwt_public_key_file),
+            PAGE_TOKEN_KEYS=self.settings.keys.page_token_keys(),
         )
+        env.pop("PAGE_TOKEN_KEYS_FILE", None)  # the keys above are this stack's
         env.update(self.settings.env)
         return env
 
