@@ -25,7 +25,7 @@ import hmac
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, overload
 
@@ -66,7 +66,7 @@ _TEXT_MAX = 1000
 class PageTokenKeys:
     """The keys tokens are signed and verified with: (kid, secret) pairs, the first one signs."""
 
-    keys: tuple[tuple[str, bytes], ...]
+    keys: tuple[tuple[str, bytes], ...] = field(repr=False)  # secrets never reach a log line
 
     def __post_init__(self) -> None:
         if not self.keys:
