@@ -1,14 +1,18 @@
-"""Development JWT signing keys: one Ed25519 pair in .run/keys/, created when missing.
+"""Development keys in .run/keys/, each created when missing: one Ed25519 JWT pair and the
+page-token keys.
 
     python -m launcher.keys [DIRECTORY]      # compose uses this to fill its key volume
 
 Auth signs access tokens with the private key; every service verifies them with the public key
-(SPEC §3). These are development keys: production mounts its own.
+(SPEC §3). Every service signs and verifies its page tokens with the page-token keys (the text
+of PAGE_TOKEN_KEYS, "kid:secret", services/common/pagination.py). These are development keys:
+production supplies its own.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +22,25 @@ from launcher.bootstrap import REPO
 DEFAULT_DIR = REPO / ".run" / "keys"
 PRIVATE_NAME = "jwt-private.pem"
 PUBLIC_NAME = "jwt-public.pem"
+PAGE_TOKENS_NAME = "page-token-keys"
 
 
 @dataclass(frozen=True)
 class KeyPair:
     private: Path
     public: Path
+    # The value of PAGE_TOKEN_KEYS ("kid:secret,..."), one line.
+    page_tokens: Path
+
+    def page_token_keys(self) -> str:
+        return self.page_tokens.read_text().strip()
 
 
 def ensure_dev_keys(directory: Path = DEFAULT_DIR) -> KeyPair:
-    """Return the key pair in `directory`, generating it if either half is missing."""
-    pair = KeyPair(directory / PRIVATE_NAME, directory / PUBLIC_NAME)
+    """Return the keys in `directory`, generating the JWT pair if either half is missing and the
+    page-token keys if missing."""
+    pair = KeyPair(directory / PRIVATE_NAME, directory / PUBLIC_NAME, directory / PAGE_TOKENS_NAME)
+    _ensure_page_token_keys(pair.page_tokens)
     if pair.private.exists() and pair.public.exists():
         return pair
     from cryptography.hazmat.primitives import serialization
@@ -56,7 +68,27 @@ def ensure_dev_keys(directory: Path = DEFAULT_DIR) -> KeyPair:
     return pair
 
 
+def _ensure_page_token_keys(path: Path) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kid, secret = f"dev-{secrets.token_hex(4)}", secrets.token_urlsafe(32)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{kid}:{secret}\n")
+    # A hard link never replaces: when several processes (test workers) race, the first key
+    # written is the one all of them read, so the instances of one stack share it.
+    try:
+        os.link(tmp, path)
+        print(f"[setup] generated a page-token key ({kid}) in {path}", file=sys.stderr)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR
     keys = ensure_dev_keys(target)
-    print(f"{keys.private}\n{keys.public}")
+    print(f"{keys.private}\n{keys.public}\n{keys.page_tokens}")

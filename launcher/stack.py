@@ -268,6 +268,9 @@ class Stack:
         # plane); one inherited from the caller would win over it (gateway/xds.py).
         for name in ("GRPC_XDS_BOOTSTRAP", "GRPC_XDS_BOOTSTRAP_CONFIG"):
             env.pop(name, None)
+        # Page-token keys go to the services only (service_env), and only this stack's.
+        for name in ("PAGE_TOKEN_KEYS", "PAGE_TOKEN_KEYS_FILE"):
+            env.pop(name, None)
         env.update(
             PYTHONUNBUFFERED="1",
             LOG_LEVEL=self.settings.log_level,
@@ -296,6 +299,8 @@ class Stack:
             DRAIN_DELAY_SECONDS=f"{self.settings.drain_delay_seconds:g}",
             SERVICE_INSTANCE=instance.name,
             CONTROL_PLANE_TARGET=self.control_plane_target if self.settings.control_plane else "",
+            # Every instance of every service signs and verifies page tokens with the same keys.
+            PAGE_TOKEN_KEYS=self.settings.keys.page_token_keys(),
         )
         names = {s.name for s in self.settings.services}
         for target in KNOWN_TARGETS:

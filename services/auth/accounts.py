@@ -337,7 +337,7 @@ class Accounts:
         errors.raise_if_any()
         size = page_size(requested_page_size, default=SEARCH_DEFAULT_PAGE, maximum=SEARCH_MAX_PAGE)
         list_name = "users:search:" + query.lower()
-        after = page_after(page_token, list_name, int, str)
+        after = page_after(page_token, list_name, int, str, caller=caller.user_id)
         blocked = sorted(await self.block_list.blocked_with(caller))
         # Results depend on the caller's block list: it is part of the key, so a new block is
         # honoured at once rather than after the 30 s TTL.
@@ -355,7 +355,7 @@ class Accounts:
                     after=after,
                     limit=size + 1,
                 )
-            page, next_token = take_page(hits, size, list_name, lambda h: [h.tier, h.username])
+            page, next_token = take_page(hits, size, list_name, lambda h: [h.tier, h.username], caller=caller.user_id)
             return orjson.dumps({"hits": [asdict(h) for h in page], "next": next_token}, default=str)
 
         key = self.cache.key("search", str(caller.user_id), fingerprint)

@@ -21,14 +21,18 @@ from services.common.changefeed import ChangeFeed, Publisher
 from services.common.db import Database
 from services.common.kept import KeptCopies
 from services.common.logs import configure_logging
+from services.common.pagination import use_page_token_keys
 from services.common.people import profile_channel, publish_profile_change
 from services.common.purge import Purger
 from services.common.server import ServiceHost
+from services.common.settings import page_token_keys
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 
 
 async def serve() -> None:
     settings = AuthSettings.from_env()
+    # Before anything starts: a service without page-token keys must not start at all.
+    use_page_token_keys(page_token_keys())
     common = settings.service
     configure_logging(common.log_level)
     host = ServiceHost(common)

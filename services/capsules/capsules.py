@@ -255,10 +255,10 @@ class Capsules:
         assert box in BOXES and status in ("", *STATUSES)
         size = page_size(requested_size)
         name = f"capsules:{box}:{status}"
-        after = page_after(token, name, datetime, uuid.UUID)
+        after = page_after(token, name, datetime, uuid.UUID, caller=caller.user_id)
         now = self.clock()
         read = await self._page(caller.user_id, box, status, now, after, size + 1)
-        rows, next_token = take_page(read, size, name, lambda r: [r.unlocks_at, r.id])
+        rows, next_token = take_page(read, size, name, lambda r: [r.unlocks_at, r.id], caller=caller.user_id)
         profiles: dict[uuid.UUID, Profile] = {}
         if box == "inbox":
             # One batched look-up per page, for the senders the caller may see.

@@ -51,12 +51,12 @@ class Themes:
 
     async def list(self, requested_size: int, token: str) -> Page[ThemeRow]:
         size = page_size(requested_size)
-        after = page_after(token, LIST_NAME, str, uuid.UUID)
+        after = page_after(token, LIST_NAME, str, uuid.UUID, caller=None)  # public: bound to the list only
 
         async def load() -> bytes:
             async with self.db.read() as conn:
                 read = await storage.list_themes(conn, after=after, limit=size + 1)
-            rows, next_token = take_page(read, size, LIST_NAME, lambda r: [r.name, r.id])
+            rows, next_token = take_page(read, size, LIST_NAME, lambda r: [r.name, r.id], caller=None)
             return orjson.dumps({"rows": [_encode(r) for r in rows], "next": next_token}, default=str)
 
         key = self.cache.key("themes", str(size), token or "-")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mesh.timing import TIMING, Timing, TimingError
+from services.common.pagination import PageTokenKeys
 
 
 def env_str(name: str, default: str) -> str:
@@ -45,6 +47,30 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_list(name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())
+
+
+def page_token_keys() -> PageTokenKeys:
+    """The keys page tokens are signed with: PAGE_TOKEN_KEYS="kid1:secret1,kid2:secret2" (the first
+    signs, all verify: rotate by putting a new key first and dropping the oldest later), or
+    PAGE_TOKEN_KEYS_FILE naming a file that holds that text. There is no default: a service without
+    keys refuses to start (`make setup` and the launcher generate development keys)."""
+    raw = os.environ.get("PAGE_TOKEN_KEYS", "")
+    source = "PAGE_TOKEN_KEYS"
+    if not raw.strip() and os.environ.get("PAGE_TOKEN_KEYS_FILE"):
+        source = os.environ["PAGE_TOKEN_KEYS_FILE"]
+        try:
+            raw = Path(source).read_text()
+        except OSError as exc:
+            raise SystemExit(f"PAGE_TOKEN_KEYS_FILE {source!r} cannot be read: {exc.strerror}") from None
+    if not raw.strip():
+        raise SystemExit(
+            "PAGE_TOKEN_KEYS is not set: page tokens are signed with it "
+            '("kid1:secret1,kid2:secret2", the first key signs; or PAGE_TOKEN_KEYS_FILE)'
+        )
+    try:
+        return PageTokenKeys.parse(raw)
+    except ValueError as exc:  # the message names the key id, never the secret
+        raise SystemExit(f"{source}: {exc}") from None
 
 
 def service_timing() -> Timing:

@@ -102,10 +102,10 @@ class AddressBook:
             )
         size = page_size(requested_size)
         name = "recipients:" + query.lower()
-        after = page_after(token, name, str, uuid.UUID)
+        after = page_after(token, name, str, uuid.UUID, caller=caller.user_id)
         async with self.db.read() as conn:
             rows = await storage.list_recipients(conn, caller.user_id, prefix=query, after=after, limit=size + 1)
-        return Page(*take_page(rows, size, name, lambda r: [r.sort_name, r.id]))
+        return Page(*take_page(rows, size, name, lambda r: [r.sort_name, r.id], caller=caller.user_id))
 
 
 async def _require_connection(conn: AsyncConnection, owner: uuid.UUID, other: uuid.UUID, field: str) -> None:

@@ -11,9 +11,11 @@ from services.common.cache import Cache
 from services.common.changefeed import ChangeFeed
 from services.common.db import Database
 from services.common.logs import configure_logging
+from services.common.pagination import use_page_token_keys
 from services.common.people import AuthDirectory, CachedDirectory
 from services.common.purge import Purger
 from services.common.server import ServiceHost
+from services.common.settings import page_token_keys
 from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
 from services.recipients.address_book import AddressBook
 from services.recipients.handlers import RecipientsHandlers, RelationshipHandlers
@@ -23,6 +25,8 @@ from services.recipients.settings import RecipientsSettings
 
 async def serve() -> None:
     settings = RecipientsSettings.from_env()
+    # Before anything starts: a service without page-token keys must not start at all.
+    use_page_token_keys(page_token_keys())
     common = settings.service
     configure_logging(common.log_level)
     host = ServiceHost(common)

@@ -212,19 +212,19 @@ class Relationships:
     ) -> Page[RequestRow]:
         size = page_size(requested_size)
         name = "requests:incoming" if incoming else "requests:outgoing"
-        (after,) = page_after(token, name, uuid.UUID) or (None,)
+        (after,) = page_after(token, name, uuid.UUID, caller=caller.user_id) or (None,)
         async with self.db.read() as conn:
             rows = await storage.list_requests(conn, caller.user_id, incoming=incoming, after=after, limit=size + 1)
-        return Page(*take_page(rows, size, name, _by_id))
+        return Page(*take_page(rows, size, name, _by_id, caller=caller.user_id))
 
     # --- connections -----------------------------------------------------------------------------
 
     async def list_connections(self, caller: Caller, requested_size: int, token: str) -> Page[ConnectionWithProfile]:
         size = page_size(requested_size)
-        (after,) = page_after(token, "connections", uuid.UUID) or (None,)
+        (after,) = page_after(token, "connections", uuid.UUID, caller=caller.user_id) or (None,)
         async with self.db.driver_read() as conn:
             read = await storage.list_connections(conn, caller.user_id, after=after, limit=size + 1)
-        rows, next_token = take_page(read, size, "connections", _by_id)
+        rows, next_token = take_page(read, size, "connections", _by_id, caller=caller.user_id)
         # One batched call to auth for the whole page (≤ 100 ids), never one per row.
         profiles = await self.directory.profiles(caller, [r.other for r in rows])
         return Page([ConnectionWithProfile(r, profiles.get(r.other)) for r in rows], next_token)
@@ -266,10 +266,10 @@ class Relationships:
 
     async def list_blocks(self, caller: Caller, requested_size: int, token: str) -> Page[BlockRow]:
         size = page_size(requested_size)
-        (after,) = page_after(token, "blocks", uuid.UUID) or (None,)
+        (after,) = page_after(token, "blocks", uuid.UUID, caller=caller.user_id) or (None,)
         async with self.db.read() as conn:
             rows = await storage.list_blocks(conn, caller.user_id, after=after, limit=size + 1)
-        return Page(*take_page(rows, size, "blocks", _by_id))
+        return Page(*take_page(rows, size, "blocks", _by_id, caller=caller.user_id))
 
     # --- internal API (cached) -------------------------------------------------------------------
 

@@ -101,6 +101,8 @@ def test_services_get_the_contract_environment(compose: dict[str, Any]) -> None:
         assert env["DATABASE_URL"].rsplit("/", 1)[1] == spec.database
         assert env["GRPC_LISTEN"].endswith(f":{envoy_config.COMPOSE_GRPC_PORT}")
         assert ("JWT_PRIVATE_KEY_FILE" in env) == spec.signs_tokens
+        # Every service signs its page tokens; without keys it would refuse to start.
+        assert env["PAGE_TOKEN_KEYS_FILE"] == "/keys/page-token-keys"
         assert service["healthcheck"]["test"][-1] == spec.proto_service
         assert service["command"] == ["python", "-m", spec.module]
         migrate = services[f"{spec.name}-migrate"]

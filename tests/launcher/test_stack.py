@@ -72,6 +72,8 @@ async def test_isolation_settings_are_unique(infra: Infra, jwt_keys: KeyPair, tm
     assert env["REDIS_URL"] == infra.redis_url and env["CACHE_PREFIX"] == a.cache_prefix
     assert env["JWT_PUBLIC_KEY_FILE"] == str(jwt_keys.public)
     assert env["JWT_PRIVATE_KEY_FILE"] == str(jwt_keys.private)  # auth signs
+    assert env["PAGE_TOKEN_KEYS"] == jwt_keys.page_token_keys() != ""
+    assert "PAGE_TOKEN_KEYS" not in a.gateway_env()  # the gateway never reads a page token
     assert (env["ARGON2_TIME_COST"], env["ARGON2_MEMORY_KIB"]) == ("1", "8192")
     assert env["RECIPIENTS_TARGET"] == ""  # not in this topology
     assert env["AUTH_TARGET"] == a.envoy_grpc
