@@ -1,7 +1,7 @@
 """The gateway's ASGI application: descriptors → route table → policies → proxy.
 
     Gateway                       every HTTP request is first looked up in the route table
-      transcoded call  → request id, *policies → Proxy, one reply, metrics   (calls.py, proxy.py)
+      transcoded call  → request id, header check, *policies → Proxy, one reply, metrics   (calls.py, proxy.py)
       path of a route, other verb → 405 problem with Allow
       anything else    → Starlette: RequestContextMiddleware, MetricsMiddleware, *middleware,
                          /healthz /readyz /openapi.json /metrics, else 404     (operations.py)
@@ -35,6 +35,7 @@ from gateway import metrics, operations
 from gateway.calls import Call, Next, Policy, Reply, chain, problem_reply
 from gateway.clientip import ClientIpResolver, parse_networks
 from gateway.descriptors import http_bindings, load_services
+from gateway.headers import check_request_headers
 from gateway.logs import request_id_var
 from gateway.metrics import MetricsMiddleware
 from gateway.middleware import RequestContextMiddleware, request_id_of
@@ -88,7 +89,8 @@ def create_app(
     operational.state.settings = settings
     operational.state.upstream = upstream
     operational.state.openapi_json = orjson.dumps(openapi_document(table.routes))
-    return Gateway(table, chain(policies, proxy), operational)
+    # The header check first: a refusal there costs no rate-limit cell (gateway/headers.py).
+    return Gateway(table, chain([check_request_headers, *policies], proxy), operational)
 
 
 class Gateway:

@@ -46,6 +46,8 @@ XDS_CHANNEL_OPTIONS: Sequence[tuple[str, int | str]] = (
 FORWARDED_HEADERS: Mapping[bytes, str] = {
     name.encode(): name for name in ("authorization", "idempotency-key", "traceparent", "tracestate")
 }
+# Longer trace headers are left out of the call (best effort; gateway/headers.py bounds the others).
+MAX_TRACE_LENGTHS: Mapping[str, int] = {"traceparent": 128, "tracestate": 512}
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -124,7 +126,7 @@ def call_metadata(headers: Mapping[bytes, bytes], request_id: str, client_ip: st
     metadata = [("x-request-id", request_id)]
     for header, key in FORWARDED_HEADERS.items():
         raw = headers.get(header)
-        if raw is not None:
+        if raw is not None and len(raw) <= MAX_TRACE_LENGTHS.get(key, len(raw)):
             metadata.append((key, _metadata_value(key, raw)))
     if client_ip:
         metadata.append(("x-forwarded-for", client_ip))
