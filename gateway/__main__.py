@@ -6,6 +6,8 @@ GATEWAY_SHUTDOWN_GRACE_SECONDS), then the lifespan closes the upstream channels;
 uvicorn's own X-Forwarded-For handling is off (proxy_headers=False; it would trust 127.0.0.1 by
 default): the client IP is the socket peer's unless the peer is one of GATEWAY_TRUSTED_PROXIES
 (gateway/clientip.py), so no client picks its own rate-limit key by sending a header.
+The HTTP protocol is uvicorn's httptools one with the protocol limits of gateway/connections.py
+(connection cap, request-head deadline, head size and header count; GATEWAY_MAX_* settings).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from types import FrameType
 import uvicorn
 
 from gateway.app import create_app
+from gateway.connections import ProtocolLimits, limited_protocol
 from gateway.descriptors import DescriptorError
 from gateway.logs import configure_logging
 from gateway.policies import route_policies
@@ -33,13 +36,19 @@ def main() -> None:
         app = create_app(settings, policies=policies, on_shutdown=closers)
     except (DescriptorError, TemplateError) as exc:
         raise SystemExit(f"gateway: cannot serve the configured protos: {exc}") from None
+    limits = ProtocolLimits(
+        max_connections=settings.max_connections,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        header_timeout_seconds=settings.header_timeout_seconds,
+    )
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         app,
         host=settings.listen_host,
         port=settings.listen_port,
         loop="uvloop",
-        http="httptools",
+        http=limited_protocol(limits),  # httptools with the protocol limits (gateway/connections.py)
         lifespan="on",
         log_config=None,
         log_level=settings.log_level.lower(),
@@ -47,6 +56,8 @@ def main() -> None:
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
+        # uvicorn declares an int but only hands it to loop.call_later: fractions work.
+        timeout_keep_alive=settings.keepalive_timeout_seconds,  # type: ignore[arg-type]
     )
 
 

@@ -9,6 +9,16 @@ GATEWAY_CALL_TIMEOUT_SECONDS     deadline of every upstream call (default 10)
 GATEWAY_READY_TIMEOUT_SECONDS    how long /readyz waits for the channels (default 1)
 GATEWAY_MAX_BODY_BYTES           largest accepted request body (default 262144 = 256 KiB)
 GATEWAY_SHUTDOWN_GRACE_SECONDS   how long SIGTERM waits for in-flight requests (default 20)
+
+Protocol limits (connections.py; SPEC §7):
+GATEWAY_MAX_CONNECTIONS          open HTTP connections per gateway process; past it a new one is answered
+                                 503 and closed at once (default 1000; keep it below the open-file limit)
+GATEWAY_MAX_HEADER_BYTES         largest request head: target + each header's name, value and 4 bytes
+                                 (default 16384 = 16 KiB); larger is 431
+GATEWAY_MAX_HEADERS              most request headers (default 100); more is 431
+GATEWAY_HEADER_TIMEOUT_SECONDS   a connection whose request head is not complete this long after it opened
+                                 or after the head's first bytes is closed (408 if part came; default 10)
+GATEWAY_KEEPALIVE_TIMEOUT_SECONDS  an idle keep-alive connection is closed after this (default 5)
 LOG_LEVEL                        root log level (default info; debug adds one line per request)
 
 Rate limiting (ratelimit.py) and HTTP caching (httpcache.py):
@@ -62,6 +72,11 @@ class Settings:
     ready_timeout_seconds: float = 1.0
     max_body_bytes: int = 256 * 1024
     shutdown_grace_seconds: float = 20.0
+    max_connections: int = 1000
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    header_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 5.0
     log_level: str = "info"
     ratelimit_enabled: bool = True
     ratelimit_ip: tuple[int, float] = (60, 60.0)  # (count, period in seconds)
@@ -100,6 +115,11 @@ class Settings:
             ready_timeout_seconds=_positive("GATEWAY_READY_TIMEOUT_SECONDS", env, 1.0),
             max_body_bytes=int(_positive("GATEWAY_MAX_BODY_BYTES", env, 256 * 1024)),
             shutdown_grace_seconds=_positive("GATEWAY_SHUTDOWN_GRACE_SECONDS", env, 20.0),
+            max_connections=_whole("GATEWAY_MAX_CONNECTIONS", env, 1000),
+            max_header_bytes=_whole("GATEWAY_MAX_HEADER_BYTES", env, 16 * 1024),
+            max_headers=_whole("GATEWAY_MAX_HEADERS", env, 100),
+            header_timeout_seconds=_positive("GATEWAY_HEADER_TIMEOUT_SECONDS", env, 10.0),
+            keepalive_timeout_seconds=_positive("GATEWAY_KEEPALIVE_TIMEOUT_SECONDS", env, 5.0),
             log_level=env.get("LOG_LEVEL") or "info",
             ratelimit_enabled=(env.get("GATEWAY_RATELIMIT_ENABLED") or "1").strip().lower() not in ("0", "false", "no"),
             ratelimit_ip=_rate("GATEWAY_RATELIMIT_IP", env, (60, 60.0)),
