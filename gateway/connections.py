@@ -200,7 +200,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _answer_and_close(self, problem: Problem, reason: str) -> None:
         REFUSED.labels(reason).inc()
         self._disarm_head_timer()
-        self.transport.write(_raw_response(problem))
+        # A head pipelined behind a response still being written ends the connection unanswered:
+        # an answer now would land in the middle of that response.
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(_raw_response(problem))
         self.transport.close()
 
 
