@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import httptools
 from prometheus_client import Counter, Gauge
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -111,20 +112,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._reading_head:
             self._raw_head_bytes += len(data)
             self._arm_head_timer()  # also after a keep-alive pause: uvicorn's timer stops at the first byte
-        super().data_received(data)  # calls the callbacks below; a _Refused there ends up as a 400 attempt
-        if (
-            self._refusal is None
-            and self._reading_head
-            and (self._raw_head_bytes > self.limits.max_header_bytes + HEAD_SLACK_BYTES)
-        ):
+        # uvicorn's data_received, except that a _Refused raised by a callback below is no
+        # malformed request (uvicorn would log one and answer 400).
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            if self._refusal is None:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+                return
+        unfinished = self._raw_head_bytes if self._reading_head else 0
+        if self._refusal is None and unfinished > self.limits.max_header_bytes + HEAD_SLACK_BYTES:
             self._refuse_too_large()
         if self._refusal is not None and not self.transport.is_closing():
             self._answer_and_close(*self._refusal)
-
-    def send_400_response(self, msg: str) -> None:
-        # uvicorn's answer to a parser error, which is what a _Refused raised in a callback becomes.
-        if self._refusal is None:
-            super().send_400_response(msg)
 
     # Parser callbacks.
 
