@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from gateway.settings import Settings
 from launcher.stack import Stack
 from tests.ratelimit.gateways import spawn_gateways
 
@@ -260,3 +261,23 @@ async def test_connections_past_the_cap_are_refused_and_counted(capped_gateway: 
         finally:
             for writer in held:
                 writer.close()
+
+
+def test_protocol_limit_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "GATEWAY_MAX_CONNECTIONS": "50",
+            "GATEWAY_MAX_HEADER_BYTES": "8192",
+            "GATEWAY_MAX_HEADERS": "20",
+            "GATEWAY_HEADER_TIMEOUT_SECONDS": "2.5",
+            "GATEWAY_KEEPALIVE_TIMEOUT_SECONDS": "0.5",
+        }
+    )
+    assert (settings.max_connections, settings.max_header_bytes, settings.max_headers) == (50, 8192, 20)
+    assert (settings.header_timeout_seconds, settings.keepalive_timeout_seconds) == (2.5, 0.5)
+    defaults = Settings.from_env({})
+    assert (defaults.max_connections, defaults.max_header_bytes, defaults.max_headers) == (1000, 16384, 100)
+    assert (defaults.header_timeout_seconds, defaults.keepalive_timeout_seconds) == (10.0, 5.0)
+    for name, raw in [("GATEWAY_MAX_CONNECTIONS", "1.5"), ("GATEWAY_HEADER_TIMEOUT_SECONDS", "0")]:
+        with pytest.raises(SystemExit):
+            Settings.from_env({name: raw})
