@@ -43,11 +43,12 @@ from mesh.catalog import mesh_service_names
 from services.common import admin_http
 from services.common.background import BackgroundTasks, Job, cancel_and_wait
 from services.common.clients import serving_deadline
-from services.common.errors import Internal, ServiceError
+from services.common.errors import Internal, InvalidArgument, ServiceError
 from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
 from services.common.registration import Registrar, advertised_host
 from services.common.settings import ServiceSettings
 from services.common.telemetry import RPC_LATENCY, RPC_REQUESTS
+from services.common.validation import request_checker
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,25 @@ Closer = Callable[[], Awaitable[None]]
 
 def instrument(servicer: Any, descriptor: ServiceDescriptor) -> Any:
     """Wraps every unary handler of `servicer` in place: request/trace ids into the log context,
-    RED metrics, and ServiceError → status with google.rpc details; anything unexpected →
+    RED metrics, the request's strings and enums checked (validation.request_checker), and ServiceError → status with google.rpc details; anything unexpected →
     INTERNAL, logged. Done once at registration rather than with a server interceptor, which
     would rebuild the handler on every call."""
     for method in descriptor.methods:
         if method.client_streaming or method.server_streaming:
             continue
-        setattr(servicer, method.name, _instrumented(descriptor.full_name, method.name, getattr(servicer, method.name)))
+        handler = _instrumented(
+            descriptor.full_name, method.name, getattr(servicer, method.name), request_checker(method.input_type)
+        )
+        setattr(servicer, method.name, handler)
     return servicer
 
 
-def _instrumented(service: str, method: str, inner: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+def _instrumented(
+    service: str,
+    method: str,
+    inner: Callable[[Any, Any], Awaitable[Any]],
+    check: Callable[[Any], list[tuple[str, str]]] | None = None,
+) -> Any:
     full_method = f"/{service}/{method}"
     latency = RPC_LATENCY.labels(service, method)
     handled_ok = RPC_REQUESTS.labels(service, method, "OK")
@@ -85,6 +94,10 @@ def _instrumented(service: str, method: str, inner: Callable[[Any, Any], Awaitab
             elif key == "traceparent":
                 trace_id_var.set(trace_id_from_traceparent(str(value)))
         try:
+            # SPEC §3 "Strings": NUL, lone surrogates and unknown enum numbers never reach a handler.
+            if check is not None and (violations := check(request)):
+                fields = ", ".join(dict.fromkeys(f for f, _ in violations))
+                raise InvalidArgument(f"the request has invalid fields: {fields}", violations=violations)
             return await inner(request, context)
         except ServiceError as exc:
             code = exc.code.name
