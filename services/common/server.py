@@ -29,10 +29,13 @@ import functools
 import logging
 import signal
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import grpc
+import sqlalchemy.exc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -108,15 +111,40 @@ def _instrumented(
         except asyncio.CancelledError:
             code = "CANCELLED"  # the caller went away (or its deadline passed): not a success
             raise
-        except Exception:
+        except Exception as exc:
             code = "INTERNAL"
-            log.exception("unhandled error in %s", full_method)
+            log_unhandled(full_method, exc)
             await context.abort_with_status(Internal("internal error").to_status())
         finally:
             (handled_ok if code == "OK" else RPC_REQUESTS.labels(service, method, code)).inc()
             latency.observe(time.perf_counter() - started)
 
     return handler
+
+
+def log_unhandled(full_method: str, exc: BaseException) -> None:
+    """Logs an unexpected error. A database error's text can quote the statement's parameters
+    (asyncpg: "invalid input for query argument $1: '…'"), which are user data (SPEC §3 "Logs"):
+    for those only the type, the SQLSTATE and the traceback's frames are logged."""
+    if not isinstance(exc, _DATABASE_ERRORS):
+        log.exception("unhandled error in %s", full_method)
+        return
+    orig = getattr(exc, "orig", None)
+    fields = {
+        "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "sqlstate": getattr(exc, "sqlstate", None) or getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None),
+        "traceback": "".join(traceback.format_tb(exc.__traceback__)),
+    }
+    log.error("unhandled database error in %s", full_method, extra={"fields": fields})
+
+
+# Errors raised by the database layers: SQLAlchemy's (statement and parameters in their text, the
+# latter hidden by the engine's hide_parameters) and asyncpg's own (hot paths use it directly).
+_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 class ServiceHost:
