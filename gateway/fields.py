@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -302,7 +303,7 @@ def _set_json_map(
         except InvalidValue as exc:
             violations.append(FieldViolation(here, str(exc)))
             continue
-        _guard(lambda: container.__setitem__(key, converted), here, violations)
+        _guard(functools.partial(container.__setitem__, key, converted), here, violations)
 
 
 def json_scalar(field: FieldDescriptor, value: object) -> Any:

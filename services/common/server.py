@@ -62,9 +62,10 @@ Closer = Callable[[], Awaitable[None]]
 
 def instrument(servicer: Any, descriptor: ServiceDescriptor) -> Any:
     """Wraps every unary handler of `servicer` in place: request/trace ids into the log context,
-    RED metrics, the request's strings and enums checked (validation.request_checker), and ServiceError → status with google.rpc details; anything unexpected →
-    INTERNAL, logged. Done once at registration rather than with a server interceptor, which
-    would rebuild the handler on every call."""
+    RED metrics, the request's strings and enums checked (validation.request_checker), and
+    ServiceError → status with google.rpc details; anything unexpected → INTERNAL, logged. Done
+    once at registration rather than with a server interceptor, which would rebuild the handler
+    on every call."""
     for method in descriptor.methods:
         if method.client_streaming or method.server_streaming:
             continue
