@@ -37,6 +37,7 @@ import asyncpg
 import grpc
 import sqlalchemy.exc
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -51,11 +52,10 @@ from services.common.logs import request_id_var, trace_id_from_traceparent, trac
 from services.common.registration import Registrar, advertised_host
 from services.common.settings import ServiceSettings
 from services.common.telemetry import RPC_LATENCY, RPC_REQUESTS
-from services.common.validation import request_checker
+from services.common.validation import Undecodable, lenient_parser, request_checker
 
 log = logging.getLogger(__name__)
 
-Register = Callable[[Any, grpc.aio.Server], None]
 Attach = Callable[[grpc.aio.Server], None]
 Closer = Callable[[], Awaitable[None]]
 
@@ -99,6 +99,8 @@ def _instrumented(
                 trace_id_var.set(trace_id_from_traceparent(str(value)))
         try:
             # SPEC §3 "Strings": NUL, lone surrogates and unknown enum numbers never reach a handler.
+            if type(request) is Undecodable:
+                raise request.error()
             if check is not None and (violations := check(request)):
                 fields = ", ".join(dict.fromkeys(f for f, _ in violations))
                 raise InvalidArgument(f"the request has invalid fields: {fields}", violations=violations)
@@ -121,6 +123,20 @@ def _instrumented(
             latency.observe(time.perf_counter() - started)
 
     return handler
+
+
+def _register(descriptor: ServiceDescriptor, servicer: Any, server: grpc.aio.Server) -> None:
+    handlers = {}
+    for method in descriptor.methods:
+        if method.client_streaming or method.server_streaming:
+            raise ValueError(f"{method.full_name}: only unary methods are served")
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_parser(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+    server.add_registered_method_handlers(descriptor.full_name, handlers)
 
 
 def log_unhandled(full_method: str, exc: BaseException) -> None:
@@ -160,12 +176,14 @@ class ServiceHost:
         self.background = BackgroundTasks()
         self.admin: admin_http.AdminServer | None = None
 
-    def add_service(self, descriptor: ServiceDescriptor, servicer: Any, register: Register) -> None:
-        """Serve `servicer` (instrumented, see `instrument`); `register(servicer, server)` is the
-        generated add_<Service>Servicer_to_server."""
+    def add_service(self, descriptor: ServiceDescriptor, servicer: Any) -> None:
+        """Serve `servicer` (instrumented, see `instrument`), with handlers built from the service's
+        descriptor rather than by the generated add_<Service>Servicer_to_server, so that a request
+        protobuf cannot parse reaches the wrapper (validation.lenient_parser) instead of grpc's
+        UNKNOWN answer."""
         instrument(servicer, descriptor)
         self._service_names.append(descriptor.full_name)
-        self._registrations.append(functools.partial(register, servicer))
+        self._registrations.append(functools.partial(_register, descriptor, servicer))
 
     def on_close(self, closer: Closer) -> None:
         """Closers run after the gRPC server and the background jobs stopped, last added first."""

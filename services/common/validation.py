@@ -3,13 +3,14 @@ and returns the normalised value, so a request reports all of its problems at on
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from services.common.errors import FieldErrors, InvalidArgument
 from services.common.ids import parse_uuid
@@ -165,3 +166,103 @@ def _walk_map(container: Any, plan: _Plan, path: str, violations: list[tuple[str
             violations.append((path, f"must be one of {choices}"))
         elif kind == _MESSAGE:
             _walk(value, data, path + ".", violations)
+
+
+# Requests protobuf cannot parse. grpc answers a deserializer's exception with UNKNOWN and the
+# exception's class in the message; over gRPC the usual cause is a string that is not UTF-8 (how a
+# lone surrogate arrives: its 3-byte encoding), which SPEC §3 wants as INVALID_ARGUMENT naming it.
+
+
+class Undecodable:
+    """What the request deserializer hands the handler wrapper instead of raising."""
+
+    __slots__ = ("data", "descriptor")
+
+    def __init__(self, descriptor: Descriptor, data: bytes) -> None:
+        self.descriptor = descriptor
+        self.data = data
+
+    def error(self) -> InvalidArgument:
+        violations = undecodable_fields(self.descriptor, self.data)
+        if not violations:
+            return InvalidArgument(f"the request is not a valid {self.descriptor.full_name} message")
+        fields = ", ".join(dict.fromkeys(f for f, _ in violations))
+        return InvalidArgument(f"the request has invalid fields: {fields}", violations=violations)
+
+
+def lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
+    parse = message_class.FromString
+    descriptor = message_class.DESCRIPTOR
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return Undecodable(descriptor, data)
+
+    return deserialize
+
+
+NOT_UTF8 = "is not valid UTF-8 (a lone surrogate or a broken sequence)"
+
+
+class _Malformed(Exception):
+    pass
+
+
+def undecodable_fields(descriptor: Descriptor, data: bytes) -> list[tuple[str, str]]:
+    """The string fields of an unparsable message whose bytes are not UTF-8, found by reading its
+    wire format; empty when the message is broken in another way (truncated, bad tags)."""
+    violations: list[tuple[str, str]] = []
+    with contextlib.suppress(_Malformed, IndexError):  # what was found before the break still counts
+        _scan(descriptor, data, "", violations, 0)
+    return violations
+
+
+def _scan(descriptor: Descriptor, data: bytes, prefix: str, violations: list[tuple[str, str]], depth: int) -> None:
+    position, end = 0, len(data)
+    seen: dict[int, int] = {}
+    while position < end:
+        key, position = _varint(data, position)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, position = _varint(data, position)
+        elif wire_type == 1:
+            position += 8
+        elif wire_type == 5:
+            position += 4
+        elif wire_type == 2:
+            length, position = _varint(data, position)
+            chunk = data[position : position + length]
+            position += length
+            if position > end:
+                raise _Malformed
+            field = descriptor.fields_by_number.get(number)
+            if field is None:
+                continue
+            index = seen[number] = seen.get(number, -1) + 1
+            path = prefix + field.name + (f"[{index}]" if field.is_repeated else "")
+            if field.type == FieldDescriptor.TYPE_STRING:
+                try:
+                    chunk.decode("utf-8")  # strict: refuses encoded surrogates, as protobuf does
+                except UnicodeDecodeError:
+                    violations.append((path, NOT_UTF8))
+            elif field.message_type is not None and depth < 32:
+                _scan(field.message_type, chunk, path + ".", violations, depth + 1)
+        else:
+            raise _Malformed  # groups (not in proto3) or garbage
+        if position > end:
+            raise _Malformed
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, position
+        shift += 7
+        if shift > 63:
+            raise _Malformed

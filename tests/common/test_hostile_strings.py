@@ -23,7 +23,7 @@ from google.rpc import error_details_pb2
 from gateway.bodies import parse_json
 from gateway.problems import rich_status
 from services.common.server import log_unhandled
-from services.common.validation import NUL_OR_SURROGATE, request_checker
+from services.common.validation import NOT_UTF8, NUL_OR_SURROGATE, Undecodable, lenient_parser, request_checker
 from tests.auth.test_auth_http import assert_problem, bearer, sign_up
 from tests.gateway.test_units import invalid, transcoder
 
@@ -202,3 +202,36 @@ async def test_grpc_enum_numbers_outside_the_set_are_invalid_argument(
     assert violations(caught.value) == ["direction"]
     # The declared values still work.
     await capsules.ListCapsules(capsules_pb2.ListCapsulesRequest(box=capsules_pb2.BOX_OUTBOX), metadata=metadata)
+
+
+async def test_grpc_a_lone_surrogate_is_invalid_argument_naming_the_field(
+    client: httpx.AsyncClient, channel: grpc.aio.Channel
+) -> None:
+    # A Python str holding a lone surrogate cannot be serialized: what reaches a service is its
+    # 3-byte encoding (ED A0 80), which protobuf refuses to parse. grpc itself would answer that
+    # with UNKNOWN and the parser's exception class in the message.
+    metadata = await grpc_session(client)
+    request = recipients_pb2.UpdateRecipientRequest(
+        id="0190a3f4-1111-7222-8333-444455556666",
+        recipient=recipients_pb2.Recipient(name="a-b-c"),
+        update_mask={"paths": ["name"]},
+    )
+    raw = request.SerializeToString().replace(b"a-b-c", b"a\xed\xa0\x80c")
+    call = channel.unary_unary("/capsule.recipients.v1.RecipientsService/UpdateRecipient")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(raw, metadata=metadata)
+    assert violations(caught.value) == ["recipient.name"]
+    assert "DecodeError" not in (caught.value.details() or "")
+    # Broken in another way (truncated): still INVALID_ARGUMENT, with no field to name.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(b"\x0a\x05ab", metadata=metadata)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_wire_scan_names_the_string_that_is_not_utf8() -> None:
+    message = type_pb2.Type(name="t", fields=[type_pb2.Field(name="ok"), type_pb2.Field(name="b-d")], oneofs=["x"])
+    raw = message.SerializeToString().replace(b"b-d", b"b\xed\xb0\x80")
+    found = lenient_parser(type_pb2.Type)(raw)
+    assert isinstance(found, Undecodable)
+    assert found.error().violations == [("fields[1].name", NOT_UTF8)]
+    assert isinstance(lenient_parser(type_pb2.Type)(message.SerializeToString()), type_pb2.Type)
