@@ -54,7 +54,9 @@ def text(errors: FieldErrors, value: str, field: str, maximum: int) -> str:
 # (services.common.server): Postgres cannot store NUL (it would fail the statement, a 500), a lone
 # surrogate is not text, and proto3 enums are open, so a gRPC caller can send any number.
 
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+# A protobuf string never holds a lone surrogate (the parser and the setters refuse what is not
+# UTF-8: see Undecodable below), so NUL is all the walk has to look for.
+_NUL = "\x00"
 NUL_OR_SURROGATE = "must not contain a NUL character or a lone surrogate"
 _STRING, _ENUM, _MESSAGE = 0, 1, 2
 
@@ -118,49 +120,49 @@ def _plan(descriptor: Descriptor) -> _Plan | None:
 
 
 def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str, str]]) -> None:
-    # ListFields yields only what is set, so an empty request costs one call.
+    # ListFields yields only what is set, so an empty request costs one call; paths are built
+    # only for what is reported or descended into.
     fields = plan.fields
     for field, value in message.ListFields():
         entry = fields.get(field.number)
         if entry is None:
             continue
         name, kind, repeated, data, choices = entry
-        path = prefix + name
         if kind == _STRING:
             if repeated:
                 for index, item in enumerate(value):
-                    if _BAD_TEXT.search(item):
-                        violations.append((f"{path}[{index}]", NUL_OR_SURROGATE))
-            elif _BAD_TEXT.search(value):
-                violations.append((path, NUL_OR_SURROGATE))
+                    if _NUL in item:
+                        violations.append((f"{prefix}{name}[{index}]", NUL_OR_SURROGATE))
+            elif _NUL in value:
+                violations.append((prefix + name, NUL_OR_SURROGATE))
         elif kind == _ENUM:
             if repeated:
                 for index, item in enumerate(value):
                     if item not in data:
-                        violations.append((f"{path}[{index}]", f"must be one of {choices}"))
+                        violations.append((f"{prefix}{name}[{index}]", f"must be one of {choices}"))
             elif value not in data:
-                violations.append((path, f"must be one of {choices}"))
+                violations.append((prefix + name, f"must be one of {choices}"))
         elif isinstance(data, tuple):  # a map: its key and value, named by the map field
-            _walk_map(value, data[1], path, violations)
+            _walk_map(value, data[1], prefix + name, violations)
         elif repeated:
             for index, item in enumerate(value):
-                _walk(item, data, f"{path}[{index}].", violations)
+                _walk(item, data, f"{prefix}{name}[{index}].", violations)
         else:
-            _walk(value, data, path + ".", violations)
+            _walk(value, data, f"{prefix}{name}.", violations)
 
 
 def _walk_map(container: Any, plan: _Plan, path: str, violations: list[tuple[str, str]]) -> None:
     key_kind = plan.fields.get(1)
     value_entry = plan.fields.get(2)
     for key in container:
-        if key_kind is not None and isinstance(key, str) and _BAD_TEXT.search(key):
+        if key_kind is not None and isinstance(key, str) and _NUL in key:
             violations.append((path, "must not have a key with a NUL character or a lone surrogate"))
             continue
         if value_entry is None:
             continue
         _, kind, _, data, choices = value_entry
         value = container[key]
-        if kind == _STRING and _BAD_TEXT.search(value):
+        if kind == _STRING and _NUL in value:
             violations.append((path, NUL_OR_SURROGATE))
         elif kind == _ENUM and value not in data:
             violations.append((path, f"must be one of {choices}"))
