@@ -14,18 +14,23 @@ import asyncpg
 import grpc
 import httpx
 import pytest
+import sqlalchemy.exc
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 from capsule.capsules.v1 import capsules_pb2, capsules_pb2_grpc
 from capsule.recipients.v1 import recipients_pb2, recipients_pb2_grpc
 from google.protobuf import struct_pb2, type_pb2
 from google.rpc import error_details_pb2
+from sqlalchemy import text
 
 from gateway.bodies import parse_json
 from gateway.problems import rich_status
+from services.common.db import Database
 from services.common.server import log_unhandled
+from services.common.settings import DatabaseSettings
 from services.common.validation import NOT_UTF8, NUL_OR_SURROGATE, Undecodable, lenient_parser, request_checker
 from tests.auth.test_auth_http import assert_problem, bearer, sign_up
 from tests.gateway.test_units import invalid, transcoder
+from tests.query_plans import ADMIN_DSN
 
 # --- the walk, on synthetic messages -----------------------------------------------------------
 
@@ -235,3 +240,16 @@ def test_the_wire_scan_names_the_string_that_is_not_utf8() -> None:
     assert isinstance(found, Undecodable)
     assert found.error().violations == [("fields[1].name", NOT_UTF8)]
     assert isinstance(lenient_parser(type_pb2.Type)(message.SerializeToString()), type_pb2.Type)
+
+
+async def test_a_failed_statement_does_not_carry_its_parameters() -> None:
+    # The NUL no request can bring any more, sent straight to Postgres, which refuses it.
+    db = Database(DatabaseSettings(ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://"), pool_size=1))
+    try:
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as caught:
+            async with db.read() as conn:
+                await conn.execute(text("SELECT CAST(:name AS text)"), {"name": "secret\x00name"})
+        assert "secret" not in str(caught.value)
+        assert "hidden due to hide_parameters" in str(caught.value)
+    finally:
+        await db.close()
