@@ -142,7 +142,8 @@ def _register(descriptor: ServiceDescriptor, servicer: Any, server: grpc.aio.Ser
 def log_unhandled(full_method: str, exc: BaseException) -> None:
     """Logs an unexpected error. A database error's text can quote the statement's parameters
     (asyncpg: "invalid input for query argument $1: '…'"), which are user data (SPEC §3 "Logs"):
-    for those only the type, the SQLSTATE and the traceback's frames are logged."""
+    for those only the type, the SQLSTATE, the statement (SQLAlchemy's: its text, parameters bound
+    apart) and the traceback's frames are logged."""
     if not isinstance(exc, _DATABASE_ERRORS):
         log.exception("unhandled error in %s", full_method)
         return
@@ -150,6 +151,7 @@ def log_unhandled(full_method: str, exc: BaseException) -> None:
     fields = {
         "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
         "sqlstate": getattr(exc, "sqlstate", None) or getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None),
+        "statement": " ".join(str(getattr(exc, "statement", "") or "").split())[:300],
         "traceback": "".join(traceback.format_tb(exc.__traceback__)),
     }
     log.error("unhandled database error in %s", full_method, extra={"fields": fields})
