@@ -6,6 +6,8 @@ and a chunked body is counted as it streams in and refused as soon as it passes 
 
 from __future__ import annotations
 
+import json
+
 import orjson
 from starlette.types import Receive
 
@@ -71,4 +73,24 @@ def parse_json(body: bytes) -> object:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "surrogate" not in str(exc):
+            raise Problem.malformed_json(str(exc)) from None
+    # A lone surrogate escape ("\\ud800") is valid JSON but not text, and orjson refuses it. The
+    # standard parser keeps it, so that the field holding it is named (SPEC §3 "Strings"): rare,
+    # hence the slow parser only here.
+    try:
+        return json.loads(body, object_pairs_hook=_pairs_without_surrogates, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
         raise Problem.malformed_json(str(exc)) from None
+
+
+def _pairs_without_surrogates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # A key is no field value to name: one with a lone surrogate is malformed JSON (as orjson said).
+    for key, _ in pairs:
+        if any("\ud800" <= c <= "\udfff" for c in key):
+            raise ValueError("an object key holds a lone surrogate")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: orjson refuses them too

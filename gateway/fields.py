@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -302,7 +303,7 @@ def _set_json_map(
         except InvalidValue as exc:
             violations.append(FieldViolation(here, str(exc)))
             continue
-        container[key] = converted
+        _guard(functools.partial(container.__setitem__, key, converted), here, violations)
 
 
 def json_scalar(field: FieldDescriptor, value: object) -> Any:
@@ -463,6 +464,8 @@ def _guard(action: Callable[[], object], path: str, violations: Violations) -> N
     """Runs a protobuf setter; values already converted should fit, but protobuf has the last word."""
     try:
         action()
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON escape: not text (SPEC §3 "Strings")
+        violations.append(FieldViolation(path, "must not contain a NUL character or a lone surrogate"))
     except (TypeError, ValueError):
         violations.append(FieldViolation(path, "is not a valid value for this field"))
 

@@ -6,7 +6,7 @@ import functools
 import logging
 from datetime import timedelta
 
-from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
+from capsule.auth.v1 import auth_pb2
 
 from services.auth.accounts import Accounts
 from services.auth.blocklist import BlockList, NobodyBlocked, RecipientsBlockList
@@ -86,9 +86,7 @@ async def serve() -> None:
         targets = [idempotency.PURGE, refresh_tokens_purge(settings.refresh_token_retention_seconds)]
         host.add_background("purge", Purger(db, targets, common.purge).run)
     handlers = AuthHandlers(accounts, Authenticator(verifier))
-    host.add_service(
-        auth_pb2.DESCRIPTOR.services_by_name["AuthService"], handlers, auth_pb2_grpc.add_AuthServiceServicer_to_server
-    )
+    host.add_service(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], handlers)
     logging.getLogger(__name__).info(
         "auth service configured", extra={"fields": {"block_list": type(block_list).__name__}}
     )

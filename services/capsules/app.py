@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from capsule.capsules.v1 import capsules_pb2, capsules_pb2_grpc
+from capsule.capsules.v1 import capsules_pb2
 
 from services.capsules.capsules import Capsules
 from services.capsules.handlers import CapsulesHandlers, ThemesHandlers
@@ -60,14 +60,11 @@ async def serve() -> None:
         cache_ttl_seconds=settings.capsule_cache_ttl_seconds,
     )
     host.add_service(
-        capsules_pb2.DESCRIPTOR.services_by_name["CapsulesService"],
-        CapsulesHandlers(capsules, authenticator),
-        capsules_pb2_grpc.add_CapsulesServiceServicer_to_server,
+        capsules_pb2.DESCRIPTOR.services_by_name["CapsulesService"], CapsulesHandlers(capsules, authenticator)
     )
     host.add_service(
         capsules_pb2.DESCRIPTOR.services_by_name["ThemesService"],
         ThemesHandlers(Themes(db, cache, settings.theme_cache_ttl_seconds)),
-        capsules_pb2_grpc.add_ThemesServiceServicer_to_server,
     )
 
     if settings.unlocker_enabled:

@@ -62,6 +62,8 @@ def make_engine(url: str, settings: DatabaseSettings, role: str) -> AsyncEngine:
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout_seconds,
         pool_recycle=settings.pool_recycle_seconds,
+        # SQL parameters are user data (names, e-mails, letters): never in an error's text or a log.
+        hide_parameters=True,
         # Pinging after idleness only: see the module doc and _ping_idle_connections.
         pool_pre_ping=settings.pool_pre_ping and settings.pool_pre_ping_idle_seconds <= 0,
         connect_args={

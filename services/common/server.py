@@ -29,11 +29,15 @@ import functools
 import logging
 import signal
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import grpc
+import sqlalchemy.exc
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -43,32 +47,41 @@ from mesh.catalog import mesh_service_names
 from services.common import admin_http
 from services.common.background import BackgroundTasks, Job, cancel_and_wait
 from services.common.clients import serving_deadline
-from services.common.errors import Internal, ServiceError
+from services.common.errors import Internal, InvalidArgument, ServiceError
 from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
 from services.common.registration import Registrar, advertised_host
 from services.common.settings import ServiceSettings
 from services.common.telemetry import RPC_LATENCY, RPC_REQUESTS
+from services.common.validation import Undecodable, lenient_parser, request_checker
 
 log = logging.getLogger(__name__)
 
-Register = Callable[[Any, grpc.aio.Server], None]
 Attach = Callable[[grpc.aio.Server], None]
 Closer = Callable[[], Awaitable[None]]
 
 
 def instrument(servicer: Any, descriptor: ServiceDescriptor) -> Any:
     """Wraps every unary handler of `servicer` in place: request/trace ids into the log context,
-    RED metrics, and ServiceError → status with google.rpc details; anything unexpected →
-    INTERNAL, logged. Done once at registration rather than with a server interceptor, which
-    would rebuild the handler on every call."""
+    RED metrics, the request's strings and enums checked (validation.request_checker), and
+    ServiceError → status with google.rpc details; anything unexpected → INTERNAL, logged. Done
+    once at registration rather than with a server interceptor, which would rebuild the handler
+    on every call."""
     for method in descriptor.methods:
         if method.client_streaming or method.server_streaming:
             continue
-        setattr(servicer, method.name, _instrumented(descriptor.full_name, method.name, getattr(servicer, method.name)))
+        handler = _instrumented(
+            descriptor.full_name, method.name, getattr(servicer, method.name), request_checker(method.input_type)
+        )
+        setattr(servicer, method.name, handler)
     return servicer
 
 
-def _instrumented(service: str, method: str, inner: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+def _instrumented(
+    service: str,
+    method: str,
+    inner: Callable[[Any, Any], Awaitable[Any]],
+    check: Callable[[Any], list[tuple[str, str]]] | None = None,
+) -> Any:
     full_method = f"/{service}/{method}"
     latency = RPC_LATENCY.labels(service, method)
     handled_ok = RPC_REQUESTS.labels(service, method, "OK")
@@ -85,6 +98,12 @@ def _instrumented(service: str, method: str, inner: Callable[[Any, Any], Awaitab
             elif key == "traceparent":
                 trace_id_var.set(trace_id_from_traceparent(str(value)))
         try:
+            # SPEC §3 "Strings": NUL, lone surrogates and unknown enum numbers never reach a handler.
+            if type(request) is Undecodable:
+                raise request.error()
+            if check is not None and (violations := check(request)):
+                fields = ", ".join(dict.fromkeys(f for f, _ in violations))
+                raise InvalidArgument(f"the request has invalid fields: {fields}", violations=violations)
             return await inner(request, context)
         except ServiceError as exc:
             code = exc.code.name
@@ -95,15 +114,56 @@ def _instrumented(service: str, method: str, inner: Callable[[Any, Any], Awaitab
         except asyncio.CancelledError:
             code = "CANCELLED"  # the caller went away (or its deadline passed): not a success
             raise
-        except Exception:
+        except Exception as exc:
             code = "INTERNAL"
-            log.exception("unhandled error in %s", full_method)
+            log_unhandled(full_method, exc)
             await context.abort_with_status(Internal("internal error").to_status())
         finally:
             (handled_ok if code == "OK" else RPC_REQUESTS.labels(service, method, code)).inc()
             latency.observe(time.perf_counter() - started)
 
     return handler
+
+
+def _register(descriptor: ServiceDescriptor, servicer: Any, server: grpc.aio.Server) -> None:
+    handlers = {}
+    for method in descriptor.methods:
+        if method.client_streaming or method.server_streaming:
+            raise ValueError(f"{method.full_name}: only unary methods are served")
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_parser(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+    server.add_registered_method_handlers(descriptor.full_name, handlers)
+
+
+def log_unhandled(full_method: str, exc: BaseException) -> None:
+    """Logs an unexpected error. A database error's text can quote the statement's parameters
+    (asyncpg: "invalid input for query argument $1: '…'"), which are user data (SPEC §3 "Logs"):
+    for those only the type, the SQLSTATE, the statement (SQLAlchemy's: its text, parameters bound
+    apart) and the traceback's frames are logged."""
+    if not isinstance(exc, _DATABASE_ERRORS):
+        log.exception("unhandled error in %s", full_method)
+        return
+    orig = getattr(exc, "orig", None)
+    fields = {
+        "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "sqlstate": getattr(exc, "sqlstate", None) or getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None),
+        "statement": " ".join(str(getattr(exc, "statement", "") or "").split())[:300],
+        "traceback": "".join(traceback.format_tb(exc.__traceback__)),
+    }
+    log.error("unhandled database error in %s", full_method, extra={"fields": fields})
+
+
+# Errors raised by the database layers: SQLAlchemy's (statement and parameters in their text, the
+# latter hidden by the engine's hide_parameters) and asyncpg's own (hot paths use it directly).
+_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 class ServiceHost:
@@ -118,12 +178,14 @@ class ServiceHost:
         self.background = BackgroundTasks()
         self.admin: admin_http.AdminServer | None = None
 
-    def add_service(self, descriptor: ServiceDescriptor, servicer: Any, register: Register) -> None:
-        """Serve `servicer` (instrumented, see `instrument`); `register(servicer, server)` is the
-        generated add_<Service>Servicer_to_server."""
+    def add_service(self, descriptor: ServiceDescriptor, servicer: Any) -> None:
+        """Serve `servicer` (instrumented, see `instrument`), with handlers built from the service's
+        descriptor rather than by the generated add_<Service>Servicer_to_server, so that a request
+        protobuf cannot parse reaches the wrapper (validation.lenient_parser) instead of grpc's
+        UNKNOWN answer."""
         instrument(servicer, descriptor)
         self._service_names.append(descriptor.full_name)
-        self._registrations.append(functools.partial(register, servicer))
+        self._registrations.append(functools.partial(_register, descriptor, servicer))
 
     def on_close(self, closer: Closer) -> None:
         """Closers run after the gRPC server and the background jobs stopped, last added first."""

@@ -3,8 +3,14 @@ and returns the normalised value, so a request reports all of its problems at on
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from services.common.errors import FieldErrors, InvalidArgument
 from services.common.ids import parse_uuid
@@ -42,3 +48,223 @@ def text(errors: FieldErrors, value: str, field: str, maximum: int) -> str:
     elif CONTROL_RE.search(value):
         errors.add(field, "must not contain control characters")
     return value
+
+
+# Hostile strings and out-of-range enums, checked in every request before any handler runs
+# (services.common.server): Postgres cannot store NUL (it would fail the statement, a 500), a lone
+# surrogate is not text, and proto3 enums are open, so a gRPC caller can send any number.
+
+# A protobuf string never holds a lone surrogate (the parser and the setters refuse what is not
+# UTF-8: see Undecodable below), so NUL is all the walk has to look for.
+_NUL = "\x00"
+NUL_OR_SURROGATE = "must not contain a NUL character or a lone surrogate"
+_STRING, _ENUM, _MESSAGE = 0, 1, 2
+
+
+class _Plan:
+    """What to check in one message type: by field number, the kind of check and its data."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self) -> None:
+        # number → (name, kind, repeated, map value plan or enum numbers or sub-plan, enum choices)
+        self.fields: dict[int, tuple[str, int, bool, Any, str]] = {}
+
+
+_PLANS: dict[str, _Plan | None] = {}
+
+
+def request_checker(descriptor: Descriptor) -> Callable[[Message], list[tuple[str, str]]] | None:
+    """The check of one request type, prepared once (None when the type holds no string or enum
+    at any depth: nothing to check). It returns the violations, named by proto field path."""
+    plan = _plan(descriptor)
+    if plan is None:
+        return None
+
+    def check(message: Message) -> list[tuple[str, str]]:
+        violations: list[tuple[str, str]] = []
+        _walk(message, plan, "", violations)
+        return violations
+
+    return check
+
+
+def _plan(descriptor: Descriptor) -> _Plan | None:
+    name = descriptor.full_name
+    if name in _PLANS:
+        return _PLANS[name]
+    plan = _PLANS[name] = _Plan()  # placed before the fields: recursive types (Struct) end here
+    for field in descriptor.fields:
+        repeated = field.is_repeated
+        if field.type == FieldDescriptor.TYPE_STRING:
+            plan.fields[field.number] = (field.name, _STRING, repeated, None, "")
+        elif field.type == FieldDescriptor.TYPE_ENUM:
+            enum = field.enum_type
+            choices = ", ".join(v.name for v in enum.values)
+            plan.fields[field.number] = (field.name, _ENUM, repeated, frozenset(enum.values_by_number), choices)
+        elif field.message_type is not None:
+            entry = field.message_type
+            if entry.GetOptions().map_entry:
+                # A map's keys and values are checked; a violation names the map field.
+                entry_plan = _plan(entry)
+                if entry_plan is not None:
+                    plan.fields[field.number] = (field.name, _MESSAGE, True, ("map", entry_plan), "")
+            else:
+                sub = _plan(entry)
+                if sub is not None:
+                    plan.fields[field.number] = (field.name, _MESSAGE, repeated, sub, "")
+    if not plan.fields:
+        _PLANS[name] = None
+        return None
+    return plan
+
+
+def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str, str]]) -> None:
+    # ListFields yields only what is set, so an empty request costs one call; paths are built
+    # only for what is reported or descended into.
+    fields = plan.fields
+    for field, value in message.ListFields():
+        entry = fields.get(field.number)
+        if entry is None:
+            continue
+        name, kind, repeated, data, choices = entry
+        if kind == _STRING:
+            if repeated:
+                for index, item in enumerate(value):
+                    if _NUL in item:
+                        violations.append((f"{prefix}{name}[{index}]", NUL_OR_SURROGATE))
+            elif _NUL in value:
+                violations.append((prefix + name, NUL_OR_SURROGATE))
+        elif kind == _ENUM:
+            if repeated:
+                for index, item in enumerate(value):
+                    if item not in data:
+                        violations.append((f"{prefix}{name}[{index}]", f"must be one of {choices}"))
+            elif value not in data:
+                violations.append((prefix + name, f"must be one of {choices}"))
+        elif isinstance(data, tuple):  # a map: its key and value, named by the map field
+            _walk_map(value, data[1], prefix + name, violations)
+        elif repeated:
+            for index, item in enumerate(value):
+                _walk(item, data, f"{prefix}{name}[{index}].", violations)
+        else:
+            _walk(value, data, f"{prefix}{name}.", violations)
+
+
+def _walk_map(container: Any, plan: _Plan, path: str, violations: list[tuple[str, str]]) -> None:
+    key_kind = plan.fields.get(1)
+    value_entry = plan.fields.get(2)
+    for key in container:
+        if key_kind is not None and isinstance(key, str) and _NUL in key:
+            violations.append((path, "must not have a key with a NUL character or a lone surrogate"))
+            continue
+        if value_entry is None:
+            continue
+        _, kind, _, data, choices = value_entry
+        value = container[key]
+        if kind == _STRING and _NUL in value:
+            violations.append((path, NUL_OR_SURROGATE))
+        elif kind == _ENUM and value not in data:
+            violations.append((path, f"must be one of {choices}"))
+        elif kind == _MESSAGE:
+            _walk(value, data, path + ".", violations)
+
+
+# Requests protobuf cannot parse. grpc answers a deserializer's exception with UNKNOWN and the
+# exception's class in the message; over gRPC the usual cause is a string that is not UTF-8 (how a
+# lone surrogate arrives: its 3-byte encoding), which SPEC §3 wants as INVALID_ARGUMENT naming it.
+
+
+class Undecodable:
+    """What the request deserializer hands the handler wrapper instead of raising."""
+
+    __slots__ = ("data", "descriptor")
+
+    def __init__(self, descriptor: Descriptor, data: bytes) -> None:
+        self.descriptor = descriptor
+        self.data = data
+
+    def error(self) -> InvalidArgument:
+        violations = undecodable_fields(self.descriptor, self.data)
+        if not violations:
+            return InvalidArgument(f"the request is not a valid {self.descriptor.full_name} message")
+        fields = ", ".join(dict.fromkeys(f for f, _ in violations))
+        return InvalidArgument(f"the request has invalid fields: {fields}", violations=violations)
+
+
+def lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
+    parse = message_class.FromString
+    descriptor = message_class.DESCRIPTOR
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return Undecodable(descriptor, data)
+
+    return deserialize
+
+
+NOT_UTF8 = "is not valid UTF-8 (a lone surrogate or a broken sequence)"
+
+
+class _Malformed(Exception):
+    pass
+
+
+def undecodable_fields(descriptor: Descriptor, data: bytes) -> list[tuple[str, str]]:
+    """The string fields of an unparsable message whose bytes are not UTF-8, found by reading its
+    wire format; empty when the message is broken in another way (truncated, bad tags)."""
+    violations: list[tuple[str, str]] = []
+    with contextlib.suppress(_Malformed, IndexError):  # what was found before the break still counts
+        _scan(descriptor, data, "", violations, 0)
+    return violations
+
+
+def _scan(descriptor: Descriptor, data: bytes, prefix: str, violations: list[tuple[str, str]], depth: int) -> None:
+    position, end = 0, len(data)
+    seen: dict[int, int] = {}
+    while position < end:
+        key, position = _varint(data, position)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, position = _varint(data, position)
+        elif wire_type == 1:
+            position += 8
+        elif wire_type == 5:
+            position += 4
+        elif wire_type == 2:
+            length, position = _varint(data, position)
+            chunk = data[position : position + length]
+            position += length
+            if position > end:
+                raise _Malformed
+            field = descriptor.fields_by_number.get(number)
+            if field is None:
+                continue
+            index = seen[number] = seen.get(number, -1) + 1
+            path = prefix + field.name + (f"[{index}]" if field.is_repeated else "")
+            if field.type == FieldDescriptor.TYPE_STRING:
+                try:
+                    chunk.decode("utf-8")  # strict: refuses encoded surrogates, as protobuf does
+                except UnicodeDecodeError:
+                    violations.append((path, NOT_UTF8))
+            elif field.message_type is not None and depth < 32:
+                _scan(field.message_type, chunk, path + ".", violations, depth + 1)
+        else:
+            raise _Malformed  # groups (not in proto3) or garbage
+        if position > end:
+            raise _Malformed
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, position
+        shift += 7
+        if shift > 63:
+            raise _Malformed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from capsule.recipients.v1 import recipients_pb2, recipients_pb2_grpc, relationships_pb2, relationships_pb2_grpc
+from capsule.recipients.v1 import recipients_pb2, relationships_pb2
 
 from services.common import idempotency
 from services.common.cache import Cache
@@ -55,12 +55,10 @@ async def serve() -> None:
     host.add_service(
         recipients_pb2.DESCRIPTOR.services_by_name["RecipientsService"],
         RecipientsHandlers(relationships, AddressBook(db), authenticator),
-        recipients_pb2_grpc.add_RecipientsServiceServicer_to_server,
     )
     host.add_service(
         relationships_pb2.DESCRIPTOR.services_by_name["RelationshipService"],
         RelationshipHandlers(relationships, authenticator),
-        relationships_pb2_grpc.add_RelationshipServiceServicer_to_server,
     )
     logging.getLogger(__name__).info(
         "recipients service configured", extra={"fields": {"auth_target": settings.auth_target}}
