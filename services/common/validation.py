@@ -96,6 +96,10 @@ def _plan(descriptor: Descriptor) -> _Plan | None:
     plan = _PLANS[name] = _Plan()  # placed before the fields: recursive types (Struct) end here
     for field in descriptor.fields:
         repeated = field.is_repeated
+        if field.name == "page_token":
+            # Opaque and signed (services/common/pagination.py): anything we did not issue, NUL
+            # included, is MALFORMED_PAGE_TOKEN there (SPEC §3), before any SQL.
+            continue
         if field.type == FieldDescriptor.TYPE_STRING:
             plan.fields[field.number] = (field.name, _STRING, repeated, None, "")
         elif field.type == FieldDescriptor.TYPE_ENUM:

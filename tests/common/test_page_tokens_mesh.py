@@ -108,6 +108,9 @@ async def test_an_edited_token_is_refused(client: httpx.AsyncClient) -> None:
         edited = token[:at] + ("A" if token[at] != "A" else "B") + token[at + 1 :]
         answer = await client.get("/v1/recipients", params={"pageToken": edited}, headers=bearer(a))
         assert_problem(answer, 400, "MALFORMED_PAGE_TOKEN", ["pageToken"])
+    # A NUL character is a token we never issued too (not the generic string rule's INVALID_FIELDS).
+    nul = await client.get("/v1/recipients", params={"pageToken": token[:5] + "\x00" + token[5:]}, headers=bearer(a))
+    assert_problem(nul, 400, "MALFORMED_PAGE_TOKEN", ["pageToken"])
 
 
 @pytest.mark.parametrize(("path", "params", "token"), HOSTILE)
