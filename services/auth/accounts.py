@@ -105,16 +105,20 @@ class Accounts:
         idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
 
-        # Hash before looking anything up: the answer takes as long whether or not the email exists.
-        password_hash = await self.passwords.hash(password)
         request_hash = hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).digest()
         claim = {"operation": "signup", "caller": fields["email"].lower(), "key": idempotency_key or ""}
+        # Hash before looking anything up: the answer takes as long whether or not the email exists.
+        # With a key, the key is claimed first: retries of a slow sign-up come in bursts, and each
+        # one then waits on the key's row (no CPU) until the first commits, and signs in to what it
+        # created (one argon2 run) instead of hashing a password that will never be stored.
+        password_hash = "" if idempotency_key else await self.passwords.hash(password)
         try:
             async with self.db.write() as conn:
                 prior = None
                 if idempotency_key:
                     prior = await idempotency.claim(conn, **claim, request_hash=request_hash)
                 if prior is None:
+                    password_hash = password_hash or await self.passwords.hash(password)
                     user = await storage.insert_user(conn, id=new_id(), password_hash=password_hash, **fields)
                     if idempotency_key:
                         await idempotency.record_result(conn, **claim, result_id=user.id)

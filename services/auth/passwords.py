@@ -7,6 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from prometheus_client import Counter
+
+# Each run costs tens of milliseconds of a core (memory-hard by design): the auth service's main
+# CPU cost, and what a flood of log-ins or retried sign-ups would spend.
+ARGON2_RUNS = Counter("auth_argon2_runs_total", "argon2id computations", ["op"])
+_HASHES = ARGON2_RUNS.labels("hash")
+_VERIFIES = ARGON2_RUNS.labels("verify")
 
 
 class Passwords:
@@ -20,6 +27,7 @@ class Passwords:
         self._dummy_hash = self._hasher.hash("not a real password, only spends the same time")
 
     async def hash(self, password: str) -> str:
+        _HASHES.inc()
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
@@ -32,6 +40,7 @@ class Passwords:
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 return False
 
+        _VERIFIES.inc()
         ok = await asyncio.get_running_loop().run_in_executor(self._pool, check)
         return ok and password_hash is not None
 

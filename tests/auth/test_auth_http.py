@@ -7,7 +7,9 @@ SPEC §3 and a problem+json body that names the field.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+
+from launcher.stack import Stack
 
 PASSWORD = "correct horse battery"
 
@@ -125,6 +129,33 @@ async def test_sign_up_with_an_idempotency_key_creates_one_account(client: httpx
     assert_problem(other, 409, "IDEMPOTENCY_KEY_REUSED", ["idempotencyKey"])
     wrong_password = await client.post("/v1/auth:signup", json={**body, "password": "another password"}, headers=key)
     assert_problem(wrong_password, 409, "IDEMPOTENCY_KEY_REUSED")
+
+
+def argon2_runs(stack: Stack) -> int:
+    """argon2id computations of every auth instance so far (their /metrics)."""
+    total = 0
+    for instance in stack.instances["auth"]:
+        with urllib.request.urlopen(f"http://{instance.admin_address}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        total += sum(int(float(v)) for v in re.findall(r"auth_argon2_runs_total\{[^}]*\} (\S+)", text))
+    return total
+
+
+async def test_twenty_parallel_sign_ups_with_one_key_wait_for_the_first(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    """Retries of one sign-up in a burst (a client on a bad network): the first creates the
+    account; the others wait for it on the key and sign in to it — one argon2 run each, not two
+    (a hash that would never be stored, then the check). With real argon2 costs the doubled work
+    queued past Envoy's 5 s per try and most of them answered 503."""
+    name = unique()
+    body = {"email": f"{name}@example.com", "username": name, "password": PASSWORD}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    before = await asyncio.to_thread(argon2_runs, stack)
+    responses = await asyncio.gather(*(client.post("/v1/auth:signup", json=body, headers=key) for _ in range(20)))
+    assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses if r.status_code != 200]
+    assert len({r.json()["user"]["id"] for r in responses}) == 1
+    assert await asyncio.to_thread(argon2_runs, stack) - before == 20  # 1 hash + 19 checks
 
 
 # --- log-in, refresh, log-out -------------------------------------------------------------------
