@@ -179,6 +179,12 @@ class RevokedSessions:
             now = self._clock()
             self._sids = {sid: t for sid, t in self._sids.items() if t > now}
 
+    @property
+    def complete(self) -> bool:
+        """Whether the sids held here are every revocation in Redis (reloaded since the feed's
+        last subscription): then a sid not held here is not revoked, without asking Redis."""
+        return self._complete and self._feed.healthy
+
     async def is_revoked(self, session_id: str) -> bool:
         trusted = await self._feed.catch_up()
         if session_id in self._sids:
