@@ -107,7 +107,7 @@ class LoginLimits:
         self._fail = client.register_script(_FAIL)
 
     def _keys(self, account: str, ip: str) -> list[str]:
-        return [f"{self._prefix}login-failures:account:{account}", f"{self._prefix}login-failures:ip:{ip}"]
+        return [f"{self._prefix}login-failures:account:{account}", f"{self._prefix}login-failures:ip:{_ip_key(ip)}"]
 
     async def check(self, account: str, ip: str) -> None:
         """Raises TooManyFailures when either limit is reached; before any password work."""
@@ -159,6 +159,14 @@ def _peer_address(peer: str) -> str:
     if kind == "ipv6":
         return rest.rsplit(":", 1)[0].strip("[]")
     return peer or "unknown"
+
+
+def _ip_key(ip: str) -> str:
+    """IPv6 per /64 (one host usually holds the whole /64, as the gateway's limiter assumes)."""
+    parsed = _parse(ip)
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return ip
 
 
 def _parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
