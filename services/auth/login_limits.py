@@ -26,6 +26,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -99,10 +100,16 @@ class TooManyFailures(ResourceExhausted):
 
 
 class LoginLimits:
-    def __init__(self, client: redis.Redis, prefix: str, settings: LoginLimitSettings) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, settings: LoginLimitSettings, *, backoff_seconds: float = 1.0
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._settings = settings
+        # After a Redis failure, Redis is skipped for a while: a frozen one must not cost every
+        # log-in a timeout.
+        self._backoff = backoff_seconds
+        self._down_until = 0.0
         self._check = client.register_script(_CHECK)
         self._fail = client.register_script(_FAIL)
 
@@ -112,11 +119,13 @@ class LoginLimits:
     async def check(self, account: str, ip: str) -> None:
         """Raises TooManyFailures when either limit is reached; before any password work."""
         s = self._settings
+        if time.monotonic() < self._down_until:
+            LOGIN_UNCHECKED.inc()
+            return
         try:
             wait_ms = int(await self._check(keys=self._keys(account, ip), args=[s.account_failures, s.ip_failures]))
         except (RedisError, OSError) as exc:
-            LOGIN_UNCHECKED.inc()
-            log.warning("log-in limits not checked", extra={"fields": {"error": str(exc)}})
+            self._unavailable(exc, "log-in limits not checked")
             return
         if wait_ms > 0:
             LOGIN_REFUSED.labels("login").inc()
@@ -125,13 +134,21 @@ class LoginLimits:
             )
 
     async def failed(self, account: str, ip: str) -> None:
+        if time.monotonic() < self._down_until:
+            return
         try:
             await self._fail(keys=self._keys(account, ip), args=[self._settings.window_seconds * 1000])
         except (RedisError, OSError) as exc:
-            LOGIN_UNCHECKED.inc()
-            log.warning("log-in failure not counted", extra={"fields": {"error": str(exc)}})
+            self._unavailable(exc, "log-in failure not counted")
+
+    def _unavailable(self, exc: BaseException, what: str) -> None:
+        LOGIN_UNCHECKED.inc()
+        self._down_until = time.monotonic() + self._backoff
+        log.warning(what, extra={"fields": {"error": str(exc)}})
 
     async def succeeded(self, account: str) -> None:
+        if time.monotonic() < self._down_until:
+            return
         with contextlib.suppress(RedisError, OSError):  # else the count runs out with its window
             await self._client.delete(self._keys(account, "")[0])
 
