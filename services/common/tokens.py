@@ -1,7 +1,10 @@
 """Access-token verification, done locally by every service with the auth service's public key.
 
 Access tokens are Ed25519-signed JWTs (SPEC §3). A verified token is remembered until it expires,
-so a client's repeated calls cost one dictionary look-up instead of a signature check each.
+so a client's repeated calls cost one dictionary look-up instead of a signature check each. A
+valid signature is not enough: the token's session must not have ended (RevokedSessions, a set
+look-up) and its account must exist (KnownCallers, a dictionary look-up once found); both are
+checked on every call, after the verified-token cache (Authenticator).
 """
 
 from __future__ import annotations
@@ -188,7 +191,7 @@ class RevokedSessions:
     async def is_revoked(self, session_id: str) -> bool:
         trusted = await self._feed.catch_up()
         if session_id in self._sids:
-            return True  # kept until its tokens expire: a token found here is expired anyway after
+            return True  # (an entry outliving its `until` only matches tokens already expired)
         if trusted and self._complete:
             return False
         if time.monotonic() < self._down_until:
