@@ -70,6 +70,11 @@ TEST_RATE_LIMITS = {
     "GATEWAY_RATELIMIT_LOGIN": "100000/60",
 }
 
+# The auth service's own log-in failure limits (SPEC §3): the suite fails log-ins from 127.0.0.1
+# all day, so the per-IP one is raised like the gateway's; the per-account one stays (10), no test
+# fails one account's log-in that often. Tests of the limits start auth instances with small ones.
+TEST_LOGIN_LIMITS = {"LOGIN_FAILURES_PER_IP": "100000"}
+
 
 @dataclass(frozen=True)
 class StackSettings:
@@ -120,10 +125,11 @@ class StackSettings:
 
     @classmethod
     def for_tests(cls, infra: Infra, keys: KeyPair, *, work_dir: Path, **overrides: Any) -> StackSettings:
-        """Free ports, a unique database suffix and cache prefix, light argon2, high rate limits,
+        """Free ports, a unique database suffix and cache prefix, light argon2, high rate limits
+        (the gateway's, and the auth service's per-IP log-in limit),
         databases dropped. `service_env` / `gateway_env` overrides are added to the test defaults."""
         token = uuid.uuid4().hex[:10]
-        overrides["service_env"] = {**TEST_ARGON2, **overrides.get("service_env", {})}
+        overrides["service_env"] = {**TEST_ARGON2, **TEST_LOGIN_LIMITS, **overrides.get("service_env", {})}
         overrides["gateway_env"] = {**TEST_RATE_LIMITS, **overrides.get("gateway_env", {})}
         base = cls(
             infra=infra,

@@ -21,6 +21,7 @@ import sqlalchemy.exc
 
 from services.auth import rules, storage
 from services.auth.blocklist import BlockList
+from services.auth.login_limits import LoginLimits
 from services.auth.passwords import Passwords
 from services.auth.sessions import (
     AccessTokenIssuer,
@@ -64,6 +65,8 @@ class Accounts:
         search_ttl_seconds: int,
         profile_changed: Callable[[uuid.UUID], Awaitable[None]],
         kept_users: KeptCopies[UserRecord],
+        session_ended: Callable[[uuid.UUID], Awaitable[None]],
+        login_limits: LoginLimits,
     ) -> None:
         self.db = db
         self.cache = cache
@@ -77,6 +80,9 @@ class Accounts:
         # every auth instance, which keeps users too (GetMe, GetUsers: no Redis round trip).
         self.profile_changed = profile_changed
         self.kept = kept_users
+        # Ends a session's access tokens in every service (sessions.SessionRevoker).
+        self.session_ended = session_ended
+        self.login_limits = login_limits
 
     # --- sign-up and log-in ------------------------------------------------------------------
 
@@ -136,7 +142,7 @@ class Accounts:
         async with self.db.write() as conn:
             return await self._start_session(conn, credentials.user)
 
-    async def log_in(self, *, email: str, username: str, password: str) -> Session:
+    async def log_in(self, *, email: str, username: str, password: str, client_ip: str) -> Session:
         errors = FieldErrors()
         if email:
             email = rules.email(errors, email)
@@ -150,9 +156,17 @@ class Accounts:
 
         async with self.db.read() as conn:
             credentials = await storage.credentials(conn, email=email, username=username)
+        # One count per account however it is named (login_limits.py), checked before Argon2.
+        if credentials is not None:
+            account = str(credentials.user.id)
+        else:
+            account = f"email:{email.lower()}" if email else f"username:{username.lower()}"
+        await self.login_limits.check(account, client_ip)
         ok = await self.passwords.verify(credentials.password_hash if credentials else None, password)
         if not ok or credentials is None:
+            await self.login_limits.failed(account, client_ip)
             raise Unauthenticated("wrong email, username or password", reason="INVALID_CREDENTIALS")
+        await self.login_limits.succeeded(account)
         async with self.db.write() as conn:
             if self.passwords.needs_rehash(credentials.password_hash):
                 await storage.set_password_hash(conn, credentials.user.id, await self.passwords.hash(password))
@@ -166,6 +180,7 @@ class Accounts:
         if not looks_like_refresh_token(refresh_token):
             raise _invalid_refresh()
         failure: Unauthenticated | None = None
+        ended: uuid.UUID | None = None
         async with self.db.write() as conn:
             row = await storage.lock_refresh_token(conn, refresh_token_hash(refresh_token))
             if row is None or row.revoked_at is not None:
@@ -177,6 +192,7 @@ class Accounts:
                     "this refresh token was already used; the session is revoked, log in again",
                     reason="REFRESH_TOKEN_REUSED",
                 )
+                ended = row.family_id
             elif row.expires_at <= datetime.now(UTC):
                 failure = Unauthenticated("the refresh token has expired; log in again", reason="TOKEN_EXPIRED")
             else:
@@ -186,7 +202,10 @@ class Accounts:
                 else:
                     await storage.mark_refresh_token_used(conn, row.id)
                     return await self._start_session(conn, user, family_id=row.family_id)
-        # Raised after the transaction committed, so a reuse's revocation is kept.
+        # Raised after the transaction committed, so a reuse's revocation is kept; the access
+        # tokens of the session end with it.
+        if ended is not None:
+            await self.session_ended(ended)
         raise failure
 
     async def log_out(self, refresh_token: str) -> None:
@@ -198,6 +217,9 @@ class Accounts:
             family_id = await storage.family_of(conn, refresh_token_hash(refresh_token))
             if family_id is not None:
                 await storage.revoke_family(conn, family_id)
+        # After the commit: the session's access tokens are refused everywhere before this answers.
+        if family_id is not None:
+            await self.session_ended(family_id)
 
     async def _start_session(self, conn: object, user: UserRecord, family_id: uuid.UUID | None = None) -> Session:
         family_id = family_id or new_id()
@@ -218,6 +240,10 @@ class Accounts:
         )
 
     # --- profiles ---------------------------------------------------------------------------
+
+    async def exists(self, caller: Caller) -> bool:
+        """Whether the caller's account exists (tokens.KnownCallers)."""
+        return await self._profile(caller.user_id) is not None
 
     async def me(self, caller: Caller) -> UserRecord:
         user = await self._profile(caller.user_id)

@@ -11,8 +11,9 @@ from capsule.auth.v1 import auth_pb2
 from services.auth.accounts import Accounts
 from services.auth.blocklist import BlockList, NobodyBlocked, RecipientsBlockList
 from services.auth.handlers import AuthHandlers
+from services.auth.login_limits import LoginLimits
 from services.auth.passwords import Passwords
-from services.auth.sessions import AccessTokenIssuer, load_private_key
+from services.auth.sessions import AccessTokenIssuer, SessionRevoker, load_private_key
 from services.auth.settings import AuthSettings
 from services.auth.storage import UserRecord, refresh_tokens_purge
 from services.common import idempotency
@@ -26,7 +27,14 @@ from services.common.people import profile_channel, publish_profile_change
 from services.common.purge import Purger
 from services.common.server import ServiceHost
 from services.common.settings import page_token_keys
-from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
+from services.common.tokens import (
+    LEEWAY_SECONDS,
+    AccessTokenVerifier,
+    Authenticator,
+    KnownCallers,
+    RevokedSessions,
+    load_public_key,
+)
 
 
 async def serve() -> None:
@@ -53,7 +61,11 @@ async def serve() -> None:
     kept_users: KeptCopies[UserRecord] = KeptCopies(
         feed, profile_channel(common.mesh_prefix), "user_copy", ttl_seconds=settings.profile_cache_ttl_seconds
     )
+    # An ended session's entry lives as long as any access token of it can: a lifetime (+ skew).
+    revocation_keep = settings.access_token_ttl_seconds + LEEWAY_SECONDS
+    revoked = RevokedSessions(feed, cache.client, common.mesh_prefix)
     feed.start()
+    host.on_close(revoked.close)
     host.on_close(feed.close)
     host.on_close(db.close)
     host.on_close(cache.close)
@@ -81,11 +93,13 @@ async def serve() -> None:
         search_ttl_seconds=settings.search_cache_ttl_seconds,
         profile_changed=functools.partial(publish_profile_change, publisher, common.mesh_prefix),
         kept_users=kept_users,
+        session_ended=SessionRevoker(cache.client, publisher, revoked, common.mesh_prefix, revocation_keep).revoke,
+        login_limits=LoginLimits(cache.client, common.cache_prefix, settings.login_limits),
     )
     if common.purge.enabled:
         targets = [idempotency.PURGE, refresh_tokens_purge(settings.refresh_token_retention_seconds)]
         host.add_background("purge", Purger(db, targets, common.purge).run)
-    handlers = AuthHandlers(accounts, Authenticator(verifier))
+    handlers = AuthHandlers(accounts, Authenticator(verifier, revoked, KnownCallers(accounts.exists)))
     host.add_service(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], handlers)
     logging.getLogger(__name__).info(
         "auth service configured", extra={"fields": {"block_list": type(block_list).__name__}}

@@ -35,7 +35,12 @@ class AuthHandlers(auth_pb2_grpc.AuthServiceServicer):
         return _session(session)
 
     async def LogIn(self, request: auth_pb2.LogInRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Session:
-        session = await self.accounts.log_in(email=request.email, username=request.username, password=request.password)
+        session = await self.accounts.log_in(
+            email=request.email,
+            username=request.username,
+            password=request.password,
+            client_ip=self.accounts.login_limits.client_ip(context.invocation_metadata() or (), context.peer()),
+        )
         return _session(session)
 
     async def Refresh(self, request: auth_pb2.RefreshRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Session:
@@ -46,11 +51,11 @@ class AuthHandlers(auth_pb2_grpc.AuthServiceServicer):
         return empty_pb2.Empty()
 
     async def GetMe(self, request: auth_pb2.GetMeRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         return _user(await self.accounts.me(caller))
 
     async def UpdateMe(self, request: auth_pb2.UpdateMeRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         u = request.user
         values = {
             "username": u.username,
@@ -71,14 +76,14 @@ class AuthHandlers(auth_pb2_grpc.AuthServiceServicer):
     async def GetUsers(
         self, request: auth_pb2.GetUsersRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.GetUsersResponse:
-        self.auth.require(context)
+        await self.auth.require(context)
         users = await self.accounts.profiles(list(request.ids))
         return auth_pb2.GetUsersResponse(users=[public_profile(u) for u in users])
 
     async def SearchUsers(
         self, request: auth_pb2.SearchUsersRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.SearchUsersResponse:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         page = await self.accounts.search(caller, request.query, request.page_size, request.page_token)
         users = [public_profile(h) for h in page.rows]
         return auth_pb2.SearchUsersResponse(users=users, next_page_token=page.next_page_token)

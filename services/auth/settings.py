@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from services.auth.login_limits import LoginLimitSettings, parse_networks
 from services.common.settings import ServiceSettings, env_int, env_str
+
+# The mesh's own hops (Envoy, the gateway) live on private networks; their x-forwarded-for names the
+# client. A caller from elsewhere is keyed by its own address.
+DEFAULT_TRUSTED_PROXIES = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,8 @@ class AuthSettings:
     # How long the refresh tokens of a session that ended (its last token expired or revoked) are
     # kept before the purge removes them all (storage.refresh_tokens_purge).
     refresh_token_retention_seconds: int = 7 * 24 * 3600
+    # Log-in failure limits (login_limits.py): per account, per client IP, in one window.
+    login_limits: LoginLimitSettings = field(default_factory=LoginLimitSettings)
 
     @classmethod
     def from_env(cls) -> AuthSettings:
@@ -37,4 +44,10 @@ class AuthSettings:
             argon2_parallelism=env_int("ARGON2_PARALLELISM", 4),
             recipients_target=env_str("RECIPIENTS_TARGET", ""),
             refresh_token_retention_seconds=env_int("REFRESH_TOKEN_RETENTION_SECONDS", 7 * 24 * 3600),
+            login_limits=LoginLimitSettings(
+                account_failures=env_int("LOGIN_FAILURES_PER_ACCOUNT", 10),
+                ip_failures=env_int("LOGIN_FAILURES_PER_IP", 100),
+                window_seconds=env_int("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60),
+                trusted_proxies=parse_networks(env_str("AUTH_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES)),
+            ),
         )

@@ -23,7 +23,13 @@ from services.common.people import AuthDirectory, CachedDirectory
 from services.common.purge import Purger
 from services.common.server import ServiceHost
 from services.common.settings import page_token_keys
-from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
+from services.common.tokens import (
+    AccessTokenVerifier,
+    Authenticator,
+    KnownCallers,
+    RevokedSessions,
+    load_public_key,
+)
 
 
 async def serve() -> None:
@@ -43,13 +49,16 @@ async def serve() -> None:
         AuthDirectory(settings.auth_target, settings.call_timeout_seconds), feed, common.mesh_prefix
     )
     pages = PageCopies(feed, publisher, common.mesh_prefix, ttl_seconds=settings.capsule_cache_ttl_seconds)
+    # Ended sessions (log-out), told by auth on the same feed; checked with every token.
+    revoked = RevokedSessions(feed, cache.client, common.mesh_prefix)
     feed.start()
     recipients = RecipientsClient(settings.recipients_target, settings.call_timeout_seconds)
 
     verifier = AccessTokenVerifier(
         load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience
     )
-    authenticator = Authenticator(verifier)
+    # A caller is refused unless its account exists: one look-up in the kept profiles, usually.
+    authenticator = Authenticator(verifier, revoked, KnownCallers(directory.exists))
     capsules = Capsules(
         db=db,
         cache=cache,
@@ -85,6 +94,7 @@ async def serve() -> None:
     host.on_close(db.close)
     host.on_close(cache.close)
     host.on_close(directory.close)
+    host.on_close(revoked.close)
     host.on_close(feed.close)
     host.on_close(publisher.close)
     host.on_close(recipients.close)

@@ -35,7 +35,7 @@ class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
         self.auth = authenticator
 
     async def CreateCapsule(self, request: pb.CreateCapsuleRequest, context: Context) -> pb.Capsule:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         seen = await self.capsules.create(
             caller,
             recipient_id=request.recipient_id,
@@ -50,7 +50,7 @@ class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
         return _capsule(seen)
 
     async def ListCapsules(self, request: pb.ListCapsulesRequest, context: Context) -> pb.ListCapsulesResponse:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         page = await self.capsules.list_box(
             caller,
             box="outbox" if request.box == pb.BOX_OUTBOX else "inbox",
@@ -64,7 +64,7 @@ class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
         return response
 
     async def GetInboxSummary(self, request: pb.GetInboxSummaryRequest, context: Context) -> pb.InboxSummary:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         summary = await self.capsules.summary(caller)
         message = pb.InboxSummary(
             sealed=summary.sealed, ready=summary.ready, opened=summary.opened, total=summary.total
@@ -74,11 +74,11 @@ class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
         return message
 
     async def GetCapsule(self, request: pb.GetCapsuleRequest, context: Context) -> pb.Capsule:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         return _capsule(await self.capsules.get(caller, request.id))
 
     async def UpdateCapsule(self, request: pb.UpdateCapsuleRequest, context: Context) -> pb.Capsule:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         c = request.capsule
         values: dict[str, Any] = {
             "title": c.title,
@@ -90,12 +90,12 @@ class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
         return _capsule(seen)
 
     async def DeleteCapsule(self, request: pb.DeleteCapsuleRequest, context: Context) -> empty_pb2.Empty:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         await self.capsules.delete(caller, request.id)
         return empty_pb2.Empty()
 
     async def OpenCapsule(self, request: pb.OpenCapsuleRequest, context: Context) -> pb.Capsule:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         return _capsule(await self.capsules.open(caller, request.id))
 
 

@@ -30,7 +30,7 @@ from capsule.common.v1 import common_pb2
 
 from services.common.changefeed import ChangeFeed, Publisher
 from services.common.clients import call_timeout, channel, forward_metadata
-from services.common.errors import Unavailable
+from services.common.errors import Unauthenticated, Unavailable
 from services.common.kept import KeptCopies
 from services.common.logs import request_id_var
 from services.common.tokens import Caller
@@ -103,6 +103,10 @@ class AuthDirectory:
                 metadata=forward_metadata(caller.token, request_id_var.get()),
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                # Auth refused the caller's own token (its session ended, its account is gone):
+                # so do we, rather than blame the mesh.
+                raise Unauthenticated(exc.details() or "the access token is not valid", reason="TOKEN_INVALID") from exc
             raise Unavailable(f"cannot look users up right now ({exc.code().name})") from exc
         found: dict[uuid.UUID, Profile] = {}
         for user in response.users:
@@ -170,6 +174,10 @@ class CachedDirectory:
             self._copies.keep(loaded, mark)
             found.update(loaded)
         return found
+
+    async def exists(self, caller: Caller) -> bool:
+        """Whether the caller's own account exists (tokens.KnownCallers): usually a kept copy."""
+        return caller.user_id in await self.profiles(caller, [caller.user_id])
 
     async def close(self) -> None:
         await self._inner.close()

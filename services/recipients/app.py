@@ -16,7 +16,13 @@ from services.common.people import AuthDirectory, CachedDirectory
 from services.common.purge import Purger
 from services.common.server import ServiceHost
 from services.common.settings import page_token_keys
-from services.common.tokens import AccessTokenVerifier, Authenticator, load_public_key
+from services.common.tokens import (
+    AccessTokenVerifier,
+    Authenticator,
+    KnownCallers,
+    RevokedSessions,
+    load_public_key,
+)
 from services.recipients.address_book import AddressBook
 from services.recipients.handlers import RecipientsHandlers, RelationshipHandlers
 from services.recipients.relationships import Relationships
@@ -37,10 +43,13 @@ async def serve() -> None:
     directory = CachedDirectory(
         AuthDirectory(settings.auth_target, settings.auth_timeout_seconds), feed, common.mesh_prefix
     )
+    # Ended sessions (log-out), told by auth on the same feed; checked with every token.
+    revoked = RevokedSessions(feed, cache.client, common.mesh_prefix)
     feed.start()
     host.on_close(db.close)
     host.on_close(cache.close)
     host.on_close(directory.close)
+    host.on_close(revoked.close)
     host.on_close(feed.close)
     if common.purge.enabled:
         host.add_background("purge", Purger(db, [idempotency.PURGE], common.purge).run)
@@ -48,7 +57,8 @@ async def serve() -> None:
     verifier = AccessTokenVerifier(
         load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience
     )
-    authenticator = Authenticator(verifier)
+    # A caller is refused unless its account exists: one look-up in the kept profiles, usually.
+    authenticator = Authenticator(verifier, revoked, KnownCallers(directory.exists))
     relationships = Relationships(
         db=db, cache=cache, directory=directory, ttl_seconds=settings.relationship_cache_ttl_seconds
     )

@@ -46,7 +46,7 @@ class RecipientsHandlers(recipients_pb2_grpc.RecipientsServiceServicer):
     async def SendConnectionRequest(
         self, request: pb.SendConnectionRequestRequest, context: Context
     ) -> pb.ConnectionRequest:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         row = await self.relationships.send(
             caller, request.to_user_id, request.message, metadata_value(context, "idempotency-key")
         )
@@ -55,7 +55,7 @@ class RecipientsHandlers(recipients_pb2_grpc.RecipientsServiceServicer):
     async def ListConnectionRequests(
         self, request: pb.ListConnectionRequestsRequest, context: Context
     ) -> pb.ListConnectionRequestsResponse:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         page = await self.relationships.list_requests(
             caller,
             incoming=request.direction != pb.DIRECTION_OUTGOING,
@@ -69,53 +69,53 @@ class RecipientsHandlers(recipients_pb2_grpc.RecipientsServiceServicer):
     async def AcceptConnectionRequest(
         self, request: pb.AcceptConnectionRequestRequest, context: Context
     ) -> pb.ConnectionRequest:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         return _request(await self.relationships.accept(caller, request.id))
 
     async def DeclineConnectionRequest(
         self, request: pb.DeclineConnectionRequestRequest, context: Context
     ) -> pb.ConnectionRequest:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         return _request(await self.relationships.decline(caller, request.id, request.reason))
 
     async def CancelConnectionRequest(
         self, request: pb.CancelConnectionRequestRequest, context: Context
     ) -> pb.ConnectionRequest:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         return _request(await self.relationships.cancel(caller, request.id))
 
     # --- connections and blocks ----------------------------------------------------------------
 
     async def ListConnections(self, request: pb.ListConnectionsRequest, context: Context) -> pb.ListConnectionsResponse:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         page = await self.relationships.list_connections(caller, request.page_size, request.page_token)
         return pb.ListConnectionsResponse(
             connections=[_connection(c) for c in page.rows], next_page_token=page.next_page_token
         )
 
     async def RemoveConnection(self, request: pb.RemoveConnectionRequest, context: Context) -> empty_pb2.Empty:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         await self.relationships.remove_connection(caller, request.user_id)
         return empty_pb2.Empty()
 
     async def ListBlocks(self, request: pb.ListBlocksRequest, context: Context) -> pb.ListBlocksResponse:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         page = await self.relationships.list_blocks(caller, request.page_size, request.page_token)
         return pb.ListBlocksResponse(blocks=[_block(b) for b in page.rows], next_page_token=page.next_page_token)
 
     async def BlockUser(self, request: pb.BlockUserRequest, context: Context) -> pb.Block:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         return _block(await self.relationships.block(caller, request.user_id))
 
     async def UnblockUser(self, request: pb.UnblockUserRequest, context: Context) -> empty_pb2.Empty:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         await self.relationships.unblock(caller, request.user_id)
         return empty_pb2.Empty()
 
     # --- recipients ----------------------------------------------------------------------------
 
     async def ListRecipients(self, request: pb.ListRecipientsRequest, context: Context) -> pb.ListRecipientsResponse:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         page = await self.book.list(
             caller, query=request.query, requested_size=request.page_size, token=request.page_token
         )
@@ -124,25 +124,25 @@ class RecipientsHandlers(recipients_pb2_grpc.RecipientsServiceServicer):
         )
 
     async def CreateRecipient(self, request: pb.CreateRecipientRequest, context: Context) -> pb.Recipient:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         row = await self.book.create(
             caller, name=request.name, email=request.email, linked_user_id=request.linked_user_id
         )
         return _recipient(row)
 
     async def GetRecipient(self, request: pb.GetRecipientRequest, context: Context) -> pb.Recipient:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         return _recipient(await self.book.get(caller, request.id))
 
     async def UpdateRecipient(self, request: pb.UpdateRecipientRequest, context: Context) -> pb.Recipient:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         r = request.recipient
         values = {"name": r.name, "email": r.email, "linked_user_id": r.linked_user_id}
         row = await self.book.update(caller, request.id, values, list(request.update_mask.paths))
         return _recipient(row)
 
     async def DeleteRecipient(self, request: pb.DeleteRecipientRequest, context: Context) -> empty_pb2.Empty:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         await self.book.delete(caller, request.id)
         return empty_pb2.Empty()
 
@@ -157,14 +157,14 @@ class RelationshipHandlers(relationships_pb2_grpc.RelationshipServiceServicer):
     async def ListBlockedUserIds(
         self, request: relationships_pb2.ListBlockedUserIdsRequest, context: Context
     ) -> relationships_pb2.ListBlockedUserIdsResponse:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         users = await self.relationships.blocked_with(caller, request.user_id)
         return relationships_pb2.ListBlockedUserIdsResponse(user_ids=[str(u) for u in users])
 
     async def GetRelationship(
         self, request: relationships_pb2.GetRelationshipRequest, context: Context
     ) -> relationships_pb2.GetRelationshipResponse:
-        caller = self.auth.require(context)
+        caller = await self.auth.require(context)
         answer = await self.relationships.relationship(caller, request.user_id, request.other_user_id)
         return relationships_pb2.GetRelationshipResponse(connected=answer.connected, blocked=answer.blocked)
 
