@@ -51,7 +51,7 @@ def test_the_launcher_module_imports_with_the_standard_library_only() -> None:
 
 
 def test_no_tests_collected_is_a_failure() -> None:
-    result = launcher("test", "tests/launcher/test_launcher_cli.py", "-k", "no_test_is_called_like_this")
+    result = launcher("test", "tests/launcher/test_launcher_cli.py", "-n", "0", "-k", "no_test_is_called_like_this")
     assert result.returncode == 5, result.stdout + result.stderr
     assert "collected no tests" in result.stderr
     assert "not a pass" in result.stderr
