@@ -25,6 +25,8 @@ from services.common.settings import DatabaseSettings
 from tests.capsules.helpers import assert_problem, at, bearer, eventually, pair, send, uid
 from tests.conftest import Processes
 
+pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+
 
 async def test_fifty_parallel_creates_with_one_key_leave_one_capsule(
     api: httpx.AsyncClient, capsules_db: asyncpg.Connection

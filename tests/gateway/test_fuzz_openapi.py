@@ -15,9 +15,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from launcher.stack import Stack
 from tests.auth.test_auth_http import sign_up
+
+pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 10)
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")

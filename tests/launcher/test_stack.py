@@ -21,6 +21,8 @@ from launcher.process import StartupError, free_port, port_open
 from launcher.stack import Stack, StackSettings
 from mesh.topology import AUTH, SERVICES
 
+pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+
 STANDIN = replace(AUTH, module="tests.launcher.standin")
 
 

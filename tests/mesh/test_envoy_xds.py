@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import grpc
+import pytest
 from capsule.mesh.v1 import registry_pb2, registry_pb2_grpc
 from controlplane import resources as rs
 from controlplane.snapshot import Snapshot
@@ -14,6 +15,8 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from launcher.process import free_port
 from tests.mesh.conftest import XdsMesh
+
+pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
 
 
 async def register(mesh: XdsMesh, address: str) -> str:
