@@ -7,9 +7,7 @@ SPEC §3 and a problem+json body that names the field.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from launcher.stack import Stack
+from tests.metrics import summed
 
 PASSWORD = "correct horse battery"
 
@@ -131,14 +130,9 @@ async def test_sign_up_with_an_idempotency_key_creates_one_account(client: httpx
     assert_problem(wrong_password, 409, "IDEMPOTENCY_KEY_REUSED")
 
 
-def argon2_runs(stack: Stack) -> int:
-    """argon2id computations of every auth instance so far (their /metrics)."""
-    total = 0
-    for instance in stack.instances["auth"]:
-        with urllib.request.urlopen(f"http://{instance.admin_address}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        total += sum(int(float(v)) for v in re.findall(r"auth_argon2_runs_total\{[^}]*\} (\S+)", text))
-    return total
+def argon2_runs(stack: Stack) -> float:
+    """argon2id computations of every auth instance so far (hashes and checks)."""
+    return summed(stack, "auth", r"auth_argon2_runs_total\{[^}]*\} (\S+)")
 
 
 async def test_twenty_parallel_sign_ups_with_one_key_wait_for_the_first(

@@ -22,6 +22,7 @@ from launcher.process import GrpcHealthProbe, free_port
 from launcher.stack import Stack
 from services.auth.login_limits import LoginLimits, LoginLimitSettings, parse_networks
 from tests.auth.test_auth_http import PASSWORD, assert_problem, bearer, mint, sign_up, unique
+from tests.metrics import summed
 
 # What each service answers for its caller: auth, recipients, capsules.
 EVERY_SERVICE = ("/v1/me", "/v1/recipients", "/v1/capsules?box=outbox")
@@ -87,13 +88,7 @@ async def test_a_token_for_an_account_that_does_not_exist_is_refused_everywhere(
 
 def argon2_runs(stack: Stack) -> float:
     """Argon2 verifications started by the stack's auth instances (their /metrics)."""
-    total = 0.0
-    for instance in stack.instances["auth"]:
-        text = httpx.get(f"http://{instance.admin_address}/metrics", timeout=5.0).text
-        for line in text.splitlines():
-            if line.startswith('auth_argon2_runs_total{op="verify"}'):
-                total += float(line.split()[1])
-    return total
+    return summed(stack, "auth", r'auth_argon2_runs_total\{op="verify"\} (\S+)')
 
 
 def retry_after(error: grpc.aio.AioRpcError) -> int:

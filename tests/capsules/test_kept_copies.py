@@ -9,35 +9,24 @@ edit, a delete, an open); every page read right after shows it, from either inst
 
 from __future__ import annotations
 
-import re
-import urllib.request
 from typing import Any
 
 import httpx
 
 from launcher.stack import Stack
 from tests.capsules.helpers import at, bearer, eventually, pair, send, uid
+from tests.metrics import summed
 
 READS = 12  # per round: Envoy's least-request balancing spreads them over both instances
 
 
-def counted(stack: Stack, service: str, pattern: str) -> int:
-    """The sum of a Prometheus counter (`pattern` captures the value) over a service's instances."""
-    total = 0
-    for instance in stack.instances[service]:
-        with urllib.request.urlopen(f"http://{instance.admin_address}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        total += sum(int(float(v)) for v in re.findall(pattern, text))
-    return total
-
-
-def get_users_calls(stack: Stack) -> int:
+def get_users_calls(stack: Stack) -> float:
     """GetUsers calls answered by the auth instances so far."""
-    return counted(stack, "auth", r'grpc_server_handled_total\{[^}]*method="GetUsers"[^}]*\} (\S+)')
+    return summed(stack, "auth", r'grpc_server_handled_total\{[^}]*method="GetUsers"[^}]*\} (\S+)')
 
 
-def kept_pages_served(stack: Stack) -> int:
-    return counted(stack, "capsules", r'cache_requests_total\{cache="capsule_page",result="hit"\} (\S+)')
+def kept_pages_served(stack: Stack) -> float:
+    return summed(stack, "capsules", r'cache_requests_total\{cache="capsule_page",result="hit"\} (\S+)')
 
 
 async def sender_names(api: httpx.AsyncClient, reader: dict[str, Any], sender: dict[str, Any]) -> list[str]:
@@ -85,9 +74,9 @@ async def test_a_renamed_sender_shows_on_the_next_inbox_page_from_every_instance
         assert patched.status_code == 200, patched.text
         assert await sender_names(api, b, a) == [renamed] * READS
         assert await connection_names(api, b, a) == [renamed] * READS
-        served = counted(stack, "auth", r'cache_requests_total\{cache="user_copy",result="hit"\} (\S+)')
+        served = summed(stack, "auth", r'cache_requests_total\{cache="user_copy",result="hit"\} (\S+)')
         assert await own_names(api, a) == [renamed] * READS  # auth keeps copies too...
-        hits = counted(stack, "auth", r'cache_requests_total\{cache="user_copy",result="hit"\} (\S+)')
+        hits = summed(stack, "auth", r'cache_requests_total\{cache="user_copy",result="hit"\} (\S+)')
         assert hits >= served + READS - 2  # ...and serves GetMe from them
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import urllib.request
 import uuid
@@ -35,6 +34,7 @@ from launcher.stack import Instance, Stack
 from mesh.topology import AUTH
 from tests.conftest import start_test_stack
 from tests.mesh.load import Load, Op
+from tests.metrics import scraped
 
 pytestmark = pytest.mark.slow
 
@@ -107,9 +107,9 @@ async def host_requests(mesh: Stack, cluster: str = "auth") -> dict[str, int]:
 def _served(admin_address: str) -> int:
     """Calls of the auth API an instance answered (any status), from its /metrics; health checks
     (grpc.health.v1) are not counted."""
-    text = urllib.request.urlopen(f"http://{admin_address}/metrics", timeout=2).read().decode()
-    pattern = re.compile(r'grpc_server_handled_total\{[^}]*service="capsule\.auth\.v1\.AuthService"[^}]*\} ([\d.e+]+)')
-    return sum(int(float(m.group(1))) for m in pattern.finditer(text))
+    return int(
+        scraped(admin_address, r'grpc_server_handled_total\{[^}]*service="capsule\.auth\.v1\.AuthService"[^}]*\} (\S+)')
+    )
 
 
 async def served(instance: Instance) -> int:
