@@ -207,16 +207,9 @@ def stop_all(processes: Sequence[ManagedProcess], timeout: float = 15.0) -> None
             proc.wait(5.0)
 
 
-def run_to_completion(
-    name: str, argv: Sequence[str], *, env: Mapping[str, str], log_path: Path, timeout: float = 180.0
-) -> None:
-    """A one-shot command (migrations): log it, and fail with its last lines if it fails."""
-    finish(ManagedProcess(name, argv, env=env, log_path=log_path).start(), timeout)
-
-
 def finish(proc: ManagedProcess, timeout: float = 180.0) -> None:
-    """Wait for a started one-shot command; fail with its last lines if it fails or overruns.
-    Several started first and finished in turn run side by side (the stack's migrations)."""
+    """Wait for a started one-shot command (a migration); fail with its last lines if it fails or
+    overruns. Several started first and finished in turn run side by side (the stack's migrations)."""
     code = proc.wait(timeout)
     if code is None:
         proc.kill()

@@ -427,10 +427,6 @@ class Stack:
             self.gateway.wait_ready(self.settings.ready_timeout)
         return self
 
-    def migrate(self, service: str) -> None:
-        """Migrate one service's database to head (blocks)."""
-        finish(self._start_migration(by_name(service, self.settings.services)), max(self.settings.ready_timeout, 120.0))
-
     def _start_migration(self, spec: ServiceSpec) -> ManagedProcess:
         name = f"{spec.name}-migrate"
         argv = [self.settings.python, "-m", spec.module, "migrate"]

@@ -17,36 +17,19 @@ from services.auth.sessions import AccessTokenIssuer, SessionRevoker, load_priva
 from services.auth.settings import AuthSettings
 from services.auth.storage import UserRecord, refresh_tokens_purge
 from services.common import idempotency
-from services.common.cache import Cache
-from services.common.changefeed import ChangeFeed, Publisher
-from services.common.db import Database
+from services.common.changefeed import Publisher
+from services.common.foundation import Foundation
 from services.common.kept import KeptCopies
-from services.common.logs import configure_logging
-from services.common.pagination import use_page_token_keys
 from services.common.people import profile_channel, publish_profile_change
-from services.common.purge import Purger
-from services.common.server import ServiceHost
-from services.common.settings import page_token_keys
-from services.common.tokens import (
-    LEEWAY_SECONDS,
-    AccessTokenVerifier,
-    Authenticator,
-    KnownCallers,
-    RevokedSessions,
-    load_public_key,
-)
+from services.common.tokens import LEEWAY_SECONDS
 
 
 async def serve() -> None:
     settings = AuthSettings.from_env()
-    # Before anything starts: a service without page-token keys must not start at all.
-    use_page_token_keys(page_token_keys())
     common = settings.service
-    configure_logging(common.log_level)
-    host = ServiceHost(common)
-
-    db = Database(common.database)
-    cache = Cache(common.redis_url, common.cache_prefix)
+    purge = [idempotency.PURGE, refresh_tokens_purge(settings.refresh_token_retention_seconds)]
+    base = Foundation.lay(common, purge=purge)
+    db, cache, host = base.db, base.cache, base.host
     passwords = Passwords(
         time_cost=settings.argon2_time_cost,
         memory_kib=settings.argon2_memory_kib,
@@ -57,18 +40,12 @@ async def serve() -> None:
     )
     publisher = Publisher(cache.client)
     # Users kept in process memory, dropped by the profile changes any auth instance publishes.
-    feed = ChangeFeed(common.redis_url)
     kept_users: KeptCopies[UserRecord] = KeptCopies(
-        feed, profile_channel(common.mesh_prefix), "user_copy", ttl_seconds=settings.profile_cache_ttl_seconds
+        base.feed, profile_channel(common.mesh_prefix), "user_copy", ttl_seconds=settings.profile_cache_ttl_seconds
     )
     # An ended session's entry lives as long as any access token of it can: a lifetime (+ skew).
     revocation_keep = settings.access_token_ttl_seconds + LEEWAY_SECONDS
-    revoked = RevokedSessions(feed, cache.client, common.mesh_prefix)
-    feed.start()
-    host.on_close(revoked.close)
-    host.on_close(feed.close)
-    host.on_close(db.close)
-    host.on_close(cache.close)
+    base.feed.start()
     host.on_close(publisher.close)
     host.on_close(block_list.close)
 
@@ -78,9 +55,6 @@ async def serve() -> None:
         issuer=common.jwt_issuer,
         audience=common.jwt_audience,
         ttl_seconds=settings.access_token_ttl_seconds,
-    )
-    verifier = AccessTokenVerifier(
-        load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience
     )
     accounts = Accounts(
         db=db,
@@ -93,13 +67,10 @@ async def serve() -> None:
         search_ttl_seconds=settings.search_cache_ttl_seconds,
         profile_changed=functools.partial(publish_profile_change, publisher, common.mesh_prefix),
         kept_users=kept_users,
-        session_ended=SessionRevoker(cache.client, publisher, revoked, common.mesh_prefix, revocation_keep).revoke,
+        session_ended=SessionRevoker(cache.client, publisher, base.revoked, common.mesh_prefix, revocation_keep).revoke,
         login_limits=LoginLimits(cache.client, common.cache_prefix, settings.login_limits),
     )
-    if common.purge.enabled:
-        targets = [idempotency.PURGE, refresh_tokens_purge(settings.refresh_token_retention_seconds)]
-        host.add_background("purge", Purger(db, targets, common.purge).run)
-    handlers = AuthHandlers(accounts, Authenticator(verifier, revoked, KnownCallers(accounts.exists)))
+    handlers = AuthHandlers(accounts, base.authenticator(accounts.exists))
     host.add_service(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], handlers)
     logging.getLogger(__name__).info(
         "auth service configured", extra={"fields": {"block_list": type(block_list).__name__}}

@@ -14,51 +14,25 @@ from services.capsules.settings import CapsulesSettings
 from services.capsules.themes import Themes
 from services.capsules.unlocker import Unlocker
 from services.common import idempotency
-from services.common.cache import Cache
-from services.common.changefeed import ChangeFeed, Publisher
-from services.common.db import Database
-from services.common.logs import configure_logging
-from services.common.pagination import use_page_token_keys
+from services.common.changefeed import Publisher
+from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
-from services.common.purge import Purger
-from services.common.server import ServiceHost
-from services.common.settings import page_token_keys
-from services.common.tokens import (
-    AccessTokenVerifier,
-    Authenticator,
-    KnownCallers,
-    RevokedSessions,
-    load_public_key,
-)
 
 
 async def serve() -> None:
     settings = CapsulesSettings.from_env()
-    # Before anything starts: a service without page-token keys must not start at all.
-    use_page_token_keys(page_token_keys())
     common = settings.service
-    configure_logging(common.log_level)
-    host = ServiceHost(common)
-
-    db = Database(common.database)
-    cache = Cache(common.redis_url, common.cache_prefix)
-    # One change feed per process: auth's profile changes, and the pages other instances changed.
-    feed = ChangeFeed(common.redis_url)
+    base = Foundation.lay(common, purge=[idempotency.PURGE])
+    db, cache = base.db, base.cache
     publisher = Publisher(cache.client)
+    # On the process's feed: auth's profile changes, and the pages other instances changed.
     directory = CachedDirectory(
-        AuthDirectory(settings.auth_target, settings.call_timeout_seconds), feed, common.mesh_prefix
+        AuthDirectory(settings.auth_target, settings.call_timeout_seconds), base.feed, common.mesh_prefix
     )
-    pages = PageCopies(feed, publisher, common.mesh_prefix, ttl_seconds=settings.capsule_cache_ttl_seconds)
-    # Ended sessions (log-out), told by auth on the same feed; checked with every token.
-    revoked = RevokedSessions(feed, cache.client, common.mesh_prefix)
-    feed.start()
+    pages = PageCopies(base.feed, publisher, common.mesh_prefix, ttl_seconds=settings.capsule_cache_ttl_seconds)
+    base.feed.start()
     recipients = RecipientsClient(settings.recipients_target, settings.call_timeout_seconds)
-
-    verifier = AccessTokenVerifier(
-        load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience
-    )
-    # A caller is refused unless its account exists: one look-up in the kept profiles, usually.
-    authenticator = Authenticator(verifier, revoked, KnownCallers(directory.exists))
+    authenticator = base.authenticator(directory.exists)
     capsules = Capsules(
         db=db,
         cache=cache,
@@ -68,10 +42,10 @@ async def serve() -> None:
         min_unlock_lead_seconds=settings.min_unlock_lead_seconds,
         cache_ttl_seconds=settings.capsule_cache_ttl_seconds,
     )
-    host.add_service(
+    base.host.add_service(
         capsules_pb2.DESCRIPTOR.services_by_name["CapsulesService"], CapsulesHandlers(capsules, authenticator)
     )
-    host.add_service(
+    base.host.add_service(
         capsules_pb2.DESCRIPTOR.services_by_name["ThemesService"],
         ThemesHandlers(Themes(db, cache, settings.theme_cache_ttl_seconds)),
     )
@@ -87,17 +61,11 @@ async def serve() -> None:
             stream_max_length=settings.ready_stream_max_length,
         )
         # Owned by the server's lifecycle: stopped before the closers below close its pools.
-        host.add_background("unlocker", unlocker.run)
-    if common.purge.enabled:
-        host.add_background("purge", Purger(db, [idempotency.PURGE], common.purge).run)
+        base.host.add_background("unlocker", unlocker.run)
 
-    host.on_close(db.close)
-    host.on_close(cache.close)
-    host.on_close(directory.close)
-    host.on_close(revoked.close)
-    host.on_close(feed.close)
-    host.on_close(publisher.close)
-    host.on_close(recipients.close)
+    base.host.on_close(directory.close)
+    base.host.on_close(publisher.close)
+    base.host.on_close(recipients.close)
     logging.getLogger(__name__).info(
         "capsules service configured",
         extra={
@@ -108,4 +76,4 @@ async def serve() -> None:
             }
         },
     )
-    await host.run(ready=db.ping)
+    await base.host.run(ready=db.ping)

@@ -1,0 +1,75 @@
+"""What every service process is built on, wired in one place: page-token keys, logging, the
+server host, the database pool, the Redis cache, the process's change feed, the ended sessions,
+the access-token verifier and the housekeeping purge. Each service's `app.py` adds its own parts
+on top and then starts the feed (after every subscriber subscribed) and the host.
+
+    base = Foundation.lay(settings.service, purge=[idempotency.PURGE])
+    directory = CachedDirectory(..., base.feed, ...)
+    authenticator = base.authenticator(directory.exists)
+    base.feed.start()
+    ...
+    await base.host.run(ready=base.db.ping)
+
+Closers run last added first (ServiceHost.on_close): what a service adds later (clients, the
+directory, publishers) closes before the pools and the feed laid here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.common.cache import Cache
+from services.common.changefeed import ChangeFeed
+from services.common.db import Database
+from services.common.logs import configure_logging
+from services.common.pagination import use_page_token_keys
+from services.common.purge import Purger, Target
+from services.common.server import ServiceHost
+from services.common.settings import ServiceSettings, page_token_keys
+from services.common.tokens import (
+    AccessTokenVerifier,
+    Authenticator,
+    CallerExists,
+    KnownCallers,
+    RevokedSessions,
+    load_public_key,
+)
+
+
+@dataclass(frozen=True)
+class Foundation:
+    host: ServiceHost
+    db: Database
+    cache: Cache
+    # One change feed per process, shared by every kept copy and the ended sessions.
+    feed: ChangeFeed
+    # Ended sessions (log-out), told by auth on the feed; checked with every token.
+    revoked: RevokedSessions
+    verifier: AccessTokenVerifier
+
+    @classmethod
+    def lay(cls, common: ServiceSettings, *, purge: Sequence[Target]) -> Foundation:
+        # Before anything starts: a service without page-token keys must not start at all.
+        use_page_token_keys(page_token_keys())
+        configure_logging(common.log_level)
+        host = ServiceHost(common)
+        db = Database(common.database)
+        cache = Cache(common.redis_url, common.cache_prefix)
+        feed = ChangeFeed(common.redis_url)
+        revoked = RevokedSessions(feed, cache.client, common.mesh_prefix)
+        host.on_close(db.close)
+        host.on_close(cache.close)
+        host.on_close(feed.close)
+        host.on_close(revoked.close)
+        if common.purge.enabled and purge:
+            host.add_background("purge", Purger(db, purge, common.purge).run)
+        verifier = AccessTokenVerifier(
+            load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience
+        )
+        return cls(host, db, cache, feed, revoked, verifier)
+
+    def authenticator(self, exists: CallerExists) -> Authenticator:
+        """Refuses a token that is not valid, whose session ended, or whose account does not exist
+        (`exists`: usually one look-up in the kept profiles)."""
+        return Authenticator(self.verifier, self.revoked, KnownCallers(exists))
