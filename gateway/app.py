@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import metrics, operations
 from gateway.calls import Call, Next, Policy, Reply, chain, problem_reply
-from gateway.clientip import ClientIpResolver, parse_networks
+from gateway.clientip import ClientIpResolver
 from gateway.descriptors import http_bindings, load_services
 from gateway.headers import check_request_headers
 from gateway.logs import request_id_var
@@ -60,7 +60,7 @@ def create_app(
     bindings = http_bindings(load_services(settings.proto_modules))
     table = RouteTable(bindings)
     upstream = Upstream(settings, dict.fromkeys(b.rpc for b in bindings))
-    client_ip = ClientIpResolver(parse_networks(settings.trusted_proxies))
+    client_ip = ClientIpResolver(settings.trusted_proxies)
     proxy = Proxy(table.routes, upstream, settings.max_body_bytes, client_ip)
 
     @contextlib.asynccontextmanager

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.calls import Policy
-from gateway.clientip import ClientIpResolver, parse_networks
+from gateway.clientip import ClientIpResolver
 from gateway.descriptors import HttpBinding, http_bindings, load_services
 from gateway.httpcache import HttpCache, declared_caching
 from gateway.ratelimit import Limit, Limits, RateLimit, RateLimiter
@@ -58,7 +58,7 @@ def route_policies(
         user=Limit("user", *settings.ratelimit_user),
         login=Limit("login", *settings.ratelimit_login),
     )
-    resolver = ClientIpResolver(parse_networks(settings.trusted_proxies))
+    resolver = ClientIpResolver(settings.trusted_proxies)
     policies.append(
         RateLimit(
             limiter=limiter,

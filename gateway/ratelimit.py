@@ -59,7 +59,7 @@ gateway's use since); RateLimit-Reset counts the whole lease as spent; Retry-Aft
 
 Keys (under CACHE_PREFIX + "rl:"): `user:<sub>` for a call with a valid access token (verified
 with the auth service's public key; a forged or expired token is keyed as unauthenticated),
-else `ip:<client ip>` (see clientip.py: the socket peer, or X-Forwarded-For only behind a trusted
+else `ip:<client ip>` (see services/common/addresses.py: the socket peer, or X-Forwarded-For only behind a trusted
 proxy); a log-in also spends `login:<ip>:<hash of the lower-cased account>`. Which method is a
 log-in, and which request fields name its account (LogIn: email, else username), is declared in
 its proto (`option (capsule.common.v1.rate_limit) = {login: true, account_fields: [...]}`), read
@@ -101,8 +101,9 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
 from gateway.calls import Call, Next, Reply
-from gateway.clientip import ClientIpResolver, rate_limit_key
+from gateway.clientip import ClientIpResolver
 from gateway.problems import Problem
+from services.common.addresses import address_key
 from services.common.errors import Unauthenticated
 from services.common.tokens import AccessTokenVerifier
 
@@ -461,7 +462,7 @@ class RateLimit:
         user = self._user(call.headers.get(b"authorization"))
         login = call.match.route.binding.rpc.policy.login
         # The client's address is only a key without a user, or for log-in (parsing it is not free).
-        ip = rate_limit_key(self.resolver.resolve(call.scope)) if login is not None or not user else ""
+        ip = address_key(self.resolver.resolve(call.scope)) if login is not None or not user else ""
         checks = [Check(f"user:{user}", self.limits.user) if user else Check(f"ip:{ip}", self.limits.ip)]
         if login is not None:
             account = await _login_account(call, self.max_body_bytes, login.json_keys)

@@ -56,6 +56,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from services.common.addresses import IpNetwork, parse_networks
+
 DEFAULT_PROTO_MODULES = ("capsule.auth.v1.auth_pb2",)
 UPSTREAM_OVERRIDE_PREFIX = "GATEWAY_UPSTREAM_"
 
@@ -84,7 +86,8 @@ class Settings:
     ratelimit_login: tuple[int, float] = (10, 60.0)
     ratelimit_redis_timeout_seconds: float = 0.1
     ratelimit_backoff_seconds: float = 1.0
-    trusted_proxies: str = ""
+    # Parsed once, here: the proxy and the rate limiter resolve client addresses with them.
+    trusted_proxies: tuple[IpNetwork, ...] = ()
     cache_private_max_age: int = 0
     redis_url: str = "redis://127.0.0.1:6379/0"
     cache_prefix: str = ""
@@ -127,7 +130,7 @@ class Settings:
             ratelimit_login=_rate("GATEWAY_RATELIMIT_LOGIN", env, (10, 60.0)),
             ratelimit_redis_timeout_seconds=_positive("GATEWAY_RATELIMIT_REDIS_TIMEOUT_MS", env, 100.0) / 1000,
             ratelimit_backoff_seconds=_positive("GATEWAY_RATELIMIT_BACKOFF_SECONDS", env, 1.0),
-            trusted_proxies=env.get("GATEWAY_TRUSTED_PROXIES") or "",
+            trusted_proxies=parse_networks(env.get("GATEWAY_TRUSTED_PROXIES") or "", "GATEWAY_TRUSTED_PROXIES"),
             cache_private_max_age=int(env.get("GATEWAY_CACHE_PRIVATE_MAX_AGE") or 0),
             redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             cache_prefix=env.get("CACHE_PREFIX") or "",

@@ -23,7 +23,6 @@ wants; the gateway's per-instance fallback limit still stands in front of HTTP c
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import math
 import time
@@ -38,6 +37,7 @@ from grpc_status import rpc_status
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from services.common.addresses import IpNetwork, address_key, client_address
 from services.common.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class LoginLimitSettings:
     window_seconds: int = 15 * 60
     # Peers (CIDRs) whose `x-forwarded-for` names the client: the mesh's own hops (Envoy, the
     # gateway). Anyone else is keyed by its own address.
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    trusted_proxies: tuple[IpNetwork, ...] = ()
 
 
 class TooManyFailures(ResourceExhausted):
@@ -114,7 +114,7 @@ class LoginLimits:
         self._fail = client.register_script(_FAIL)
 
     def _keys(self, account: str, ip: str) -> list[str]:
-        return [f"{self._prefix}login-failures:account:{account}", f"{self._prefix}login-failures:ip:{_ip_key(ip)}"]
+        return [f"{self._prefix}login-failures:account:{account}", f"{self._prefix}login-failures:ip:{address_key(ip)}"]
 
     async def check(self, account: str, ip: str) -> None:
         """Raises TooManyFailures when either limit is reached; before any password work."""
@@ -153,19 +153,14 @@ class LoginLimits:
             await self._client.delete(self._keys(account, "")[0])
 
     def client_ip(self, metadata: Sequence[tuple[str, str | bytes]], peer: str) -> str:
-        """The caller's address: the last `x-forwarded-for` hop when the peer is a trusted mesh
-        hop (the gateway sets it to the client it resolved), else the peer's own address."""
-        address = _peer_address(peer)
-        parsed = _parse(address)
-        if parsed is None or not any(parsed in net for net in self._settings.trusted_proxies):
-            return address
+        """The caller's address (services/common/addresses.py): `x-forwarded-for` only when the
+        peer is a trusted mesh hop (the gateway sets it to the client it resolved)."""
+        hops: list[str] = []
         for key, value in metadata:
             if key == "x-forwarded-for":
                 text = value.decode("latin-1") if isinstance(value, bytes) else value
-                last = _parse(text.rsplit(",", 1)[-1].strip())
-                if last is not None:
-                    return str(last)
-        return address
+                hops.extend(part.strip() for part in text.split(","))
+        return client_address(_peer_address(peer), hops, self._settings.trusted_proxies)
 
 
 def _peer_address(peer: str) -> str:
@@ -176,22 +171,3 @@ def _peer_address(peer: str) -> str:
     if kind == "ipv6":
         return rest.rsplit(":", 1)[0].strip("[]")
     return peer or "unknown"
-
-
-def _ip_key(ip: str) -> str:
-    """IPv6 per /64 (one host usually holds the whole /64, as the gateway's limiter assumes)."""
-    parsed = _parse(ip)
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is None:
-        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
-    return ip
-
-
-def _parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.auth.login_limits import LoginLimitSettings, parse_networks
+from services.auth.login_limits import LoginLimitSettings
+from services.common.addresses import parse_networks
 from services.common.settings import ServiceSettings, env_int, env_str
 
 # The mesh's own hops (Envoy, the gateway) live on private networks; their x-forwarded-for names the
@@ -48,6 +49,8 @@ class AuthSettings:
                 account_failures=env_int("LOGIN_FAILURES_PER_ACCOUNT", 10),
                 ip_failures=env_int("LOGIN_FAILURES_PER_IP", 100),
                 window_seconds=env_int("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60),
-                trusted_proxies=parse_networks(env_str("AUTH_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES)),
+                trusted_proxies=parse_networks(
+                    env_str("AUTH_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES), "AUTH_TRUSTED_PROXIES"
+                ),
             ),
         )

@@ -20,7 +20,8 @@ from grpc_status import rpc_status
 
 from launcher.process import GrpcHealthProbe, free_port
 from launcher.stack import Stack
-from services.auth.login_limits import LoginLimits, LoginLimitSettings, parse_networks
+from services.auth.login_limits import LoginLimits, LoginLimitSettings
+from services.common.addresses import parse_networks
 from tests.auth.test_auth_http import PASSWORD, assert_problem, bearer, mint, sign_up, unique
 from tests.metrics import summed
 

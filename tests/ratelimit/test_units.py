@@ -6,12 +6,14 @@ import uuid
 
 import pytest
 
-from gateway.clientip import ClientIpResolver, parse_networks, rate_limit_key
+from gateway.clientip import ClientIpResolver
 from gateway.httpcache import if_none_match_matches, strong_etag
 from gateway.ratelimit import FALLBACK_DECISIONS, REDIS_UP, Check, Limit, LocalGcra, RateLimiter
 from gateway.settings import Settings
 from launcher.infra import Infra
 from launcher.process import free_port
+from services.common.addresses import address_key as rate_limit_key
+from services.common.addresses import parse_networks
 from tests.metrics import sample
 
 
