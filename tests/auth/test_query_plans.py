@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.query_plans import IDEMPOTENCY_SEED, no_scan, purge_plans, scratch_database
+from services.auth.storage import SEARCH
+from tests.query_plans import IDEMPOTENCY_SEED, no_scan, plan, purge_plans, scratch_database
 
 # Refresh tokens as they stand with the purge running: 40,000 sessions of 5 tokens, live with old
 # spent tokens, but for one in a hundred that ended (expired or logged out) past the retention.
@@ -48,21 +49,6 @@ async def seeded() -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
-async def plan(conn: asyncpg.Connection, sql: str, *args: object) -> str:
-    rows = await conn.fetch("EXPLAIN " + sql, *args)
-    return "\n".join(r[0] for r in rows)
-
-
-def _search_sql() -> tuple[str, list[str]]:
-    """The search statement exactly as the service sends it, in asyncpg's $n form."""
-    from sqlalchemy.dialects import postgresql
-
-    from services.auth.storage import SEARCH
-
-    compiled = SEARCH.compile(dialect=postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
-    return str(compiled), list(compiled.positiontup or [])
-
-
 async def test_point_lookups_use_unique_indexes(seeded: asyncpg.Connection) -> None:
     by_email = await plan(seeded, "SELECT * FROM users WHERE lower(email) = lower($1)", "user7@example.com")
     assert "users_email_lower_key" in by_email
@@ -74,7 +60,6 @@ async def test_point_lookups_use_unique_indexes(seeded: asyncpg.Connection) -> N
 
 @pytest.mark.parametrize("query", ["user12", "anna", "tanaka3", "user77@example.com", "chlo"])
 async def test_search_uses_indexes_and_never_scans_users(seeded: asyncpg.Connection, query: str) -> None:
-    sql, names = _search_sql()
     q = query.lower()
     values = {
         "q": q,
@@ -87,7 +72,7 @@ async def test_search_uses_indexes_and_never_scans_users(seeded: asyncpg.Connect
         "after_username": "",
         "limit": 11,
     }
-    text = await plan(seeded, sql, *[values[n] for n in names])
+    text = await plan(seeded, SEARCH, **values)  # exactly as the service sends it
     assert "Seq Scan on users" not in text, text
     assert "users_username_key" in text
     assert "users_first_name_prefix_idx" in text or "users_full_name_trgm_idx" in text, text
