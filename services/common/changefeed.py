@@ -6,12 +6,16 @@ what changed on a channel (`publish`); every interested process holds one `Chang
 it, which calls the handlers registered for that channel.
 
 The guarantee, and how it is kept:
-- Fresh reads: the owner publishes after its commit and before it answers. Redis writes the
-  message to every subscriber's socket in the same pass of its event loop as the owner's reply, so
-  by the time anyone can act on that answer (a round trip through the mesh at the very least), the
-  message sits in this process's socket. A reader calls `catch_up()` before it trusts its copy: it
-  applies whatever is waiting there (already read by the event loop or still in the kernel), so a
-  message cannot sit unread behind the request that needs it.
+- Fresh reads: the owner publishes after its commit and before it answers. Redis queues the
+  message for every subscriber and writes those queues, the owner's reply among them, in one pass
+  at the end of its event-loop turn — but the owner's reply may go out first, and the owner, woken
+  by it, may preempt Redis before the subscribers' writes (seen on a busy 2-core machine: a rename
+  answered, the next inbox page still showed the old name). So after PUBLISH the owner makes one
+  more round trip (PING): Redis reads that command in a later turn, after the whole pass is
+  written, so when the owner answers the message sits in every subscriber's socket. A reader calls
+  `catch_up()` before it trusts its copy: it applies whatever is waiting there (already read by
+  the event loop or still in the kernel), so a message cannot sit unread behind the request that
+  needs it.
 - Lost messages: pub/sub keeps nothing for a disconnected subscriber. So a copy is trusted only
   while the feed is `healthy` — subscribed, and its periodic PING answered within
   3 ping intervals (a frozen or partitioned Redis is noticed within that bound) — and every
@@ -252,6 +256,7 @@ class Publisher:
         while True:
             try:
                 await self._client.publish(channel, data)
+                await self._client.ping()  # the publish pass is written out (module doc)
                 return
             except (RedisError, OSError) as exc:
                 now = time.monotonic()
