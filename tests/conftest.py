@@ -3,7 +3,7 @@
     stack                  the running mesh (launcher.stack.Stack): real Postgres, Redis, Envoy,
                            every service of the topology (2 instances each), the gateway.
                            Session-scoped (one per test process: pytest-xdist runs
-                           two); started on first use, stopped at the end. Tests that
+                           three); started on first use, stopped at the end. Tests that
                            break things (kill instances, freeze Redis) start only what
                            they use. One test-only setting: capsules may unlock
                            CAPSULE_LEAD_SECONDS after they are sent (SPEC §6 says 1 minute;
