@@ -162,3 +162,61 @@ def declared_policies() -> Mapping[str, MethodPolicy]:
         for method in service.methods
     }
     return MappingProxyType({path: policy for path, policy in declared.items() if policy != NO_POLICY})
+
+
+# --- who may call what (SPEC §12) ----------------------------------------------------------------
+
+# The workloads that call public methods (those with a `google.api.http` rule): the gateway on its
+# clients' behalf, and operators (grpcurl with the operator certificate).
+PUBLIC_CALLERS = frozenset({"gateway", "operator"})
+# Paths every workload with a mesh certificate may call: server reflection (each instance lists
+# what the caller may call, see services/common/server.py) and health.
+OPEN_PREFIXES = ("/grpc.reflection.", "/grpc.health.v1.Health/")
+
+
+def method_callers(method: MethodDescriptor) -> frozenset[str]:
+    """The workloads allowed to call `method`: PUBLIC_CALLERS when it has an HTTP rule, plus the
+    workloads its `(capsule.common.v1.callers)` option names."""
+    from capsule.common.v1 import options_pb2
+    from google.api import annotations_pb2
+
+    options = method.GetOptions()
+    callers: set[str] = set(PUBLIC_CALLERS) if options.HasExtension(annotations_pb2.http) else set()
+    if options.HasExtension(options_pb2.callers):
+        workloads = options.Extensions[options_pb2.callers].workloads
+        if not all(w and "/" not in w for w in workloads):
+            raise OptionError(
+                f"{method.full_name} (capsule.common.v1.callers): {list(workloads)} are not workload names"
+            )
+        callers.update(workloads)
+    return frozenset(callers)
+
+
+@functools.cache
+def allowed_callers() -> Mapping[str, frozenset[str]]:
+    """gRPC path → the workloads that may call it, for every method of the mesh's services (an
+    empty set: nobody may)."""
+    return MappingProxyType(
+        {
+            f"/{service.full_name}/{method.name}": method_callers(method)
+            for service in mesh_services()
+            for method in service.methods
+        }
+    )
+
+
+def may_call(workload: str | None, path: str) -> bool:
+    """Whether `workload` may call the gRPC `path` (an unknown path: no one)."""
+    if workload is None:
+        return False
+    if path.startswith(OPEN_PREFIXES):
+        return True
+    return workload in allowed_callers().get(path, frozenset())
+
+
+def public_to(workload: str | None, service: ServiceDescriptor) -> bool:
+    """Whether reflection shows `service` to `workload`: operators see every service; others those
+    with at least one method they may call."""
+    if workload == "operator":
+        return True
+    return any(may_call(workload, f"/{service.full_name}/{m.name}") for m in service.methods)
