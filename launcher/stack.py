@@ -283,6 +283,9 @@ class Stack:
             REDIS_URL=self.redis_url,
             CACHE_PREFIX=self.cache_prefix,
             JWT_PUBLIC_KEY_FILE=str(self.jwt_public_key_file),
+            # TRANSITION (issue 12): every workload will get MESH_TLS_DIR; until every hop speaks
+            # mutual TLS, the explicit development switch keeps them in plain text.
+            MESH_PLAINTEXT="1",
         )
         env.update(self.settings.env)
         return env

@@ -61,6 +61,9 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if worker.startswith("gw"):
         use_port_slice(int(worker[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
+    # TRANSITION (issue 12): processes tests start themselves run in plain text until every hop
+    # speaks mutual TLS (mesh/credentials.py: the explicit development switch).
+    os.environ.setdefault("MESH_PLAINTEXT", "1")
     # Tests that create their own scratch databases read this (with a trust-auth default).
     os.environ.setdefault("TEST_POSTGRES_ADMIN_DSN", infra_mod.configured().postgres.dsn("postgres"))
 
