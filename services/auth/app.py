@@ -36,7 +36,7 @@ async def serve() -> None:
         parallelism=settings.argon2_parallelism,
     )
     block_list: BlockList = (
-        RecipientsBlockList(settings.recipients_target) if settings.recipients_target else NobodyBlocked()
+        RecipientsBlockList(settings.recipients_target, base.tls) if settings.recipients_target else NobodyBlocked()
     )
     publisher = Publisher(cache.client)
     # Users kept in process memory, dropped by the profile changes any auth instance publishes.

@@ -12,6 +12,7 @@ from typing import Protocol
 import grpc
 from capsule.recipients.v1 import relationships_pb2, relationships_pb2_grpc
 
+from mesh.credentials import MeshTLS
 from services.common.clients import call_timeout, channel, forward_metadata
 from services.common.errors import Unavailable
 from services.common.ids import parse_uuid
@@ -36,14 +37,13 @@ class NobodyBlocked:
 
 
 class RecipientsBlockList:
-    def __init__(self, target: str, timeout_seconds: float = 2.0) -> None:
-        self._channel = channel(target)
-        self._stub = relationships_pb2_grpc.RelationshipServiceStub(self._channel)
+    def __init__(self, target: str, tls: MeshTLS | None, timeout_seconds: float = 2.0) -> None:
+        self._channel = channel(target, tls)
         self._timeout = timeout_seconds
 
     async def blocked_with(self, caller: Caller) -> list[uuid.UUID]:
         try:
-            response = await self._stub.ListBlockedUserIds(
+            response = await self._channel.stub(relationships_pb2_grpc.RelationshipServiceStub).ListBlockedUserIds(
                 relationships_pb2.ListBlockedUserIdsRequest(user_id=str(caller.user_id)),
                 timeout=call_timeout(self._timeout),
                 metadata=forward_metadata(caller.token, request_id_var.get()),

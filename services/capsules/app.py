@@ -27,11 +27,11 @@ async def serve() -> None:
     publisher = Publisher(cache.client)
     # On the process's feed: auth's profile changes, and the pages other instances changed.
     directory = CachedDirectory(
-        AuthDirectory(settings.auth_target, settings.call_timeout_seconds), base.feed, common.mesh_prefix
+        AuthDirectory(settings.auth_target, base.tls, settings.call_timeout_seconds), base.feed, common.mesh_prefix
     )
     pages = PageCopies(base.feed, publisher, common.mesh_prefix, ttl_seconds=settings.capsule_cache_ttl_seconds)
     base.feed.start()
-    recipients = RecipientsClient(settings.recipients_target, settings.call_timeout_seconds)
+    recipients = RecipientsClient(settings.recipients_target, base.tls, settings.call_timeout_seconds)
     authenticator = base.authenticator(directory.exists)
     capsules = Capsules(
         db=db,

@@ -11,6 +11,7 @@ from typing import Protocol
 import grpc
 from capsule.recipients.v1 import recipients_pb2, recipients_pb2_grpc, relationships_pb2, relationships_pb2_grpc
 
+from mesh.credentials import MeshTLS
 from services.common.clients import call_timeout, channel, forward_metadata
 from services.common.errors import Unavailable
 from services.common.ids import parse_uuid
@@ -44,16 +45,14 @@ class Neighbours(Protocol):
 
 
 class RecipientsClient:
-    def __init__(self, target: str, timeout_seconds: float = 3.0) -> None:
-        self._channel = channel(target)
-        self._recipients = recipients_pb2_grpc.RecipientsServiceStub(self._channel)
-        self._relationships = relationships_pb2_grpc.RelationshipServiceStub(self._channel)
+    def __init__(self, target: str, tls: MeshTLS | None, timeout_seconds: float = 3.0) -> None:
+        self._channel = channel(target, tls)
         self._timeout = timeout_seconds
 
     async def recipient(self, caller: Caller, recipient_id: uuid.UUID) -> RecipientLookup:
         """GetRecipient as the caller: NOT_FOUND (not theirs, or no such recipient) → NOT_THEIRS."""
         try:
-            recipient = await self._recipients.GetRecipient(
+            recipient = await self._channel.stub(recipients_pb2_grpc.RecipientsServiceStub).GetRecipient(
                 recipients_pb2.GetRecipientRequest(id=str(recipient_id)),
                 timeout=call_timeout(self._timeout),
                 metadata=forward_metadata(caller.token, request_id_var.get()),
@@ -67,7 +66,7 @@ class RecipientsClient:
 
     async def relationship(self, caller: Caller, other: uuid.UUID) -> Relationship:
         try:
-            answer = await self._relationships.GetRelationship(
+            answer = await self._channel.stub(relationships_pb2_grpc.RelationshipServiceStub).GetRelationship(
                 relationships_pb2.GetRelationshipRequest(user_id=str(caller.user_id), other_user_id=str(other)),
                 timeout=call_timeout(self._timeout),
                 metadata=forward_metadata(caller.token, request_id_var.get()),

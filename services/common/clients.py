@@ -1,12 +1,14 @@
-"""gRPC channels to other services (through Envoy): created once, reused for every call, and the
-deadline of a call made while serving one: the caller's remaining time, never more."""
+"""gRPC channels to other services (through Envoy): created once, reused for every call (a new one
+only when this process's certificate rotates: mesh.credentials.MeshChannel), and the deadline of a
+call made while serving one: the caller's remaining time, never more."""
 
 from __future__ import annotations
 
 import contextvars
 import time
 
-import grpc
+from mesh.credentials import MeshChannel, MeshTLS
+from mesh.pki import ENVOY
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -17,8 +19,10 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+def channel(target: str, tls: MeshTLS | None) -> MeshChannel:
+    """A channel to Envoy's listener at `target`, where every call between services goes: mutual
+    TLS as this workload (Envoy checked by its certificate), or plain text when `tls` is None."""
+    return MeshChannel(target, ENVOY, tls, CHANNEL_OPTIONS)
 
 
 def forward_metadata(token: str, request_id: str = "") -> tuple[tuple[str, str], ...]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mesh.credentials import MeshTLS, TLSSetupError
 from services.common.cache import Cache
 from services.common.changefeed import ChangeFeed
 from services.common.db import Database
@@ -47,13 +48,20 @@ class Foundation:
     # Ended sessions (log-out), told by auth on the feed; checked with every token.
     revoked: RevokedSessions
     verifier: AccessTokenVerifier
+    # This process's mesh identity (MESH_TLS_DIR): its port and its calls to Envoy use it. None
+    # only with the explicit development switch MESH_PLAINTEXT=1 (mesh/credentials.py).
+    tls: MeshTLS | None
 
     @classmethod
     def lay(cls, common: ServiceSettings, *, purge: Sequence[Target]) -> Foundation:
         # Before anything starts: a service without page-token keys must not start at all.
         use_page_token_keys(page_token_keys())
         configure_logging(common.log_level)
-        host = ServiceHost(common)
+        try:
+            tls = MeshTLS.from_env()
+        except (TLSSetupError, OSError, ValueError) as exc:
+            raise SystemExit(f"cannot load this instance's mesh certificate: {exc}") from None
+        host = ServiceHost(common, tls=tls)
         db = Database(common.database)
         cache = Cache(common.redis_url, common.cache_prefix)
         feed = ChangeFeed(common.redis_url)
@@ -67,7 +75,7 @@ class Foundation:
         verifier = AccessTokenVerifier(
             load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience
         )
-        return cls(host, db, cache, feed, revoked, verifier)
+        return cls(host, db, cache, feed, revoked, verifier, tls)
 
     def authenticator(self, exists: CallerExists) -> Authenticator:
         """Refuses a token that is not valid, whose session ended, or whose account does not exist

@@ -28,6 +28,7 @@ import grpc
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 from capsule.common.v1 import common_pb2
 
+from mesh.credentials import MeshTLS
 from services.common.changefeed import ChangeFeed, Publisher
 from services.common.clients import call_timeout, channel, forward_metadata
 from services.common.errors import Unauthenticated, Unavailable
@@ -86,9 +87,8 @@ class Directory(Protocol):
 
 
 class AuthDirectory:
-    def __init__(self, target: str, timeout_seconds: float = 3.0) -> None:
-        self._channel = channel(target)
-        self._stub = auth_pb2_grpc.AuthServiceStub(self._channel)
+    def __init__(self, target: str, tls: MeshTLS | None, timeout_seconds: float = 3.0) -> None:
+        self._channel = channel(target, tls)
         self._timeout = timeout_seconds
 
     async def profiles(self, caller: Caller, ids: list[uuid.UUID]) -> dict[uuid.UUID, Profile]:
@@ -97,7 +97,7 @@ class AuthDirectory:
         if not wanted:
             return {}
         try:
-            response = await self._stub.GetUsers(
+            response = await self._channel.stub(auth_pb2_grpc.AuthServiceStub).GetUsers(
                 auth_pb2.GetUsersRequest(ids=[str(u) for u in wanted]),
                 timeout=call_timeout(self._timeout),
                 metadata=forward_metadata(caller.token, request_id_var.get()),

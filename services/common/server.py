@@ -40,15 +40,16 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mesh.catalog import mesh_service_names
+from mesh.catalog import mesh_services, method_callers
+from mesh.credentials import MeshTLS, add_port, caller_workload
 from services.common import admin_http
 from services.common.background import BackgroundTasks, Job, cancel_and_wait
 from services.common.clients import serving_deadline
-from services.common.errors import Internal, InvalidArgument, ServiceError
+from services.common.errors import Internal, InvalidArgument, PermissionDenied, ServiceError
 from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
+from services.common.reflection import add_reflection
 from services.common.registration import Registrar, advertised_host
 from services.common.settings import ServiceSettings
 from services.common.telemetry import RPC_LATENCY, RPC_REQUESTS
@@ -60,17 +61,23 @@ Attach = Callable[[grpc.aio.Server], None]
 Closer = Callable[[], Awaitable[None]]
 
 
-def instrument(servicer: Any, descriptor: ServiceDescriptor) -> Any:
+def instrument(servicer: Any, descriptor: ServiceDescriptor, *, identities: bool = False) -> Any:
     """Wraps every unary handler of `servicer` in place: request/trace ids into the log context,
-    RED metrics, the request's strings and enums checked (validation.request_checker), and
-    ServiceError → status with google.rpc details; anything unexpected → INTERNAL, logged. Done
-    once at registration rather than with a server interceptor, which would rebuild the handler
-    on every call."""
+    RED metrics, the caller's workload checked against the method's allowed callers when callers
+    have identities (mutual TLS; mesh.catalog.method_callers, SPEC §12: whatever path the call took,
+    Envoy's RBAC or a proxyless client's direct connection), the request's strings and enums
+    checked (validation.request_checker), and ServiceError → status with google.rpc details;
+    anything unexpected → INTERNAL, logged. Done once at registration rather than with a server
+    interceptor, which would rebuild the handler on every call."""
     for method in descriptor.methods:
         if method.client_streaming or method.server_streaming:
             continue
         handler = _instrumented(
-            descriptor.full_name, method.name, getattr(servicer, method.name), request_checker(method.input_type)
+            descriptor.full_name,
+            method.name,
+            getattr(servicer, method.name),
+            request_checker(method.input_type),
+            method_callers(method) if identities else None,
         )
         setattr(servicer, method.name, handler)
     return servicer
@@ -81,6 +88,7 @@ def _instrumented(
     method: str,
     inner: Callable[[Any, Any], Awaitable[Any]],
     check: Callable[[Any], list[tuple[str, str]]] | None = None,
+    callers: frozenset[str] | None = None,
 ) -> Any:
     full_method = f"/{service}/{method}"
     latency = RPC_LATENCY.labels(service, method)
@@ -98,6 +106,11 @@ def _instrumented(
             elif key == "traceparent":
                 trace_id_var.set(trace_id_from_traceparent(str(value)))
         try:
+            if callers is not None and (caller := caller_workload(context)) not in callers:
+                raise PermissionDenied(
+                    f"{caller or 'a caller without a mesh identity'} may not call {full_method}",
+                    reason="CALLER_NOT_ALLOWED",
+                )
             # SPEC §3 "Strings": NUL, lone surrogates and unknown enum numbers never reach a handler.
             if type(request) is Undecodable:
                 raise request.error()
@@ -167,9 +180,14 @@ _DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class ServiceHost:
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, *, tls: MeshTLS | None = None) -> None:
+        """`tls`: this instance's mesh identity (mutual TLS on its port, callers authorized by
+        theirs); None serves plain text with every caller trusted — MESH_PLAINTEXT=1, decided by
+        services.common.foundation, or an in-process test."""
         self.settings = settings
+        self.tls = tls
         self.health = health_aio.HealthServicer()
+        self._services: list[ServiceDescriptor] = []
         self._service_names: list[str] = []
         self._registrations: list[Attach] = []
         self._closers: list[Closer] = []
@@ -183,7 +201,8 @@ class ServiceHost:
         descriptor rather than by the generated add_<Service>Servicer_to_server, so that a request
         protobuf cannot parse reaches the wrapper (validation.lenient_parser) instead of grpc's
         UNKNOWN answer."""
-        instrument(servicer, descriptor)
+        instrument(servicer, descriptor, identities=self.tls is not None)
+        self._services.append(descriptor)
         self._service_names.append(descriptor.full_name)
         self._registrations.append(functools.partial(_register, descriptor, servicer))
 
@@ -212,13 +231,11 @@ class ServiceHost:
         for register in self._registrations:
             register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        # Reflection describes the whole mesh, not only this service: see mesh.catalog.
-        catalog = dict.fromkeys([*self._service_names, *mesh_service_names()])
-        reflection.enable_server_reflection(
-            [*catalog, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-        )
+        # Reflection describes the whole mesh, not only this service (mesh.catalog), as much of it
+        # as the caller may see (services/common/reflection.py).
+        add_reflection(server, [*self._services, *mesh_services()], identities=self.tls is not None)
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if server.add_insecure_port(self.settings.grpc_listen) == 0:
+        if add_port(server, self.settings.grpc_listen, self.tls) == 0:
             raise SystemExit(f"cannot listen on {self.settings.grpc_listen}")
         await server.start()
         self.admin = admin = await self._start_admin()

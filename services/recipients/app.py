@@ -20,7 +20,9 @@ async def serve() -> None:
     base = Foundation.lay(settings.service, purge=[idempotency.PURGE])
     # The connections' profiles, dropped by auth's profile changes on the process's feed.
     directory = CachedDirectory(
-        AuthDirectory(settings.auth_target, settings.auth_timeout_seconds), base.feed, settings.service.mesh_prefix
+        AuthDirectory(settings.auth_target, base.tls, settings.auth_timeout_seconds),
+        base.feed,
+        settings.service.mesh_prefix,
     )
     base.host.on_close(directory.close)
     base.feed.start()
