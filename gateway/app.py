@@ -45,6 +45,7 @@ from gateway.proxy import Proxy
 from gateway.routing import MethodNotAllowed, RouteMatch, RouteTable, raw_path
 from gateway.settings import Settings
 from gateway.upstream import Upstream
+from mesh.credentials import MeshTLS
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,14 @@ def create_app(
     middleware: Sequence[Middleware] = (),
     policies: Sequence[Policy] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    tls: MeshTLS | None = None,
 ) -> Gateway:
+    """`tls`: the gateway's mesh identity; by default read from the environment (MESH_TLS_DIR, or
+    plain text with the explicit MESH_PLAINTEXT=1: mesh/credentials.py)."""
     settings = settings or Settings.from_env()
     bindings = http_bindings(load_services(settings.proto_modules))
     table = RouteTable(bindings)
-    upstream = Upstream(settings, dict.fromkeys(b.rpc for b in bindings))
+    upstream = Upstream(settings, dict.fromkeys(b.rpc for b in bindings), MeshTLS.from_env() if tls is None else tls)
     client_ip = ClientIpResolver(settings.trusted_proxies)
     proxy = Proxy(table.routes, upstream, settings.max_body_bytes, client_ip)
 

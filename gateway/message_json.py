@@ -460,6 +460,7 @@ class MessageEncoder:
             answer = _reference(message)
             if not self._reported:
                 self._reported = True
-                log.error("message_json: encoder of %s failed (%r) where json_format did not",
-                          self.descriptor.full_name, exc)
+                log.error(
+                    "message_json: encoder of %s failed (%r) where json_format did not", self.descriptor.full_name, exc
+                )
             return answer

@@ -56,6 +56,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mesh.pki import ENVOY
+from mesh.topology import SERVICES
 from services.common.addresses import IpNetwork, parse_networks
 
 DEFAULT_PROTO_MODULES = ("capsule.auth.v1.auth_pb2",)
@@ -153,6 +155,18 @@ class Settings:
             # One listener per proto package on the control plane (controlplane/proxyless.py).
             return f"xds:///{service_full_name.rpartition('.')[0]}"
         return self.upstream
+
+    def upstream_peer(self, service_full_name: str) -> str:
+        """The workload whose certificate the service's upstream must present: Envoy's for the
+        default upstream, the service's own when the gateway dials it directly (an override or
+        xds)."""
+        if self.upstream_for(service_full_name) == self.upstream:
+            return ENVOY
+        path = f"/{service_full_name}/"
+        for spec in SERVICES:
+            if any(path.startswith(prefix) for prefix in spec.route_prefixes):
+                return spec.name
+        return ENVOY
 
 
 def _host_port(name: str, raw: str) -> tuple[str, int]:

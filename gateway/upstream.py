@@ -1,12 +1,16 @@
 """The gRPC side: long-lived channels, one pre-built callable per method, metadata, deadlines.
 
-One `grpc.aio` channel per distinct target, opened at start-up and closed at shutdown:
+One `grpc.aio` channel per distinct target, opened at start-up and closed at shutdown (and opened
+anew when the gateway's mesh certificate rotates: the old ones finish their calls, then close):
 - proxyless (GATEWAY_XDS_SERVER set): `xds:///<proto package>` per service; gRPC's xDS client
   balances across the instances and applies the control plane's retry policy (xds.py), so
   retries are on in those channels (they also enable gRPC's transparent retries of calls that
   never reached a server);
 - otherwise every service goes to GATEWAY_UPSTREAM, Envoy's gRPC listener. Retries are off in
   that channel: Envoy retries, and two layers of retries multiply load during an outage.
+Every channel is mutual TLS as the `gateway` workload and checks that the other end is the workload
+it should be (Envoy, or the service itself when dialled directly); plain text only with
+MESH_PLAINTEXT=1 (mesh/credentials.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from gateway import xds
 from gateway.descriptors import Rpc
 from gateway.problems import Problem
 from gateway.settings import Settings
+from mesh.credentials import RETIRE_GRACE_SECONDS, MeshTLS, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -53,33 +58,63 @@ _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1
 
 
 class Upstream:
-    def __init__(self, settings: Settings, rpcs: Iterable[Rpc]) -> None:
+    def __init__(self, settings: Settings, rpcs: Iterable[Rpc], tls: MeshTLS | None) -> None:
         self.settings = settings
+        self.tls = tls
         self.rpcs = {rpc.path: rpc for rpc in rpcs}
         self.targets = {path: settings.upstream_for(rpc.service) for path, rpc in self.rpcs.items()}
+        self.peers = {self.targets[path]: settings.upstream_peer(rpc.service) for path, rpc in self.rpcs.items()}
         self.channels: dict[str, grpc.aio.Channel] = {}
         self.calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._generation = 0
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Opens the channels and builds the callables (needs the running event loop)."""
         if self.settings.xds_server and any(t.startswith("xds:") for t in self.targets.values()):
-            node = xds.install_bootstrap(self.settings.xds_server, zone=self.settings.xds_node_zone)
+            node = xds.install_bootstrap(self.settings.xds_server, zone=self.settings.xds_node_zone, tls=self.tls)
             log.info("proxyless upstream: xDS from %s as node %s", self.settings.xds_server, node or "(own bootstrap)")
+        self._open()
+
+    def _open(self) -> None:
+        self._generation = self.tls.current().generation if self.tls is not None else 0
+        channels: dict[str, grpc.aio.Channel] = {}
         for target in sorted(set(self.targets.values())):
             options = XDS_CHANNEL_OPTIONS if target.startswith("xds:") else CHANNEL_OPTIONS
-            channel = grpc.aio.insecure_channel(target, options=options)
+            channel = open_channel(target, self.peers[target], self.tls, options)
             channel.get_state(try_to_connect=True)  # start connecting now, not on the first call
-            self.channels[target] = channel
+            channels[target] = channel
             log.info("upstream channel to %s", target)
-        for path, rpc in self.rpcs.items():
-            self.calls[path] = self.channels[self.targets[path]].unary_unary(
+        calls = {
+            path: channels[self.targets[path]].unary_unary(
                 path,
                 request_serializer=rpc.input_type.SerializeToString,
                 response_deserializer=rpc.output_type.FromString,
                 _registered_method=True,
             )
+            for path, rpc in self.rpcs.items()
+        }
+        self.channels, self.calls = channels, calls
+
+    def _follow_rotation(self) -> None:
+        """New channels once the certificate changed (a stat a second at most, mesh.credentials);
+        the old ones close when their calls had time to end."""
+        if self.tls is None or self.tls.current().generation == self._generation or not self.channels:
+            return
+        old = list(self.channels.values())
+        self._open()
+
+        async def retire() -> None:
+            await asyncio.sleep(RETIRE_GRACE_SECONDS)  # calls already on them end within their deadline
+            await asyncio.gather(*(channel.close() for channel in old))
+
+        task = asyncio.get_running_loop().create_task(retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def close(self, grace: float | None = None) -> None:
+        for task in list(self._retiring):
+            task.cancel()
         channels, self.channels, self.calls = self.channels, {}, {}
         await asyncio.gather(*(channel.close(grace) for channel in channels.values()))
 
@@ -104,6 +139,7 @@ class Upstream:
     async def call(
         self, rpc: Rpc, request: Message, metadata: Sequence[tuple[str, str]], deadline_seconds: float
     ) -> Message:
+        self._follow_rotation()
         try:
             response: Message = await self.calls[rpc.path](request, metadata=metadata, timeout=deadline_seconds)
         except grpc.aio.AioRpcError as error:

@@ -20,6 +20,9 @@ import socket
 from collections.abc import MutableMapping
 from typing import Any
 
+from mesh.credentials import MeshTLS
+from mesh.pki import CA_NAME, IDENTITY_NAME
+
 # Must equal controlplane.proxyless.NODE_CLUSTER: it tells the control plane this node is a gRPC
 # client (api_listeners), not an Envoy. Kept literal: the gateway image carries no control plane.
 NODE_CLUSTER = "capsule-mesh-proxyless"
@@ -32,8 +35,23 @@ def node_id() -> str:
     return f"gateway-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def build_bootstrap(server: str, *, node: str, zone: str = "") -> dict[str, Any]:
-    """The xDS bootstrap of one gateway process (gRFC A27's format)."""
+def build_bootstrap(server: str, *, node: str, zone: str = "", tls: MeshTLS | None = None) -> dict[str, Any]:
+    """The xDS bootstrap of one gateway process (gRFC A27's format). With `tls`, the ADS stream is
+    mutual TLS from the gateway's certificate files (gRFC A65's `tls` channel credentials, which
+    read them again every `refresh_interval`: a rotation needs no restart); the control plane's
+    certificate must name `server`'s host (mesh/pki.py issues it with its addresses)."""
+    credentials: dict[str, Any] = {"type": "insecure"}
+    if tls is not None:
+        identity = str(tls.directory / IDENTITY_NAME)
+        credentials = {
+            "type": "tls",
+            "config": {
+                "ca_certificate_file": str(tls.directory / CA_NAME),
+                "certificate_file": identity,
+                "private_key_file": identity,
+                "refresh_interval": "10s",
+            },
+        }
     node_info: dict[str, Any] = {"id": node, "cluster": NODE_CLUSTER}
     if zone:
         node_info["locality"] = {"zone": zone}
@@ -41,9 +59,7 @@ def build_bootstrap(server: str, *, node: str, zone: str = "") -> dict[str, Any]
         "xds_servers": [
             {
                 "server_uri": server,
-                # The mesh's control plane listens in plaintext on loopback / the compose network,
-                # like the ADS stream of Envoy's bootstrap.
-                "channel_creds": [{"type": "insecure"}],
+                "channel_creds": [credentials],
                 # State-of-the-world xDS v3 (the only transport our control plane speaks).
                 "server_features": ["xds_v3"],
             }
@@ -52,12 +68,14 @@ def build_bootstrap(server: str, *, node: str, zone: str = "") -> dict[str, Any]
     }
 
 
-def install_bootstrap(server: str, *, zone: str = "", environ: MutableMapping[str, str] | None = None) -> str | None:
+def install_bootstrap(
+    server: str, *, zone: str = "", tls: MeshTLS | None = None, environ: MutableMapping[str, str] | None = None
+) -> str | None:
     """Put the bootstrap in GRPC_XDS_BOOTSTRAP_CONFIG (before any xds channel exists); returns the
     node id, or None when the environment already names a bootstrap (left untouched)."""
     env = os.environ if environ is None else environ
     if any(env.get(name) for name in BOOTSTRAP_VARIABLES):
         return None
     node = node_id()
-    env["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(build_bootstrap(server, node=node, zone=zone))
+    env["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(build_bootstrap(server, node=node, zone=zone, tls=tls))
     return node
