@@ -61,6 +61,7 @@ def cmd_setup(args: Sequence[str]) -> int:
     print(f"postgres  {pg.host}:{pg.port} (user {pg.user}{', password set' if pg.password else ''})")
     print(f"redis     {prepared.infra.redis_url}")
     print(f"jwt keys  {prepared.keys.private.parent}")
+    print(f"mesh CA   {prepared.keys.mesh_ca}  (operator certificate: {prepared.keys.operator})")
     return 0
 
 

@@ -1,16 +1,19 @@
-"""Development keys in .run/keys/, each created when missing: one Ed25519 JWT pair and the
-page-token keys.
+"""Development keys in .run/keys/, each created when missing: one Ed25519 JWT pair, the
+page-token keys, the mesh CA (mesh-ca/: ca.pem, ca-key.pem) and the operator's certificate
+(operator/: identity.pem, ca.pem — what grpcurl presents, renewed when half its life is gone).
 
     python -m launcher.keys [DIRECTORY]      # compose uses this to fill its key volume
 
 Auth signs access tokens with the private key; every service verifies them with the public key
 (SPEC §3). Every service signs and verifies its page tokens with the page-token keys (the text
-of PAGE_TOKEN_KEYS, "kid:secret", services/common/pagination.py). These are development keys:
-production supplies its own.
+of PAGE_TOKEN_KEYS, "kid:secret", services/common/pagination.py). The mesh CA signs every
+workload's certificate (mesh/pki.py; the launcher issues them per stack). These are development
+keys: production supplies its own.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import secrets
 import sys
@@ -18,11 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.bootstrap import REPO
+from mesh.pki import CA_NAME, IDENTITY_NAME, OPERATOR, MeshCA, certificate_not_after
 
 DEFAULT_DIR = REPO / ".run" / "keys"
 PRIVATE_NAME = "jwt-private.pem"
 PUBLIC_NAME = "jwt-public.pem"
 PAGE_TOKENS_NAME = "page-token-keys"
+MESH_CA_NAME = "mesh-ca"
+OPERATOR_NAME = "operator"
+# Certificates are issued again once less than this is left of their 24 h.
+RENEW_WHEN_LEFT = datetime.timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,12 @@ class KeyPair:
     public: Path
     # The value of PAGE_TOKEN_KEYS ("kid:secret,..."), one line.
     page_tokens: Path
+    # The mesh CA's directory (mesh/pki.py) and the operator's certificate directory.
+    mesh_ca: Path
+    operator: Path
+
+    def ca(self) -> MeshCA:
+        return MeshCA.load(self.mesh_ca)
 
     def page_token_keys(self) -> str:
         return self.page_tokens.read_text().strip()
@@ -39,8 +53,15 @@ class KeyPair:
 def ensure_dev_keys(directory: Path = DEFAULT_DIR) -> KeyPair:
     """Return the keys in `directory`, generating the JWT pair if either half is missing and the
     page-token keys if missing."""
-    pair = KeyPair(directory / PRIVATE_NAME, directory / PUBLIC_NAME, directory / PAGE_TOKENS_NAME)
+    pair = KeyPair(
+        directory / PRIVATE_NAME,
+        directory / PUBLIC_NAME,
+        directory / PAGE_TOKENS_NAME,
+        directory / MESH_CA_NAME,
+        directory / OPERATOR_NAME,
+    )
     _ensure_page_token_keys(pair.page_tokens)
+    _ensure_operator(MeshCA.ensure(pair.mesh_ca), pair.operator)
     if pair.private.exists() and pair.public.exists():
         return pair
     from cryptography.hazmat.primitives import serialization
@@ -66,6 +87,17 @@ def ensure_dev_keys(directory: Path = DEFAULT_DIR) -> KeyPair:
     tmp_public.replace(pair.public)
     print(f"[setup] generated an Ed25519 JWT key pair in {directory}", file=sys.stderr)
     return pair
+
+
+def _ensure_operator(ca: MeshCA, directory: Path) -> None:
+    """The operator's certificate, issued again once less than half its life is left (it lives
+    24 h like every workload's: SPEC §12)."""
+    identity, trusted = directory / IDENTITY_NAME, directory / CA_NAME
+    if identity.exists() and trusted.exists() and trusted.read_bytes() == ca.cert_pem:
+        left = certificate_not_after(identity.read_bytes()) - datetime.datetime.now(datetime.UTC)
+        if left > RENEW_WHEN_LEFT:
+            return
+    ca.issue(OPERATOR).write(directory)
 
 
 def _ensure_page_token_keys(path: Path) -> None:

@@ -18,8 +18,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.bootstrap import REPO
+
+if TYPE_CHECKING:  # the launcher imports this module before the venv (and grpc) exists
+    from mesh.credentials import MeshTLS
 
 ReadyProbe = Callable[[], bool]
 
@@ -232,10 +236,16 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 class GrpcHealthProbe:
     """`grpc.health.v1.Health/Check(service)` answers SERVING — the contract's readiness."""
 
-    def __init__(self, address: str, service: str, timeout: float = 1.0) -> None:
+    def __init__(
+        self, address: str, service: str, timeout: float = 1.0, *, tls: MeshTLS | None = None, peer: str = ""
+    ) -> None:
+        """`tls` (with the workload `peer` whose certificate the server must present): ask over
+        mutual TLS, as whoever `tls` names (the launcher: the operator)."""
         self.address = address
         self.service = service
         self.timeout = timeout
+        self.tls = tls
+        self.peer = peer
         self._channel: object | None = None
 
     def __call__(self) -> bool:
@@ -243,17 +253,21 @@ class GrpcHealthProbe:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         if self._channel is None:
-            self._channel = grpc.insecure_channel(
-                self.address,
-                options=[
-                    # Its own subchannel, with a short reconnect back-off: polling a server that
-                    # is still starting must retry promptly, not after gRPC's default 1 s → 120 s.
-                    ("grpc.use_local_subchannel_pool", 1),
-                    ("grpc.initial_reconnect_backoff_ms", 50),
-                    ("grpc.min_reconnect_backoff_ms", 50),
-                    ("grpc.max_reconnect_backoff_ms", 250),
-                ],
-            )
+            options: list[tuple[str, int | str]] = [
+                # Its own subchannel, with a short reconnect back-off: polling a server that is
+                # still starting must retry promptly, not after gRPC's default 1 s → 120 s.
+                ("grpc.use_local_subchannel_pool", 1),
+                ("grpc.initial_reconnect_backoff_ms", 50),
+                ("grpc.min_reconnect_backoff_ms", 50),
+                ("grpc.max_reconnect_backoff_ms", 250),
+            ]
+            if self.tls is None:
+                self._channel = grpc.insecure_channel(self.address, options=options)
+            else:
+                from mesh.pki import server_name
+
+                options.append(("grpc.ssl_target_name_override", server_name(self.peer)))
+                self._channel = grpc.secure_channel(self.address, self.tls.channel_credentials(), options=options)
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=self.service), timeout=self.timeout)

@@ -15,7 +15,14 @@ Start order: migrations → control plane → service instances (they register w
 (a proxyless xDS client of the same control plane: it calls the instances directly).
 Close: the reverse (gateway, Envoy, instances, control plane), each step SIGTERM → wait → SIGKILL.
 With `control_plane=False` Envoy gets the static bootstrap of mesh/envoy_config.py instead
-(the fallback: every planned instance listed, no registration).
+(the fallback: every planned instance listed, no registration; plain text only).
+
+Mutual TLS (SPEC §12, `mesh_tls`): before anything starts, the stack issues every workload's
+certificate from the mesh CA (keys.mesh_ca) into <work_dir>/certs/<workload>/ and hands each
+process its directory (MESH_TLS_DIR); the control plane also gets the CA (MESH_CA_DIR) to issue
+Envoy's over SDS. `rotate_certificates()` issues them all again: every process picks the new ones
+up by itself. The launcher's own probes and the tests' calls present the operator's certificate
+(`identity("operator")`) or any workload's (`identity(name)`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +59,8 @@ from launcher.process import (
     stop_all,
 )
 from mesh import envoy_config
+from mesh.credentials import MeshTLS, open_channel
+from mesh.pki import CONTROL_PLANE, ENVOY, GATEWAY, OPERATOR
 from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
 
@@ -122,6 +132,10 @@ class StackSettings:
     shutdown_grace_seconds: float = 10.0
     drop_databases_on_close: bool = False
     python: str = sys.executable
+    # Mutual TLS on every internal hop (SPEC §12); False only for the plain-text development mode.
+    mesh_tls: bool = False
+    # Lifetime of the workload certificates the stack issues (≤ 24 h).
+    cert_ttl_seconds: float = 24 * 3600.0
 
     @classmethod
     def for_tests(cls, infra: Infra, keys: KeyPair, *, work_dir: Path, **overrides: Any) -> StackSettings:
@@ -201,6 +215,8 @@ class Stack:
         self.control_plane: ManagedProcess | None = None
         self.gateway: ManagedProcess | None = None
         self.extra: list[ManagedProcess] = []
+        self.certs_dir = settings.work_dir / "certs"
+        self._identities: dict[str, MeshTLS] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -266,6 +282,73 @@ class Stack:
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    # --- certificates ----------------------------------------------------------------------------
+
+    def tls_dir(self, workload: str) -> Path:
+        return self.certs_dir / workload
+
+    def _workloads(self) -> list[str]:
+        return [*(s.name for s in self.settings.services), GATEWAY, ENVOY, CONTROL_PLANE]
+
+    def issue_certificates(self, workloads: Sequence[str] | None = None) -> None:
+        """Issue (again) the certificates of `workloads` (default: every workload of the stack).
+        The control plane's also names the address it listens on: gRPC's xDS client (the gateway)
+        checks the server by the address it dials."""
+        ca = self.settings.keys.ca()
+        ttl = timedelta(seconds=self.settings.cert_ttl_seconds)
+        for workload in workloads or self._workloads():
+            hosts = (self.host, "localhost") if workload == CONTROL_PLANE else ()
+            ca.issue(workload, ttl=ttl, hosts=hosts).write(self.tls_dir(workload))
+
+    def rotate_certificates(self) -> None:
+        """Every workload's certificate issued anew; each process reloads its own (Envoy's SDS
+        certificate is the control plane's to rotate)."""
+        self.issue_certificates()
+
+    def identity(self, workload: str) -> MeshTLS | None:
+        """A mesh identity to call the stack with (tests, probes): the operator's (set-up's), or
+        any workload's, issued on first use. None when the stack runs in plain text."""
+        if not self.settings.mesh_tls:
+            return None
+        if workload not in self._identities:
+            if workload == OPERATOR:
+                directory = self.settings.keys.operator
+            else:
+                directory = self.tls_dir(workload)
+                if not (directory / "identity.pem").exists():
+                    self.issue_certificates([workload])
+            self._identities[workload] = MeshTLS(directory)
+        return self._identities[workload]
+
+    def envoy_channel(self, workload: str = OPERATOR, options: Sequence[tuple[str, Any]] = ()) -> Any:
+        """A grpc.aio channel to Envoy's listener as `workload` (default: the operator)."""
+        return open_channel(self.envoy_grpc, ENVOY, self.identity(workload), options)
+
+    def channel_to(self, address: str, peer: str, workload: str = OPERATOR) -> Any:
+        """A grpc.aio channel straight to one instance of `peer` (a service name) as `workload`."""
+        return open_channel(address, peer, self.identity(workload))
+
+    def health_probe(self, address: str, spec: ServiceSpec) -> GrpcHealthProbe:
+        """The readiness probe of an instance of `spec` at `address`, asked as the operator."""
+        return GrpcHealthProbe(address, spec.proto_service, tls=self.identity(OPERATOR), peer=spec.name)
+
+    def grpcurl_args(self, workload: str = OPERATOR) -> list[str]:
+        """grpcurl's transport flags for Envoy's listener as `workload` (-plaintext without TLS)."""
+        tls = self.identity(workload)
+        if tls is None:
+            return ["-plaintext"]
+        identity = str(tls.directory / "identity.pem")
+        return [
+            "-cacert",
+            str(tls.directory / "ca.pem"),
+            "-cert",
+            identity,
+            "-key",
+            identity,
+            "-servername",
+            "envoy.capsule-mesh",
+        ]
+
     # --- environment -----------------------------------------------------------------------------
 
     def _base_env(self) -> dict[str, str]:
@@ -283,12 +366,17 @@ class Stack:
             REDIS_URL=self.redis_url,
             CACHE_PREFIX=self.cache_prefix,
             JWT_PUBLIC_KEY_FILE=str(self.jwt_public_key_file),
-            # TRANSITION (issue 12): every workload will get MESH_TLS_DIR; until every hop speaks
-            # mutual TLS, the explicit development switch keeps them in plain text.
-            MESH_PLAINTEXT="1",
         )
+        # Each process gets its own MESH_TLS_DIR below; none inherits the caller's switches.
+        for name in ("MESH_TLS_DIR", "MESH_PLAINTEXT", "MESH_CA_DIR"):
+            env.pop(name, None)
+        if not self.settings.mesh_tls:
+            env["MESH_PLAINTEXT"] = "1"
         env.update(self.settings.env)
         return env
+
+    def _tls_env(self, workload: str) -> dict[str, str]:
+        return {"MESH_TLS_DIR": str(self.tls_dir(workload))} if self.settings.mesh_tls else {}
 
     def migrate_env(self, spec: ServiceSpec) -> dict[str, str]:
         env = self._base_env()
@@ -310,6 +398,7 @@ class Stack:
             CONTROL_PLANE_TARGET=self.control_plane_target if self.settings.control_plane else "",
             # Every instance of every service signs and verifies page tokens with the same keys.
             PAGE_TOKEN_KEYS=self.settings.keys.page_token_keys(),
+            **self._tls_env(spec.name),
         )
         names = {s.name for s in self.settings.services}
         for target in KNOWN_TARGETS:
@@ -329,7 +418,11 @@ class Stack:
             CONTROL_PLANE_ENVOY_LISTEN=self.envoy_grpc,
             CONTROL_PLANE_SERVICES=",".join(s.name for s in self.settings.services),
             LEASE_TTL_SECONDS=f"{self.settings.lease_ttl_seconds:g}",
+            **self._tls_env(CONTROL_PLANE),
         )
+        if self.settings.mesh_tls:
+            env["MESH_CA_DIR"] = str(self.settings.keys.mesh_ca)
+            env["MESH_CERT_TTL_SECONDS"] = f"{self.settings.cert_ttl_seconds:g}"
         return env
 
     def gateway_env(self) -> dict[str, str]:
@@ -344,6 +437,7 @@ class Stack:
             GATEWAY_XDS_SERVER=(
                 self.control_plane_target if self.settings.control_plane and self.settings.gateway_proxyless else ""
             ),
+            **self._tls_env(GATEWAY),
         )
         env.update(self.settings.gateway_env)
         return env
@@ -400,8 +494,14 @@ class Stack:
             self.settings.timing().check()
         except TimingError as exc:
             raise StartupError(str(exc)) from None
+        if self.settings.mesh_tls and not self.settings.control_plane:
+            raise StartupError(
+                "the static Envoy bootstrap (control_plane=False) is plain text only: set mesh_tls=False"
+            )
         _LIVE.add(self)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.mesh_tls:
+            self.issue_certificates()
         migrations = [self._start_migration(spec) for spec in self.settings.services]
         if self.settings.control_plane:
             self.start_control_plane(wait=False)
@@ -506,7 +606,7 @@ class Stack:
 
     def _launch(self, inst: Instance) -> None:
         inst.process.env = self.service_env(inst)
-        inst.process.ready = GrpcHealthProbe(inst.grpc_address, inst.service.proto_service)
+        inst.process.ready = self.health_probe(inst.grpc_address, inst.service)
         inst.process.start()
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from launcher.process import GrpcHealthProbe, free_port
+from launcher.process import free_port
 from launcher.stack import Stack
 from services.auth.login_limits import LoginLimits, LoginLimitSettings
 from services.common.addresses import parse_networks
@@ -108,7 +108,7 @@ async def test_log_in_guesses_over_grpc_through_envoy_stop_at_the_account_limit_
 ) -> None:
     session = await sign_up(client)
     email = session["user"]["email"]
-    async with grpc.aio.insecure_channel(envoy_grpc) as channel:
+    async with stack.envoy_channel() as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
 
         async def log_in(password: str, **who: str) -> grpc.StatusCode:
@@ -157,9 +157,9 @@ async def test_the_per_ip_limit_keys_the_address_the_mesh_forwarded(stack: Stack
         "auth-limits",
         [sys.executable, "-m", "services.auth"],
         env=env,
-        ready=GrpcHealthProbe(address, auth.service.proto_service),
+        ready=stack.health_probe(address, auth.service),
     )
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with stack.channel_to(address, auth.service.name) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
 
         async def log_in(client_ip: str) -> grpc.StatusCode:

@@ -16,8 +16,9 @@ import pytest
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 from sqlalchemy.engine import make_url
 
-from launcher.process import GrpcHealthProbe, free_port
+from launcher.process import free_port
 from launcher.stack import Stack
+from mesh.topology import AUTH
 
 
 class Relay:
@@ -77,10 +78,10 @@ async def test_writes_fail_fast_while_the_primary_is_down_and_recover_without_re
         f"auth-primary-down-{uuid.uuid4().hex[:6]}",
         [stack.settings.python, "-m", "services.auth"],
         env=env,
-        ready=GrpcHealthProbe(address, "capsule.auth.v1.AuthService"),
+        ready=stack.health_probe(address, AUTH),
     )
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with stack.channel_to(address, AUTH.name) as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
             await stub.SignUp(sign_up_request(), timeout=10)
 

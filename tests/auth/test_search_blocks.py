@@ -19,8 +19,11 @@ import pytest
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 from capsule.recipients.v1 import relationships_pb2, relationships_pb2_grpc
 
-from launcher.process import GrpcHealthProbe, free_port
+from launcher.process import free_port
 from launcher.stack import Stack
+from mesh.credentials import add_port
+from mesh.pki import ENVOY
+from mesh.topology import AUTH
 from tests.auth.test_auth_http import bearer, sign_up
 
 
@@ -39,11 +42,12 @@ class StubRelationships(relationships_pb2_grpc.RelationshipServiceServicer):
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[tuple[StubRelationships, grpc.aio.Server, str]]:
+async def stub(stack: Stack) -> AsyncIterator[tuple[StubRelationships, grpc.aio.Server, str]]:
     servicer = StubRelationships()
     server = grpc.aio.server()
     relationships_pb2_grpc.add_RelationshipServiceServicer_to_server(servicer, server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    # In Envoy's place (auth dials RECIPIENTS_TARGET as Envoy): Envoy's certificate.
+    address = f"127.0.0.1:{add_port(server, '127.0.0.1:0', stack.identity(ENVOY))}"
     await server.start()
     yield servicer, server, address
     await server.stop(None)
@@ -58,7 +62,7 @@ async def start_auth_with_block_list(stack: Stack, recipients_target: str) -> tu
         f"auth-blocklist-{uuid.uuid4().hex[:6]}",
         [stack.settings.python, "-m", "services.auth"],
         env=env,
-        ready=GrpcHealthProbe(address, "capsule.auth.v1.AuthService"),
+        ready=stack.health_probe(address, AUTH),
     )
     return process, address
 
@@ -84,7 +88,7 @@ async def test_search_excludes_block_relations_both_ways(
 
     process, address = await start_auth_with_block_list(stack, stub_address)
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with stack.channel_to(address, AUTH.name) as channel:
             search = auth_pb2_grpc.AuthServiceStub(channel).SearchUsers
             metadata = (("authorization", f"Bearer {me['accessToken']}"),)
             reply = await search(auth_pb2.SearchUsersRequest(query=tag), metadata=metadata, timeout=10)
@@ -118,7 +122,7 @@ async def test_the_block_list_is_asked_within_the_callers_deadline(
     me = await sign_up(client)
     process, address = await start_auth_with_block_list(stack, stub_address)
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with stack.channel_to(address, AUTH.name) as channel:
             search = auth_pb2_grpc.AuthServiceStub(channel).SearchUsers
             metadata = (("authorization", f"Bearer {me['accessToken']}"),)
             await search(auth_pb2.SearchUsersRequest(query="zz" + uuid.uuid4().hex[:6]), metadata=metadata, timeout=0.9)

@@ -24,6 +24,7 @@ from sqlalchemy import text
 
 from gateway.bodies import parse_json
 from gateway.problems import rich_status
+from launcher.stack import Stack
 from services.common.db import Database
 from services.common.server import log_unhandled
 from services.common.settings import DatabaseSettings
@@ -138,8 +139,8 @@ async def test_an_enum_value_outside_its_set_is_400_naming_the_field(
 
 
 @pytest.fixture
-async def channel(envoy_grpc: str) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(envoy_grpc) as channel:
+async def channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
+    async with stack.envoy_channel() as channel:
         yield channel
 
 

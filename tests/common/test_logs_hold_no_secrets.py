@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 
@@ -97,7 +96,7 @@ async def test_no_password_token_email_or_letter_body_reaches_any_log(client: ht
     # writes in order but flushes on its own schedule, so the last call's line showing up means the
     # earlier ones are written (the Python processes write line by line: PYTHONUNBUFFERED).
     request_id = marker("rid-")
-    async with grpc.aio.insecure_channel(stack.envoy_grpc) as channel:
+    async with stack.envoy_channel() as channel:
         check = auth_pb2_grpc.AuthServiceStub(channel).CheckUsername
         await check(
             auth_pb2.CheckUsernameRequest(username="free" + request_id[4:12]), metadata=[("x-request-id", request_id)]

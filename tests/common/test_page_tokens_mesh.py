@@ -26,6 +26,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from launcher.bootstrap import REPO
+from launcher.stack import Stack
 from tests.auth.test_auth_http import assert_problem
 from tests.recipients.helpers import bearer, new_user
 
@@ -137,13 +138,13 @@ def assert_malformed(error: grpc.aio.AioRpcError) -> None:
 
 
 async def test_forged_and_replayed_tokens_are_invalid_argument_over_grpc(
-    client: httpx.AsyncClient, envoy_grpc: str
+    client: httpx.AsyncClient, stack: Stack
 ) -> None:
     a, b = await new_user(client), await new_user(client)
     token_a = await recipients_token(client, a)
     as_a = (("authorization", f"Bearer {a['accessToken']}"),)
     as_b = (("authorization", f"Bearer {b['accessToken']}"),)
-    async with grpc.aio.insecure_channel(envoy_grpc) as channel:
+    async with stack.envoy_channel() as channel:
         capsules = capsules_pb2_grpc.CapsulesServiceStub(channel)
         auth = auth_pb2_grpc.AuthServiceStub(channel)
         recipients = recipients_pb2_grpc.RecipientsServiceStub(channel)
