@@ -165,6 +165,8 @@ def cmd_up(args: Sequence[str]) -> int:
         instances={s.name: _env_int(f"{s.name.upper()}_INSTANCES", s.instances) for s in services},
         log_level=os.environ.get("LOG_LEVEL") or "INFO",
         with_gateway=with_gateway,
+        # Mutual TLS on every internal hop; MESH_PLAINTEXT=1 is the explicit development switch.
+        mesh_tls=os.environ.get("MESH_PLAINTEXT", "") != "1",
     )
     ports = {"GATEWAY_PORT": settings.gateway_port, "ENVOY_PORT": settings.envoy_port}
     ports["ENVOY_ADMIN_PORT"] = settings.envoy_admin_port
@@ -192,6 +194,9 @@ def cmd_up(args: Sequence[str]) -> int:
         while True:
             time.sleep(1.0)
             _report_exits(stack, reported)
+            # Certificates live 24 h: each is issued again at half its life (processes reload).
+            for workload in stack.renew_due_certificates():
+                log(f"renewed the certificate of {workload}")
     except KeyboardInterrupt:
         log("stopping")
     except StartupError as exc:
@@ -235,7 +240,7 @@ def _print_banner(stack: Stack) -> None:
             '      -d \'{"email":"ada@example.com","username":"ada","password":"correct horse battery",'
             '"firstName":"Ada","lastName":"Lovelace"}\''
         )
-    lines.append(f"    {REPO / '.venv/bin/grpcurl'} -plaintext {stack.envoy_grpc} list")
+    lines.append(f"    {REPO / '.venv/bin/grpcurl'} {' '.join(stack.grpcurl_args())} {stack.envoy_grpc} list")
     lines.append("")
     lines.append("  Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)

@@ -61,7 +61,7 @@ def ensure_dev_keys(directory: Path = DEFAULT_DIR) -> KeyPair:
         directory / OPERATOR_NAME,
     )
     _ensure_page_token_keys(pair.page_tokens)
-    _ensure_operator(MeshCA.ensure(pair.mesh_ca), pair.operator)
+    ensure_operator(MeshCA.ensure(pair.mesh_ca), pair.operator)
     if pair.private.exists() and pair.public.exists():
         return pair
     from cryptography.hazmat.primitives import serialization
@@ -89,15 +89,16 @@ def ensure_dev_keys(directory: Path = DEFAULT_DIR) -> KeyPair:
     return pair
 
 
-def _ensure_operator(ca: MeshCA, directory: Path) -> None:
+def ensure_operator(ca: MeshCA, directory: Path) -> bool:
     """The operator's certificate, issued again once less than half its life is left (it lives
-    24 h like every workload's: SPEC §12)."""
+    24 h like every workload's: SPEC §12) or when another CA signed it; whether it was."""
     identity, trusted = directory / IDENTITY_NAME, directory / CA_NAME
     if identity.exists() and trusted.exists() and trusted.read_bytes() == ca.cert_pem:
         left = certificate_not_after(identity.read_bytes()) - datetime.datetime.now(datetime.UTC)
         if left > RENEW_WHEN_LEFT:
-            return
+            return False
     ca.issue(OPERATOR).write(directory)
+    return True
 
 
 def _ensure_page_token_keys(path: Path) -> None:

@@ -40,7 +40,7 @@ import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from launcher.bootstrap import REPO
 from launcher.infra import Infra
-from launcher.keys import KeyPair
+from launcher.keys import KeyPair, ensure_operator
 from launcher.process import (
     GrpcHealthProbe,
     ManagedProcess,
@@ -60,7 +60,7 @@ from launcher.process import (
 )
 from mesh import envoy_config
 from mesh.credentials import MeshTLS, open_channel
-from mesh.pki import CONTROL_PLANE, ENVOY, GATEWAY, OPERATOR
+from mesh.pki import CONTROL_PLANE, ENVOY, GATEWAY, IDENTITY_NAME, OPERATOR, certificate_not_after
 from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
 
@@ -217,6 +217,7 @@ class Stack:
         self.extra: list[ManagedProcess] = []
         self.certs_dir = settings.work_dir / "certs"
         self._identities: dict[str, MeshTLS] = {}
+        self._next_renewal_check = 0.0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -299,6 +300,26 @@ class Stack:
         for workload in workloads or self._workloads():
             hosts = (self.host, "localhost") if workload == CONTROL_PLANE else ()
             ca.issue(workload, ttl=ttl, hosts=hosts).write(self.tls_dir(workload))
+
+    def renew_due_certificates(self) -> list[str]:
+        """Issue again the certificates with less than half their life left (the operator's
+        included); the workloads renewed. At most one look a minute at the files."""
+        now = time.monotonic()
+        if not self.settings.mesh_tls or now < self._next_renewal_check:
+            return []
+        self._next_renewal_check = now + 60.0
+        due = []
+        wall = datetime.now(UTC)
+        for workload in self._workloads():
+            identity = self.tls_dir(workload) / IDENTITY_NAME
+            left = certificate_not_after(identity.read_bytes()) - wall if identity.exists() else timedelta(0)
+            if left < timedelta(seconds=self.settings.cert_ttl_seconds / 2):
+                due.append(workload)
+        if due:
+            self.issue_certificates(due)
+        if ensure_operator(self.settings.keys.ca(), self.settings.keys.operator):
+            due.append(OPERATOR)
+        return due
 
     def rotate_certificates(self) -> None:
         """Every workload's certificate issued anew; each process reloads its own (Envoy's SDS
