@@ -114,9 +114,12 @@ class BackendLister:
 
 
 @contextmanager
-def open_mesh(infra: Infra, keys: KeyPair, work_dir: Path, *, attach: bool) -> Iterator[BenchMesh]:
-    """The mesh to measure (see the module's docstring); everything started here stops on exit."""
-    opened = _attached(infra, work_dir) if attach else _own(infra, keys, work_dir)
+def open_mesh(
+    infra: Infra, keys: KeyPair, work_dir: Path, *, attach: bool, mesh_tls: bool = True
+) -> Iterator[BenchMesh]:
+    """The mesh to measure (see the module's docstring); everything started here stops on exit.
+    `mesh_tls`: the own mesh's internal hops speak mutual TLS (as `make up`), else plain text."""
+    opened = _attached(infra, work_dir) if attach else _own(infra, keys, work_dir, mesh_tls)
     with opened as mesh:
         try:
             yield mesh
@@ -125,9 +128,9 @@ def open_mesh(infra: Infra, keys: KeyPair, work_dir: Path, *, attach: bool) -> I
 
 
 @contextmanager
-def _own(infra: Infra, keys: KeyPair, work_dir: Path) -> Iterator[BenchMesh]:
+def _own(infra: Infra, keys: KeyPair, work_dir: Path, mesh_tls: bool) -> Iterator[BenchMesh]:
     settings = StackSettings.for_tests(
-        infra, keys, work_dir=work_dir, log_level="WARNING", gateway_env=dict(BENCH_RATE_LIMITS)
+        infra, keys, work_dir=work_dir, log_level="WARNING", gateway_env=dict(BENCH_RATE_LIMITS), mesh_tls=mesh_tls
     )
     with Stack(settings) as stack:
         yield BenchMesh(
