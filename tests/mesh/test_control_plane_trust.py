@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -32,6 +34,7 @@ from grpc_status import rpc_status
 from mesh.catalog import mesh_service_names
 from mesh.credentials import MeshChannel, MeshTLS, add_port
 from mesh.pki import CONTROL_PLANE, ENVOY, GATEWAY, OPERATOR, MeshCA
+from services.common.registration import Registrar
 
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 
@@ -189,6 +192,33 @@ async def test_another_service_holding_the_lease_id_cannot_renew_or_end_the_leas
     assert (lease_id, "auth", "auth") in leases(mesh.plane)
     assert [e.address for e in mesh.plane.registry.endpoints()["auth"]] == ["127.0.0.1:7001"]
     await auth.Heartbeat(registry_pb2.HeartbeatRequest(lease_id=lease_id), timeout=5)  # still auth's
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_registrar_registers_over_mutual_tls_as_the_service_its_certificate_names(
+    mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert mesh.plane is not None
+    registrar = Registrar(mesh.target, instance("auth"), mesh.identity("auth"))
+    registrar.start()
+    await asyncio.wait_for(registrar.registered.wait(), timeout=5)
+    assert leases(mesh.plane) == [(registrar.lease_id, "auth", "auth")]
+    await registrar.deregister()
+    await registrar.close()
+    assert leases(mesh.plane) == []
+
+    caplog.set_level(logging.ERROR, logger="services.common.registration")
+    wrong = Registrar(mesh.target, instance("auth"), mesh.identity("recipients"))
+    wrong.start()
+    await until(lambda: any(r.getMessage() == "refused by the control plane; retrying" for r in caplog.records))
+    await wrong.close()
+    assert not wrong.registered.is_set() and leases(mesh.plane) == []
 
 
 # --- ADS -------------------------------------------------------------------------------------------
