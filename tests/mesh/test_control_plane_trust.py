@@ -10,6 +10,8 @@ test, and clients dialling it with certificates issued per test.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 import json
 import logging
 import time
@@ -23,6 +25,8 @@ from capsule.mesh.v1 import registry_pb2, registry_pb2_grpc
 from controlplane import resources as rs
 from controlplane.app import ControlPlane, ControlPlaneSettings
 from controlplane.authorization import Authorization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import error_details_pb2
@@ -140,6 +144,42 @@ async def test_a_certificate_from_another_ca_is_refused_at_the_handshake(mesh: M
     assert mesh.plane is not None and leases(mesh.plane) == []
     await register(mesh.registry("auth"), "auth")  # the same workload with the mesh CA's certificate
     assert [service for _, service, _ in leases(mesh.plane)] == ["auth"]
+
+
+def foreign_identity(ca: MeshCA, directory: Path, uri: str) -> MeshTLS:
+    """A certificate from the mesh CA whose identity is `uri` (what MeshCA.issue never writes)."""
+    issued = ca.issue("auth")
+    cert = x509.load_pem_x509_certificate(issued.cert_pem)
+    key = serialization.load_pem_private_key(issued.key_pem, password=None)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(key.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_before_utc + datetime.timedelta(hours=1))
+    )
+    for extension in cert.extensions:
+        if isinstance(extension.value, x509.SubjectAlternativeName):
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), True)
+        else:
+            builder = builder.add_extension(extension.value, extension.critical)
+    forged = builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    dataclasses.replace(issued, cert_pem=forged).write(directory)
+    return MeshTLS(directory)
+
+
+async def test_a_mesh_ca_certificate_naming_no_mesh_workload_is_refused(mesh: Mesh) -> None:
+    tls = foreign_identity(mesh.ca, mesh.tmp_path / "foreign", "spiffe://other-mesh/auth")
+    channel = MeshChannel(mesh.target, CONTROL_PLANE, tls)
+    mesh.channels.append(channel)
+    refused = await failure(lambda: register(channel.stub(registry_pb2_grpc.RegistryServiceStub), "auth"))
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "names no workload of the mesh" in str(refused.details())
+    refused = await failure(lambda: first_ads_answer(channel))
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert mesh.plane is not None and leases(mesh.plane) == []
 
 
 # --- registration ----------------------------------------------------------------------------------
