@@ -3,7 +3,10 @@
 GET /healthz    200 once the first snapshot is published (after the warm-up), 503 before
 GET /status     snapshot versions per node, versions each node acknowledged
 GET /nacks      every rejected update: node, type, rejected and kept versions, Envoy's error
-GET /registry   registered instances and their leases
+GET /registry   registered instances: service, address, zone, metadata, lease expiry
+
+No page shows a lease id, nor anything else that lets a caller act on the registry: this port is
+plain HTTP with no caller identity, and SPEC §12 defends it as if an attacker could reach it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ class Admin:
             now = time.monotonic()
             return 200, [
                 {
-                    "lease_id": lease.lease_id,
                     "service": lease.endpoint.service,
                     "address": lease.endpoint.address,
                     "zone": lease.endpoint.zone,

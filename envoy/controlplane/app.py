@@ -8,6 +8,11 @@ Warm-up: a (re)started control plane knows no instance. Publishing at once would
 empty endpoint set and fail every call, so the first snapshot waits `warmup_seconds` (default:
 one lease ttl, within which every live instance's heartbeat got NOT_FOUND and it registered
 again). Envoy keeps serving its last configuration meanwhile; its ADS requests simply wait.
+
+Trust (SPEC §12): the gRPC port speaks mutual TLS with the `control-plane` workload's certificate
+and takes only clients holding a mesh certificate; authorization.py then decides by that identity
+who may use ADS and the registry. Plain text only with MESH_PLAINTEXT=1 (development), or when a
+test builds its settings without `tls`.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane.admin import Admin
 from controlplane.ads import AggregatedDiscoveryService
+from controlplane.authorization import Authorization
 from controlplane.cache import PROXYLESS, SnapshotCache
 from controlplane.registry import Registry
 from controlplane.registry_service import RegistryService
 from controlplane.snapshot import MeshSnapshots
 from mesh import envoy_config
+from mesh.credentials import MeshTLS, TLSSetupError, add_port
 from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec
 from services.common import admin_http
@@ -54,6 +61,8 @@ class ControlPlaneSettings:
     timing: Timing = TIMING
     warmup_seconds: float | None = None  # None: one lease ttl
     services: tuple[ServiceSpec, ...] = field(default=SERVICES)
+    # The control-plane workload's identity and the mesh CA (MESH_TLS_DIR); None: plain text.
+    tls: MeshTLS | None = None
 
     @classmethod
     def from_env(cls) -> ControlPlaneSettings:
@@ -65,6 +74,10 @@ class ControlPlaneSettings:
             timing = Timing.from_env().check()
         except TimingError as exc:
             raise SystemExit(str(exc)) from None
+        try:
+            tls = MeshTLS.from_env()
+        except (TLSSetupError, OSError, ValueError) as exc:
+            raise SystemExit(f"mesh TLS: {exc}") from None
         return cls(
             listen=os.environ.get("CONTROL_PLANE_LISTEN", cls.listen),
             admin_listen=os.environ.get("CONTROL_PLANE_ADMIN_LISTEN", cls.admin_listen),
@@ -72,6 +85,7 @@ class ControlPlaneSettings:
             timing=timing,
             warmup_seconds=float(warmup) if warmup else None,
             services=services,
+            tls=tls,
         )
 
 
@@ -115,7 +129,9 @@ class ControlPlane:
                 # Envoy pings the ADS connection every 5 s (bootstrap keep-alive): allow it.
                 ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
                 ("grpc.keepalive_permit_without_calls", 1),
-            ]
+            ],
+            # Who may call what, by the identity in the client's certificate (authorization.py).
+            interceptors=[Authorization()],
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AggregatedDiscoveryService(self.cache), self.server
@@ -123,7 +139,7 @@ class ControlPlane:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryService(self.registry, self.cache, self.settings.timing), self.server
         )
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        self.port = add_port(self.server, self.settings.listen, self.settings.tls)
         if self.port == 0:
             raise SystemExit(f"cannot listen on {self.settings.listen}")
         await self.server.start()

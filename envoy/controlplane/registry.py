@@ -4,11 +4,16 @@ No gRPC and no Envoy here. An instance registers (service, host, port, zone, met
 lease that lapses `ttl` after the last heartbeat; `expire()` drops lapsed leases. Every change of
 the endpoint set calls the listeners (the control plane rebuilds its snapshot from `endpoints()`).
 Time comes from an injectable clock so tests drive expiry without sleeping.
+
+A lease ends only by lapsing or by its holder (SPEC §12): it remembers who registered it (the
+workload named by the caller's certificate; None over plain text, where no caller is named), and a
+heartbeat, a deregistration or a re-registration of its address by anyone else raises
+NotLeaseHolder and changes nothing. Lease ids are 128 random bits (never a counter), so one cannot
+be guessed; but knowing an id is not what lets a caller act on the lease — being its holder is.
 """
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -39,12 +44,18 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
 
+class NotLeaseHolder(Exception):
+    """The lease (or the address's lease) is held by another workload."""
+
+
 @dataclass
 class Lease:
     lease_id: str
     endpoint: Endpoint
     expires_at: float
     registered_at: float = field(default=0.0)
+    # The workload that registered it (its certificate's identity); None over plain text.
+    holder: str | None = None
 
 
 class Registry:
@@ -55,7 +66,6 @@ class Registry:
         self._clock = clock
         self._leases: dict[str, Lease] = {}
         self._listeners: list[Callable[[], None]] = []
-        self._counter = itertools.count(1)
 
     # --- listeners -------------------------------------------------------------------------------
 
@@ -70,27 +80,43 @@ class Registry:
     # --- leases ----------------------------------------------------------------------------------
 
     def register(
-        self, service: str, host: str, port: int, zone: str = "", metadata: Mapping[str, str] | None = None
+        self,
+        service: str,
+        host: str,
+        port: int,
+        zone: str = "",
+        metadata: Mapping[str, str] | None = None,
+        *,
+        holder: str | None = None,
     ) -> Lease:
-        """A new lease for the address; an earlier lease of the same (service, host, port) is
-        replaced (a restarted process on the same address, or a re-registration after the control
-        plane restarted)."""
+        """A new lease for the address, held by `holder`; an earlier lease of the same (service,
+        host, port) is replaced (a restarted process on the same address, or a re-registration
+        after the control plane restarted) — if the same holder has it, else NotLeaseHolder."""
         if not service or not host or not 0 < port < 65536:
             raise ValueError(f"invalid instance: service={service!r} host={host!r} port={port}")
         endpoint = Endpoint(service, host, port, zone, tuple(sorted((metadata or {}).items())))
         key = (service, host, port)
         replaced = [lid for lid, lease in self._leases.items() if lease.endpoint.key == key]
+        if any(self._leases[lid].holder != holder for lid in replaced):
+            raise NotLeaseHolder(f"{endpoint.address} of {service} is registered by another workload")
         for lid in replaced:
             del self._leases[lid]
         now = self._clock()
-        lease = Lease(f"{next(self._counter)}-{secrets.token_hex(8)}", endpoint, now + self.ttl, now)
+        lease = Lease(secrets.token_urlsafe(16), endpoint, now + self.ttl, now, holder)
         self._leases[lease.lease_id] = lease
         self._changed()
         return lease
 
-    def heartbeat(self, lease_id: str) -> bool:
-        """Renew; False when the lease is unknown or already lapsed (the caller registers again)."""
+    def _held(self, lease_id: str, holder: str | None) -> Lease | None:
         lease = self._leases.get(lease_id)
+        if lease is not None and lease.holder != holder:
+            raise NotLeaseHolder("the lease is held by another workload")
+        return lease
+
+    def heartbeat(self, lease_id: str, *, holder: str | None = None) -> bool:
+        """Renew; False when the lease is unknown or already lapsed (the caller registers again);
+        NotLeaseHolder when someone else holds it."""
+        lease = self._held(lease_id, holder)
         now = self._clock()
         if lease is None:
             return False
@@ -100,10 +126,12 @@ class Registry:
         lease.expires_at = now + self.ttl
         return True
 
-    def deregister(self, lease_id: str) -> Endpoint | None:
-        lease = self._leases.pop(lease_id, None)
-        if lease is None:
+    def deregister(self, lease_id: str, *, holder: str | None = None) -> Endpoint | None:
+        """End the lease; None when it is unknown; NotLeaseHolder (the lease kept) when someone
+        else holds it."""
+        if self._held(lease_id, holder) is None:
             return None
+        lease = self._leases.pop(lease_id)
         self._changed()
         return lease.endpoint
 

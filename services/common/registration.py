@@ -1,6 +1,6 @@
 """Registration of this instance with the mesh's control plane (capsule.mesh.v1.RegistryService).
 
-    registrar = Registrar(target, instance)
+    registrar = Registrar(target, instance, tls)   # tls: MeshTLS, None in plain text
     registrar.start()            # once SERVING: register, then heartbeat every ttl/3
     drained = await registrar.deregister()   # draining: leave Envoy's endpoint set
     await registrar.close()
@@ -8,6 +8,13 @@
 A heartbeat answered NOT_FOUND (the lease lapsed, or the control plane restarted and forgot it)
 registers again at once. An unreachable control plane is retried every heartbeat interval without
 giving up: Envoy keeps its last configuration meanwhile, so the instance keeps serving.
+
+The control plane knows the instance by its certificate (SPEC §12): it accepts the registration
+only for the service the certificate names, and the lease only from the same identity. The channel
+checks that it reaches the `control-plane` workload — an impostor would otherwise learn where the
+instance serves and could answer its heartbeats — and follows certificate rotation (MeshChannel).
+A refusal (PERMISSION_DENIED: a certificate for another service) is retried like an outage, but
+logged as the misconfiguration it is.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import socket
 import grpc
 from capsule.mesh.v1 import registry_pb2, registry_pb2_grpc
 
+from mesh.credentials import MeshChannel, MeshTLS
+from mesh.pki import CONTROL_PLANE
 from mesh.timing import TIMING
 from services.common.background import cancel_and_wait
 
@@ -37,14 +46,16 @@ def advertised_host(listen_host: str) -> str:
 
 
 class Registrar:
-    def __init__(self, target: str, instance: registry_pb2.ServiceInstance) -> None:
+    def __init__(self, target: str, instance: registry_pb2.ServiceInstance, tls: MeshTLS | None = None) -> None:
         self.target = target
         self.instance = instance
         self.lease_id = ""
         # Until the control plane tells its own, and while it is unreachable (mesh/timing.py).
         self.interval = TIMING.heartbeat_seconds
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = MeshChannel(
             target,
+            CONTROL_PLANE,
+            tls,
             options=[
                 # A restarted control plane is found again within a second (gRPC's default
                 # reconnect back-off grows to 120 s).
@@ -53,13 +64,16 @@ class Registrar:
                 ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
-        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._task: asyncio.Task[None] | None = None
         self.registered = asyncio.Event()
 
     @property
     def address(self) -> str:
         return f"{self.instance.host}:{self.instance.port}"
+
+    @property
+    def _stub(self) -> registry_pb2_grpc.RegistryServiceStub:
+        return self._channel.stub(registry_pb2_grpc.RegistryServiceStub)  # the current certificate's channel
 
     def start(self) -> None:
         if self._task is None:
@@ -94,10 +108,14 @@ class Registrar:
                     continue
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
-                    log.warning(
-                        "control plane unreachable; retrying",
-                        extra={"fields": {"target": self.target, "code": exc.code().name, "failures": failures}},
-                    )
+                    fields = {"target": self.target, "code": exc.code().name, "failures": failures}
+                    if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                        log.error(
+                            "refused by the control plane; retrying",
+                            extra={"fields": {**fields, "error": exc.details()}},
+                        )
+                    else:
+                        log.warning("control plane unreachable; retrying", extra={"fields": fields})
             await asyncio.sleep(self.interval)
 
     async def deregister(self) -> bool:

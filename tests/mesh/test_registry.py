@@ -1,9 +1,11 @@
-"""Leases with a fake clock: expiry, heartbeats, replacement, change notifications."""
+"""Leases with a fake clock: expiry, heartbeats, replacement, change notifications, holders."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
-from controlplane.registry import Registry
+from controlplane.registry import NotLeaseHolder, Registry
 
 
 class Clock:
@@ -58,3 +60,30 @@ def test_registering_an_address_again_replaces_its_lease() -> None:
 def test_invalid_instances_are_refused(service: str, host: str, port: int) -> None:
     with pytest.raises(ValueError):
         Registry(ttl=1.0).register(service, host, port)
+
+
+def test_only_the_holder_renews_ends_or_replaces_a_lease() -> None:
+    clock = Clock()
+    changes: list[int] = []
+    reg = Registry(ttl=1.0, clock=clock)
+    lease = reg.register("auth", "h", 1, holder="auth")
+    reg.subscribe(lambda: changes.append(1))
+    clock.now += 0.5
+    for act in (
+        lambda: reg.heartbeat(lease.lease_id, holder="recipients"),
+        lambda: reg.heartbeat(lease.lease_id),  # no identity is not the holder's identity
+        lambda: reg.deregister(lease.lease_id, holder="recipients"),
+        lambda: reg.register("auth", "h", 1, holder="recipients"),
+    ):
+        with pytest.raises(NotLeaseHolder):
+            act()
+    assert reg.leases() == [lease] and lease.expires_at == 101.0 and changes == []
+    assert reg.heartbeat(lease.lease_id, holder="auth")
+    assert reg.deregister(lease.lease_id, holder="auth") is not None
+
+
+def test_lease_ids_are_random_not_counted() -> None:
+    reg = Registry(ttl=1.0)
+    ids = [reg.register("auth", "h", port).lease_id for port in range(1, 65)]
+    assert len(set(ids)) == 64
+    assert all(len(base64.urlsafe_b64decode(i + "==")) >= 16 for i in ids)  # 128 random bits, no counter
