@@ -317,7 +317,7 @@ class ServiceHost:
             zone=self.settings.zone,
             metadata=metadata,
         )
-        self.registrar = Registrar(target, instance)
+        self.registrar = Registrar(target, instance, tls=self.tls)
         self.registrar.start()
 
     async def _set_all(self, status: int) -> None:
