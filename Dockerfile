@@ -37,10 +37,12 @@ COPY mesh/ mesh/
 COPY services/__init__.py services/__init__.py
 COPY services/common/ services/common/
 
-# Non-root, one uid in every container of the mesh, which all read the shared JWT key volume.
-# /keys is where compose mounts it; owning it lets the one-shot key generator write there.
+# Non-root, one uid in every container of the mesh, which all read the shared key volume and the
+# certificate volume (their private keys are 0600). /keys and /certs are where compose mounts them;
+# a new volume takes the owner of the directory it is first mounted on, so owning these lets the
+# one-shot key generator and the certificate renewer write there.
 RUN useradd --system --uid 10001 --no-create-home --home-dir /app app \
-    && mkdir -p /keys && chown app /keys
+    && mkdir -p /keys /certs && chown app /keys /certs
 
 
 # Before `service`: building these targets never needs SERVICE, whatever the builder.
