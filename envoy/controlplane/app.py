@@ -8,6 +8,10 @@ Warm-up: a (re)started control plane knows no instance. Publishing at once would
 empty endpoint set and fail every call, so the first snapshot waits `warmup_seconds` (default:
 one lease ttl, within which every live instance's heartbeat got NOT_FOUND and it registered
 again). Envoy keeps serving its last configuration meanwhile; its ADS requests simply wait.
+
+Mutual TLS for Envoy (SPEC §12) is on exactly when a mesh CA is configured (MESH_CA_DIR): the
+listener and clusters are built for TLS, and the control plane mints Envoy's certificate and
+renews it (envoy_identity.py); a renewal publishes snapshots whose only change is the SDS version.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 
 import grpc
 from capsule.mesh.v1 import registry_pb2_grpc
@@ -26,10 +32,12 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from controlplane.admin import Admin
 from controlplane.ads import AggregatedDiscoveryService
 from controlplane.cache import PROXYLESS, SnapshotCache
+from controlplane.envoy_identity import EnvoyIdentity
 from controlplane.registry import Registry
 from controlplane.registry_service import RegistryService
 from controlplane.snapshot import MeshSnapshots
 from mesh import envoy_config
+from mesh.pki import MAX_TTL, Issued
 from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec
 from services.common import admin_http
@@ -54,12 +62,25 @@ class ControlPlaneSettings:
     timing: Timing = TIMING
     warmup_seconds: float | None = None  # None: one lease ttl
     services: tuple[ServiceSpec, ...] = field(default=SERVICES)
+    # The mesh CA (ca.pem, ca-key.pem): set, Envoy speaks mutual TLS with certificates minted here;
+    # None, plain text (the development switch).
+    ca_dir: Path | None = None
+    # Life of Envoy's certificate (SPEC §12: at most 24 h), renewed at half of it.
+    cert_ttl_seconds: float = MAX_TTL.total_seconds()
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cert_ttl_seconds <= MAX_TTL.total_seconds():
+            raise ValueError(
+                f"cert_ttl_seconds must be in (0, {MAX_TTL.total_seconds():.0f}], not {self.cert_ttl_seconds}"
+            )
 
     @classmethod
     def from_env(cls) -> ControlPlaneSettings:
         names = [n.strip() for n in os.environ.get("CONTROL_PLANE_SERVICES", "").split(",") if n.strip()]
         services = tuple(s for s in SERVICES if s.name in names) if names else SERVICES
         warmup = os.environ.get("CONTROL_PLANE_WARMUP_SECONDS", "")
+        ca_dir = os.environ.get("MESH_CA_DIR", "")
+        ttl = os.environ.get("MESH_CERT_TTL_SECONDS", "")
         try:
             # LEASE_TTL_SECONDS (and any other override) must keep every relation: else no start.
             timing = Timing.from_env().check()
@@ -72,6 +93,8 @@ class ControlPlaneSettings:
             timing=timing,
             warmup_seconds=float(warmup) if warmup else None,
             services=services,
+            ca_dir=Path(ca_dir) if ca_dir else None,
+            cert_ttl_seconds=float(ttl) if ttl else cls.cert_ttl_seconds,
         )
 
 
@@ -91,8 +114,24 @@ class ControlPlane:
             listen=_split(settings.envoy_listen),
             services=settings.services,
             idempotent_methods=envoy_config.idempotent_methods(),
+            tls=settings.ca_dir is not None,
         )
         self.registry.subscribe(self._rebuild)
+        self.envoy_identity: EnvoyIdentity | None = None
+        if settings.ca_dir is not None:
+            ttl = timedelta(seconds=settings.cert_ttl_seconds)
+            self.envoy_identity = EnvoyIdentity.load(settings.ca_dir, self._use_envoy_identity, ttl=ttl)
+            self.envoy_identity.rotate()  # before the first snapshot, which must carry it
+
+    def _use_envoy_identity(self, issued: Issued) -> None:
+        self.snapshots.use_envoy_identity(key_pem=issued.key_pem, cert_pem=issued.cert_pem, ca_pem=issued.ca_pem)
+        self._rebuild()
+
+    def rotate_envoy_certificate(self) -> Issued:
+        """Envoy gets a new certificate now (an SDS push); the renewal schedule restarts from it."""
+        if self.envoy_identity is None:
+            raise RuntimeError("no mesh CA configured (MESH_CA_DIR): Envoy speaks plain text")
+        return self.envoy_identity.rotate()
 
     @property
     def services(self) -> Sequence[ServiceSpec]:
@@ -130,6 +169,8 @@ class ControlPlane:
         admin = Admin(self.cache, self.registry, lambda: self.ready)
         self.admin_server = await admin_http.serve(self.settings.admin_listen, admin.response)
         self._tasks = [asyncio.create_task(self._sweep()), asyncio.create_task(self._warm_up())]
+        if self.envoy_identity is not None:
+            self._tasks.append(asyncio.create_task(self.envoy_identity.renew_forever()))
         log.info(
             "control plane serving",
             extra={"fields": {"grpc": self.settings.listen, "admin": self.settings.admin_listen}},
