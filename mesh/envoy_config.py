@@ -720,38 +720,87 @@ def build_bootstrap(
     )
 
 
-def control_plane_tls(tls_dir: Path) -> base_pb2.TransportSocket:
-    """Envoy → control plane over mutual TLS, from files: the ADS connection cannot take its own
-    certificates over SDS from the very stream it has to open first. `tls_dir` holds identity.pem
-    (key, then certificate: one file replaced by one rename, so key and certificate never
-    mismatch) and ca.pem (mesh/pki.py). Envoy watches the directory and reloads both on a rename:
-    a renewed certificate is used by the next connection, without a restart."""
+# The ADS connection's own identity: two secrets Envoy reads from files (filesystem SDS), next to
+# the identity they point at. Filesystem SDS, not certificates inline in the cluster: Envoy reloads
+# a file-based secret when a file is renamed into its watched directory, but never reloads the
+# certificates of a static TLS context (they would need a restart).
+XDS_IDENTITY_SECRET = "xds-identity"
+XDS_CA_SECRET = "xds-ca"
+XDS_SDS_FILES = {XDS_IDENTITY_SECRET: "envoy-xds-identity.sds.json", XDS_CA_SECRET: "envoy-xds-ca.sds.json"}
+
+
+def _file_sds(tls_dir: Path, name: str) -> secret_pb2.SdsSecretConfig:
+    source = config_source_pb2.ConfigSource(
+        path_config_source=config_source_pb2.PathConfigSource(path=str(tls_dir / XDS_SDS_FILES[name])),
+        resource_api_version=config_source_pb2.V3,
+    )
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=source)
+
+
+def xds_tls_secrets(tls_dir: Path) -> list[secret_pb2.Secret]:
+    """What the filesystem SDS files say: the identity and the CA are the files of `tls_dir`
+    (mesh/pki.py: identity.pem holds the key then the certificate, replaced by one rename, so the
+    two never mismatch; ca.pem). Envoy watches the directory and re-reads both on a rename: a
+    renewed certificate is used by the next connection, without a restart."""
     identity = str(tls_dir / IDENTITY_NAME)
     watched = base_pb2.WatchedDirectory(path=str(tls_dir))
+    return [
+        secret_pb2.Secret(
+            name=XDS_IDENTITY_SECRET,
+            tls_certificate=tls_common_pb2.TlsCertificate(
+                # The same file twice: each read takes the PEM blocks of its kind.
+                certificate_chain=base_pb2.DataSource(filename=identity),
+                private_key=base_pb2.DataSource(filename=identity),
+                watched_directory=watched,
+            ),
+        ),
+        secret_pb2.Secret(
+            name=XDS_CA_SECRET,
+            validation_context=tls_common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(filename=str(tls_dir / CA_NAME)), watched_directory=watched
+            ),
+        ),
+    ]
+
+
+def control_plane_tls(tls_dir: Path) -> base_pb2.TransportSocket:
+    """Envoy → control plane over mutual TLS, from files: the ADS connection cannot take its
+    certificates over SDS from the very stream it has to open first. `tls_dir` is the directory as
+    Envoy sees it; write_xds_sds_files() must have put the SDS files there."""
     return _tls_socket(
         tls_pb2.UpstreamTlsContext(
             # The control plane's DNS SAN: its address (an IP, or "control-plane" in compose)
             # names nothing.
             sni=server_name(CONTROL_PLANE),
             common_tls_context=tls_pb2.CommonTlsContext(
-                tls_certificates=[
-                    tls_common_pb2.TlsCertificate(
-                        # The same file twice: Envoy takes the PEM blocks it needs from each read.
-                        certificate_chain=base_pb2.DataSource(filename=identity),
-                        private_key=base_pb2.DataSource(filename=identity),
-                        watched_directory=watched,
-                    )
-                ],
-                validation_context=tls_common_pb2.CertificateValidationContext(
-                    trusted_ca=base_pb2.DataSource(filename=str(tls_dir / CA_NAME)),
-                    watched_directory=watched,
+                tls_certificate_sds_secret_configs=[_file_sds(tls_dir, XDS_IDENTITY_SECRET)],
+                combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
                     # Only the control plane may hand Envoy its configuration and its keys.
-                    match_typed_subject_alt_names=[_uri_san(CONTROL_PLANE)],
+                    default_validation_context=tls_common_pb2.CertificateValidationContext(
+                        match_typed_subject_alt_names=[_uri_san(CONTROL_PLANE)]
+                    ),
+                    validation_context_sds_secret_config=_file_sds(tls_dir, XDS_CA_SECRET),
                 ),
                 alpn_protocols=ALPN_H2,
             ),
         )
     )
+
+
+def write_xds_sds_files(directory: Path, tls_dir: Path | None = None) -> list[Path]:
+    """Write the filesystem SDS files of control_plane_tls() into `directory` (Envoy's identity
+    directory), each replaced by a rename. tls_dir: the same directory as Envoy sees it, when that
+    differs (a container's mount point)."""
+    seen = tls_dir or directory
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for secret in xds_tls_secrets(seen):
+        path = directory / XDS_SDS_FILES[secret.name]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"resources": [to_json(typed(secret))]}, indent=2) + "\n")
+        tmp.replace(path)
+        written.append(path)
+    return written
 
 
 def build_xds_bootstrap(
@@ -765,7 +814,8 @@ def build_xds_bootstrap(
 ) -> bootstrap_pb2.Bootstrap:
     """Envoy bootstrap that only points at the control plane: listeners, routes, clusters and
     endpoints all arrive over one ADS stream (envoy/controlplane). tls_dir: Envoy's identity for
-    that stream (control_plane_tls); None: plain text (the development switch)."""
+    that stream (control_plane_tls, with write_xds_sds_files); None: plain text (the development
+    switch)."""
     xds_cluster = Cluster(
         name=XDS_CLUSTER,
         # An IP on loopback; a DNS name in compose ("control-plane").
@@ -854,7 +904,8 @@ def compose_bootstrap(
     publishes it on loopback); everything else (the listener on 0.0.0.0:10000, every service's
     replicas as they register) comes from the control-plane container over ADS. `services` is
     kept for the signature's sake: the control plane reads the topology itself. tls_dir: where the
-    container finds Envoy's identity for the ADS connection (mounted), see build_xds_bootstrap."""
+    container finds Envoy's identity for the ADS connection (mounted; set-up writes the SDS files
+    there with write_xds_sds_files(host directory, tls_dir)), see build_xds_bootstrap."""
     del services
     return build_xds_bootstrap(admin=("0.0.0.0", 9901), control_plane=COMPOSE_CONTROL_PLANE, tls_dir=tls_dir)
 

@@ -97,14 +97,23 @@ class XdsMesh:
         self.plane = await ControlPlane(settings).start()
         return self.plane
 
-    async def start_envoy(self) -> None:
+    async def start_envoy(
+        self, *, ads_port: int | None = None, tls_dir: Path | None = None, wait_ready: bool = True
+    ) -> None:
+        """ads_port/tls_dir: another ADS server than the plane's (one serving TLS), reached with the
+        identity in tls_dir. wait_ready=False: only wait for the admin port (an Envoy that may
+        never get its configuration)."""
         config = envoy_config.build_xds_bootstrap(
-            admin=("127.0.0.1", self.admin_port), control_plane=("127.0.0.1", self.cp_port), node_id=self.node_id
+            admin=("127.0.0.1", self.admin_port),
+            control_plane=("127.0.0.1", ads_port or self.cp_port),
+            node_id=self.node_id,
+            tls_dir=tls_dir,
         )
         path = envoy_config.write_bootstrap(config, self.tmp_path / "envoy.json")
         argv = [ENVOY, "-c", str(path), "--base-id", str(self.admin_port), "--log-level", "warn", "--concurrency", "1"]
+        ready_path = "/ready" if wait_ready else "/server_info"
         self.envoy = await asyncio.to_thread(
-            self.processes.start, "envoy", argv, ready=lambda: http_ok(f"{self.admin_url}/ready")
+            self.processes.start, "envoy", argv, ready=lambda: http_ok(f"{self.admin_url}{ready_path}")
         )
         if self.ca is None:
             self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")

@@ -235,3 +235,67 @@ async def test_the_envoy_certificate_rotates_under_load_without_a_failed_call(xd
 
 async def _only(mesh: XdsMesh, serials: set[int]) -> bool:
     return _envoy_serials(await mesh.admin("/certs")) == serials
+
+
+async def tls_ads_server(mesh: XdsMesh, identity: str) -> tuple[grpc.aio.Server, int]:
+    """The plane's ADS (same cache) on a mutual-TLS port presenting `identity`'s certificate: the
+    control plane's own server credentials are not this branch's."""
+    from controlplane.ads import AggregatedDiscoveryService
+    from envoy.service.discovery.v3 import ads_pb2_grpc
+
+    from mesh.credentials import MeshTLS
+
+    assert mesh.plane is not None
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscoveryService(mesh.plane.cache), server)
+    port = server.add_secure_port("127.0.0.1:0", MeshTLS(mesh.identity(identity)).server_credentials())
+    await server.start()
+    return server, port
+
+
+async def test_envoy_reaches_the_control_plane_over_mutual_tls_from_watched_files(xds_mesh: XdsMesh) -> None:
+    a = f"127.0.0.1:{free_port()}"
+    xds_mesh.use_tls()
+    await xds_mesh.start_instance(a)
+    plane = await xds_mesh.start_plane(lease_ttl=60)
+    await register(xds_mesh, a)
+    server, port = await tls_ads_server(xds_mesh, "control-plane")
+    try:
+        envoy_dir = xds_mesh.identity("envoy")
+        envoy_config.write_xds_sds_files(envoy_dir)
+        first = _serial((envoy_dir / "identity.pem").read_bytes())
+        await xds_mesh.start_envoy(ads_port=port, tls_dir=envoy_dir)
+        await xds_mesh.wait_for("a healthy", lambda: _healthy(xds_mesh, {a}))
+        assert (await call(xds_mesh.client("gateway"), PUBLIC))["x-instance"] == a
+        assert await stat(xds_mesh, "cluster.xds_cluster.ssl.handshake") >= 1
+        sds = _serial(plane.envoy_identity.current.cert_pem)  # type: ignore[union-attr]
+        assert _envoy_serials(await xds_mesh.admin("/certs")) == {sds, first}
+
+        # A renewed file (one rename) is picked up without a restart.
+        assert xds_mesh.ca is not None
+        renewed = xds_mesh.ca.issue("envoy")
+        renewed.write(envoy_dir)
+        await xds_mesh.wait_for(
+            "the renewed file in use", lambda: _only(xds_mesh, {sds, _serial(renewed.cert_pem)}), timeout=10
+        )
+    finally:
+        await server.stop(0)
+
+
+async def test_envoy_refuses_a_control_plane_with_another_identity(xds_mesh: XdsMesh) -> None:
+    xds_mesh.use_tls()
+    await xds_mesh.start_plane()
+    server, port = await tls_ads_server(xds_mesh, "auth")  # a mesh certificate, not the control plane's
+    try:
+        envoy_dir = xds_mesh.identity("envoy")
+        envoy_config.write_xds_sds_files(envoy_dir)
+        await xds_mesh.start_envoy(ads_port=port, tls_dir=envoy_dir, wait_ready=False)
+
+        async def san_refusals() -> int:
+            return await stat(xds_mesh, "cluster.xds_cluster.ssl.fail_verify_san")
+
+        await xds_mesh.wait_for("the impostor refused", lambda: _at_least(san_refusals, 2))
+        assert xds_mesh.plane is not None and not xds_mesh.plane.cache.connected
+        assert (await xds_mesh.admin("/config_dump?resource=dynamic_listeners")).get("configs") in (None, [])
+    finally:
+        await server.stop(0)
