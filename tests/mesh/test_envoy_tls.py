@@ -231,6 +231,7 @@ async def test_the_envoy_certificate_rotates_under_load_without_a_failed_call(xd
     assert await stat(xds_mesh, "listener_manager.listener_modified") == 0
     status = await xds_mesh.cp_admin("/status")
     assert status["nodes"][xds_mesh.node_id]["acked"]["sds"] == after[rs.SECRET]
+    assert plane.cache.nacks == []
 
 
 async def _only(mesh: XdsMesh, serials: set[int]) -> bool:
