@@ -7,6 +7,14 @@ instance listed, CONTROL_PLANE=0) and `build_xds_bootstrap()` (only the control 
 put them in a Bootstrap, which `write_bootstrap()` — the only function here that touches a file —
 serialises to protobuf JSON (`to_json`) for Envoy's `-c`.
 
+Mutual TLS (SPEC §12) is a switch on the builders (`tls=True`, `tls_dir=`), off by default so
+that plain text remains available as the explicit development mode. Under it Envoy never holds a
+key on disk for the data path: the listener and clusters name SDS secrets that the control plane
+serves over the ADS stream (rotated without a restart, and without touching the listener or the
+clusters, so no connection is drained); only the ADS connection itself, which must exist before any
+SDS, reads its identity from files (filesystem SDS, watched). Who may call which method is not
+written here: the RBAC policy is generated from the protos' declarations (mesh/catalog.py).
+
 Every value set below carries its reason. Values left out are Envoy's defaults on purpose; a value
 equal to the default (codec AUTO, panic threshold 0 %) is set anyway when the reason matters, even
 though protobuf JSON then leaves it out of the file.

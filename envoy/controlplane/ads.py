@@ -10,13 +10,13 @@ what the protocol needs (as go-control-plane's and java-control-plane's servers 
 - NACK (error_detail): recorded in the cache and logged; the same version is never resent —
   only a new snapshot version (or a change of requested names) gets an answer;
 - clusters and listeners: the full set to a wildcard request (Envoy), the names requested otherwise
-  (gRPC's xDS client subscribes by name); endpoints and routes: the names requested, with an empty
-  assignment for endpoint names we do not have;
+  (gRPC's xDS client subscribes by name); endpoints, routes and secrets (SDS): the names requested,
+  with an empty assignment for endpoint names we do not have;
 - the node's kind (Envoy, or a proxyless gRPC client: node.cluster == proxyless.NODE_CLUSTER)
   selects which default snapshot the stream is served;
-- when several types change together they go out clusters → endpoints → listeners → routes, and
-  after a clusters push the next endpoints request is always answered (the clusters Envoy
-  re-creates wait for it while warming).
+- when several types change together they go out secrets → clusters → endpoints → listeners →
+  routes, and after a clusters push the next endpoints request is always answered (the clusters
+  Envoy re-creates wait for it while warming).
 
 Resources come from the cache; the servicer knows nothing about the registry.
 """
