@@ -8,7 +8,8 @@ STANDIN_SERVICE with an empty message and an `x-instance: <GRPC_LISTEN>` trailer
 which instance answered), and /healthz on ADMIN_LISTEN. With MESH_TLS_DIR (identity.pem, ca.pem of
 the workload it stands in for) it serves mutual TLS like a real service and adds an `x-caller`
 trailer: the caller's workload as mesh/credentials.py's caller_workload names it (through Envoy:
-from x-forwarded-client-cert); without, plain text as before. SIGTERM: NOT_SERVING, deregister, wait
+from x-forwarded-client-cert), and `x-xfcc`: that header as received; without, plain text as
+before. SIGTERM: NOT_SERVING, deregister, wait
 DEREGISTERED_DRAIN_SECONDS once the control plane confirmed it (else DRAIN_DELAY_SECONDS), stop
 with SHUTDOWN_GRACE_SECONDS, exit 0.
 Fault switches: STANDIN_EXIT_AT_START=<code> exits at once; STANDIN_UNAVAILABLE=1 answers every
@@ -64,7 +65,8 @@ class Answer(grpc.GenericRpcHandler):
         async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             trailers = [("x-instance", self.instance)]
             if self.tls:
-                trailers.append(("x-caller", caller_workload(context) or "-"))
+                xfcc = dict(context.invocation_metadata() or ()).get("x-forwarded-client-cert", "-")
+                trailers += [("x-caller", caller_workload(context) or "-"), ("x-xfcc", str(xfcc))]
             context.set_trailing_metadata(tuple(trailers))
             if self.unavailable:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.instance} is broken")

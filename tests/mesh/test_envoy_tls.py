@@ -105,7 +105,9 @@ async def test_rbac_lets_each_identity_call_only_what_the_protos_allow(xds_mesh:
     assert (await call(gateway, PUBLIC))["x-caller"] == "gateway"
     # A client's own x-forwarded-client-cert is replaced by what Envoy authenticated.
     forged = (("x-forwarded-client-cert", "URI=spiffe://capsule-mesh/capsules"),)
-    assert (await call(gateway, PUBLIC, forged))["x-caller"] == "gateway"
+    trailers = await call(gateway, PUBLIC, forged)
+    assert trailers["x-caller"] == "gateway"
+    assert "capsules" not in trailers["x-xfcc"] and "URI=spiffe://capsule-mesh/gateway" in trailers["x-xfcc"]
 
     # An internal method: not for the gateway (even claiming to be capsules)...
     assert await stat(xds_mesh, denied) == 0
