@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -122,6 +123,12 @@ async def test_rbac_lets_each_identity_call_only_what_the_protos_allow(xds_mesh:
     with pytest.raises(grpc.aio.AioRpcError) as refusal:
         await call(capsules, "/capsule.auth.v1.AuthService/NoSuchMethod")
     assert refusal.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Reflection is open to any mesh identity: Envoy lets it through (the stand-in does not serve
+    # it, hence UNIMPLEMENTED from the stand-in rather than PERMISSION_DENIED from Envoy).
+    with pytest.raises(grpc.aio.AioRpcError) as passed:
+        await call(xds_mesh.client("recipients"), "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+    assert passed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert await stat(xds_mesh, denied) == 3
 
 
 async def test_envoy_refuses_an_upstream_whose_certificate_names_another_service(xds_mesh: XdsMesh) -> None:
@@ -141,8 +148,8 @@ async def test_envoy_refuses_an_upstream_whose_certificate_names_another_service
     assert {(await call(gateway, PUBLIC))["x-instance"] for _ in range(20)} == {good}
 
 
-async def _at_least(read: object, n: int) -> bool:
-    return bool(await read() >= n)  # type: ignore[operator]
+async def _at_least(read: Callable[[], Awaitable[int]], n: int) -> bool:
+    return await read() >= n
 
 
 def _envoy_serials(certs: dict[str, object]) -> set[int]:
