@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 from controlplane import resources as rs
+from controlplane.app import ControlPlane
 from cryptography import x509
 
 from launcher.process import free_port
@@ -21,7 +22,7 @@ from mesh import envoy_config
 from mesh.catalog import allowed_callers
 from mesh.pki import MeshCA, server_name
 from tests.mesh.conftest import XdsMesh
-from tests.mesh.test_envoy_xds import _healthy, _present, register
+from tests.mesh.test_envoy_xds import _healthy, _present
 
 pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
 
@@ -49,10 +50,18 @@ async def start_tls_mesh(mesh: XdsMesh, *instances: tuple[str, str]) -> None:
     mesh.use_tls()
     for address, identity in instances:
         await mesh.start_instance(address, identity)
-    await mesh.start_plane(lease_ttl=60)  # registered by hand below, without heartbeats
+    plane = await mesh.start_plane(lease_ttl=60)  # registered by hand below, without heartbeats
     for address, _ in instances:
-        await register(mesh, address)
+        register_as_auth(plane, address)
     await mesh.start_envoy()
+
+
+def register_as_auth(plane: ControlPlane, address: str) -> None:
+    """In the registry directly: these tests are about Envoy, not about who may register (an
+    instance holding another service's certificate could not register as auth over the API; the
+    address of a registered instance could still be taken over, which is what Envoy must catch)."""
+    host, port = address.rsplit(":", 1)
+    plane.registry.register("auth", host, int(port), "local")
 
 
 def test_the_catalog_still_declares_what_these_tests_rely_on() -> None:
@@ -268,7 +277,7 @@ async def test_envoy_reaches_the_control_plane_over_mutual_tls_from_watched_file
     xds_mesh.use_tls()
     await xds_mesh.start_instance(a)
     plane = await xds_mesh.start_plane(lease_ttl=60)
-    await register(xds_mesh, a)
+    register_as_auth(plane, a)
     server, port = await tls_ads_server(xds_mesh, "control-plane")
     try:
         envoy_dir = xds_mesh.identity("envoy")
