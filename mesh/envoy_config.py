@@ -7,6 +7,14 @@ instance listed, CONTROL_PLANE=0) and `build_xds_bootstrap()` (only the control 
 put them in a Bootstrap, which `write_bootstrap()` — the only function here that touches a file —
 serialises to protobuf JSON (`to_json`) for Envoy's `-c`.
 
+Mutual TLS (SPEC §12) is a switch on the builders (`tls=True`, `tls_dir=`), off by default so
+that plain text remains available as the explicit development mode. Under it Envoy never holds a
+key on disk for the data path: the listener and clusters name SDS secrets that the control plane
+serves over the ADS stream (rotated without a restart, and without touching the listener or the
+clusters, so no connection is drained); only the ADS connection itself, which must exist before any
+SDS, reads its identity from files (filesystem SDS, watched). Who may call which method is not
+written here: the RBAC policy is generated from the protos' declarations (mesh/catalog.py).
+
 Every value set below carries its reason. Values left out are Envoy's defaults on purpose; a value
 equal to the default (codec AUTO, panic threshold 0 %) is set anyway when the reason matters, even
 though protobuf JSON then leaves it out of the file.
@@ -36,19 +44,25 @@ from envoy.config.core.v3 import (
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.overload.v3 import overload_pb2
+from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.clusters.common.dns.v3 import dns_pb2
 from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import path_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from mesh.pki import CA_NAME, CONTROL_PLANE, IDENTITY_NAME, SPIFFE_PREFIX, server_name, spiffe_id
 from mesh.timing import TIMING
 from mesh.topology import SERVICES, ServiceSpec
 
@@ -161,6 +175,124 @@ def _http2_upstream(keepalive_interval_s: float, keepalive_timeout_s: float) -> 
     return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(options)}
 
 
+# --- mutual TLS (SPEC §12) -------------------------------------------------------------------------
+
+# The SDS secrets Envoy's listener and clusters name, both served by the control plane over the ADS
+# stream (envoy/controlplane/envoy_identity.py): Envoy's own certificate and key, and the mesh CA
+# that every peer's certificate must chain to. Rotating one is an SDS push: no listener or cluster
+# changes, so no GOAWAY and no drained connection — new handshakes simply use the new secret.
+IDENTITY_SECRET = "envoy-identity"
+CA_SECRET = "mesh-ca"
+TLS_SECRETS = (IDENTITY_SECRET, CA_SECRET)
+# gRPC is HTTP/2 only; offering nothing else means a TLS peer that cannot speak it fails the
+# handshake instead of a confusing HTTP/1.1 exchange.
+ALPN_H2 = ("h2",)
+
+
+def _sds(name: str) -> secret_pb2.SdsSecretConfig:
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_source())
+
+
+def _tls_socket(context: Message) -> base_pb2.TransportSocket:
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=typed(context))
+
+
+def _uri_san(workload: str) -> tls_common_pb2.SubjectAltNameMatcher:
+    """Accept a peer only when its certificate names `workload` as its SPIFFE identity: a valid
+    certificate of another workload (same CA) is not enough."""
+    return tls_common_pb2.SubjectAltNameMatcher(
+        san_type=tls_common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(exact=spiffe_id(workload))
+    )
+
+
+def downstream_tls() -> base_pb2.TransportSocket:
+    """The listener's side: Envoy presents its own certificate and requires one from every client,
+    signed by the mesh CA. Any mesh identity may connect; which one may call what is the RBAC
+    filter's decision (rbac_filter), taken per path on the identity authenticated here."""
+    return _tls_socket(
+        tls_pb2.DownstreamTlsContext(
+            # No certificate, no connection: the listener is internal and defended as if an
+            # attacker could reach it (SPEC §12).
+            require_client_certificate=wrappers_pb2.BoolValue(value=True),
+            common_tls_context=tls_pb2.CommonTlsContext(
+                tls_certificate_sds_secret_configs=[_sds(IDENTITY_SECRET)],
+                validation_context_sds_secret_config=_sds(CA_SECRET),
+                alpn_protocols=ALPN_H2,
+            ),
+        )
+    )
+
+
+def upstream_tls(spec: ServiceSpec) -> base_pb2.TransportSocket:
+    """A cluster's side: Envoy presents its own certificate (the services require one) and talks
+    only to an instance whose certificate names this very service — an instance of another service
+    registered under this name (or a stolen address) fails the handshake, hence the health checks,
+    and never gets a call."""
+    return _tls_socket(
+        tls_pb2.UpstreamTlsContext(
+            # The DNS SAN every workload certificate carries (mesh/pki.py); the instances' address
+            # is an IP, which names nothing.
+            sni=server_name(spec.name),
+            common_tls_context=tls_pb2.CommonTlsContext(
+                tls_certificate_sds_secret_configs=[_sds(IDENTITY_SECRET)],
+                # The CA over SDS (rotates with Envoy's certificate), combined with the fixed,
+                # per-cluster requirement on the peer's identity.
+                combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+                    default_validation_context=tls_common_pb2.CertificateValidationContext(
+                        match_typed_subject_alt_names=[_uri_san(spec.name)]
+                    ),
+                    validation_context_sds_secret_config=_sds(CA_SECRET),
+                ),
+                alpn_protocols=ALPN_H2,
+            ),
+        )
+    )
+
+
+def build_tls_secrets(*, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> list[secret_pb2.Secret]:
+    """The SDS resources the TLS contexts above name: Envoy's certificate chain and key, and the mesh
+    CA. Inline: they travel inside the ADS stream, which is itself mutual TLS (the bootstrap's
+    xds_cluster), and Envoy keeps them in memory only."""
+    return [
+        secret_pb2.Secret(
+            name=IDENTITY_SECRET,
+            tls_certificate=tls_common_pb2.TlsCertificate(
+                certificate_chain=base_pb2.DataSource(inline_bytes=cert_pem),
+                private_key=base_pb2.DataSource(inline_bytes=key_pem),
+            ),
+        ),
+        secret_pb2.Secret(
+            name=CA_SECRET,
+            validation_context=tls_common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(inline_bytes=ca_pem)
+            ),
+        ),
+    ]
+
+
+def sds_secret_names(resource: Message) -> set[str]:
+    """The SDS secrets a listener or a cluster names in its TLS contexts (what a snapshot must also
+    carry, else Envoy keeps the resource warming forever)."""
+    sockets: list[base_pb2.TransportSocket] = []
+    if isinstance(resource, listener_pb2.Listener):
+        sockets = [chain.transport_socket for chain in resource.filter_chains if chain.HasField("transport_socket")]
+    elif isinstance(resource, Cluster) and resource.HasField("transport_socket"):
+        sockets = [resource.transport_socket]
+    names: set[str] = set()
+    for socket in sockets:
+        for context_type in (tls_pb2.DownstreamTlsContext, tls_pb2.UpstreamTlsContext):
+            context = context_type()
+            if socket.typed_config.Unpack(context):
+                common = context.common_tls_context
+                names.update(c.name for c in common.tls_certificate_sds_secret_configs)
+                if common.HasField("validation_context_sds_secret_config"):
+                    names.add(common.validation_context_sds_secret_config.name)
+                combined = common.combined_validation_context
+                if common.HasField("combined_validation_context"):
+                    names.add(combined.validation_context_sds_secret_config.name)
+    return names
+
+
 # --- clusters (CDS + EDS resources under the control plane) ------------------------------------------
 
 
@@ -181,7 +313,12 @@ def build_load_assignment(spec: ServiceSpec, endpoints: Sequence[Address]) -> en
     )
 
 
-def build_cluster(spec: ServiceSpec, endpoints: Sequence[Address], discovery: Discovery = "STATIC") -> Cluster:
+def build_cluster(
+    spec: ServiceSpec, endpoints: Sequence[Address], discovery: Discovery = "STATIC", *, tls: bool = False
+) -> Cluster:
+    """tls: mutual TLS to the instances (upstream_tls), health checks included — they use the
+    cluster's transport socket, so an instance that cannot prove it is `spec` is never healthy.
+    False: plain-text h2c (the development switch)."""
     cluster = Cluster(
         # Cluster name = service name: what routes point at and what the admin /clusters shows.
         name=spec.name,
@@ -197,8 +334,9 @@ def build_cluster(spec: ServiceSpec, endpoints: Sequence[Address], discovery: Di
             # away. With 0 only healthy hosts get traffic; none healthy → fast UNAVAILABLE.
             healthy_panic_threshold=percent_pb2.Percent(value=0.0),
         ),
-        # gRPC upstreams speak HTTP/2 only (h2c), and active gRPC health checks require HTTP/2 on
-        # the cluster (envoy#34570). Explicit, not ALPN: there is no TLS. HTTP/2 PING every 10 s
+        # gRPC upstreams speak HTTP/2 only, and active gRPC health checks require HTTP/2 on the
+        # cluster (envoy#34570). Explicit, not negotiated: in plain text there is no ALPN, and
+        # under TLS h2 is the only protocol offered anyway (ALPN_H2). HTTP/2 PING every 10 s
         # on idle connections, dropped if unanswered for 3 s: a host that vanished without a FIN
         # (kill -9 of a VM, network partition) is detected without waiting for a call to time out.
         typed_extension_protocol_options=_http2_upstream(10.0, 3.0),
@@ -263,6 +401,8 @@ def build_cluster(spec: ServiceSpec, endpoints: Sequence[Address], discovery: Di
             ]
         ),
     )
+    if tls:
+        cluster.transport_socket.CopyFrom(upstream_tls(spec))
     if discovery == "EDS":
         # Endpoints come from the control plane over the same ADS stream (one ClusterLoadAssignment
         # named after the cluster), not from the cluster resource itself.
@@ -296,9 +436,11 @@ def build_clusters(
     endpoints: Mapping[str, Sequence[Address]],
     services: Sequence[ServiceSpec] = SERVICES,
     discovery: Discovery = "STATIC",
+    *,
+    tls: bool = False,
 ) -> list[Cluster]:
     """One cluster per service of the topology; a service without instances gets an empty one."""
-    return [build_cluster(spec, endpoints.get(spec.name, ()), discovery) for spec in services]
+    return [build_cluster(spec, endpoints.get(spec.name, ()), discovery, tls=tls) for spec in services]
 
 
 # --- routes (RDS resource under the control plane) -----------------------------------------------
@@ -404,17 +546,91 @@ def router_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=typed(router_pb2.Router()))
 
 
+def _principal(workload: str) -> rbac_pb2.Principal:
+    # The URI SAN of the certificate the client presented on this connection (Envoy reads the URI
+    # SAN first, then the DNS SAN): the identity the TLS handshake proved, nothing the client says.
+    return rbac_pb2.Principal(
+        authenticated=rbac_pb2.Principal.Authenticated(
+            principal_name=string_pb2.StringMatcher(exact=spiffe_id(workload))
+        )
+    )
+
+
+def _path(matcher: string_pb2.StringMatcher) -> rbac_pb2.Permission:
+    return rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=matcher))
+
+
+def rbac_policies(
+    callers: Mapping[str, frozenset[str]], open_prefixes: Sequence[str] = ()
+) -> dict[str, rbac_pb2.Policy]:
+    """ALLOW policies: each gRPC path to exactly the workloads in `callers` (path → workloads), one
+    policy per distinct set of workloads (a few policies instead of one per method), and the
+    `open_prefixes` to any identity of the mesh. A path with no workload is in no policy: denied."""
+    by_callers: dict[frozenset[str], list[str]] = {}
+    for path, workloads in callers.items():
+        if workloads:
+            by_callers.setdefault(frozenset(workloads), []).append(path)
+    policies: dict[str, rbac_pb2.Policy] = {}
+    for workloads, paths in by_callers.items():
+        policies["callers:" + ",".join(sorted(workloads))] = rbac_pb2.Policy(
+            # OR within each list: any of these paths, called by any of these workloads.
+            permissions=[_path(string_pb2.StringMatcher(exact=p)) for p in sorted(paths)],
+            principals=[_principal(w) for w in sorted(workloads)],
+        )
+    if open_prefixes:
+        policies["open:any-mesh-identity"] = rbac_pb2.Policy(
+            permissions=[_path(string_pb2.StringMatcher(prefix=p)) for p in open_prefixes],
+            principals=[
+                rbac_pb2.Principal(
+                    authenticated=rbac_pb2.Principal.Authenticated(
+                        principal_name=string_pb2.StringMatcher(prefix=SPIFFE_PREFIX)
+                    )
+                )
+            ],
+        )
+    return policies
+
+
+def rbac_filter(callers: Mapping[str, frozenset[str]] | None = None) -> hcm_pb2.HttpFilter:
+    """Who may call what, enforced on the identity of the client's certificate (SPEC §12). By default
+    the protos' declarations (mesh/catalog.py: public methods to the gateway and operators, internal
+    ones to the workloads their `callers` option names) and the open prefixes (reflection, health).
+    Anything no policy allows gets Envoy's 403, which a gRPC client sees as PERMISSION_DENIED; the
+    call never reaches a service. Denials count in `rbac_stat(listener name, "denied")`."""
+    from mesh.catalog import OPEN_PREFIXES, allowed_callers
+
+    rules = rbac_pb2.RBAC(
+        action=rbac_pb2.RBAC.ALLOW,
+        policies=rbac_policies(allowed_callers() if callers is None else callers, OPEN_PREFIXES),
+    )
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.rbac", typed_config=typed(rbac_filter_pb2.RBAC(rules=rules)))
+
+
+def rbac_stat(listener_name: str, outcome: Literal["allowed", "denied"]) -> str:
+    """The counter of the RBAC filter's decisions on a listener (its HCM's stat_prefix is the
+    listener's name): `/stats?filter=` reads it."""
+    return f"http.{listener_name}.rbac.{outcome}"
+
+
 def build_listener(
-    address: Address, route_config: route_pb2.RouteConfiguration | str, name: str = "grpc_ingress"
+    address: Address,
+    route_config: route_pb2.RouteConfiguration | str,
+    name: str = "grpc_ingress",
+    *,
+    tls: bool = False,
 ) -> listener_pb2.Listener:
     """route_config: the routes inline (static bootstrap), or the name of a RouteConfiguration
-    fetched over ADS (RDS: routes change without touching the listener, hence without GOAWAY)."""
+    fetched over ADS (RDS: routes change without touching the listener, hence without GOAWAY).
+
+    tls: mutual TLS (downstream_tls), the caller's identity passed on to the services in
+    x-forwarded-client-cert, and RBAC per path on that identity. False: plain text, every caller
+    trusted (the development switch)."""
     log_format = struct_pb2.Struct()
     log_format.update(_ACCESS_LOG_FORMAT)
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=name,
-        # AUTO: plaintext HTTP/2 with prior knowledge (h2c) from gRPC clients, and HTTP/1.1 for
-        # anything else (curl on the listener gets a readable 404 instead of a reset).
+        # AUTO: HTTP/2 from gRPC clients (negotiated by ALPN under TLS, prior knowledge in plain
+        # text), and HTTP/1.1 for anything else (plain-text curl gets a readable 404, not a reset).
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
             # Bounds one downstream connection's fan-in; a gateway instance uses few connections.
@@ -438,23 +654,28 @@ def build_listener(
         ],
         http_filters=[router_filter()],
     )
+    if tls:
+        # Services read the caller from x-forwarded-client-cert (mesh/credentials.py's
+        # caller_workload): Envoy replaces whatever a client sent with what it authenticated
+        # itself (SANITIZE_SET), and names the client by its certificate's URI SAN.
+        hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
+        hcm.set_current_client_cert_details.uri = True
+        # Authorization before routing: a refused call never reaches a cluster.
+        hcm.http_filters.insert(0, rbac_filter())
     if isinstance(route_config, str):
         hcm.rds.CopyFrom(hcm_pb2.Rds(route_config_name=route_config, config_source=ads_source()))
     else:
         hcm.route_config.CopyFrom(route_config)
-    return listener_pb2.Listener(
-        name=name,
-        address=socket_address(address),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name="envoy.filters.network.http_connection_manager", typed_config=typed(hcm)
-                    )
-                ]
+    chain = listener_components_pb2.FilterChain(
+        filters=[
+            listener_components_pb2.Filter(
+                name="envoy.filters.network.http_connection_manager", typed_config=typed(hcm)
             )
-        ],
+        ]
     )
+    if tls:
+        chain.transport_socket.CopyFrom(downstream_tls())
+    return listener_pb2.Listener(name=name, address=socket_address(address), filter_chains=[chain])
 
 
 # --- bootstrap ------------------------------------------------------------------------------------
@@ -507,6 +728,89 @@ def build_bootstrap(
     )
 
 
+# The ADS connection's own identity: two secrets Envoy reads from files (filesystem SDS), next to
+# the identity they point at. Filesystem SDS, not certificates inline in the cluster: Envoy reloads
+# a file-based secret when a file is renamed into its watched directory, but never reloads the
+# certificates of a static TLS context (they would need a restart).
+XDS_IDENTITY_SECRET = "xds-identity"
+XDS_CA_SECRET = "xds-ca"
+XDS_SDS_FILES = {XDS_IDENTITY_SECRET: "envoy-xds-identity.sds.json", XDS_CA_SECRET: "envoy-xds-ca.sds.json"}
+
+
+def _file_sds(tls_dir: Path, name: str) -> secret_pb2.SdsSecretConfig:
+    source = config_source_pb2.ConfigSource(
+        path_config_source=config_source_pb2.PathConfigSource(path=str(tls_dir / XDS_SDS_FILES[name])),
+        resource_api_version=config_source_pb2.V3,
+    )
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=source)
+
+
+def xds_tls_secrets(tls_dir: Path) -> list[secret_pb2.Secret]:
+    """What the filesystem SDS files say: the identity and the CA are the files of `tls_dir`
+    (mesh/pki.py: identity.pem holds the key then the certificate, replaced by one rename, so the
+    two never mismatch; ca.pem). Envoy watches the directory and re-reads both on a rename: a
+    renewed certificate is used by the next connection, without a restart."""
+    identity = str(tls_dir / IDENTITY_NAME)
+    watched = base_pb2.WatchedDirectory(path=str(tls_dir))
+    return [
+        secret_pb2.Secret(
+            name=XDS_IDENTITY_SECRET,
+            tls_certificate=tls_common_pb2.TlsCertificate(
+                # The same file twice: each read takes the PEM blocks of its kind.
+                certificate_chain=base_pb2.DataSource(filename=identity),
+                private_key=base_pb2.DataSource(filename=identity),
+                watched_directory=watched,
+            ),
+        ),
+        secret_pb2.Secret(
+            name=XDS_CA_SECRET,
+            validation_context=tls_common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(filename=str(tls_dir / CA_NAME)), watched_directory=watched
+            ),
+        ),
+    ]
+
+
+def control_plane_tls(tls_dir: Path) -> base_pb2.TransportSocket:
+    """Envoy → control plane over mutual TLS, from files: the ADS connection cannot take its
+    certificates over SDS from the very stream it has to open first. `tls_dir` is the directory as
+    Envoy sees it; write_xds_sds_files() must have put the SDS files there."""
+    return _tls_socket(
+        tls_pb2.UpstreamTlsContext(
+            # The control plane's DNS SAN: its address (an IP, or "control-plane" in compose)
+            # names nothing.
+            sni=server_name(CONTROL_PLANE),
+            common_tls_context=tls_pb2.CommonTlsContext(
+                tls_certificate_sds_secret_configs=[_file_sds(tls_dir, XDS_IDENTITY_SECRET)],
+                combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+                    # Only the control plane may hand Envoy its configuration and its keys.
+                    default_validation_context=tls_common_pb2.CertificateValidationContext(
+                        match_typed_subject_alt_names=[_uri_san(CONTROL_PLANE)]
+                    ),
+                    validation_context_sds_secret_config=_file_sds(tls_dir, XDS_CA_SECRET),
+                ),
+                alpn_protocols=ALPN_H2,
+            ),
+        )
+    )
+
+
+def write_xds_sds_files(directory: Path, tls_dir: Path | None = None) -> list[Path]:
+    """Write the filesystem SDS files of control_plane_tls() into `directory` (Envoy's identity
+    directory), each replaced by a rename. tls_dir: the same directory as Envoy sees it, when that
+    differs (a container's mount point)."""
+    seen = tls_dir or directory
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for secret in xds_tls_secrets(seen):
+        path = directory / XDS_SDS_FILES[secret.name]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"resources": [to_json(typed(secret))]}, indent=2) + "\n")
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
 def build_xds_bootstrap(
     *,
     admin: Address,
@@ -514,9 +818,12 @@ def build_xds_bootstrap(
     node_id: str = "capsule-mesh-envoy",
     node_cluster: str = "capsule-mesh",
     max_downstream_connections: int = 50_000,
+    tls_dir: Path | None = None,
 ) -> bootstrap_pb2.Bootstrap:
     """Envoy bootstrap that only points at the control plane: listeners, routes, clusters and
-    endpoints all arrive over one ADS stream (envoy/controlplane)."""
+    endpoints all arrive over one ADS stream (envoy/controlplane). tls_dir: Envoy's identity for
+    that stream (control_plane_tls, with write_xds_sds_files); None: plain text (the development
+    switch)."""
     xds_cluster = Cluster(
         name=XDS_CLUSTER,
         # An IP on loopback; a DNS name in compose ("control-plane").
@@ -540,6 +847,8 @@ def build_xds_bootstrap(
         # without a FIN, so Envoy reconnects instead of waiting.
         typed_extension_protocol_options=_http2_upstream(5.0, 2.0),
     )
+    if tls_dir is not None:
+        xds_cluster.transport_socket.CopyFrom(control_plane_tls(tls_dir))
     return bootstrap_pb2.Bootstrap(
         # The control plane keys its snapshots by node id: one per Envoy (or per group sharing it).
         node=base_pb2.Node(id=node_id, cluster=node_cluster),
@@ -596,13 +905,17 @@ COMPOSE_GRPC_PORT = 50051  # GRPC_LISTEN of every service container (compose.yam
 COMPOSE_CONTROL_PLANE: Address = ("control-plane", 18000)  # the control-plane container
 
 
-def compose_bootstrap(services: Sequence[ServiceSpec] = SERVICES) -> bootstrap_pb2.Bootstrap:
+def compose_bootstrap(
+    services: Sequence[ServiceSpec] = SERVICES, tls_dir: Path | None = None
+) -> bootstrap_pb2.Bootstrap:
     """Envoy's bootstrap in compose.yaml: admin on all interfaces of the container (compose
     publishes it on loopback); everything else (the listener on 0.0.0.0:10000, every service's
     replicas as they register) comes from the control-plane container over ADS. `services` is
-    kept for the signature's sake: the control plane reads the topology itself."""
+    kept for the signature's sake: the control plane reads the topology itself. tls_dir: where the
+    container finds Envoy's identity for the ADS connection (mounted; set-up writes the SDS files
+    there with write_xds_sds_files(host directory, tls_dir)), see build_xds_bootstrap."""
     del services
-    return build_xds_bootstrap(admin=("0.0.0.0", 9901), control_plane=COMPOSE_CONTROL_PLANE)
+    return build_xds_bootstrap(admin=("0.0.0.0", 9901), control_plane=COMPOSE_CONTROL_PLANE, tls_dir=tls_dir)
 
 
 if __name__ == "__main__":

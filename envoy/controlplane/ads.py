@@ -10,13 +10,13 @@ what the protocol needs (as go-control-plane's and java-control-plane's servers 
 - NACK (error_detail): recorded in the cache and logged; the same version is never resent —
   only a new snapshot version (or a change of requested names) gets an answer;
 - clusters and listeners: the full set to a wildcard request (Envoy), the names requested otherwise
-  (gRPC's xDS client subscribes by name); endpoints and routes: the names requested, with an empty
-  assignment for endpoint names we do not have;
+  (gRPC's xDS client subscribes by name); endpoints, routes and secrets (SDS): the names requested,
+  with an empty assignment for endpoint names we do not have;
 - the node's kind (Envoy, or a proxyless gRPC client: node.cluster == proxyless.NODE_CLUSTER)
   selects which default snapshot the stream is served;
-- when several types change together they go out clusters → endpoints → listeners → routes, and
-  after a clusters push the next endpoints request is always answered (the clusters Envoy
-  re-creates wait for it while warming).
+- when several types change together they go out secrets → clusters → endpoints → listeners →
+  routes, and after a clusters push the next endpoints request is always answered (the clusters
+  Envoy re-creates wait for it while warming).
 
 Resources come from the cache; the servicer knows nothing about the registry.
 """
@@ -37,6 +37,9 @@ from controlplane import resources as rs
 from controlplane.cache import ENVOY, PROXYLESS, SnapshotCache
 from controlplane.proxyless import NODE_CLUSTER
 from controlplane.snapshot import Snapshot
+from mesh.credentials import peer_workload
+from mesh.pki import ENVOY as ENVOY_WORKLOAD
+from mesh.pki import GATEWAY
 from services.common.background import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -59,9 +62,13 @@ class TypeState:
 class Stream:
     """The protocol state machine of one ADS stream; transport-free (tests feed it requests)."""
 
-    def __init__(self, cache: SnapshotCache, stream_id: int) -> None:
+    def __init__(self, cache: SnapshotCache, stream_id: int, identity: str | None = None) -> None:
+        """`identity`: the workload named by the client's certificate (authorization.py; None in
+        plain text). A gateway is served as a gRPC client whatever node it claims to be, and
+        secrets (Envoy's private key) go to Envoy alone."""
         self.cache = cache
         self.stream_id = stream_id
+        self.identity = identity
         self.node_id = ""
         self.types: dict[str, TypeState] = {}
         self._nonces = itertools.count(1)
@@ -69,11 +76,16 @@ class Stream:
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
         if not self.node_id:
             self.node_id = request.node.id or f"anonymous-{self.stream_id}"
-            kind = PROXYLESS if request.node.cluster == NODE_CLUSTER else ENVOY
+            kind = PROXYLESS if request.node.cluster == NODE_CLUSTER or self.identity == GATEWAY else ENVOY
             self.cache.stream_opened(self.node_id, kind=kind, stream_id=self.stream_id)
         type_url = request.type_url
         if type_url not in rs.MESSAGES:
             log.warning("request for an unsupported type ignored", extra={"fields": {"type_url": type_url}})
+            return []
+        if type_url == rs.SECRET and self.identity not in (None, ENVOY_WORKLOAD):
+            log.warning(
+                "secrets asked for by a workload that is not Envoy", extra={"fields": {"caller": self.identity}}
+            )
             return []
         state = self.types.setdefault(type_url, TypeState())
         self.cache.stream_watches(self.stream_id, type_url)
@@ -164,7 +176,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        stream = Stream(self.cache, next(self._ids))
+        stream = Stream(self.cache, next(self._ids), identity=peer_workload(context))
         # One queue of events: a request from Envoy, or None = the snapshot changed.
         events: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
         unsubscribe = self.cache.subscribe(lambda: events.put_nowait(None))

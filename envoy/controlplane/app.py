@@ -13,6 +13,10 @@ Trust (SPEC §12): the gRPC port speaks mutual TLS with the `control-plane` work
 and takes only clients holding a mesh certificate; authorization.py then decides by that identity
 who may use ADS and the registry. Plain text only with MESH_PLAINTEXT=1 (development), or when a
 test builds its settings without `tls`.
+
+Mutual TLS for Envoy (SPEC §12) is on exactly when a mesh CA is configured (MESH_CA_DIR): the
+listener and clusters are built for TLS, and the control plane mints Envoy's certificate and
+renews it (envoy_identity.py); a renewal publishes snapshots whose only change is the SDS version.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 
 import grpc
 from capsule.mesh.v1 import registry_pb2_grpc
@@ -32,11 +38,13 @@ from controlplane.admin import Admin
 from controlplane.ads import AggregatedDiscoveryService
 from controlplane.authorization import Authorization
 from controlplane.cache import PROXYLESS, SnapshotCache
+from controlplane.envoy_identity import EnvoyIdentity
 from controlplane.registry import Registry
 from controlplane.registry_service import RegistryService
 from controlplane.snapshot import MeshSnapshots
 from mesh import envoy_config
 from mesh.credentials import MeshTLS, TLSSetupError, add_port
+from mesh.pki import MAX_TTL, Issued
 from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec
 from services.common import admin_http
@@ -63,12 +71,26 @@ class ControlPlaneSettings:
     services: tuple[ServiceSpec, ...] = field(default=SERVICES)
     # The control-plane workload's identity and the mesh CA (MESH_TLS_DIR); None: plain text.
     tls: MeshTLS | None = None
+    # The mesh CA (ca.pem, ca-key.pem): set, Envoy speaks mutual TLS with certificates minted here
+    # (and the control plane must itself serve TLS: Envoy's key travels on the ADS stream); None,
+    # plain text (the development switch).
+    ca_dir: Path | None = None
+    # Life of Envoy's certificate (SPEC §12: at most 24 h), renewed at half of it.
+    cert_ttl_seconds: float = MAX_TTL.total_seconds()
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cert_ttl_seconds <= MAX_TTL.total_seconds():
+            raise ValueError(
+                f"cert_ttl_seconds must be in (0, {MAX_TTL.total_seconds():.0f}], not {self.cert_ttl_seconds}"
+            )
 
     @classmethod
     def from_env(cls) -> ControlPlaneSettings:
         names = [n.strip() for n in os.environ.get("CONTROL_PLANE_SERVICES", "").split(",") if n.strip()]
         services = tuple(s for s in SERVICES if s.name in names) if names else SERVICES
         warmup = os.environ.get("CONTROL_PLANE_WARMUP_SECONDS", "")
+        ca_dir = os.environ.get("MESH_CA_DIR", "")
+        ttl = os.environ.get("MESH_CERT_TTL_SECONDS", "")
         try:
             # LEASE_TTL_SECONDS (and any other override) must keep every relation: else no start.
             timing = Timing.from_env().check()
@@ -78,15 +100,25 @@ class ControlPlaneSettings:
             tls = MeshTLS.from_env()
         except (TLSSetupError, OSError, ValueError) as exc:
             raise SystemExit(f"mesh TLS: {exc}") from None
-        return cls(
-            listen=os.environ.get("CONTROL_PLANE_LISTEN", cls.listen),
-            admin_listen=os.environ.get("CONTROL_PLANE_ADMIN_LISTEN", cls.admin_listen),
-            envoy_listen=os.environ.get("CONTROL_PLANE_ENVOY_LISTEN", cls.envoy_listen),
-            timing=timing,
-            warmup_seconds=float(warmup) if warmup else None,
-            services=services,
-            tls=tls,
-        )
+        if ca_dir and tls is None:
+            # Envoy's private key would travel on a plain-text ADS stream.
+            raise SystemExit(
+                "MESH_CA_DIR needs MESH_TLS_DIR: the control plane serves Envoy's key only over mutual TLS"
+            )
+        try:
+            return cls(
+                listen=os.environ.get("CONTROL_PLANE_LISTEN", cls.listen),
+                admin_listen=os.environ.get("CONTROL_PLANE_ADMIN_LISTEN", cls.admin_listen),
+                envoy_listen=os.environ.get("CONTROL_PLANE_ENVOY_LISTEN", cls.envoy_listen),
+                timing=timing,
+                warmup_seconds=float(warmup) if warmup else None,
+                services=services,
+                tls=tls,
+                ca_dir=Path(ca_dir) if ca_dir else None,
+                cert_ttl_seconds=float(ttl) if ttl else cls.cert_ttl_seconds,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"MESH_CERT_TTL_SECONDS: {exc}") from None
 
 
 class ControlPlane:
@@ -105,8 +137,24 @@ class ControlPlane:
             listen=_split(settings.envoy_listen),
             services=settings.services,
             idempotent_methods=envoy_config.idempotent_methods(),
+            tls=settings.ca_dir is not None,
         )
         self.registry.subscribe(self._rebuild)
+        self.envoy_identity: EnvoyIdentity | None = None
+        if settings.ca_dir is not None:
+            ttl = timedelta(seconds=settings.cert_ttl_seconds)
+            self.envoy_identity = EnvoyIdentity.load(settings.ca_dir, self._use_envoy_identity, ttl=ttl)
+            self.envoy_identity.rotate()  # before the first snapshot, which must carry it
+
+    def _use_envoy_identity(self, issued: Issued) -> None:
+        self.snapshots.use_envoy_identity(key_pem=issued.key_pem, cert_pem=issued.cert_pem, ca_pem=issued.ca_pem)
+        self._rebuild()
+
+    def rotate_envoy_certificate(self) -> Issued:
+        """Envoy gets a new certificate now (an SDS push); the renewal schedule restarts from it."""
+        if self.envoy_identity is None:
+            raise RuntimeError("no mesh CA configured (MESH_CA_DIR): Envoy speaks plain text")
+        return self.envoy_identity.rotate()
 
     @property
     def services(self) -> Sequence[ServiceSpec]:
@@ -146,6 +194,8 @@ class ControlPlane:
         admin = Admin(self.cache, self.registry, lambda: self.ready)
         self.admin_server = await admin_http.serve(self.settings.admin_listen, admin.response)
         self._tasks = [asyncio.create_task(self._sweep()), asyncio.create_task(self._warm_up())]
+        if self.envoy_identity is not None:
+            self._tasks.append(asyncio.create_task(self.envoy_identity.renew_forever()))
         log.info(
             "control plane serving",
             extra={"fields": {"grpc": self.settings.listen, "admin": self.settings.admin_listen}},

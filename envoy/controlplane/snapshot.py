@@ -15,6 +15,13 @@ very same cluster, listener and route objects. `MeshSnapshots` holds both kinds 
 resources for the control plane; `build_snapshot` / `build_proxyless_snapshot` build everything
 at once (one-off snapshots, tests).
 
+A third lifetime under mutual TLS: Envoy's SDS secrets (its certificate and the mesh CA), which
+change when the control plane renews the certificate (envoy_identity.py). `MeshSnapshots` keeps
+the current ones as `Secrets` and puts them next to the very same topology resources and
+assignments: a renewal is an SDS push and nothing else. A listener or cluster whose TLS context
+names a secret the snapshot lacks would warm forever in Envoy, so such a snapshot is refused.
+Proxyless clients speak plain text to the services (for now) and get no secrets.
+
 Versions are per resource type: the SHA-256 of the deterministic serialization of that type's
 resources, sorted by name. An endpoint change therefore changes the EDS version only — no
 listener push, no GOAWAY to every connection (envoy#35085) — and a control plane restarted with
@@ -29,6 +36,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf.message import Message
 
 from controlplane import proxyless
@@ -61,11 +69,14 @@ class Snapshot:
         for type_url in rs.PUSH_ORDER:
             items = {rs.name_of(r): r for r in by_type.get(type_url, ())}
             resources[type_url] = dict(sorted(items.items()))
-            versions[type_url] = version_of(resources[type_url].values())
+            if items or type_url not in rs.OPTIONAL_TYPES:
+                versions[type_url] = version_of(resources[type_url].values())
         return cls(resources, versions)
 
     def version(self, type_url: str) -> str:
-        return self.versions[type_url]
+        """The type's version; "" for an optional type the snapshot does not carry (secrets in a
+        plain-text or proxyless snapshot): such a request gets an empty answer."""
+        return self.versions.get(type_url, "")
 
     def get(self, type_url: str, names: Iterable[str] | None = None) -> list[Message]:
         """The resources of a type; `names` selects (always for EDS/RDS; for CDS/LDS when given:
@@ -94,12 +105,18 @@ def version_of(resources: Iterable[Message]) -> str:
 
 def check_consistent(snapshot: Snapshot) -> None:
     """Every EDS name used by a cluster has an assignment, every RDS name used by a listener has a
-    route configuration, and every route points at an existing cluster (go-control-plane's
-    Snapshot.Consistent checks the same)."""
+    route configuration, every route points at an existing cluster (go-control-plane's
+    Snapshot.Consistent checks the same), and every SDS secret a listener or cluster names is in
+    the snapshot."""
     clusters = snapshot.resources.get(rs.CLUSTER, {})
     endpoints = snapshot.resources.get(rs.ENDPOINT, {})
     routes = snapshot.resources.get(rs.ROUTE, {})
+    secrets = snapshot.resources.get(rs.SECRET, {})
     problems: list[str] = []
+    for kind, items in (("cluster", clusters), ("listener", snapshot.resources.get(rs.LISTENER, {}))):
+        for name, resource in items.items():
+            for secret in sorted(envoy_config.sds_secret_names(resource) - secrets.keys()):
+                problems.append(f"{kind} {name!r} uses secret {secret!r}, which the snapshot lacks")
     for name, cluster in clusters.items():
         if cluster.type == cluster.EDS:  # type: ignore[attr-defined]
             eds_name = cluster.eds_cluster_config.service_name or name  # type: ignore[attr-defined]
@@ -191,6 +208,23 @@ def build_assignments(endpoints: Mapping[str, Sequence[Endpoint]], services: Seq
 
 
 @dataclass(frozen=True)
+class Secrets:
+    """Envoy's SDS secrets (name → Secret) and their version: replaced on every renewal of its
+    certificate, independently of the topology and the endpoints."""
+
+    resources: Mapping[str, Message]
+    version: str
+
+    @classmethod
+    def of(cls, secrets: Iterable[Message]) -> Secrets:
+        resources = MappingProxyType(dict(sorted((rs.name_of(s), s) for s in secrets)))
+        return cls(resources, version_of(resources.values()))
+
+
+NO_SECRETS = Secrets.of(())
+
+
+@dataclass(frozen=True)
 class TopologyResources:
     """Clusters, listeners and route configurations of one topology, versioned and checked once.
     Every snapshot made from it shares these very message objects and versions (never mutate
@@ -200,6 +234,8 @@ class TopologyResources:
     versions: Mapping[str, str]
     # The assignment names the clusters use: all an endpoint change could leave dangling.
     eds_names: frozenset[str]
+    # The SDS secrets the clusters and listeners name: what every snapshot's secrets must cover.
+    sds_names: frozenset[str] = frozenset()
 
     @classmethod
     def of(
@@ -211,10 +247,19 @@ class TopologyResources:
         routes: Iterable[Message],
     ) -> TopologyResources:
         """Versions the resources and checks, once, everything that does not depend on the
-        endpoints (every route names a cluster, every listener a route configuration); raises
-        InconsistentSnapshot otherwise."""
+        endpoints or the secrets (every route names a cluster, every listener a route
+        configuration); raises InconsistentSnapshot otherwise. Which secrets they name is
+        recorded: `snapshot()` checks each set of secrets against it."""
+        clusters, listeners = list(clusters), list(listeners)
+        sds_names = frozenset(n for r in [*clusters, *listeners] for n in envoy_config.sds_secret_names(r))
         full = Snapshot.of(
-            {rs.CLUSTER: clusters, rs.LISTENER: listeners, rs.ROUTE: routes, rs.ENDPOINT: _empty(services)}
+            {
+                rs.CLUSTER: clusters,
+                rs.LISTENER: listeners,
+                rs.ROUTE: routes,
+                rs.ENDPOINT: _empty(services),
+                rs.SECRET: [secret_pb2.Secret(name=name) for name in sds_names],  # stand-ins for the check
+            }
         )
         check_consistent(full)
         eds_names = frozenset(
@@ -226,16 +271,25 @@ class TopologyResources:
             resources=MappingProxyType({t: MappingProxyType(dict(full.resources[t])) for t in TOPOLOGY_TYPES}),
             versions=MappingProxyType({t: full.version(t) for t in TOPOLOGY_TYPES}),
             eds_names=eds_names,
+            sds_names=sds_names,
         )
 
-    def snapshot(self, assignments: Assignments) -> Snapshot:
-        """The topology's resources with these endpoints (no other resource is built or hashed)."""
+    def snapshot(self, assignments: Assignments, secrets: Secrets = NO_SECRETS) -> Snapshot:
+        """The topology's resources with these endpoints and secrets (no other resource is built
+        or hashed)."""
         missing = self.eds_names - assignments.resources.keys()
         if missing:
             raise InconsistentSnapshot(f"clusters use endpoints {sorted(missing)}, which the assignments lack")
-        resources = {t: assignments.resources if t == rs.ENDPOINT else self.resources[t] for t in rs.PUSH_ORDER}
-        versions = {t: assignments.version if t == rs.ENDPOINT else self.versions[t] for t in rs.PUSH_ORDER}
-        return Snapshot(resources, versions)
+        missing = self.sds_names - secrets.resources.keys()
+        if missing:
+            raise InconsistentSnapshot(f"listeners or clusters use secrets {sorted(missing)}, which the snapshot lacks")
+        resources = {**self.resources, rs.ENDPOINT: assignments.resources, rs.SECRET: secrets.resources}
+        versions = {**self.versions, rs.ENDPOINT: assignments.version}
+        if secrets.resources:
+            versions[rs.SECRET] = secrets.version
+        return Snapshot(
+            {t: resources[t] for t in rs.PUSH_ORDER}, {t: versions[t] for t in rs.PUSH_ORDER if t in versions}
+        )
 
 
 def _empty(services: Sequence[ServiceSpec]) -> list[Message]:
@@ -243,15 +297,20 @@ def _empty(services: Sequence[ServiceSpec]) -> list[Message]:
 
 
 def envoy_resources(
-    *, listen: Address, services: Sequence[ServiceSpec] = SERVICES, idempotent_methods: frozenset[str] | None = None
+    *,
+    listen: Address,
+    services: Sequence[ServiceSpec] = SERVICES,
+    idempotent_methods: frozenset[str] | None = None,
+    tls: bool = False,
 ) -> TopologyResources:
-    """Envoy's clusters (EDS), its gRPC listener (RDS) and the routes, for `services`."""
+    """Envoy's clusters (EDS), its gRPC listener (RDS) and the routes, for `services`; with tls,
+    mutual TLS on both sides and RBAC on the listener (their secrets come with each snapshot)."""
     if idempotent_methods is None:
         idempotent_methods = envoy_config.idempotent_methods()
     return TopologyResources.of(
         services,
-        clusters=[envoy_config.build_cluster(spec, (), "EDS") for spec in services],
-        listeners=[envoy_config.build_listener(listen, envoy_config.ROUTE_CONFIG_NAME)],
+        clusters=[envoy_config.build_cluster(spec, (), "EDS", tls=tls) for spec in services],
+        listeners=[envoy_config.build_listener(listen, envoy_config.ROUTE_CONFIG_NAME, tls=tls)],
         routes=[envoy_config.build_route_config(services, idempotent_methods, envoy_config.ROUTE_CONFIG_NAME)],
     )
 
@@ -273,7 +332,11 @@ class MeshSnapshots:
     state into the Envoy and the proxyless snapshot by building the assignments once for both —
     and only those of services whose endpoints changed since the last call (one, for a
     registration): the others are the previous assignment objects. Same input, same snapshots
-    (versions included) as building everything afresh; nothing here does I/O."""
+    (versions included) as building everything afresh; nothing here does I/O.
+
+    tls: Envoy's listener and clusters speak mutual TLS; every Envoy snapshot then carries the
+    secrets last given to `use_envoy_identity` (building one before is refused: Envoy would wait
+    for them forever)."""
 
     def __init__(
         self,
@@ -281,19 +344,28 @@ class MeshSnapshots:
         listen: Address,
         services: Sequence[ServiceSpec] = SERVICES,
         idempotent_methods: frozenset[str] | None = None,
+        tls: bool = False,
     ) -> None:
         if idempotent_methods is None:
             idempotent_methods = envoy_config.idempotent_methods()
         self.services = tuple(services)
-        self.envoy = envoy_resources(listen=listen, services=services, idempotent_methods=idempotent_methods)
+        self.tls = tls
+        self.secrets = NO_SECRETS
+        self.envoy = envoy_resources(listen=listen, services=services, idempotent_methods=idempotent_methods, tls=tls)
         self.proxyless = proxyless_resources(services=services, idempotent_methods=idempotent_methods)
         # Service name → (the endpoints its last assignment was built from, that assignment).
         self._last: dict[str, tuple[tuple[Endpoint, ...], Message]] = {}
 
+    def use_envoy_identity(self, *, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> None:
+        """Envoy's certificate (and the CA) for the snapshots built from now on."""
+        if not self.tls:
+            raise ValueError("a plain-text mesh has no use for Envoy's certificate")
+        self.secrets = Secrets.of(envoy_config.build_tls_secrets(key_pem=key_pem, cert_pem=cert_pem, ca_pem=ca_pem))
+
     def build(self, endpoints: Mapping[str, Sequence[Endpoint]]) -> tuple[Snapshot, Snapshot]:
         """(Envoy's snapshot, the proxyless clients' snapshot) for this registry state."""
         assignments = self.assignments(endpoints)
-        return self.envoy.snapshot(assignments), self.proxyless.snapshot(assignments)
+        return self.envoy.snapshot(assignments, self.secrets), self.proxyless.snapshot(assignments)
 
     def assignments(self, endpoints: Mapping[str, Sequence[Endpoint]]) -> Assignments:
         by_name: dict[str, Message] = {}

@@ -5,7 +5,11 @@
 
 Serves grpc.health.v1 (SERVING for STANDIN_SERVICE and ""), answers every method of
 STANDIN_SERVICE with an empty message and an `x-instance: <GRPC_LISTEN>` trailer (so a test sees
-which instance answered), and /healthz on ADMIN_LISTEN. SIGTERM: NOT_SERVING, deregister, wait
+which instance answered), and /healthz on ADMIN_LISTEN. With MESH_TLS_DIR (identity.pem, ca.pem of
+the workload it stands in for) it serves mutual TLS like a real service and adds an `x-caller`
+trailer: the caller's workload as mesh/credentials.py's caller_workload names it (through Envoy:
+from x-forwarded-client-cert), and `x-xfcc`: that header as received; without, plain text as
+before. SIGTERM: NOT_SERVING, deregister, wait
 DEREGISTERED_DRAIN_SECONDS once the control plane confirmed it (else DRAIN_DELAY_SECONDS), stop
 with SHUTDOWN_GRACE_SECONDS, exit 0.
 Fault switches: STANDIN_EXIT_AT_START=<code> exits at once; STANDIN_UNAVAILABLE=1 answers every
@@ -18,10 +22,13 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from mesh.credentials import MeshTLS, add_port, caller_workload
 
 SERVICE = os.environ.get("STANDIN_SERVICE", "capsule.auth.v1.AuthService")
 
@@ -46,8 +53,9 @@ async def migrate() -> None:
 
 
 class Answer(grpc.GenericRpcHandler):
-    def __init__(self, instance: str) -> None:
+    def __init__(self, instance: str, tls: bool = False) -> None:
         self.instance = instance
+        self.tls = tls
         self.unavailable = os.environ.get("STANDIN_UNAVAILABLE") == "1"
 
     def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
@@ -55,7 +63,11 @@ class Answer(grpc.GenericRpcHandler):
             return None
 
         async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            context.set_trailing_metadata((("x-instance", self.instance),))
+            trailers = [("x-instance", self.instance)]
+            if self.tls:
+                xfcc = dict(context.invocation_metadata() or ()).get("x-forwarded-client-cert", "-")
+                trailers += [("x-caller", caller_workload(context) or "-"), ("x-xfcc", str(xfcc))]
+            context.set_trailing_metadata(tuple(trailers))
             if self.unavailable:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.instance} is broken")
             return b""
@@ -79,8 +91,9 @@ async def serve() -> None:
     server = grpc.aio.server()
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    server.add_generic_rpc_handlers((Answer(listen),))
-    server.add_insecure_port(listen)
+    tls_dir = os.environ.get("MESH_TLS_DIR")
+    server.add_generic_rpc_handlers((Answer(listen, tls=bool(tls_dir)),))
+    add_port(server, listen, MeshTLS(Path(tls_dir)) if tls_dir else None)
     admin_host, admin_port = _split(os.environ["ADMIN_LISTEN"])
     admin = await asyncio.start_server(admin_http, admin_host, admin_port)
     await server.start()

@@ -180,3 +180,116 @@ def test_endpoints_for_an_unknown_service_are_refused() -> None:
 
 def test_default_topology_is_the_three_services() -> None:
     assert [s.name for s in SERVICES] == ["auth", "recipients", "capsules"]
+
+
+# --- mutual TLS (SPEC §12) ------------------------------------------------------------------------
+
+
+def _tls_context(socket: Any, kind: Any) -> Any:
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    context = getattr(tls_pb2, kind)()
+    assert socket.name == "envoy.transport_sockets.tls" and socket.typed_config.Unpack(context)
+    return context
+
+
+def test_plain_text_stays_the_default() -> None:
+    listener = envoy_config.build_listener(("127.0.0.1", 10000), "grpc_routes")
+    cluster: Any = envoy_config.build_cluster(AUTH, (), "EDS")
+    assert not listener.filter_chains[0].HasField("transport_socket")
+    assert not cluster.HasField("transport_socket")
+    assert envoy_config.sds_secret_names(listener) == envoy_config.sds_secret_names(cluster) == set()
+
+
+def test_the_tls_listener_requires_a_mesh_certificate_and_forwards_the_callers_identity() -> None:
+    listener = envoy_config.build_listener(("127.0.0.1", 10000), "grpc_routes", tls=True)
+    context = _tls_context(listener.filter_chains[0].transport_socket, "DownstreamTlsContext")
+    assert context.require_client_certificate.value
+    common = context.common_tls_context
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["envoy-identity"]
+    assert common.validation_context_sds_secret_config.name == "mesh-ca"
+    assert common.validation_context_sds_secret_config.sds_config.HasField("ads")
+    assert list(common.alpn_protocols) == ["h2"]
+    manager = hcm_pb2.HttpConnectionManager()
+    assert listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    assert manager.forward_client_cert_details == hcm_pb2.HttpConnectionManager.SANITIZE_SET
+    assert manager.set_current_client_cert_details.uri
+    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+    assert envoy_config.sds_secret_names(listener) == {"envoy-identity", "mesh-ca"}
+
+
+def test_rbac_allows_each_path_to_the_declared_callers_only() -> None:
+    from envoy.config.rbac.v3 import rbac_pb2
+
+    callers = {
+        "/a.S/Public1": frozenset({"gateway", "operator"}),
+        "/a.S/Public2": frozenset({"operator", "gateway"}),
+        "/a.S/Internal": frozenset({"capsules"}),
+        "/a.S/Nobody": frozenset(),
+    }
+    policies = envoy_config.rbac_policies(callers, ("/grpc.health.v1.Health/",))
+    # Grouped by caller set; a path nobody may call is in no policy (denied).
+    assert set(policies) == {"callers:gateway,operator", "callers:capsules", "open:any-mesh-identity"}
+    public = policies["callers:gateway,operator"]
+    assert [p.url_path.path.exact for p in public.permissions] == ["/a.S/Public1", "/a.S/Public2"]
+    assert [p.authenticated.principal_name.exact for p in public.principals] == [
+        "spiffe://capsule-mesh/gateway",
+        "spiffe://capsule-mesh/operator",
+    ]
+    assert "/a.S/Nobody" not in str(policies)
+    opened = policies["open:any-mesh-identity"]
+    assert opened.permissions[0].url_path.path.prefix == "/grpc.health.v1.Health/"
+    assert opened.principals[0].authenticated.principal_name.prefix == "spiffe://capsule-mesh/"
+    # The filter built from the protos: ALLOW, everything else denied.
+    from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
+
+    config = rbac_filter_pb2.RBAC()
+    assert envoy_config.rbac_filter().typed_config.Unpack(config)
+    assert config.rules.action == rbac_pb2.RBAC.ALLOW
+    internal = config.rules.policies["callers:capsules,recipients"]
+    assert [p.url_path.path.exact for p in internal.permissions] == ["/capsule.auth.v1.AuthService/GetUsers"]
+
+
+def test_tls_clusters_talk_only_to_the_service_they_name() -> None:
+    cluster: Any = envoy_config.build_cluster(RECIPIENTS, (), "EDS", tls=True)
+    context = _tls_context(cluster.transport_socket, "UpstreamTlsContext")
+    assert context.sni == "recipients.capsule-mesh"
+    common = context.common_tls_context
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["envoy-identity"]
+    combined = common.combined_validation_context
+    assert combined.validation_context_sds_secret_config.name == "mesh-ca"
+    (san,) = combined.default_validation_context.match_typed_subject_alt_names
+    assert san.matcher.exact == "spiffe://capsule-mesh/recipients"
+    assert list(common.alpn_protocols) == ["h2"]
+    # Health checks use the cluster's transport socket: nothing selects another one.
+    assert not cluster.health_checks[0].HasField("transport_socket_match_criteria")
+
+
+def test_real_envoy_accepts_the_tls_bootstrap_to_the_control_plane(tmp_path: Path) -> None:
+    from mesh.pki import MeshCA
+
+    tls_dir = tmp_path / "envoy-tls"
+    MeshCA.create(tmp_path / "ca").issue("envoy").write(tls_dir)
+    envoy_config.write_xds_sds_files(tls_dir)
+    config = envoy_config.build_xds_bootstrap(
+        admin=("127.0.0.1", 9901), control_plane=("127.0.0.1", 18000), tls_dir=tls_dir
+    )
+    result = envoy_validate(envoy_config.to_json(config), tmp_path, base_id=31004)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "deprecated" not in (result.stderr + result.stdout).lower()
+    (xds,) = config.static_resources.clusters
+    context = _tls_context(xds.transport_socket, "UpstreamTlsContext")
+    assert context.sni == "control-plane.capsule-mesh"
+    combined = context.common_tls_context.combined_validation_context
+    assert combined.default_validation_context.match_typed_subject_alt_names[0].matcher.exact == (
+        "spiffe://capsule-mesh/control-plane"
+    )
+    # The files the SDS sources name: identity.pem twice, ca.pem, both watched in tls_dir.
+    sds = {s.name: s for s in envoy_config.xds_tls_secrets(tls_dir)}
+    identity = sds["xds-identity"].tls_certificate
+    assert identity.certificate_chain.filename == identity.private_key.filename == str(tls_dir / "identity.pem")
+    assert identity.watched_directory.path == str(tls_dir)
+    assert sds["xds-ca"].validation_context.trusted_ca.filename == str(tls_dir / "ca.pem")
+    # The plain-text default (compose.json) is unchanged.
+    plain = envoy_config.build_xds_bootstrap(admin=("127.0.0.1", 9901), control_plane=("127.0.0.1", 18000))
+    assert not plain.static_resources.clusters[0].HasField("transport_socket")
