@@ -32,6 +32,7 @@ import atexit
 import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -133,7 +134,7 @@ class StackSettings:
     drop_databases_on_close: bool = False
     python: str = sys.executable
     # Mutual TLS on every internal hop (SPEC §12); False only for the plain-text development mode.
-    mesh_tls: bool = False
+    mesh_tls: bool = True
     # Lifetime of the workload certificates the stack issues (≤ 24 h).
     cert_ttl_seconds: float = 24 * 3600.0
 
@@ -322,9 +323,11 @@ class Stack:
         return due
 
     def rotate_certificates(self) -> None:
-        """Every workload's certificate issued anew; each process reloads its own (Envoy's SDS
-        certificate is the control plane's to rotate)."""
+        """Every workload's certificate issued anew; each process reloads its own, and the control
+        plane (SIGHUP) gives Envoy a new one over SDS."""
         self.issue_certificates()
+        if self.control_plane is not None and self.control_plane.running:
+            self.control_plane.send_signal(signal.SIGHUP)
 
     def identity(self, workload: str) -> MeshTLS | None:
         """A mesh identity to call the stack with (tests, probes): the operator's (set-up's), or
@@ -485,6 +488,7 @@ class Stack:
                 admin=(self.host, self.settings.envoy_admin_port),
                 control_plane=(self.host, self.settings.control_plane_port),
                 node_id=self.envoy_node_id,
+                tls_dir=self.tls_dir(ENVOY) if self.settings.mesh_tls else None,
             )
         return envoy_config.build_bootstrap(
             listen=(self.host, self.settings.envoy_port),
@@ -574,6 +578,9 @@ class Stack:
         ]  # fmt: skip
 
     def start_envoy(self, *, wait: bool = True) -> ManagedProcess:
+        if self.settings.mesh_tls and self.settings.control_plane:
+            # Envoy's identity for its ADS stream, read through filesystem SDS (it reloads).
+            envoy_config.write_xds_sds_files(self.tls_dir(ENVOY))
         envoy_config.write_bootstrap(self.envoy_bootstrap(), self.envoy_config_path)
         self.envoy = ManagedProcess(
             "envoy",

@@ -771,23 +771,25 @@ def xds_tls_secrets(tls_dir: Path) -> list[secret_pb2.Secret]:
     ]
 
 
-def control_plane_tls(tls_dir: Path) -> base_pb2.TransportSocket:
+def control_plane_tls(tls_dir: Path, sds_dir: Path | None = None) -> base_pb2.TransportSocket:
     """Envoy → control plane over mutual TLS, from files: the ADS connection cannot take its
     certificates over SDS from the very stream it has to open first. `tls_dir` is the directory as
-    Envoy sees it; write_xds_sds_files() must have put the SDS files there."""
+    Envoy sees it; write_xds_sds_files() must have put the SDS files in `sds_dir` (default: the
+    same directory; compose ships them apart, the certificate directory being the renewer's)."""
+    sds_dir = sds_dir or tls_dir
     return _tls_socket(
         tls_pb2.UpstreamTlsContext(
             # The control plane's DNS SAN: its address (an IP, or "control-plane" in compose)
             # names nothing.
             sni=server_name(CONTROL_PLANE),
             common_tls_context=tls_pb2.CommonTlsContext(
-                tls_certificate_sds_secret_configs=[_file_sds(tls_dir, XDS_IDENTITY_SECRET)],
+                tls_certificate_sds_secret_configs=[_file_sds(sds_dir, XDS_IDENTITY_SECRET)],
                 combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
                     # Only the control plane may hand Envoy its configuration and its keys.
                     default_validation_context=tls_common_pb2.CertificateValidationContext(
                         match_typed_subject_alt_names=[_uri_san(CONTROL_PLANE)]
                     ),
-                    validation_context_sds_secret_config=_file_sds(tls_dir, XDS_CA_SECRET),
+                    validation_context_sds_secret_config=_file_sds(sds_dir, XDS_CA_SECRET),
                 ),
                 alpn_protocols=ALPN_H2,
             ),
@@ -819,6 +821,7 @@ def build_xds_bootstrap(
     node_cluster: str = "capsule-mesh",
     max_downstream_connections: int = 50_000,
     tls_dir: Path | None = None,
+    sds_dir: Path | None = None,
 ) -> bootstrap_pb2.Bootstrap:
     """Envoy bootstrap that only points at the control plane: listeners, routes, clusters and
     endpoints all arrive over one ADS stream (envoy/controlplane). tls_dir: Envoy's identity for
@@ -848,7 +851,7 @@ def build_xds_bootstrap(
         typed_extension_protocol_options=_http2_upstream(5.0, 2.0),
     )
     if tls_dir is not None:
-        xds_cluster.transport_socket.CopyFrom(control_plane_tls(tls_dir))
+        xds_cluster.transport_socket.CopyFrom(control_plane_tls(tls_dir, sds_dir))
     return bootstrap_pb2.Bootstrap(
         # The control plane keys its snapshots by node id: one per Envoy (or per group sharing it).
         node=base_pb2.Node(id=node_id, cluster=node_cluster),
@@ -905,8 +908,17 @@ COMPOSE_GRPC_PORT = 50051  # GRPC_LISTEN of every service container (compose.yam
 COMPOSE_CONTROL_PLANE: Address = ("control-plane", 18000)  # the control-plane container
 
 
+# Compose: the renewer writes Envoy's certificate into the certs volume (/certs/envoy); the SDS files
+# that point Envoy at it are generated next to the bootstrap and mounted read-only.
+COMPOSE_TLS_DIR = Path("/certs/envoy")
+COMPOSE_SDS_DIR = Path("/etc/envoy/sds")
+COMPOSE_SDS_SOURCE = COMPOSE_FILE.parent / "compose-sds"
+
+
 def compose_bootstrap(
-    services: Sequence[ServiceSpec] = SERVICES, tls_dir: Path | None = None
+    services: Sequence[ServiceSpec] = SERVICES,
+    tls_dir: Path | None = COMPOSE_TLS_DIR,
+    sds_dir: Path | None = COMPOSE_SDS_DIR,
 ) -> bootstrap_pb2.Bootstrap:
     """Envoy's bootstrap in compose.yaml: admin on all interfaces of the container (compose
     publishes it on loopback); everything else (the listener on 0.0.0.0:10000, every service's
@@ -915,7 +927,9 @@ def compose_bootstrap(
     container finds Envoy's identity for the ADS connection (mounted; set-up writes the SDS files
     there with write_xds_sds_files(host directory, tls_dir)), see build_xds_bootstrap."""
     del services
-    return build_xds_bootstrap(admin=("0.0.0.0", 9901), control_plane=COMPOSE_CONTROL_PLANE, tls_dir=tls_dir)
+    return build_xds_bootstrap(
+        admin=("0.0.0.0", 9901), control_plane=COMPOSE_CONTROL_PLANE, tls_dir=tls_dir, sds_dir=sds_dir
+    )
 
 
 if __name__ == "__main__":
@@ -926,4 +940,5 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["compose"]:
         raise SystemExit("usage: python -m mesh.envoy_config compose")
     write_bootstrap(compose_bootstrap(), COMPOSE_FILE)
-    print(f"wrote {COMPOSE_FILE}")
+    write_xds_sds_files(COMPOSE_SDS_SOURCE, COMPOSE_TLS_DIR)
+    print(f"wrote {COMPOSE_FILE} and {COMPOSE_SDS_SOURCE}/")

@@ -61,8 +61,10 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if worker.startswith("gw"):
         use_port_slice(int(worker[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
-    # TRANSITION (issue 12): processes tests start themselves run in plain text until every hop
-    # speaks mutual TLS (mesh/credentials.py: the explicit development switch).
+    # In-process servers and stand-ins that tests build themselves (a fake upstream for the
+    # gateway, a control plane on the test's loop) speak plain text unless a test gives them an
+    # identity: the development switch (mesh/credentials.py). The stacks' processes never inherit
+    # it: the launcher hands each its own MESH_TLS_DIR (launcher/stack.py).
     os.environ.setdefault("MESH_PLAINTEXT", "1")
     # Tests that create their own scratch databases read this (with a trust-auth default).
     os.environ.setdefault("TEST_POSTGRES_ADMIN_DSN", infra_mod.configured().postgres.dsn("postgres"))

@@ -238,6 +238,9 @@ async def serve(settings: ControlPlaneSettings | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if plane.envoy_identity is not None:
+        # SIGHUP: Envoy gets a new certificate now (an operator's rotation; the launcher's too).
+        loop.add_signal_handler(signal.SIGHUP, plane.rotate_envoy_certificate)
     await stop.wait()
     log.info("stopping")
     await plane.stop()

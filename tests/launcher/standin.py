@@ -111,7 +111,9 @@ async def serve() -> None:
         host, port = _split(listen)
         # Under the name of the topology entry it stands in for (the tests' replace(AUTH, ...)).
         instance = registry_pb2.ServiceInstance(service="auth", host=host, port=port)
-        registrar = Registrar(os.environ["CONTROL_PLANE_TARGET"], instance)
+        registrar = Registrar(
+            os.environ["CONTROL_PLANE_TARGET"], instance, tls=MeshTLS(Path(tls_dir)) if tls_dir else None
+        )
         registrar.start()
 
     stopping = asyncio.Event()

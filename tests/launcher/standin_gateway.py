@@ -1,8 +1,9 @@
 """A stand-in gateway for the launcher's tests (`python -m tests.launcher.standin_gateway`).
 
 GATEWAY_LISTEN: GET /readyz → 200; GET /probe → one gRPC call to
-/<STANDIN_SERVICE>/Probe through GATEWAY_UPSTREAM (Envoy), answered with the `x-instance`
-trailer of the instance that served it.
+/<STANDIN_SERVICE>/GetMe through GATEWAY_UPSTREAM (Envoy; as the gateway workload over mutual TLS
+when MESH_TLS_DIR is set, a method Envoy's RBAC lets the gateway call), answered with the
+`x-instance` trailer of the instance that served it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import os
 
 import grpc
 
+from mesh.credentials import MeshTLS, open_channel
+from mesh.pki import ENVOY
+
 SERVICE = os.environ.get("STANDIN_SERVICE", "capsule.auth.v1.AuthService")
 
 
 async def main() -> None:
     host, port = os.environ["GATEWAY_LISTEN"].rsplit(":", 1)
-    channel = grpc.aio.insecure_channel(os.environ["GATEWAY_UPSTREAM"])
-    probe = channel.unary_unary(f"/{SERVICE}/Probe")
+    channel = open_channel(os.environ["GATEWAY_UPSTREAM"], ENVOY, MeshTLS.from_env())
+    probe = channel.unary_unary(f"/{SERVICE}/GetMe")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()

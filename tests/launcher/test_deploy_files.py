@@ -28,7 +28,7 @@ from launcher.healthcheck import main as healthcheck
 from launcher.keys import MESH_CA_NAME, OPERATOR_NAME, ensure_dev_keys
 from mesh import envoy_config
 from mesh.credentials import MeshTLS, add_port
-from mesh.pki import CONTROL_PLANE, ENVOY, GATEWAY, Wanted, server_name
+from mesh.pki import CONTROL_PLANE, ENVOY, GATEWAY, MeshCA, Wanted, server_name
 from mesh.pki import main as pki
 from mesh.topology import SERVICES, gateway_proto_modules
 from tests.launcher.yaml_subset import YamlSubsetError, loads
@@ -185,6 +185,14 @@ def test_envoy_compose_config_is_the_builders_and_envoy_accepts_it(compose: dict
     committed = json.loads((REPO / mount.split(":")[0]).read_text())
     expected = envoy_config.to_json(envoy_config.compose_bootstrap())
     assert committed == expected, "run `python -m mesh.envoy_config compose`"
+    # Envoy checks that the files it names exist: the same bootstrap, with the container's
+    # /certs/envoy and /etc/envoy/sds as directories of this test.
+    certs, sds = tmp_path / "certs", tmp_path / "sds"
+    MeshCA.create(tmp_path / "ca").issue(ENVOY).write(certs)
+    envoy_config.write_xds_sds_files(sds, certs)
+    local = envoy_config.write_bootstrap(
+        envoy_config.compose_bootstrap(tls_dir=certs, sds_dir=sds), tmp_path / "envoy.json"
+    )
     envoy = str(Path(sys.executable).parent / "envoy")
     result = subprocess.run(
         [
@@ -192,7 +200,7 @@ def test_envoy_compose_config_is_the_builders_and_envoy_accepts_it(compose: dict
             "--mode",
             "validate",
             "-c",
-            str(envoy_config.COMPOSE_FILE),
+            str(local),
             "--base-id",
             "31010",
             "--log-level",
@@ -309,15 +317,21 @@ def test_envoys_bootstrap_reads_its_certificate_from_the_volume() -> None:
     assert all(p == f"{CERTS}/{ENVOY}" or p.startswith(f"{CERTS}/{ENVOY}/") for p in paths), paths
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="envoy/compose.json is regenerated with compose_bootstrap(tls_dir=/certs/envoy) once Envoy's "
-    "TLS config is merged; then drop this mark",
-)
-def test_envoy_reaches_the_control_plane_over_mutual_tls() -> None:
+def test_envoy_reaches_the_control_plane_over_mutual_tls(compose: dict[str, Any], tmp_path: Path) -> None:
     bootstrap = json.loads(envoy_config.COMPOSE_FILE.read_text())
     clusters = bootstrap.get("static_resources", {}).get("clusters", [])
     assert clusters and all("transport_socket" in cluster for cluster in clusters)
+    # The filesystem SDS files it names are the committed ones, mounted where it looks, and they
+    # point at the renewer's /certs/envoy.
+    sds = envoy_config.COMPOSE_SDS_SOURCE
+    mount = f"./{sds.relative_to(REPO)}:{envoy_config.COMPOSE_SDS_DIR}:ro"
+    assert mount in compose["services"]["envoy"]["volumes"]
+    fresh = tmp_path / "sds"
+    envoy_config.write_xds_sds_files(fresh, envoy_config.COMPOSE_TLS_DIR)
+    assert {p.name: p.read_text() for p in fresh.iterdir()} == {p.name: p.read_text() for p in sds.iterdir()}, (
+        "run `python -m mesh.envoy_config compose`"
+    )
+    assert all(f"{CERTS}/{ENVOY}/" in p.read_text() for p in sds.iterdir())
 
 
 def test_every_image_owns_the_mount_points_of_its_volumes() -> None:

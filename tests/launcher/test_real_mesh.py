@@ -40,7 +40,11 @@ async def test_sign_up_log_in_and_me_through_the_gateway(client: Any) -> None:
 
 def test_grpcurl_lists_services_through_envoy(stack: Stack) -> None:
     result = subprocess.run(
-        [GRPCURL, "-plaintext", stack.envoy_grpc, "list"], capture_output=True, text=True, timeout=30, check=False
+        [GRPCURL, *stack.grpcurl_args(), stack.envoy_grpc, "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "capsule.auth.v1.AuthService" in result.stdout.split()

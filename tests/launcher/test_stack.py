@@ -93,7 +93,8 @@ def test_the_gateway_is_proxyless_with_a_control_plane_and_calls_envoy_without(
     gw = with_plane.gateway_env()
     assert gw["GATEWAY_XDS_SERVER"] == with_plane.control_plane_target
     assert "GRPC_XDS_BOOTSTRAP_CONFIG" not in gw
-    without = Stack(replace(settings(infra, jwt_keys, tmp_path / "b"), control_plane=False))
+    # The static bootstrap is the plain-text development fallback (no SDS without a control plane).
+    without = Stack(replace(settings(infra, jwt_keys, tmp_path / "b"), control_plane=False, mesh_tls=False))
     assert without.gateway_env()["GATEWAY_XDS_SERVER"] == ""  # CONTROL_PLANE=0: through Envoy
 
 

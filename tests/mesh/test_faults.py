@@ -222,7 +222,9 @@ async def _registered(mesh: Stack, count: int) -> list[dict[str, Any]] | None:
 async def _in_sync(mesh: Stack) -> bool:
     status = await asyncio.to_thread(mesh.control_plane_status)
     node = status["nodes"].get(mesh.envoy_node_id)
-    return bool(node and node["connected"] and node["acked"] == node["versions"] and len(node["acked"]) == 4)
+    # Clusters, endpoints, listeners, routes, and with mutual TLS the secrets (SDS).
+    types = 5 if mesh.settings.mesh_tls else 4
+    return bool(node and node["connected"] and node["acked"] == node["versions"] and len(node["acked"]) == types)
 
 
 async def _gateway_in_sync(mesh: Stack) -> bool:

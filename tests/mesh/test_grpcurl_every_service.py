@@ -1,7 +1,9 @@
 """`grpcurl` through Envoy reaches every service of the mesh by name: reflection (answered by any
 instance, describing the whole catalog) lists each, describes it, and one call of each service's
 every method, made by name through Envoy with a valid token, is answered by a process that
-implements it (a domain answer or a domain error, never UNIMPLEMENTED or UNAVAILABLE)."""
+implements it (a domain answer or a domain error, never UNIMPLEMENTED or UNAVAILABLE). Each call
+presents the certificate of a workload its proto allows (the operator where it may: public
+methods), and reflection lists the internal services to operators only (SPEC §12)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ import asyncio
 import httpx
 from google.protobuf import descriptor_pool
 
+from launcher.bootstrap import REPO
 from launcher.stack import Stack
-from mesh.catalog import mesh_service_names
+from mesh.catalog import allowed_callers, mesh_service_names, public_to
 from tests.auth.test_auth_http import sign_up
 from tests.auth.test_grpcurl import grpcurl
 
-NOT_REACHED = ("Unimplemented", "Unavailable", "Failed to", "failed to")
+NOT_REACHED = ("Unimplemented", "Unavailable", "Failed to", "failed to", "does not expose", "PermissionDenied")
 
 
 def running_services(stack: Stack) -> dict[str, list[str]]:
@@ -36,10 +39,15 @@ async def test_every_service_is_listed_described_and_reached_by_name(
     services = running_services(stack)
     assert "capsule.recipients.v1.RelationshipService" in services or len(stack.settings.services) == 1
 
-    code, out, err = await grpcurl(envoy_grpc, "list")
+    code, out, err = await grpcurl(stack.grpcurl_args(), envoy_grpc, "list")
     assert code == 0, err
     assert set(services) <= set(out.split()), out
+    code, out, err = await grpcurl(stack.grpcurl_args("gateway"), envoy_grpc, "list")
+    assert code == 0, err
+    assert "capsule.auth.v1.AuthService" in out.split()
+    assert "capsule.recipients.v1.RelationshipService" not in out.split(), "internal: operators only"
 
+    pool = descriptor_pool.Default()
     session = await sign_up(client)
     token = f"authorization: Bearer {session['accessToken']}"
     # Each grpcurl is a process that reflects before it calls: run several at once.
@@ -47,12 +55,21 @@ async def test_every_service_is_listed_described_and_reached_by_name(
 
     async def describe(service: str) -> None:
         async with slots:
-            code, out, err = await grpcurl(envoy_grpc, "describe", service)
+            code, out, err = await grpcurl(stack.grpcurl_args(), envoy_grpc, "describe", service)
         assert code == 0 and f"service {service.rsplit('.', 1)[1]} {{" in out, err
 
     async def call(service: str, method: str) -> None:
+        callers = allowed_callers()[f"/{service}/{method}"]
+        transport = stack.grpcurl_args()
+        if "operator" not in callers:
+            # An internal method, called as a workload its proto names. Reflection shows internal
+            # services to operators only: for those, that grpcurl reads the method from the proto.
+            transport = stack.grpcurl_args(min(callers))
+            descriptor = pool.FindServiceByName(service)
+            if not public_to("gateway", descriptor):
+                transport += ["-import-path", str(REPO / "protos"), "-proto", descriptor.file.name]
         async with slots:
-            _, _, err = await grpcurl("-H", token, "-d", "{}", envoy_grpc, f"{service}/{method}")
+            _, _, err = await grpcurl(transport, "-H", token, "-d", "{}", envoy_grpc, f"{service}/{method}")
         assert not any(marker in err for marker in NOT_REACHED), f"{service}/{method}: {err}"
 
     await asyncio.gather(
