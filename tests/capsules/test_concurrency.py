@@ -25,7 +25,7 @@ from services.common.settings import DatabaseSettings
 from tests.capsules.helpers import assert_problem, at, bearer, eventually, pair, send, uid
 from tests.conftest import Processes
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(12)  # scheduled first: see tests/conftest.py
 
 
 async def test_fifty_parallel_creates_with_one_key_leave_one_capsule(

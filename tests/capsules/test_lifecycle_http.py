@@ -12,7 +12,7 @@ import redis.asyncio as redis
 from launcher.stack import Stack
 from tests.capsules.helpers import assert_problem, at, bearer, eventually, new_user, pair, send, uid
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(18)  # scheduled first: see tests/conftest.py
 
 
 async def inbox(api: httpx.AsyncClient, who: dict[str, Any], **params: Any) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import pytest
 from launcher.stack import Stack
 from tests.auth.test_auth_http import sign_up
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(16)  # scheduled first: see tests/conftest.py
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 10)
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")

@@ -23,7 +23,7 @@ from mesh import envoy_config
 from mesh.topology import AUTH
 from tests.conftest import Processes
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(10)  # scheduled first: see tests/conftest.py
 
 SERVICE = AUTH.proto_service
 ENVOY = str(Path(sys.executable).parent / "envoy")

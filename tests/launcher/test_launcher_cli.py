@@ -13,7 +13,7 @@ import pytest
 from launcher import bootstrap
 from launcher.bootstrap import REPO
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(7)  # scheduled first: see tests/conftest.py
 
 # The interpreter the venv was made from: what `make` runs as `python3` before the venv exists.
 BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")

@@ -21,7 +21,7 @@ from launcher.process import StartupError, free_port, port_open
 from launcher.stack import Stack, StackSettings
 from mesh.topology import AUTH, SERVICES
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(12)  # scheduled first: see tests/conftest.py
 
 STANDIN = replace(AUTH, module="tests.launcher.standin")
 

@@ -24,7 +24,7 @@ from mesh.pki import MeshCA, server_name
 from tests.mesh.conftest import XdsMesh
 from tests.mesh.test_envoy_xds import _healthy, _present
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(11)  # scheduled first: see tests/conftest.py
 
 PUBLIC = "/capsule.auth.v1.AuthService/GetMe"
 INTERNAL = "/capsule.auth.v1.AuthService/GetUsers"

@@ -16,7 +16,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from launcher.process import free_port
 from tests.mesh.conftest import XdsMesh
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(7)  # scheduled first: see tests/conftest.py
 
 
 async def register(mesh: XdsMesh, address: str) -> str:

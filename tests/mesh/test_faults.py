@@ -36,7 +36,7 @@ from tests.conftest import start_test_stack
 from tests.mesh.load import Load, Op
 from tests.metrics import scraped
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(22)
 
 
 def get_json(url: str) -> Any:

@@ -15,7 +15,7 @@ from launcher.stack import Stack
 from tests.auth.test_auth_http import assert_problem, bearer, sign_up
 from tests.ratelimit.gateways import spawn_gateways
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(14)  # scheduled first: see tests/conftest.py
 
 
 def username() -> str:

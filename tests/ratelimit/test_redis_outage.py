@@ -26,7 +26,7 @@ from tests.auth.test_auth_http import bearer, sign_up
 from tests.conftest import start_test_stack
 from tests.ratelimit.redis_server import RedisServer
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(13)
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]]) -> None:

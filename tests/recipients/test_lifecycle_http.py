@@ -8,9 +8,12 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.auth.test_auth_http import assert_problem
 from tests.recipients.helpers import ask, bearer, connect, new_user, uid
+
+pytestmark = pytest.mark.slow(8)  # scheduled first: see tests/conftest.py
 
 PENDING = "CONNECTION_REQUEST_STATUS_PENDING"
 ACCEPTED = "CONNECTION_REQUEST_STATUS_ACCEPTED"
