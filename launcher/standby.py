@@ -218,21 +218,23 @@ def _pg_ctl(bin_dir: Path, data_dir: Path, *args: str, timeout: float = 90.0) ->
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd="/")
 
 
-def stop(data_dir: Path, bin_dir: Path) -> None:
+def stop(data_dir: Path) -> None:
+    """Stop the standby running from `data_dir` (fast: its sessions are ended), if it runs."""
     if _running_pid(data_dir) is None:
         return
     log(f"stopping the standby in {data_dir}")
+    bin_dir = _bin_dir(int((data_dir / "PG_VERSION").read_text().strip()))
     _pg_ctl(bin_dir, data_dir, "stop", "-m", "fast", "-w", "-t", "60")
 
 
-def _start(data_dir: Path, bin_dir: Path) -> None:
-    LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
-    LOG_FILE.touch()
-    _chown_to_server_user(LOG_FILE)
-    log(f"starting the standby in {data_dir} (log {LOG_FILE})")
-    result = _pg_ctl(bin_dir, data_dir, "start", "-w", "-t", "60", "-l", str(LOG_FILE))
+def _start(data_dir: Path, bin_dir: Path, log_file: Path) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.touch()
+    _chown_to_server_user(log_file)
+    log(f"starting the standby in {data_dir} (log {log_file})")
+    result = _pg_ctl(bin_dir, data_dir, "start", "-w", "-t", "60", "-l", str(log_file))
     if result.returncode != 0:
-        raise SqlError(f"pg_ctl start failed: {(result.stderr or result.stdout).strip()} (see {LOG_FILE})")
+        raise SqlError(f"pg_ctl start failed: {(result.stderr or result.stdout).strip()} (see {log_file})")
 
 
 def _config(port: int, host: str, primary_settings: Mapping[str, str]) -> str:
@@ -402,6 +404,7 @@ def ensure(
     port: int = DEFAULT_PORT,
     host: str = "127.0.0.1",
     data_dir: Path = DEFAULT_DATA_DIR,
+    log_file: Path = LOG_FILE,
     password_method: str = "trust",
 ) -> Standby:
     """A streaming hot standby of the primary on host:port: reused, started, or (re)built.
@@ -431,14 +434,14 @@ def ensure(
         if not ours and (data_dir / "standby.signal").exists() and (data_dir / "PG_VERSION").exists():
             # A standby stopped (a reboot): start it; the slot kept the WAL it needs.
             with contextlib.suppress(SqlError):
-                _start(data_dir, bin_dir)
+                _start(data_dir, bin_dir, log_file)
                 found = wait_streaming(replica, primary.sysid, primary_conn.port)
                 if found.ok:
                     return Standby(host, port, found.started_at, data_dir)
             log(f"the standby in {data_dir} {found.reason}: rebuilding it")
         elif ours:
             log(f"the standby in {data_dir} {found.reason}: rebuilding it")
-        return _rebuild(primary, replica, data_dir, bin_dir, password_method)
+        return _rebuild(primary, replica, data_dir, bin_dir, log_file, password_method)
 
 
 def _port_answers(host: str, port: int) -> bool:
@@ -449,8 +452,10 @@ def _port_answers(host: str, port: int) -> bool:
     return False
 
 
-def _rebuild(primary: Primary, replica: Conn, data_dir: Path, bin_dir: Path, password_method: str) -> Standby:
-    stop(data_dir, bin_dir)
+def _rebuild(
+    primary: Primary, replica: Conn, data_dir: Path, bin_dir: Path, log_file: Path, password_method: str
+) -> Standby:
+    stop(data_dir)
     if data_dir.exists():
         shutil.rmtree(data_dir)
     allow_replication(primary, password_method)
@@ -499,12 +504,12 @@ def _rebuild(primary: Primary, replica: Conn, data_dir: Path, bin_dir: Path, pas
         (data_dir / name).write_text(text)
     _chown_to_server_user(data_dir)
     try:
-        _start(data_dir, bin_dir)
+        _start(data_dir, bin_dir, log_file)
     except SqlError as exc:
         raise SetupError(str(exc)) from None
     found = wait_streaming(replica, primary.sysid, conn.port)
     if not found.ok:
-        raise SetupError(f"the new standby on {replica.host}:{replica.port} {found.reason}; see {LOG_FILE}")
+        raise SetupError(f"the new standby on {replica.host}:{replica.port} {found.reason}; see {log_file}")
     log(f"standby on {replica.host}:{replica.port} streaming from port {conn.port}")
     return Standby(replica.host, replica.port, found.started_at, data_dir)
 
@@ -514,3 +519,12 @@ def _read(path: str) -> str | None:
         return Path(path).read_text() if path else None
     except OSError:
         return None
+
+
+def remove(primary_conn: Conn, port: int, data_dir: Path) -> None:
+    """Stop the standby in `data_dir`, delete it and drop its slot on the primary (its WAL is
+    then no longer kept). For a standby made on another port (tests) or one no longer wanted."""
+    primary = _primary(primary_conn)
+    stop(data_dir)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    _drop_slot(primary, slot_name(port))
