@@ -70,12 +70,15 @@ def cmd_setup(args: Sequence[str]) -> int:
 def _replica_line(infra: Infra) -> str:
     if infra.replica is None:
         return "none (POSTGRES_REPLICA=0, or a primary on another machine): services read from the primary"
+    from pathlib import Path
+
     from launcher import standby
 
+    asked = Path(os.environ.get("POSTGRES_REPLICA_DIR") or standby.DEFAULT_DATA_DIR)
+    data_dir, log_file = standby.locations(infra.replica.port, asked)
     return (
-        f"{infra.replica.host}:{infra.replica.port} (streaming hot standby of :{infra.postgres.port}, "
-        f"data {os.environ.get('POSTGRES_REPLICA_DIR') or standby.DEFAULT_DATA_DIR}, "
-        f"log {standby.LOG_FILE})"
+        f"{infra.replica.host}:{infra.replica.port} (streaming hot standby of :{infra.postgres.port}; "
+        f"data {data_dir}, log {log_file})"
     )
 
 

@@ -48,6 +48,9 @@ from launcher.bootstrap import REPO, SetupError, is_root, log
 DEFAULT_PORT = 5433
 DEFAULT_DATA_DIR = REPO / ".run" / "postgres-replica"
 LOG_FILE = REPO / ".run" / "logs" / "postgres-replica.log"
+# Where the data and log go when the `postgres` user cannot reach the checkout (a clone in /root,
+# mode 0700, on a fresh machine): under Debian's home of that user, one per port.
+FALLBACK_DIR = Path("/var/lib/postgresql/capsule-mesh")
 SERVER_USER = "postgres"  # the OS user Debian's server runs as (when the launcher runs as root)
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 HBA_MARK = "# capsule-mesh launcher: streaming standby (launcher/standby.py)"
@@ -146,6 +149,23 @@ def _chown_to_server_user(path: Path) -> None:
         subprocess.run(["chown", "-R", f"{SERVER_USER}:{SERVER_USER}", str(path)], check=True)
 
 
+def locations(port: int, data_dir: Path = DEFAULT_DATA_DIR, log_file: Path = LOG_FILE) -> tuple[Path, Path]:
+    """The standby's data directory and log file: the ones asked for when the server's user can
+    reach them, else FALLBACK_DIR/replica-<port>[.log]."""
+    if not is_root():
+        return data_dir, log_file
+    parents = (data_dir.parent, log_file.parent)
+    for parent in parents:
+        parent.mkdir(parents=True, exist_ok=True)
+    # access(2) as that user resolves the whole path: one ancestor it cannot search fails it.
+    check = ["runuser", "-u", SERVER_USER, "--", "test", "-x", str(parents[0]), "-a", "-x", str(parents[1])]
+    if subprocess.run(check, check=False, cwd="/").returncode == 0:
+        return data_dir, log_file
+    FALLBACK_DIR.mkdir(parents=True, exist_ok=True)
+    _chown_to_server_user(FALLBACK_DIR)
+    return FALLBACK_DIR / f"replica-{port}", FALLBACK_DIR / f"replica-{port}.log"
+
+
 # --- what a server on the replica port is --------------------------------------------------------
 
 
@@ -208,9 +228,11 @@ def _running_pid(data_dir: Path) -> int | None:
     """The postmaster's pid from postmaster.pid when that process is alive."""
     try:
         pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if Path(f"/proc/{pid}").exists() else None
+    # A stale file after a reboot may name a pid some other process has now.
+    return pid if b"postgres" in command else None
 
 
 def _pg_ctl(bin_dir: Path, data_dir: Path, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
@@ -414,6 +436,7 @@ def ensure(
     if primary_conn.host not in LOCAL_HOSTS:
         raise SetupError(f"the standby is made only of a Postgres on this machine, not {primary_conn.host}")
     with _lock(port):
+        data_dir, log_file = locations(port, data_dir, log_file)
         primary = _primary(primary_conn)
         replica = Conn(host, port, primary_conn.user, primary_conn.password)
         found = inspect(replica, primary.sysid, primary_conn.port)
