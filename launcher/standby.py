@@ -446,6 +446,7 @@ def ensure(
         ours = _running_pid(data_dir) is not None
         if found.ok:
             log(f"reusing the standby on {host}:{port} (streaming from port {primary_conn.port})")
+            _warn_if_paused(replica)
             return Standby(host, port, found.started_at, data_dir if ours else None)
         bin_dir = _bin_dir(primary.major)
         if not ours and _port_answers(host, port):
@@ -465,6 +466,18 @@ def ensure(
         elif ours:
             log(f"the standby in {data_dir} {found.reason}: rebuilding it")
         return _rebuild(primary, replica, data_dir, bin_dir, log_file, password_method)
+
+
+def _warn_if_paused(replica: Conn) -> None:
+    """Replay left paused (a test interrupted between pause and resume) keeps the standby behind
+    for good: said, not undone (a test running side by side may be pausing it on purpose)."""
+    with contextlib.suppress(SqlError, IndexError):
+        state = psql(replica, "SELECT pg_get_wal_replay_pause_state()", timeout=5.0)[0][0]
+        if state != "not paused":
+            log(
+                f"WARNING: WAL replay on the standby {replica.host}:{replica.port} is {state}; if no test is running: "
+                f"psql -h {replica.host} -p {replica.port} -U {replica.user} -c 'select pg_wal_replay_resume()'"
+            )
 
 
 def _port_answers(host: str, port: int) -> bool:
