@@ -400,10 +400,14 @@ def _drop_slot(primary: Primary, slot: str) -> None:
 # --- ensure ------------------------------------------------------------------------------------------
 
 
+def _lock_path(port: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"capsule-mesh-postgres-replica-{port}.lock"
+
+
 @contextlib.contextmanager
 def _lock(port: int, timeout: float = 600.0) -> Iterator[None]:
     """One launcher at a time makes the standby on `port` (machine-wide: checkouts share ports)."""
-    path = Path(tempfile.gettempdir()) / f"capsule-mesh-postgres-replica-{port}.lock"
+    path = _lock_path(port)
     with open(path, "a") as handle:
         deadline = time.monotonic() + timeout
         while True:
@@ -564,3 +568,4 @@ def remove(primary_conn: Conn, port: int, data_dir: Path) -> None:
     stop(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
     _drop_slot(primary, slot_name(port))
+    _lock_path(port).unlink(missing_ok=True)
