@@ -28,10 +28,15 @@ TTL, after the client was told its write succeeded. Hence a namespace generation
   outage serves a pre-outage entry, whatever order they come back in. A background task retries
   the bump every back-off, so an idle instance whose write was lost bumps within one back-off of
   Redis answering.
-- Left open: an instance that saw no failure at all (idle through the whole outage) may serve a
-  pre-outage entry that another instance failed to invalidate, between Redis's return and that
-  instance's bump (≤ one back-off, 1 s by default). Nothing shared but Redis could carry the
-  news faster; the TTL bounds it anyway.
+- A writer whose `put`/`delete` just failed (a timeout on a busy machine is enough) does not
+  answer yet: it tries the bump at once, for up to one back-off, so that its client hears "done"
+  only once no instance can read the old entry. Another instance that saw no failure would
+  otherwise keep serving it (seen: a block answered, and the next capsule to the blocker was
+  still let through by the other recipients instance).
+- Left open: when Redis stays unreachable from the writer for that whole back-off, an instance
+  that saw no failure at all may serve the entry the writer failed to invalidate, between Redis's
+  return and the writer's bump (≤ one more back-off, 1 s by default). Nothing shared but Redis
+  could carry the news faster; the TTL bounds it anyway.
 - Redis restarting empty (this project runs it without persistence): entries and the generation
   are gone together, every read misses; nothing stale can exist.
 - The generation key has no TTL: with an eviction policy other than volatile-* it could be
@@ -160,6 +165,25 @@ class Cache:
         self._succeeded()
         return True
 
+    async def _bump_before_answering(self) -> None:
+        """A write-through just failed: bump the generation now, retrying for up to one back-off,
+        so the old entry is unreachable before the writer answers (module doc)."""
+        give_up_at = time.monotonic() + self._backoff_seconds
+        while self._must_bump:
+            try:
+                generation = await self.client.incr(self.generation_key)
+            except (RedisError, OSError):
+                if time.monotonic() >= give_up_at:
+                    return  # the repair task keeps trying
+                await asyncio.sleep(0.05)
+                continue
+            self._generation = str(generation)
+            self._must_bump = False
+            self._down_until = 0.0
+            GENERATION_BUMPS.inc()
+            log.info("cache generation bumped after a failed write", extra={"fields": {"generation": generation}})
+            self._succeeded()
+
     async def _read(self, keys: Sequence[str]) -> tuple[str | None, list[bytes | None]]:
         """(the generation the values belong to, or None when Redis was not read; values)."""
         misses: list[bytes | None] = [None] * len(keys)
@@ -194,6 +218,7 @@ class Cache:
             await self._put_script(keys=[self.generation_key], args=[key, value, ttl_seconds])
         except (RedisError, OSError) as exc:
             self._failed(exc)
+            await self._bump_before_answering()
 
     async def _store_if_absent(self, items: dict[str, bytes], ttl_seconds: int, generation: str) -> None:
         if not items or self._must_bump or not self.available:
@@ -220,6 +245,7 @@ class Cache:
             await self._delete_script(keys=[self.generation_key], args=list(keys))
         except (RedisError, OSError) as exc:
             self._failed(exc)
+            await self._bump_before_answering()
 
     async def get_or_load(self, name: str, key: str, ttl_seconds: int, loader: Loader) -> bytes | None:
         """The cached value of `key`, or the loader's (stored for `ttl_seconds`; None is not stored).

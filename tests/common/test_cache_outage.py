@@ -162,3 +162,39 @@ async def test_values_are_cached_and_shared_normally(redis_server: RedisServer) 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_write_whose_invalidation_timed_out_answers_only_once_no_instance_can_read_the_old_value(
+    redis_server: RedisServer,
+) -> None:
+    """A put that times out on a busy Redis (frozen here for a moment) does not return while the
+    other instance, which saw no failure, can still read the value from before the write: the
+    writer bumps the generation as soon as Redis answers (within one back-off) before returning."""
+    writer, other = caches(redis_server.url)
+    db = Database()
+    key = writer.key("rel", "a", "b")
+    db.rows[key] = b"connected"
+    await other.put(key, b"connected", TTL)
+    await read_until_cached(other, db, key, b"connected")
+
+    db.rows[key] = b"blocked"  # the write committed
+    redis_server.freeze()
+
+    async def thaw_once_the_put_failed() -> None:
+        await wait_for(lambda: _true(writer._must_bump))
+        redis_server.thaw()
+
+    thawing = asyncio.create_task(thaw_once_the_put_failed())
+    try:
+        await writer.put(key, b"blocked", TTL)  # its script timed out; Redis back within the back-off
+    finally:
+        redis_server.thaw()
+        await thawing
+    # The other instance saw no failure, yet it does not serve the value from before the write.
+    assert await other.get_or_load("t", key, TTL, db.loader(key)) == b"blocked"
+    await writer.close()
+    await other.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
