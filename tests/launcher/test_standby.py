@@ -1,12 +1,15 @@
 """The streaming hot standby set-up makes (launcher/standby.py), against the real one on
 127.0.0.1:POSTGRES_REPLICA_PORT: it is in recovery, rows committed on the primary appear once
 replayed, replay can be paused and resumed, the stacks hand it to the services, set-up reuses it,
-and a damaged standby of the launcher's is rebuilt (on a port and data directory of its own)."""
+and a damaged standby of the launcher's is rebuilt — that one as the standby of a small primary of
+the test's own (initdb): a base backup of the machine's cluster, test databases and query-plan
+templates included, costs seconds each, one of a fresh cluster a fraction of one."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +25,7 @@ from launcher.keys import KeyPair
 from launcher.process import free_port
 from launcher.stack import Stack, StackSettings
 
-pytestmark = pytest.mark.slow(15)  # the damaged standby's two base backups (~5 s each here); scheduled first
+pytestmark = pytest.mark.slow(6)  # scheduled first: see tests/conftest.py
 
 
 def conn(server: PostgresServer) -> standby.Conn:
@@ -141,8 +144,38 @@ def test_set_up_reuses_the_running_standby(infra: Infra, replica: PostgresServer
     assert infra_mod.ensure_replica(infra.postgres, {**env, "POSTGRES_REPLICA": "0"}, install=True) is None
 
 
-def test_a_stopped_standby_is_started_and_a_damaged_one_rebuilt(infra: Infra, replica: PostgresServer) -> None:
+@pytest.fixture
+def small_primary(infra: Infra) -> Iterator[PostgresServer]:
+    """A fresh Postgres cluster (initdb, trust on 127.0.0.1, replication allowed) on a free port,
+    run by the server's user like the machine's; stopped and deleted at the end."""
+    major = int(one(infra.postgres, "SHOW server_version_num")) // 10000
+    bin_dir = standby._bin_dir(major)
+    port = free_port()
+    data_dir, log_file = standby.locations(port, REPO / ".run" / "test-primaries" / f"p{port}")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    standby._chown_to_server_user(data_dir.parent)
+    user = infra.postgres.user
+    run = standby._as_server_user
+    subprocess.run(
+        run([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", user, "--auth=trust", "-E", "UTF8"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+    start = [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(log_file), "-w", "start"]
+    subprocess.run(run(start), check=True, capture_output=True)
+    try:
+        yield PostgresServer("127.0.0.1", port, user, "")
+    finally:
+        subprocess.run(run([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "stop"]), check=False)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        log_file.unlink(missing_ok=True)
+
+
+def test_a_stopped_standby_is_started_and_a_damaged_one_rebuilt(small_primary: PostgresServer) -> None:
     """On a port and data directory of its own (the shared standby is not touched)."""
+    infra = Infra(postgres=small_primary, redis_url="", replica=None)
     primary = conn(infra.postgres)
     port = free_port()
     asked = REPO / ".run" / "test-standbys" / uuid.uuid4().hex[:10]
