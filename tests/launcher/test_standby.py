@@ -151,10 +151,12 @@ def small_primary(infra: Infra) -> Iterator[PostgresServer]:
     major = int(one(infra.postgres, "SHOW server_version_num")) // 10000
     bin_dir = standby._bin_dir(major)
     port = free_port()
-    data_dir, log_file = standby.locations(port, REPO / ".run" / "test-primaries" / f"p{port}")
+    base = REPO / ".run" / "test-primaries"
+    data_dir, log_file = standby.locations(port, base / f"p{port}", base / f"p{port}.log")
     shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    standby._chown_to_server_user(data_dir.parent)
+    for parent in {data_dir.parent, log_file.parent}:
+        parent.mkdir(parents=True, exist_ok=True)
+        standby._chown_to_server_user(parent)
     user = infra.postgres.user
     run = standby._as_server_user
     subprocess.run(
