@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.bootstrap import REPO
-from mesh.pki import CA_NAME, IDENTITY_NAME, OPERATOR, MeshCA, certificate_not_after
+from mesh.pki import CA_NAME, IDENTITY_NAME, OPERATOR, MeshCA, Wanted, renewal_reason
 
 DEFAULT_DIR = REPO / ".run" / "keys"
 PRIVATE_NAME = "jwt-private.pem"
@@ -29,8 +29,6 @@ PUBLIC_NAME = "jwt-public.pem"
 PAGE_TOKENS_NAME = "page-token-keys"
 MESH_CA_NAME = "mesh-ca"
 OPERATOR_NAME = "operator"
-# Certificates are issued again once less than this is left of their 24 h.
-RENEW_WHEN_LEFT = datetime.timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -90,13 +88,14 @@ def ensure_dev_keys(directory: Path = DEFAULT_DIR) -> KeyPair:
 
 
 def ensure_operator(ca: MeshCA, directory: Path) -> bool:
-    """The operator's certificate, issued again once less than half its life is left (it lives
-    24 h like every workload's: SPEC §12) or when another CA signed it; whether it was."""
-    identity, trusted = directory / IDENTITY_NAME, directory / CA_NAME
-    if identity.exists() and trusted.exists() and trusted.read_bytes() == ca.cert_pem:
-        left = certificate_not_after(identity.read_bytes()) - datetime.datetime.now(datetime.UTC)
-        if left > RENEW_WHEN_LEFT:
-            return False
+    """The operator's certificate, issued again when mesh/pki.py's renewer would (missing, half
+    its 24 h gone, another CA, ...); whether it was."""
+    wanted = Wanted(OPERATOR)
+    identity, trusted = (
+        path.read_bytes() if path.exists() else None for path in (directory / IDENTITY_NAME, directory / CA_NAME)
+    )
+    if renewal_reason(ca, wanted, identity, trusted, datetime.datetime.now(datetime.UTC)) is None:
+        return False
     ca.issue(OPERATOR).write(directory)
     return True
 

@@ -41,7 +41,7 @@ import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ from launcher.process import (
 )
 from mesh import envoy_config
 from mesh.credentials import MeshTLS, open_channel
-from mesh.pki import CONTROL_PLANE, ENVOY, GATEWAY, IDENTITY_NAME, OPERATOR, certificate_not_after
+from mesh.pki import CA_NAME, CONTROL_PLANE, ENVOY, GATEWAY, IDENTITY_NAME, OPERATOR, Wanted, renew_due, server_name
 from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
 
@@ -289,36 +289,35 @@ class Stack:
     def tls_dir(self, workload: str) -> Path:
         return self.certs_dir / workload
 
-    def _workloads(self) -> list[str]:
-        return [*(s.name for s in self.settings.services), GATEWAY, ENVOY, CONTROL_PLANE]
+    def _wanted(self, workload: str) -> Wanted:
+        """A workload's certificate as the stack issues it. The control plane's also names the
+        address it listens on: gRPC's xDS client (the gateway) checks it by the address it dials."""
+        return Wanted(workload, (self.host, "localhost") if workload == CONTROL_PLANE else ())
+
+    def _workloads(self) -> list[Wanted]:
+        names = (*(s.name for s in self.settings.services), GATEWAY, ENVOY, CONTROL_PLANE)
+        return [self._wanted(name) for name in names]
+
+    @property
+    def _cert_ttl(self) -> timedelta:
+        return timedelta(seconds=self.settings.cert_ttl_seconds)
 
     def issue_certificates(self, workloads: Sequence[str] | None = None) -> None:
-        """Issue (again) the certificates of `workloads` (default: every workload of the stack).
-        The control plane's also names the address it listens on: gRPC's xDS client (the gateway)
-        checks the server by the address it dials."""
+        """Issue (again) the certificates of `workloads` (default: every workload of the stack)."""
         ca = self.settings.keys.ca()
-        ttl = timedelta(seconds=self.settings.cert_ttl_seconds)
-        for workload in workloads or self._workloads():
-            hosts = (self.host, "localhost") if workload == CONTROL_PLANE else ()
-            ca.issue(workload, ttl=ttl, hosts=hosts).write(self.tls_dir(workload))
+        for wanted in [self._wanted(w) for w in workloads] if workloads else self._workloads():
+            ca.issue(wanted.workload, ttl=self._cert_ttl, hosts=wanted.hosts).write(self.tls_dir(wanted.workload))
 
     def renew_due_certificates(self) -> list[str]:
-        """Issue again the certificates with less than half their life left (the operator's
-        included); the workloads renewed. At most one look a minute at the files."""
+        """Issue again the certificates mesh/pki.py's renewer would (half their life gone, ...),
+        the operator's included; the workloads renewed. At most one look a minute at the files."""
         now = time.monotonic()
         if not self.settings.mesh_tls or now < self._next_renewal_check:
             return []
         self._next_renewal_check = now + 60.0
-        due = []
-        wall = datetime.now(UTC)
-        for workload in self._workloads():
-            identity = self.tls_dir(workload) / IDENTITY_NAME
-            left = certificate_not_after(identity.read_bytes()) - wall if identity.exists() else timedelta(0)
-            if left < timedelta(seconds=self.settings.cert_ttl_seconds / 2):
-                due.append(workload)
-        if due:
-            self.issue_certificates(due)
-        if ensure_operator(self.settings.keys.ca(), self.settings.keys.operator):
+        ca = self.settings.keys.ca()
+        due = [workload for workload, _ in renew_due(ca, self.certs_dir, self._workloads(), ttl=self._cert_ttl)]
+        if ensure_operator(ca, self.settings.keys.operator):
             due.append(OPERATOR)
         return due
 
@@ -339,7 +338,7 @@ class Stack:
                 directory = self.settings.keys.operator
             else:
                 directory = self.tls_dir(workload)
-                if not (directory / "identity.pem").exists():
+                if not (directory / IDENTITY_NAME).exists():
                     self.issue_certificates([workload])
             self._identities[workload] = MeshTLS(directory)
         return self._identities[workload]
@@ -361,16 +360,16 @@ class Stack:
         tls = self.identity(workload)
         if tls is None:
             return ["-plaintext"]
-        identity = str(tls.directory / "identity.pem")
+        identity = str(tls.directory / IDENTITY_NAME)
         return [
             "-cacert",
-            str(tls.directory / "ca.pem"),
+            str(tls.directory / CA_NAME),
             "-cert",
             identity,
             "-key",
             identity,
             "-servername",
-            "envoy.capsule-mesh",
+            server_name(ENVOY),
         ]
 
     # --- environment -----------------------------------------------------------------------------

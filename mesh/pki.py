@@ -225,11 +225,6 @@ class MeshCA:
         )
 
 
-def certificate_not_after(identity_pem: bytes) -> datetime.datetime:
-    """When the certificate in an identity file (or any PEM holding one) expires."""
-    return x509.load_pem_x509_certificate(identity_pem).not_valid_after_utc
-
-
 # --- the renewer: deployments without the launcher (compose's `certs` container) -------------------
 
 # Written into OUT after every complete pass: the workloads the renewer keeps, one a line. What the
