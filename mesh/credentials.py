@@ -34,9 +34,8 @@ from typing import Any, TypeVar
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from mesh.pki import CA_NAME, ENVOY, IDENTITY_NAME, server_name, workload_of
+from mesh.pki import CA_NAME, ENVOY, IDENTITY_NAME, server_name, split_identity, workload_of
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +58,6 @@ class Material:
     cert_pem: bytes
     ca_pem: bytes
     generation: int
-
-
-def _split_identity(identity: bytes) -> tuple[bytes, bytes]:
-    """(private key PEM, certificate chain PEM) of an identity file, checked to belong together."""
-    key = serialization.load_pem_private_key(identity, password=None)
-    certs = x509.load_pem_x509_certificates(identity)
-    if key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != certs[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
-        raise TLSSetupError("the identity file's key and certificate do not belong together")
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
 class MeshTLS:
@@ -114,7 +97,7 @@ class MeshTLS:
 
     def _read(self, generation: int) -> Material:
         stamp = self._files_stamp()
-        key_pem, cert_pem = _split_identity((self.directory / IDENTITY_NAME).read_bytes())
+        key_pem, cert_pem = split_identity((self.directory / IDENTITY_NAME).read_bytes())
         ca_pem = (self.directory / CA_NAME).read_bytes()
         x509.load_pem_x509_certificates(ca_pem)
         self._stamp = stamp

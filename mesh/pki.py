@@ -267,6 +267,18 @@ def identity_certificate(identity_pem: bytes) -> x509.Certificate:
     return cert
 
 
+def split_identity(identity_pem: bytes) -> tuple[bytes, bytes]:
+    """(private key PEM, certificate chain PEM) of an identity file, checked to pair (ValueError
+    otherwise): what a TLS library takes as two arguments."""
+    identity_certificate(identity_pem)
+    key = serialization.load_pem_private_key(identity_pem, password=None)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in x509.load_pem_x509_certificates(identity_pem))
+    return key_pem, chain
+
+
 def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca_cert)

@@ -154,15 +154,10 @@ class Cache:
         if not self._must_bump:
             return True
         try:
-            generation = await self.client.incr(self.generation_key)
+            await self._bump()
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return False
-        self._generation = str(generation)
-        self._must_bump = False
-        GENERATION_BUMPS.inc()
-        log.info("cache generation bumped after a redis failure", extra={"fields": {"generation": generation}})
-        self._succeeded()
         return True
 
     async def _bump_before_answering(self) -> None:
@@ -171,18 +166,21 @@ class Cache:
         give_up_at = time.monotonic() + self._backoff_seconds
         while self._must_bump:
             try:
-                generation = await self.client.incr(self.generation_key)
+                await self._bump()
             except (RedisError, OSError):
                 if time.monotonic() >= give_up_at:
                     return  # the repair task keeps trying
                 await asyncio.sleep(0.05)
-                continue
-            self._generation = str(generation)
-            self._must_bump = False
-            self._down_until = 0.0
-            GENERATION_BUMPS.inc()
-            log.info("cache generation bumped after a failed write", extra={"fields": {"generation": generation}})
-            self._succeeded()
+
+    async def _bump(self) -> None:
+        """INCR the generation (raises what Redis raised) and end the failure that asked for it."""
+        generation = await self.client.incr(self.generation_key)
+        self._generation = str(generation)
+        self._must_bump = False
+        self._down_until = 0.0
+        GENERATION_BUMPS.inc()
+        log.info("cache generation bumped after a redis failure", extra={"fields": {"generation": generation}})
+        self._succeeded()
 
     async def _read(self, keys: Sequence[str]) -> tuple[str | None, list[bytes | None]]:
         """(the generation the values belong to, or None when Redis was not read; values)."""
