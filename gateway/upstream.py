@@ -27,7 +27,7 @@ from gateway import xds
 from gateway.descriptors import Rpc
 from gateway.problems import Problem
 from gateway.settings import Settings
-from mesh.credentials import RETIRE_GRACE_SECONDS, MeshTLS, open_channel
+from mesh.credentials import MeshTLS, RetiredChannels, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Upstream:
         self.channels: dict[str, grpc.aio.Channel] = {}
         self.calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
         self._generation = 0
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired = RetiredChannels()
 
     async def start(self) -> None:
         """Opens the channels and builds the callables (needs the running event loop)."""
@@ -103,18 +103,10 @@ class Upstream:
             return
         old = list(self.channels.values())
         self._open()
-
-        async def retire() -> None:
-            await asyncio.sleep(RETIRE_GRACE_SECONDS)  # calls already on them end within their deadline
-            await asyncio.gather(*(channel.close() for channel in old))
-
-        task = asyncio.get_running_loop().create_task(retire())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retired.retire(*old)
 
     async def close(self, grace: float | None = None) -> None:
-        for task in list(self._retiring):
-            task.cancel()
+        self._retired.cancel()
         channels, self.channels, self.calls = self.channels, {}, {}
         await asyncio.gather(*(channel.close(grace) for channel in channels.values()))
 

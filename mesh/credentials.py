@@ -165,6 +165,29 @@ def open_channel(
     )
 
 
+class RetiredChannels:
+    """Channels opened with an older certificate: each closed `grace` seconds after it retired,
+    once the calls it already carries had time to end."""
+
+    def __init__(self, grace: float = RETIRE_GRACE_SECONDS) -> None:
+        self._grace = grace
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def retire(self, *channels: grpc.aio.Channel) -> None:
+        async def close_later() -> None:
+            await asyncio.sleep(self._grace)  # their calls end within their deadlines
+            await asyncio.gather(*(channel.close() for channel in channels))
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def cancel(self) -> None:
+        """At shutdown: the retired channels go with the process."""
+        for task in list(self._closing):
+            task.cancel()
+
+
 class MeshChannel:
     """A channel to one mesh workload that follows this process's certificate rotation: `get()`
     (and `stub()`) return a channel opened with the current certificate; a channel opened with an
@@ -183,11 +206,10 @@ class MeshChannel:
         self.peer = peer
         self._tls = tls
         self._options = tuple(options)
-        self._retire_grace = retire_grace
         self._generation = tls.current().generation if tls is not None else 0
         self._channel = open_channel(target, peer, tls, self._options)
         self._stubs: dict[type[Any], Any] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired = RetiredChannels(retire_grace)
 
     def get(self) -> grpc.aio.Channel:
         if self._tls is not None:
@@ -197,7 +219,7 @@ class MeshChannel:
                 self._channel = open_channel(self.target, self.peer, self._tls, self._options)
                 self._generation = generation
                 self._stubs.clear()
-                self._retire(old)
+                self._retired.retire(old)
         return self._channel
 
     def stub(self, stub_class: Callable[[grpc.aio.Channel], StubT]) -> StubT:
@@ -207,18 +229,8 @@ class MeshChannel:
             stub = self._stubs[stub_class] = stub_class(channel)  # type: ignore[index]
         return stub  # type: ignore[no-any-return]
 
-    def _retire(self, channel: grpc.aio.Channel) -> None:
-        async def close_later() -> None:
-            await asyncio.sleep(self._retire_grace)  # its calls end within their deadlines
-            await channel.close()
-
-        task = asyncio.get_running_loop().create_task(close_later())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
-
     async def close(self, grace: float | None = None) -> None:
-        for task in list(self._retiring):
-            task.cancel()
+        self._retired.cancel()
         await self._channel.close(grace)
 
 
