@@ -54,14 +54,16 @@ async def server(ca: MeshCA, tmp_path: Path) -> AsyncIterator[tuple[int, Recordi
     await grpc_server.stop(None)
 
 
-def served_serial(port: int, client_identity: Path) -> int:
-    """The serial number of the certificate the server presents to a new handshake."""
+def served_serial(address: str | int, client_identity: Path) -> int:
+    """The serial number of the certificate the server at `address` ("host:port", or a port on
+    127.0.0.1) presents to a new handshake, asked with `client_identity` (an identity.pem)."""
+    host, _, port = str(address).rpartition(":")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
     context.load_cert_chain(client_identity)
-    with socket.create_connection(("127.0.0.1", port)) as raw, context.wrap_socket(raw) as tls:
+    with socket.create_connection((host or "127.0.0.1", int(port))) as raw, context.wrap_socket(raw) as tls:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number

@@ -161,7 +161,7 @@ async def _at_least(read: Callable[[], Awaitable[int]], n: int) -> bool:
     return await read() >= n
 
 
-def _envoy_serials(certs: dict[str, object]) -> set[int]:
+def envoy_serials(certs: dict[str, object]) -> set[int]:
     """Serial numbers of the certificates Envoy presents (every TLS context: listener, clusters)."""
     return {
         int(chain["serial_number"], 16)
@@ -196,7 +196,7 @@ async def test_the_envoy_certificate_rotates_under_load_without_a_failed_call(xd
     plane, envoy = xds_mesh.plane, xds_mesh.envoy
     assert plane is not None and envoy is not None and plane.envoy_identity is not None
     old = _serial(plane.envoy_identity.current.cert_pem)  # type: ignore[union-attr]
-    assert _envoy_serials(await xds_mesh.admin("/certs")) == {old}
+    assert envoy_serials(await xds_mesh.admin("/certs")) == {old}
     versions = dict(plane.cache.default.versions)  # type: ignore[union-attr]
     pid = envoy.pid
 
@@ -253,7 +253,7 @@ async def test_the_envoy_certificate_rotates_under_load_without_a_failed_call(xd
 
 
 async def _only(mesh: XdsMesh, serials: set[int]) -> bool:
-    return _envoy_serials(await mesh.admin("/certs")) == serials
+    return envoy_serials(await mesh.admin("/certs")) == serials
 
 
 async def tls_ads_server(mesh: XdsMesh, identity: str) -> tuple[grpc.aio.Server, int]:
@@ -288,7 +288,7 @@ async def test_envoy_reaches_the_control_plane_over_mutual_tls_from_watched_file
         assert (await call(xds_mesh.client("gateway"), PUBLIC))["x-instance"] == a
         assert await stat(xds_mesh, "cluster.xds_cluster.ssl.handshake") >= 1
         sds = _serial(plane.envoy_identity.current.cert_pem)  # type: ignore[union-attr]
-        assert _envoy_serials(await xds_mesh.admin("/certs")) == {sds, first}
+        assert envoy_serials(await xds_mesh.admin("/certs")) == {sds, first}
 
         # A renewed file (one rename) is picked up without a restart.
         assert xds_mesh.ca is not None

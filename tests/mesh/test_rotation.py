@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import ssl
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -24,34 +22,24 @@ from typing import Any
 import grpc
 import httpx
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
-from cryptography import x509
 
 from launcher.stack import Stack
 from mesh.pki import IDENTITY_NAME
 from mesh.topology import AUTH
 from tests.auth.test_auth_http import bearer, sign_up
+from tests.mesh.test_credentials import served_serial
+from tests.mesh.test_envoy_tls import envoy_serials
 
 
-def envoy_serials(stack: Stack) -> set[int]:
+def serials_of_envoy(stack: Stack) -> set[int]:
     with urllib.request.urlopen(f"{stack.envoy_admin_url}/certs", timeout=5) as response:
-        certs = json.load(response)
-    return {int(chain["serial_number"], 16) for c in certs["certificates"] for chain in c.get("cert_chain", ())}
+        return envoy_serials(json.load(response))
 
 
-def served_serial(address: str, stack: Stack) -> int:
-    """The serial of the certificate `address` presents to a new handshake (as the operator)."""
+def served_to_the_operator(address: str, stack: Stack) -> int:
     tls = stack.identity("operator")
     assert tls is not None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    context.load_cert_chain(tls.directory / IDENTITY_NAME)
-    host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port))) as raw, context.wrap_socket(raw) as wrapped:
-        der = wrapped.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return served_serial(address, tls.directory / IDENTITY_NAME)
 
 
 def log_mentions(stack: Stack, name: str, text: str) -> int:
@@ -73,8 +61,8 @@ async def test_every_certificate_rotates_under_load_without_a_failed_call(
     metadata = (("authorization", f"Bearer {token}"),)
     auth_address = stack.instances[AUTH.name][0].grpc_address
     processes = {p.name: p.pid for p in (stack.envoy, stack.control_plane, stack.gateway) if p is not None}
-    before_envoy = await asyncio.to_thread(envoy_serials, stack)
-    before_auth = await asyncio.to_thread(served_serial, auth_address, stack)
+    before_envoy = await asyncio.to_thread(serials_of_envoy, stack)
+    before_auth = await asyncio.to_thread(served_to_the_operator, auth_address, stack)
     reloads_before = log_mentions(stack, "gateway", "mesh certificate reloaded")
 
     failures: list[str] = []
@@ -115,10 +103,10 @@ async def test_every_certificate_rotates_under_load_without_a_failed_call(
         await asyncio.to_thread(stack.rotate_certificates)
 
         async def envoy_rotated() -> bool:
-            return not (await asyncio.to_thread(envoy_serials, stack)) & before_envoy
+            return not (await asyncio.to_thread(serials_of_envoy, stack)) & before_envoy
 
         async def auth_rotated() -> bool:
-            return await asyncio.to_thread(served_serial, auth_address, stack) != before_auth
+            return await asyncio.to_thread(served_to_the_operator, auth_address, stack) != before_auth
 
         async def gateway_reloaded() -> bool:
             return log_mentions(stack, "gateway", "mesh certificate reloaded") > reloads_before
