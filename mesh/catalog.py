@@ -27,6 +27,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from mesh.pki import GATEWAY, OPERATOR
+
 if TYPE_CHECKING:
     from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
@@ -168,7 +170,7 @@ def declared_policies() -> Mapping[str, MethodPolicy]:
 
 # The workloads that call public methods (those with a `google.api.http` rule): the gateway on its
 # clients' behalf, and operators (grpcurl with the operator certificate).
-PUBLIC_CALLERS = frozenset({"gateway", "operator"})
+PUBLIC_CALLERS = frozenset({GATEWAY, OPERATOR})
 # Paths every workload with a mesh certificate may call: server reflection (each instance lists
 # what the caller may call, see services/common/server.py) and health.
 OPEN_PREFIXES = ("/grpc.reflection.", "/grpc.health.v1.Health/")
@@ -217,6 +219,6 @@ def may_call(workload: str | None, path: str) -> bool:
 def public_to(workload: str | None, service: ServiceDescriptor) -> bool:
     """Whether reflection shows `service` to `workload`: operators see every service; others those
     with at least one method they may call."""
-    if workload == "operator":
+    if workload == OPERATOR:
         return True
     return any(may_call(workload, f"/{service.full_name}/{m.name}") for m in service.methods)
