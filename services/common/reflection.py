@@ -24,7 +24,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from mesh.catalog import public_to
@@ -89,6 +89,3 @@ def add_reflection(server: grpc.aio.Server, services: Iterable[ServiceDescriptor
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         CallerReflection(services, identities=identities), server
     )
-
-
-SERVICE_NAME = reflection.SERVICE_NAME

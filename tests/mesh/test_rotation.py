@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +28,7 @@ from mesh.topology import AUTH
 from tests.auth.test_auth_http import bearer, sign_up
 from tests.mesh.test_credentials import served_serial
 from tests.mesh.test_envoy_tls import envoy_serials
+from tests.mesh.test_faults import eventually
 
 
 def serials_of_envoy(stack: Stack) -> set[int]:
@@ -44,13 +44,6 @@ def served_to_the_operator(address: str, stack: Stack) -> int:
 
 def log_mentions(stack: Stack, name: str, text: str) -> int:
     return stack.log_path(name).read_text(errors="replace").count(text)
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        assert time.monotonic() < deadline, f"{what}: not within {within} s"
-        await asyncio.sleep(0.1)
 
 
 async def test_every_certificate_rotates_under_load_without_a_failed_call(
@@ -99,7 +92,7 @@ async def test_every_certificate_rotates_under_load_without_a_failed_call(
         asyncio.create_task(loop("capsules", as_capsules)),
     ]
     try:
-        await until(lambda: _true(min(calls.values()) >= 20), "load running")
+        await eventually("load running", lambda: _true(min(calls.values()) >= 20), 15.0)
         await asyncio.to_thread(stack.rotate_certificates)
 
         async def envoy_rotated() -> bool:
@@ -111,11 +104,13 @@ async def test_every_certificate_rotates_under_load_without_a_failed_call(
         async def gateway_reloaded() -> bool:
             return log_mentions(stack, "gateway", "mesh certificate reloaded") > reloads_before
 
-        await until(envoy_rotated, "Envoy presents only new certificates")
-        await until(auth_rotated, "an auth instance serves its new certificate")
-        await until(gateway_reloaded, "the gateway reloaded its certificate")
+        await eventually("Envoy presents only new certificates", envoy_rotated, 15.0)
+        await eventually("an auth instance serves its new certificate", auth_rotated, 15.0)
+        await eventually("the gateway reloaded its certificate", gateway_reloaded, 15.0)
         counted = dict(calls)
-        await until(lambda: _true(all(calls[k] >= counted[k] + 20 for k in calls)), "load after the rotation")
+        await eventually(
+            "load after the rotation", lambda: _true(all(calls[k] >= counted[k] + 20 for k in calls)), 15.0
+        )
     finally:
         stop.set()
         await asyncio.gather(*workers)
