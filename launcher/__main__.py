@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from launcher.bootstrap import REPO, SetupError, ensure_venv, in_venv, log, reexec_in_venv
 
 if TYPE_CHECKING:
+    from launcher.infra import Infra
     from launcher.stack import Stack
 
 USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
@@ -59,10 +60,26 @@ def cmd_setup(args: Sequence[str]) -> int:
     pg = prepared.infra.postgres
     print(f"venv      {REPO / '.venv'}")
     print(f"postgres  {pg.host}:{pg.port} (user {pg.user}{', password set' if pg.password else ''})")
+    print(f"replica   {_replica_line(prepared.infra)}")
     print(f"redis     {prepared.infra.redis_url}")
     print(f"jwt keys  {prepared.keys.private.parent}")
     print(f"mesh CA   {prepared.keys.mesh_ca}  (operator certificate: {prepared.keys.operator})")
     return 0
+
+
+def _replica_line(infra: Infra) -> str:
+    if infra.replica is None:
+        return "none (POSTGRES_REPLICA=0, or a primary on another machine): services read from the primary"
+    from pathlib import Path
+
+    from launcher import standby
+
+    asked = Path(os.environ.get("POSTGRES_REPLICA_DIR") or standby.DEFAULT_DATA_DIR)
+    data_dir, log_file = standby.locations(infra.replica.port, asked)
+    return (
+        f"{infra.replica.host}:{infra.replica.port} (streaming hot standby of :{infra.postgres.port}; "
+        f"data {data_dir}, log {log_file})"
+    )
 
 
 def cmd_protos(args: Sequence[str]) -> int:
@@ -231,6 +248,14 @@ def _print_banner(stack: Stack) -> None:
     for insts in stack.instances.values():
         for inst in insts:
             lines.append(f"  {inst.name:<20} gRPC {inst.grpc_address}  admin http://{inst.admin_address}")
+    replica = stack.settings.infra.replica
+    if replica is not None and stack.settings.read_replica:
+        primary = stack.settings.infra.postgres
+        lines.append(
+            f"  Postgres standby     {replica.host}:{replica.port}  (reads that may lag; primary :{primary.port})"
+        )
+    else:
+        lines.append("  Postgres standby     none: every read goes to the primary")
     lines.append(f"  logs                 {stack.log_dir}/")
     lines.append("")
     if stack.gateway is not None:

@@ -6,6 +6,11 @@ Where they are comes from the environment, decided once per launcher run and han
 process through `Infra.env()`:
   POSTGRES_HOST (127.0.0.1), POSTGRES_PORT (5432), POSTGRES_USER (postgres), POSTGRES_PASSWORD
   REDIS_URL (redis://127.0.0.1:6379/0)
+  POSTGRES_REPLICA (1; 0 = no standby), POSTGRES_REPLICA_PORT (5433), POSTGRES_REPLICA_DIR
+
+A local primary gets one streaming hot standby on 127.0.0.1:POSTGRES_REPLICA_PORT (launcher/standby.py):
+made or started at set-up (`ensure(install=True)`), only probed by `ensure(install=False)`. It has the
+primary's roles and databases (a physical copy), so the same user and password reach it.
 
 When a server is not reachable and its host is this machine, the launcher installs the Debian
 packages if the binaries are missing (`apt-get install -y postgresql redis-server`) and starts
@@ -32,6 +37,7 @@ from enum import Enum
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from launcher import standby
 from launcher.bootstrap import REPO, Apt, SetupError, log, run
 
 STATE_DIR = REPO / ".run" / "state"
@@ -81,16 +87,31 @@ class PostgresServer:
 class Infra:
     postgres: PostgresServer
     redis_url: str
+    # The streaming hot standby of `postgres` (same user and password), or None: disabled
+    # (POSTGRES_REPLICA=0), a primary on another machine, or (tests) none running.
+    replica: PostgresServer | None = None
+
+    def replica_dsn(self, database: str = "postgres") -> str | None:
+        """libpq/asyncpg DSN of `database` on the standby (None without one)."""
+        return self.replica.dsn(database) if self.replica is not None else None
+
+    def replica_url(self, database: str) -> str | None:
+        """SQLAlchemy URL of `database` on the standby, as services read DATABASE_REPLICA_URLS."""
+        return self.replica.url(database) if self.replica is not None else None
 
     def env(self) -> dict[str, str]:
         """Environment that makes a child launcher/pytest see the same servers."""
-        return {
+        env = {
             "POSTGRES_HOST": self.postgres.host,
             "POSTGRES_PORT": str(self.postgres.port),
             "POSTGRES_USER": self.postgres.user,
             "POSTGRES_PASSWORD": self.postgres.password,
             "REDIS_URL": self.redis_url,
+            "POSTGRES_REPLICA": "1" if self.replica is not None else "0",
         }
+        if self.replica is not None:
+            env["POSTGRES_REPLICA_PORT"] = str(self.replica.port)
+        return env
 
 
 # --- probes (raw protocol, stdlib) ----------------------------------------------------------------
@@ -380,4 +401,30 @@ def ensure(env: Mapping[str, str] | None = None, *, install: bool = True) -> Inf
     if rd.status is not Probe.READY:
         raise SetupError(f"Redis at {redis_host}:{redis_port}: {rd.detail}; put the password in REDIS_URL")
 
-    return Infra(PostgresServer(pg_host, pg_port, pg_user, password), redis_url)
+    primary = PostgresServer(pg_host, pg_port, pg_user, password)
+    method = "trust" if pg.status is Probe.READY else (pg.detail or "scram-sha-256")
+    return Infra(primary, redis_url, ensure_replica(primary, env, install=install, password_method=method))
+
+
+def ensure_replica(
+    primary: PostgresServer, env: Mapping[str, str], *, install: bool, password_method: str = "trust"
+) -> PostgresServer | None:
+    """The standby of a local primary: made/started/reused (install=True) or probed (install=False)."""
+    if not standby.enabled(env):
+        log("no standby (POSTGRES_REPLICA=0): services read from the primary")
+        return None
+    if primary.host not in LOCAL_HOSTS:
+        log(f"no standby: the primary {primary.host} is not on this machine (POSTGRES_REPLICA=0 to silence)")
+        return None
+    port = standby.configured_port(env)
+    conn = standby.Conn(primary.host, primary.port, primary.user, primary.password)
+    if install:
+        data_dir = Path(env.get("POSTGRES_REPLICA_DIR") or standby.DEFAULT_DATA_DIR)
+        found = standby.ensure(conn, port=port, data_dir=data_dir, password_method=password_method)
+    else:
+        probed = standby.probe(conn, port)
+        if probed is None:
+            log(f"WARNING: no streaming standby of the primary on 127.0.0.1:{port}: services read from the primary")
+            return None
+        found = probed
+    return PostgresServer(found.host, found.port, primary.user, primary.password)

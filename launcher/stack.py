@@ -132,6 +132,9 @@ class StackSettings:
     drain_delay_seconds: float = TIMING.drain_delay_seconds
     shutdown_grace_seconds: float = 10.0
     drop_databases_on_close: bool = False
+    # Services read what may lag from the streaming standby (infra.replica): DATABASE_REPLICA_URLS
+    # names their database on it. False, or no standby (POSTGRES_REPLICA=0): the variable is empty.
+    read_replica: bool = True
     python: str = sys.executable
     # Mutual TLS on every internal hop (SPEC §12); False only for the plain-text development mode.
     mesh_tls: bool = True
@@ -277,6 +280,15 @@ class Stack:
         pg = self.settings.infra.postgres
         return {spec.name: pg.url(self.database_name(spec.name)) for spec in self.settings.services}
 
+    @property
+    def database_replica_urls(self) -> dict[str, str]:
+        """Service name → SQLAlchemy URL of its database on the standby (the same name: a physical
+        copy of the whole cluster); empty without a standby or with read_replica off."""
+        infra = self.settings.infra
+        if not self.settings.read_replica or infra.replica is None:
+            return {}
+        return {spec.name: infra.replica.url(self.database_name(spec.name)) for spec in self.settings.services}
+
     def addresses(self, service: str) -> list[str]:
         """gRPC addresses (host:port) of the service's planned instances, running or not."""
         return [inst.grpc_address for inst in self.instances[service]]
@@ -414,7 +426,7 @@ class Stack:
             GRPC_LISTEN=instance.grpc_address,
             ADMIN_LISTEN=instance.admin_address,
             DATABASE_URL=self.database_urls[spec.name],
-            DATABASE_REPLICA_URLS="",
+            DATABASE_REPLICA_URLS=self.database_replica_urls.get(spec.name, ""),
             SHUTDOWN_GRACE_SECONDS=f"{self.settings.shutdown_grace_seconds:g}",
             DRAIN_DELAY_SECONDS=f"{self.settings.drain_delay_seconds:g}",
             SERVICE_INSTANCE=instance.name,

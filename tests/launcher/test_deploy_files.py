@@ -133,6 +133,34 @@ def test_services_get_the_contract_environment(compose: dict[str, Any]) -> None:
     assert gateway["GATEWAY_PROTO_MODULES"] == gateway_proto_modules()
 
 
+def test_the_services_read_from_a_streaming_standby_of_the_primary(compose: dict[str, Any]) -> None:
+    """`postgres-replica`: a base backup of `postgres` (-R: a standby) into its empty volume, then the
+    image's own entry point; both servers use postgres/pg_hba.conf, which lets replication in."""
+    services = compose["services"]
+    primary, replica = services["postgres"], services["postgres-replica"]
+    assert replica["image"] == primary["image"]
+    hba_mount = "./postgres/pg_hba.conf:/etc/postgresql/pg_hba.conf:ro"
+    for server in (primary, replica):
+        assert server["command"][:3] == ["postgres", "-c", "hba_file=/etc/postgresql/pg_hba.conf"]
+        assert hba_mount in server["volumes"]
+    rules = [line.split() for line in (REPO / "postgres/pg_hba.conf").read_text().splitlines()]
+    assert ["host", "replication", "all", "all", "scram-sha-256"] in rules
+    assert "hot_standby=on" in replica["command"]
+    assert replica["entrypoint"] == ["bash", "/usr/local/bin/capsule-replica.sh"]
+    assert "./postgres/replica.sh:/usr/local/bin/capsule-replica.sh:ro" in replica["volumes"]
+    assert replica["environment"]["PRIMARY_HOST"] == "postgres"
+    assert replica["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    script = (REPO / "postgres/replica.sh").read_text()
+    assert "pg_basebackup" in script and " -R -X stream" in script
+    assert script.rstrip().endswith('exec docker-entrypoint.sh "$@"')
+    assert subprocess.run(["bash", "-n", str(REPO / "postgres/replica.sh")], check=False).returncode == 0
+    for spec in SERVICES:
+        env = services[spec.name]["environment"]
+        assert env["DATABASE_REPLICA_URLS"] == env["DATABASE_URL"].replace("@postgres:5432/", "@postgres-replica:5432/")
+        # Services do not wait for the standby: without it, reads go to the primary.
+        assert "postgres-replica" not in services[spec.name]["depends_on"]
+
+
 def test_the_control_plane_configures_envoy_and_every_replica_registers(compose: dict[str, Any]) -> None:
     services = compose["services"]
     control_plane = services["control-plane"]

@@ -124,7 +124,8 @@ def test_unreachable_local_servers_are_started(infra: Infra, monkeypatch: pytest
         monkeypatch.setattr(lib, "probe_postgres", lambda *a, **k: lib.ProbeResult(Probe.READY, "trust"))
 
     monkeypatch.setattr(lib, "start_local_postgres", start_pg)
-    found = lib.ensure({"POSTGRES_PORT": str(pg_port), "REDIS_URL": infra.redis_url})
+    # A stand-in primary has no standby to make (launcher/standby.py is tested in test_standby.py).
+    found = lib.ensure({"POSTGRES_PORT": str(pg_port), "REDIS_URL": infra.redis_url, "POSTGRES_REPLICA": "0"})
     assert calls == [f"postgres:{pg_port}"]
     assert found.postgres.port == pg_port and found.postgres.password == ""
 
@@ -161,7 +162,7 @@ def test_a_password_protected_postgres_needs_a_password_unless_the_launcher_inst
 ) -> None:
     monkeypatch.setattr(lib, "PG_STATE_FILE", tmp_path / "pg.json")
     with fake_server(pg_answer(b"R", struct.pack("!i", 10) + b"SCRAM-SHA-256\x00\x00")) as port:
-        env = {"POSTGRES_PORT": str(port), "REDIS_URL": infra.redis_url}
+        env = {"POSTGRES_PORT": str(port), "REDIS_URL": infra.redis_url, "POSTGRES_REPLICA": "0"}
         with pytest.raises(SetupError, match="POSTGRES_PASSWORD"):
             lib.ensure(env)
         found = lib.ensure({**env, "POSTGRES_PASSWORD": "s3cr/et"})
@@ -197,7 +198,7 @@ def test_a_postgres_the_launcher_installed_gets_a_password_once(
 
     monkeypatch.setattr(lib, "set_local_postgres_password", set_password)
     with fake_server(pg_answer(b"R", struct.pack("!i", 10) + b"SCRAM-SHA-256\x00\x00")) as port:
-        env = {"POSTGRES_PORT": str(port), "REDIS_URL": infra.redis_url}
+        env = {"POSTGRES_PORT": str(port), "REDIS_URL": infra.redis_url, "POSTGRES_REPLICA": "0"}
         assert lib.ensure(env).postgres.password == "generated"
         assert lib.ensure(env).postgres.password == "generated"  # kept, not reset
         assert lib.configured(env).postgres.password == "generated"
