@@ -118,14 +118,16 @@ class Accounts:
         # one then waits on the key's row (no CPU) until the first commits, and signs in to what it
         # created (one argon2 run) instead of hashing a password that will never be stored.
         password_hash = "" if idempotency_key else await self.passwords.hash(password)
+        created: set[uuid.UUID] = set()
         try:
-            async with self.db.write() as conn:
+            async with self.db.write(touching=created) as conn:
                 prior = None
                 if idempotency_key:
                     prior = await idempotency.claim(conn, **claim, request_hash=request_hash)
                 if prior is None:
                     password_hash = password_hash or await self.passwords.hash(password)
                     user = await storage.insert_user(conn, id=new_id(), password_hash=password_hash, **fields)
+                    created.add(user.id)
                     if idempotency_key:
                         await idempotency.record_result(conn, **claim, result_id=user.id)
                     return await self._start_session(conn, user)
@@ -268,7 +270,7 @@ class Accounts:
         if not changes:
             return await self.me(caller)
         try:
-            async with self.db.write() as conn:
+            async with self.db.write(touching=(caller.user_id,)) as conn:
                 user = await storage.update_user(conn, caller.user_id, changes)
         except sqlalchemy.exc.IntegrityError as exc:
             raise _uniqueness_error(exc, prefix="user.") from None
@@ -327,8 +329,7 @@ class Accounts:
                 found[user_id] = _decode_user(cached)
         missing = [u for u in ids if u not in found]
         if missing:
-            async with self.db.read() as conn:
-                loaded = await storage.users_by_ids(conn, missing)
+            loaded = await self.db.read_may_lag(lambda conn: storage.users_by_ids(conn, missing), users=missing)
             found.update((u.id, u) for u in loaded)
             await self.cache.put_many_if_absent(
                 {self._profile_key(u.id): _encode_user(u) for u in loaded}, self.profile_ttl
@@ -349,8 +350,7 @@ class Accounts:
 
     async def _cached_profile(self, user_id: uuid.UUID) -> UserRecord | None:
         async def load() -> bytes | None:
-            async with self.db.read() as conn:
-                user = await storage.user_by_id(conn, user_id)
+            user = await self.db.read_may_lag(lambda conn: storage.user_by_id(conn, user_id), users=(user_id,))
             return _encode_user(user) if user else None
 
         cached = await self.cache.get_or_load("profile", self._profile_key(user_id), self.profile_ttl, load)
@@ -376,15 +376,13 @@ class Accounts:
         ).hexdigest()[:32]
 
         async def load() -> bytes:
-            async with self.db.read() as conn:
-                hits = await storage.search_users(
-                    conn,
-                    query=query,
-                    caller=caller.user_id,
-                    blocked=blocked,
-                    after=after,
-                    limit=size + 1,
-                )
+            # Other users' new names and sign-ups may show up here within the replicas' lag bound.
+            hits = await self.db.read_may_lag(
+                lambda conn: storage.search_users(
+                    conn, query=query, caller=caller.user_id, blocked=blocked, after=after, limit=size + 1
+                ),
+                users=(caller.user_id,),
+            )
             page, next_token = take_page(hits, size, list_name, lambda h: [h.tier, h.username], caller=caller.user_id)
             return orjson.dumps({"hits": [asdict(h) for h in page], "next": next_token}, default=str)
 

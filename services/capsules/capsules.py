@@ -195,7 +195,7 @@ class Capsules:
                 violations=[("recipient_id", "is not linked to one of your connections")],
             )
 
-        async with self.db.write() as conn:
+        async with self.db.write(touching=(caller.user_id, linked)) as conn:
             prior = None
             if idempotency_key:
                 prior = await idempotency.claim(conn, **claim, request_hash=request_hash)
@@ -280,8 +280,10 @@ class Capsules:
         if key is not None and (kept := await self.pages.get(key)) is not None:
             return kept
         mark = self.pages.mark()
-        async with self.db.driver_read() as conn:
-            rows = await storage.list_capsules(conn, owner, box=box, status=status, now=now, after=after, limit=limit)
+        rows = await self.db.driver_read_may_lag(
+            lambda conn: storage.list_capsules(conn, owner, box=box, status=status, now=now, after=after, limit=limit),
+            users=(owner,),
+        )
         if key is not None:
             self.pages.keep(key, rows, mark)
         return rows
@@ -306,8 +308,7 @@ class Capsules:
         return Summary(sealed, total - sealed - opened, opened, total, next_unlocks)
 
     async def _count_inbox(self, user: uuid.UUID, now: datetime) -> bytes:
-        async with self.db.read() as conn:
-            counted = await storage.inbox_summary(conn, user, now)
+        counted = await self.db.read_may_lag(lambda conn: storage.inbox_summary(conn, user, now), users=(user,))
         return orjson.dumps(
             {
                 "sealed": counted.sealed,
@@ -352,10 +353,12 @@ class Capsules:
             else:
                 errors.add("update_mask", f"'{path}' is not a field of a capsule")
         errors.raise_if_any()
-        async with self.db.write() as conn:
+        touched = {caller.user_id}
+        async with self.db.write(touching=touched) as conn:
             row = await storage.capsule(conn, cid, for_update=True)
             if row is None or row.sender != caller.user_id:
                 raise _not_found()
+            touched.add(row.recipient_user)
             _require_sealed(row, now, "edited")
             theme = changes.get("theme_id")
             if isinstance(theme, uuid.UUID) and not await storage.theme_exists(conn, theme):
@@ -372,10 +375,12 @@ class Capsules:
     async def delete(self, caller: Caller, capsule_id: str) -> None:
         cid = validation.resource_id(capsule_id)
         now = self.clock()
-        async with self.db.write() as conn:
+        touched = {caller.user_id}
+        async with self.db.write(touching=touched) as conn:
             row = await storage.capsule(conn, cid, for_update=True)
             if row is None or row.sender != caller.user_id:
                 raise _not_found()
+            touched.add(row.recipient_user)
             _require_sealed(row, now, "deleted")
             await storage.soft_delete(conn, cid, now)
         await self._stored(row, deleted=True)
@@ -385,10 +390,12 @@ class Capsules:
     async def open(self, caller: Caller, capsule_id: str) -> CapsuleView:
         cid = validation.resource_id(capsule_id)
         now = self.clock()
-        async with self.db.write() as conn:
+        touched = {caller.user_id}
+        async with self.db.write(touching=touched) as conn:
             row = await storage.capsule(conn, cid, for_update=True)
             if row is None or row.recipient_user != caller.user_id:
                 raise _not_found()
+            touched.add(row.sender)
             if now < row.unlocks_at:
                 raise FailedPrecondition(
                     "this capsule is still sealed",

@@ -40,8 +40,8 @@ class Themes:
         tid = validation.resource_id(theme_id)
 
         async def load() -> bytes | None:
-            async with self.db.read() as conn:
-                row = await storage.theme(conn, tid)
+            # The catalog changes with releases (migrations), never under a caller: any replica will do.
+            row = await self.db.read_may_lag(lambda conn: storage.theme(conn, tid))
             return orjson.dumps(_encode(row), default=str) if row else None
 
         raw = await self.cache.get_or_load("theme", self.cache.key("theme", str(tid)), self.ttl, load)
@@ -54,8 +54,7 @@ class Themes:
         after = page_after(token, LIST_NAME, str, uuid.UUID, caller=None)  # public: bound to the list only
 
         async def load() -> bytes:
-            async with self.db.read() as conn:
-                read = await storage.list_themes(conn, after=after, limit=size + 1)
+            read = await self.db.read_may_lag(lambda conn: storage.list_themes(conn, after=after, limit=size + 1))
             rows, next_token = take_page(read, size, LIST_NAME, lambda r: [r.name, r.id], caller=None)
             return orjson.dumps({"rows": [_encode(r) for r in rows], "next": next_token}, default=str)
 

@@ -1,16 +1,20 @@
-"""Each service's SQLAlchemy async engine (asyncpg) with the pool of SPEC §9, and three ways in:
+"""Each service's SQLAlchemy async engine (asyncpg) with the pool of SPEC §9, its read replicas,
+and the ways in:
 
-- `write()`: a transaction on the primary (BEGIN … COMMIT, rolled back on error).
-- `read()`: a connection for reads through SQLAlchemy, in autocommit: each statement is its own
-  snapshot, no BEGIN/ROLLBACK round trips around it. A read that needs several statements to agree
-  with each other belongs in `write()` (or an explicit transaction).
+- `write(touching=users)`: a transaction on the primary (BEGIN … COMMIT, rolled back on error).
+  `touching` names the users whose data the write changes: their reads that may lag wait for it
+  (services/common/replicas.py). A set may be filled in inside the block; it is read after COMMIT.
+- `read()`: a connection to the primary for reads through SQLAlchemy, in autocommit: each
+  statement is its own snapshot, no BEGIN/ROLLBACK round trips around it. A read that needs
+  several statements to agree with each other belongs in `write()` (or an explicit transaction).
 - `driver_read()`: the same pooled connection, handed out as the asyncpg connection itself, for the
   hot read paths (inbox pages, profiles): one statement, `$n` parameters, asyncpg records. It skips
   SQLAlchemy's statement and row machinery, which measured about as costly as the query
   (bench/README: profile of `GET /v1/capsules?box=inbox`).
-
-The seam for read replicas (SPEC §9) is `read()`/`driver_read()`: today both use the primary, which
-also gives read-your-writes for free.
+- `read_may_lag(query, users=...)` / `driver_read_may_lag(...)`: `query(conn)` on a read replica
+  (DATABASE_REPLICA_URLS) that has replayed every recent write touching `users`, else on the
+  primary; rerun on the primary if the replica fails it. For lists, summaries, profiles, search:
+  data that may be stale within the lag bound for anyone but the users named.
 
 Pre-ping (DB_POOL_PRE_PING, default on) pings a connection before use only when it sat idle in the
 pool for DB_POOL_PRE_PING_IDLE_SECONDS (5 s): idle connections are the ones a restart, a failover or
@@ -24,11 +28,13 @@ message instead of a 500.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import sqlalchemy.exc
@@ -36,13 +42,16 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only
 
+from services.common.background import Job
 from services.common.errors import Unavailable
+from services.common.replicas import Replica, ReplicaRouter, Watermarks, parse_lsn, replica_name
 from services.common.settings import DatabaseSettings
-from services.common.telemetry import DB_POOL_CHECKED_OUT, DB_POOL_WAIT
+from services.common.telemetry import DB_POOL_CHECKED_OUT, DB_POOL_WAIT, DB_READS
 
 log = logging.getLogger(__name__)
 
 DriverConnection: TypeAlias = asyncpg.Connection
+T = TypeVar("T")
 _IDLE_SINCE = "capsule_mesh_idle_since"
 # What asyncpg raises when the connection itself is gone (as opposed to an error in the statement);
 # its InterfaceError also covers misuse (wrong argument count), so that one counts only once the
@@ -53,6 +62,10 @@ _DRIVER_DISCONNECTS = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
 )
+# What makes a read on a replica run again on the primary: the replica unreachable or gone
+# mid-read, too slow, or any database error there (a conflict with recovery cancels queries on a
+# hot standby; a statement that is wrong fails again on the primary and is reported from there).
+_REPLICA_FAILURES = (Unavailable, TimeoutError, OSError, sqlalchemy.exc.DBAPIError, asyncpg.PostgresError)
 
 
 def make_engine(url: str, settings: DatabaseSettings, role: str) -> AsyncEngine:
@@ -108,39 +121,113 @@ def _checked_out(engine: AsyncEngine) -> int:
 
 
 class Database:
-    def __init__(self, settings: DatabaseSettings) -> None:
+    def __init__(self, settings: DatabaseSettings, watermarks: Watermarks | None = None) -> None:
         self.settings = settings
         self.primary = make_engine(settings.url, settings, "primary")
         # The same pool, in autocommit: a read is one round trip, not BEGIN + statement + ROLLBACK.
         self._primary_reads = self.primary.execution_options(isolation_level="AUTOCOMMIT")
+        self.router: ReplicaRouter | None = None
+        if settings.replica_urls:
+            if watermarks is None:
+                raise ValueError("read replicas need the watermarks (Redis) for read-your-writes")
+            replicas = []
+            for url in settings.replica_urls:
+                name = replica_name(url)
+                engine = make_engine(url, settings.for_replica(), name)
+                replicas.append(Replica(name, engine, engine.execution_options(isolation_level="AUTOCOMMIT")))
+            self.router = ReplicaRouter(
+                replicas,
+                self._primary_reads,
+                watermarks,
+                max_lag_seconds=settings.replica_max_lag_seconds,
+                probe_interval_seconds=settings.replica_probe_seconds,
+            )
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction on the primary: committed when the block ends, rolled back on error."""
-        async with self._connect(self.primary, "primary") as conn, conn.begin():
-            yield conn
+    async def write(self, *, touching: Collection[uuid.UUID] = ()) -> AsyncIterator[AsyncConnection]:
+        """A transaction on the primary: committed when the block ends, rolled back on error.
+        `touching`: the users whose data it changes (see the module doc); read after COMMIT."""
+        async with self._connect(self.primary, "primary") as conn:
+            async with conn.begin():
+                yield conn
+            if touching and self.router is not None:
+                # After COMMIT: the insert position is at or past the commit record.
+                position = await conn.scalar(text("SELECT pg_current_wal_insert_lsn()::text"))
+                await self.router.watermarks.record(parse_lsn(str(position)), touching)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads, in autocommit (each statement its own snapshot)."""
+        """A connection to the primary for reads, in autocommit (each statement its own snapshot)."""
         async with self._connect(self._primary_reads, "primary") as conn:
+            DB_READS.labels("primary").inc()
             yield conn
 
     @asynccontextmanager
     async def driver_read(self) -> AsyncIterator[DriverConnection]:
-        """The asyncpg connection of a pooled read connection, for one hot-path statement."""
-        async with self._connect(self._primary_reads, "primary") as conn:
-            raw = await conn.get_raw_connection()
-            driver: DriverConnection = raw.driver_connection
+        """The asyncpg connection of a pooled primary read connection, for one hot-path statement."""
+        async with self._connect(self._primary_reads, "primary") as conn, self._driver(conn) as driver:
+            DB_READS.labels("primary").inc()
+            yield driver
+
+    async def read_may_lag(
+        self, query: Callable[[AsyncConnection], Awaitable[T]], *, users: Collection[uuid.UUID] = ()
+    ) -> T:
+        """`query(conn)` on a replica that has replayed the recent writes touching `users`, else
+        (or when the replica fails it) on the primary."""
+        replica = await self.router.choose(users) if self.router is not None else None
+        if replica is not None:
             try:
-                yield driver
-            except _DRIVER_DISCONNECTS as exc:
-                if isinstance(exc, asyncpg.InterfaceError) and not driver.is_closed():
-                    raise
-                # SQLAlchemy did not see this error: tell the pool the connection is dead.
-                await conn.invalidate(exc)
-                log.warning("database connection lost", extra={"fields": {"error": str(exc)}})
-                raise Unavailable("the database connection was lost; try again shortly") from exc
+                async with self._connect(replica.reads, replica.name) as conn:
+                    result = await self._bounded(conn, query(conn))
+                DB_READS.labels(replica.name).inc()
+                return result
+            except _REPLICA_FAILURES as exc:
+                assert self.router is not None
+                self.router.read_failed(replica, exc)
+        async with self.read() as conn:
+            return await query(conn)
+
+    async def driver_read_may_lag(
+        self, query: Callable[[DriverConnection], Awaitable[T]], *, users: Collection[uuid.UUID] = ()
+    ) -> T:
+        """`read_may_lag` on the asyncpg connection (the hot paths' `driver_read`)."""
+        replica = await self.router.choose(users) if self.router is not None else None
+        if replica is not None:
+            try:
+                async with self._connect(replica.reads, replica.name) as conn, self._driver(conn) as driver:
+                    result = await self._bounded(conn, query(driver))
+                DB_READS.labels(replica.name).inc()
+                return result
+            except _REPLICA_FAILURES as exc:
+                assert self.router is not None
+                self.router.read_failed(replica, exc)
+        async with self.driver_read() as driver:
+            return await query(driver)
+
+    async def _bounded(self, conn: AsyncConnection, running: Awaitable[T]) -> T:
+        """A replica read that overruns DB_REPLICA_READ_TIMEOUT_SECONDS is abandoned (and rerun on
+        the primary): a hung standby must not hold the call for the whole statement timeout. The
+        connection is then in an unknown state and is not reused."""
+        try:
+            async with asyncio.timeout(self.settings.replica_read_timeout_seconds):
+                return await running
+        except TimeoutError:
+            await conn.invalidate()
+            raise
+
+    @asynccontextmanager
+    async def _driver(self, conn: AsyncConnection) -> AsyncIterator[DriverConnection]:
+        raw = await conn.get_raw_connection()
+        driver: DriverConnection = raw.driver_connection
+        try:
+            yield driver
+        except _DRIVER_DISCONNECTS as exc:
+            if isinstance(exc, asyncpg.InterfaceError) and not driver.is_closed():
+                raise
+            # SQLAlchemy did not see this error: tell the pool the connection is dead.
+            await conn.invalidate(exc)
+            log.warning("database connection lost", extra={"fields": {"error": str(exc)}})
+            raise Unavailable("the database connection was lost; try again shortly") from exc
 
     @asynccontextmanager
     async def _connect(self, engine: AsyncEngine, role: str) -> AsyncIterator[AsyncConnection]:
@@ -164,11 +251,18 @@ class Database:
         finally:
             await conn.close()
 
+    def background_jobs(self) -> dict[str, Job]:
+        """The replicas' health monitor, when there are replicas (run by the service's host)."""
+        return {"replica-monitor": self.router.monitor} if self.router is not None else {}
+
     async def ping(self) -> None:
         async with self.read() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        if self.router is not None:
+            for replica in self.router.replicas:
+                await replica.engine.dispose()
         await self.primary.dispose()
 
 

@@ -26,6 +26,7 @@ from services.common.db import Database
 from services.common.logs import configure_logging
 from services.common.pagination import use_page_token_keys
 from services.common.purge import Purger, Target
+from services.common.replicas import Watermarks
 from services.common.server import ServiceHost
 from services.common.settings import ServiceSettings, page_token_keys
 from services.common.tokens import (
@@ -62,8 +63,12 @@ class Foundation:
         except (TLSSetupError, OSError, ValueError) as exc:
             raise SystemExit(f"cannot load this instance's mesh certificate: {exc}") from None
         host = ServiceHost(common, tls=tls)
-        db = Database(common.database)
         cache = Cache(common.redis_url, common.cache_prefix)
+        # Read-your-writes on the replicas: writes' WAL positions per user, in the service's Redis.
+        watermarks = Watermarks(cache.client, common.cache_prefix, common.database.watermark_seconds)
+        db = Database(common.database, watermarks)
+        for name, job in db.background_jobs().items():
+            host.add_background(name, job)
         feed = ChangeFeed(common.redis_url)
         revoked = RevokedSessions(feed, cache.client, common.mesh_prefix)
         host.on_close(db.close)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mesh.timing import TIMING, Timing, TimingError
@@ -104,6 +104,22 @@ class DatabaseSettings:
     # A transaction left idle (its holder waiting on something else) is ended by Postgres after
     # this long, releasing its locks: the backstop behind every bounded wait inside a transaction.
     idle_in_transaction_timeout_ms: int = 30_000
+    # Read replicas (services/common/replicas.py): each its own pool of this size (+ max_overflow).
+    replica_pool_size: int = 20
+    # A replica further behind than this (or down) is skipped until it catches up.
+    replica_max_lag_seconds: float = 2.0
+    replica_probe_seconds: float = 0.5
+    # A read a replica has not answered in this time is run on the primary instead.
+    replica_read_timeout_seconds: float = 2.0
+
+    @property
+    def watermark_seconds(self) -> float:
+        """How long a write's WAL position is remembered for its users' reads: past the time any
+        replica within the lag bound (as the last probes saw it) has replayed it."""
+        return self.replica_max_lag_seconds + 4 * self.replica_probe_seconds + 5.0
+
+    def for_replica(self) -> DatabaseSettings:
+        return replace(self, pool_size=self.replica_pool_size)
 
     @classmethod
     def from_env(cls, default_database: str) -> DatabaseSettings:
@@ -119,6 +135,10 @@ class DatabaseSettings:
             connect_timeout_seconds=env_float("DB_CONNECT_TIMEOUT_SECONDS", 3.0),
             statement_timeout_ms=env_int("DB_STATEMENT_TIMEOUT_MS", 10_000),
             idle_in_transaction_timeout_ms=env_int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 30_000),
+            replica_pool_size=env_int("DB_REPLICA_POOL_SIZE", env_int("DB_POOL_SIZE", 20)),
+            replica_max_lag_seconds=env_float("DB_REPLICA_MAX_LAG_SECONDS", 2.0),
+            replica_probe_seconds=env_float("DB_REPLICA_PROBE_SECONDS", 0.5),
+            replica_read_timeout_seconds=env_float("DB_REPLICA_READ_TIMEOUT_SECONDS", 2.0),
         )
 
 

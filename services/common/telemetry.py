@@ -16,6 +16,7 @@ RPC_LATENCY = Histogram(
 CACHE_REQUESTS = Counter("cache_requests_total", "Cache look-ups", ["cache", "result"])
 CACHE_ERRORS = Counter("cache_errors_total", "Redis errors seen by the cache (served from the database)")
 DB_POOL_CHECKED_OUT = Gauge("db_pool_checked_out", "Connections checked out of the pool", ["role"])
+DB_READS = Counter("db_reads_total", "Database reads by where they ran (primary or a replica)", ["target"])
 DB_POOL_WAIT = Histogram(
     "db_pool_wait_seconds",
     "Time to get a connection from the pool",

@@ -36,7 +36,7 @@ class AddressBook:
         linked = validation.uuid_field(errors, linked_user_id, "linked_user_id", required=False)
         errors.raise_if_any()
         try:
-            async with self.db.write() as conn:
+            async with self.db.write(touching=(caller.user_id,)) as conn:
                 if linked is not None:
                     await _require_connection(conn, caller.user_id, linked, "linked_user_id")
                 return await storage.insert_recipient(
@@ -47,8 +47,9 @@ class AddressBook:
 
     async def get(self, caller: Caller, recipient_id: str) -> RecipientRow:
         rid = validation.resource_id(recipient_id)
-        async with self.db.read() as conn:
-            row = await storage.recipient(conn, caller.user_id, rid)
+        row = await self.db.read_may_lag(
+            lambda conn: storage.recipient(conn, caller.user_id, rid), users=(caller.user_id,)
+        )
         if row is None:
             raise _not_found()
         return row
@@ -74,7 +75,7 @@ class AddressBook:
                 errors.add("update_mask", f"'{path}' is not a field of a recipient")
         errors.raise_if_any()
         try:
-            async with self.db.write() as conn:
+            async with self.db.write(touching=(caller.user_id,)) as conn:
                 if not changes:
                     row = await storage.recipient(conn, caller.user_id, rid)
                 else:
@@ -89,7 +90,7 @@ class AddressBook:
 
     async def delete(self, caller: Caller, recipient_id: str) -> None:
         rid = validation.resource_id(recipient_id)
-        async with self.db.write() as conn:
+        async with self.db.write(touching=(caller.user_id,)) as conn:
             deleted = await storage.delete_recipient(conn, caller.user_id, rid)
         if not deleted:
             raise _not_found()
@@ -103,8 +104,10 @@ class AddressBook:
         size = page_size(requested_size)
         name = "recipients:" + query.lower()
         after = page_after(token, name, str, uuid.UUID, caller=caller.user_id)
-        async with self.db.read() as conn:
-            rows = await storage.list_recipients(conn, caller.user_id, prefix=query, after=after, limit=size + 1)
+        rows = await self.db.read_may_lag(
+            lambda conn: storage.list_recipients(conn, caller.user_id, prefix=query, after=after, limit=size + 1),
+            users=(caller.user_id,),
+        )
         return Page(*take_page(rows, size, name, lambda r: [r.sort_name, r.id], caller=caller.user_id))
 
 

@@ -87,7 +87,7 @@ class Relationships:
         claim = {"operation": "connection-request", "caller": str(me), "key": idempotency_key or ""}
         accepted_crossing = False
         try:
-            async with self.db.write() as conn:
+            async with self.db.write(touching=(me, to_user)) as conn:
                 prior = None
                 if idempotency_key:
                     prior = await idempotency.claim(conn, **claim, request_hash=request_hash)
@@ -160,7 +160,7 @@ class Relationships:
         if seen is None or seen.to_user != caller.user_id:
             raise _no_request()
         profiles = await self.directory.profiles(caller, [seen.from_user, seen.to_user])
-        async with self.db.write() as conn:
+        async with self.db.write(touching=(seen.from_user, seen.to_user)) as conn:
             await storage.lock_pair(conn, seen.from_user, seen.to_user)
             row = await storage.request_by_id(conn, rid, for_update=True)
             if row is None or row.to_user != caller.user_id:
@@ -191,19 +191,23 @@ class Relationships:
         errors = FieldErrors()
         reason = validation.text(errors, reason, "reason", rules.REASON_MAX)
         errors.raise_if_any()
-        async with self.db.write() as conn:
+        touched = {caller.user_id}
+        async with self.db.write(touching=touched) as conn:
             row = await storage.request_by_id(conn, rid, for_update=True)
             if row is None or row.to_user != caller.user_id:
                 raise _no_request()
+            touched.add(row.from_user)
             _require_pending(row)
             return await storage.set_request_status(conn, rid, "declined", reason)
 
     async def cancel(self, caller: Caller, request_id: str) -> RequestRow:
         rid = _required_uuid(request_id, "id")
-        async with self.db.write() as conn:
+        touched = {caller.user_id}
+        async with self.db.write(touching=touched) as conn:
             row = await storage.request_by_id(conn, rid, for_update=True)
             if row is None or row.from_user != caller.user_id:
                 raise _no_request()
+            touched.add(row.to_user)
             _require_pending(row)
             return await storage.set_request_status(conn, rid, "cancelled")
 
@@ -213,8 +217,10 @@ class Relationships:
         size = page_size(requested_size)
         name = "requests:incoming" if incoming else "requests:outgoing"
         (after,) = page_after(token, name, uuid.UUID, caller=caller.user_id) or (None,)
-        async with self.db.read() as conn:
-            rows = await storage.list_requests(conn, caller.user_id, incoming=incoming, after=after, limit=size + 1)
+        rows = await self.db.read_may_lag(
+            lambda conn: storage.list_requests(conn, caller.user_id, incoming=incoming, after=after, limit=size + 1),
+            users=(caller.user_id,),
+        )
         return Page(*take_page(rows, size, name, _by_id, caller=caller.user_id))
 
     # --- connections -----------------------------------------------------------------------------
@@ -222,8 +228,10 @@ class Relationships:
     async def list_connections(self, caller: Caller, requested_size: int, token: str) -> Page[ConnectionWithProfile]:
         size = page_size(requested_size)
         (after,) = page_after(token, "connections", uuid.UUID, caller=caller.user_id) or (None,)
-        async with self.db.driver_read() as conn:
-            read = await storage.list_connections(conn, caller.user_id, after=after, limit=size + 1)
+        read = await self.db.driver_read_may_lag(
+            lambda conn: storage.list_connections(conn, caller.user_id, after=after, limit=size + 1),
+            users=(caller.user_id,),
+        )
         rows, next_token = take_page(read, size, "connections", _by_id, caller=caller.user_id)
         # One batched call to auth for the whole page (≤ 100 ids), never one per row.
         profiles = await self.directory.profiles(caller, [r.other for r in rows])
@@ -231,7 +239,7 @@ class Relationships:
 
     async def remove_connection(self, caller: Caller, user_id: str) -> None:
         other = _required_uuid(user_id, "user_id")
-        async with self.db.write() as conn:
+        async with self.db.write(touching=(caller.user_id, other)) as conn:
             await storage.lock_pair(conn, caller.user_id, other)
             removed = await storage.delete_connection(conn, caller.user_id, other)
         if not removed:
@@ -249,7 +257,7 @@ class Relationships:
             raise InvalidArgument("you cannot block yourself", violations=[("user_id", "must be another user")])
         if other not in await self.directory.profiles(caller, [other]):
             raise _unknown_user("user_id")
-        async with self.db.write() as conn:
+        async with self.db.write(touching=(caller.user_id, other)) as conn:
             await storage.lock_pair(conn, caller.user_id, other)
             row = await storage.insert_block(conn, new_id(), caller.user_id, other)
             await storage.delete_connection(conn, caller.user_id, other)
@@ -259,7 +267,7 @@ class Relationships:
 
     async def unblock(self, caller: Caller, user_id: str) -> None:
         other = _required_uuid(user_id, "user_id")
-        async with self.db.write() as conn:
+        async with self.db.write(touching=(caller.user_id, other)) as conn:
             await storage.lock_pair(conn, caller.user_id, other)
             await storage.delete_block(conn, caller.user_id, other)
         await self._refresh_pair(caller.user_id, other, block_lists=True)
@@ -267,8 +275,10 @@ class Relationships:
     async def list_blocks(self, caller: Caller, requested_size: int, token: str) -> Page[BlockRow]:
         size = page_size(requested_size)
         (after,) = page_after(token, "blocks", uuid.UUID, caller=caller.user_id) or (None,)
-        async with self.db.read() as conn:
-            rows = await storage.list_blocks(conn, caller.user_id, after=after, limit=size + 1)
+        rows = await self.db.read_may_lag(
+            lambda conn: storage.list_blocks(conn, caller.user_id, after=after, limit=size + 1),
+            users=(caller.user_id,),
+        )
         return Page(*take_page(rows, size, "blocks", _by_id, caller=caller.user_id))
 
     # --- internal API (cached) -------------------------------------------------------------------

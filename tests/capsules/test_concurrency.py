@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
+from launcher.infra import Infra
 from launcher.stack import Stack
 from services.capsules import storage
 from services.capsules.unlocker import Unlocker
@@ -24,6 +25,7 @@ from services.common.db import Database
 from services.common.settings import DatabaseSettings
 from tests.capsules.helpers import assert_problem, at, bearer, eventually, pair, send, uid
 from tests.conftest import Processes
+from tests.replica import replayed
 
 pytestmark = pytest.mark.slow(12)  # scheduled first: see tests/conftest.py
 
@@ -53,7 +55,7 @@ async def test_fifty_parallel_creates_with_one_key_leave_one_capsule(
 
 
 async def test_paging_five_thousand_inbox_rows_while_rows_are_inserted(
-    api: httpx.AsyncClient, capsules_db: asyncpg.Connection
+    api: httpx.AsyncClient, capsules_db: asyncpg.Connection, infra: Infra
 ) -> None:
     a, b, to_b = await pair(api)
     # 5,000 capsules to B, unlock times in the future, many sharing the same instant (ties → id).
@@ -72,6 +74,7 @@ async def test_paging_five_thousand_inbox_rows_while_rows_are_inserted(
         str(r["id"]) for r in await capsules_db.fetch("SELECT id FROM capsules WHERE recipient_user = $1::uuid", uid(b))
     }
     assert len(original) == 5000
+    await replayed(infra)  # the inbox may be read from the standby
 
     stop = asyncio.Event()
 
