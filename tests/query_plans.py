@@ -40,36 +40,74 @@ async def scratch_database(service: str, seed: str = "") -> AsyncIterator[asyncp
         await admin.close()
 
 
+@asynccontextmanager
+async def seeded_database(service: str, seed: str) -> AsyncIterator[asyncpg.Connection]:
+    """A read-only connection to the service's database migrated and seeded with `seed`, built
+    once (`template`) and shared by every session instead of copied: a copy of 100 MB is 100 MB
+    of WAL that the streaming standby replays during the suite, for EXPLAINs that write nothing
+    (default_transaction_read_only makes sure of it)."""
+    name = await template(service, seed, connectable=True)
+    base = ADMIN_DSN.rsplit("/", 1)[0]
+    conn = await asyncpg.connect(f"{base}/{name}", server_settings={"default_transaction_read_only": "on"})
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def clone_template(service: str, seed: str, name: str) -> None:
-    """Create database `name` as a copy of a template migrated to head and seeded, built once and
-    then copied by CREATE DATABASE ... TEMPLATE (a file copy: well under a second, where migrating
-    and seeding 200,000 rows take seconds). Its name carries a digest of the seed and one of the
-    service's migrations and the day (seeds place rows around now()), so a stale template is never
-    used, and older ones with the same seed are dropped. Connections to a template are disallowed
-    once it is built: a copy needs it untouched."""
+    """Create database `name` as a copy of `template(service, seed)` (a file copy: well under a
+    second, where migrating and seeding 200,000 rows take seconds)."""
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await _lock(admin, service)
+        source = await _template(admin, service, seed, connectable=False)
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+    finally:
+        await admin.close()  # also releases the advisory lock
+
+
+async def template(service: str, seed: str, *, connectable: bool) -> str:
+    """The name of the database migrated to head and seeded with `seed`, built if missing."""
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await _lock(admin, service)
+        return await _template(admin, service, seed, connectable=connectable)
+    finally:
+        await admin.close()
+
+
+async def _lock(admin: asyncpg.Connection, service: str) -> None:
+    # Per service, one session at a time builds, prunes or copies (parallel test sessions share
+    # the Postgres; a template being copied must not be dropped by a session whose digest differs).
+    await admin.execute("SELECT pg_advisory_lock(hashtext($1))", f"plans-template:{service}")
+
+
+async def _template(admin: asyncpg.Connection, service: str, seed: str, *, connectable: bool) -> str:
+    """Its name carries a digest of the seed and one of the service's migrations and the day (seeds
+    place rows around now()), so a stale template is never used, and older ones with the same seed
+    are dropped. A template that is copied takes no connections (a copy needs it untouched); one
+    that is shared (`connectable`) is never copied."""
     seed_digest = hashlib.sha256(seed.encode()).hexdigest()[:8]
     state = hashlib.sha256(date.today().isoformat().encode())
     for path in sorted((REPO / "services" / service / "migrations").rglob("*.py")):
         state.update(path.read_bytes())
     family = f"{service}_tpl_{seed_digest}"
-    template = f"{family}_{state.hexdigest()[:8]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        # Per service, one session at a time builds, prunes or copies (parallel test sessions share
-        # the Postgres; a template being copied must not be dropped by a session whose digest differs).
-        await admin.execute("SELECT pg_advisory_lock(hashtext($1))", f"plans-template:{service}")
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", template):
-            await _build_template(admin, service, seed, template)
-        stale = await admin.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1 AND datname <> $2",
-            family.replace("_", "\\_") + "\\_%",
-            template,
-        )
-        for row in stale:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    finally:
-        await admin.close()  # also releases the advisory lock
+    name = f"{family}_{state.hexdigest()[:8]}"
+    allows = await admin.fetchval("SELECT datallowconn FROM pg_database WHERE datname = $1", name)
+    if allows is None:
+        await _build_template(admin, service, seed, name)
+        allows = False
+    if allows != connectable:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(connectable).lower()}')
+    stale = await admin.fetch(
+        "SELECT datname FROM pg_database WHERE datname LIKE $1 AND datname <> $2",
+        family.replace("_", "\\_") + "\\_%",
+        name,
+    )
+    for row in stale:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+    return name
 
 
 async def _build_template(admin: asyncpg.Connection, service: str, seed: str, template: str) -> None:

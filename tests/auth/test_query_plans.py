@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from services.auth.storage import SEARCH
-from tests.query_plans import IDEMPOTENCY_SEED, no_scan, plan, purge_plans, scratch_database
+from tests.query_plans import IDEMPOTENCY_SEED, no_scan, plan, purge_plans, seeded_database
 
 # Refresh tokens as they stand with the purge running: 40,000 sessions of 5 tokens, live with old
 # spent tokens, but for one in a hundred that ended (expired or logged out) past the retention.
@@ -45,7 +45,7 @@ SEED = f"""
 
 @pytest.fixture(scope="module")
 async def seeded() -> AsyncIterator[asyncpg.Connection]:
-    async with scratch_database("auth", SEED) as conn:
+    async with seeded_database("auth", SEED) as conn:
         yield conn
 
 

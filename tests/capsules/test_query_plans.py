@@ -15,7 +15,7 @@ import pytest
 
 from services.capsules import storage
 from services.common import idempotency
-from tests.query_plans import IDEMPOTENCY_SEED, no_scan, plan, purge_plans, scratch_database
+from tests.query_plans import IDEMPOTENCY_SEED, no_scan, plan, purge_plans, seeded_database
 
 
 def user(i: int) -> uuid.UUID:
@@ -42,7 +42,7 @@ SEED = f"""
 
 @pytest.fixture(scope="module")
 async def seeded() -> AsyncIterator[asyncpg.Connection]:
-    async with scratch_database("capsules", SEED) as conn:
+    async with seeded_database("capsules", SEED) as conn:
         yield conn
 
 

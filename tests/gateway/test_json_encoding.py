@@ -173,9 +173,8 @@ class Filler:
         ]
         if self.rng.random() < 0.5:
             return self.rng.choice(times)
-        nanos = self.rng.choice(
-            (0, self.rng.randrange(1000) * 1_000_000, self.rng.randrange(10**6) * 1000, self.rng.randrange(10**9))
-        )
+        nanos = self.rng.choice((0, self.rng.randrange(1000) * 1_000_000, self.rng.randrange(10**6) * 1000,
+                                 self.rng.randrange(10**9)))
         return self.rng.randint(TIMESTAMP_MIN, TIMESTAMP_MAX), nanos
 
     def scalar(self, field: FieldDescriptor) -> Any:
@@ -328,12 +327,8 @@ def test_every_route_answers_through_the_prepared_encoder(caplog: pytest.LogCapt
 
 
 def test_response_body_answers_that_field_only() -> None:
-    rpc = Rpc(
-        "capsule.capsules.v1.CapsulesService",
-        "ListCapsules",
-        capsules_pb2.ListCapsulesRequest,
-        capsules_pb2.ListCapsulesResponse,
-    )
+    rpc = Rpc("capsule.capsules.v1.CapsulesService", "ListCapsules", capsules_pb2.ListCapsulesRequest,
+              capsules_pb2.ListCapsulesResponse)
     bindings = [
         HttpBinding(rpc, "GET", "/v1/a", "", "capsules", 0),
         HttpBinding(rpc, "GET", "/v1/b", "", "next_page_token", 1),
@@ -385,25 +380,9 @@ def test_the_test_proto_covers_every_field_kind(kinds: ModuleType) -> None:
     fields = [f for d in every_message_type(kinds.Kinds.DESCRIPTOR) for f in d.fields]
     assert {f.type for f in fields} >= set(KIND_POOL) | {FD.TYPE_ENUM, FD.TYPE_MESSAGE}
     names = {f.message_type.full_name for f in fields if f.message_type is not None}
-    for wkt in (
-        "Timestamp",
-        "Duration",
-        "FieldMask",
-        "Empty",
-        "Struct",
-        "Value",
-        "ListValue",
-        "Any",
-        "BoolValue",
-        "Int32Value",
-        "UInt32Value",
-        "Int64Value",
-        "UInt64Value",
-        "FloatValue",
-        "DoubleValue",
-        "StringValue",
-        "BytesValue",
-    ):
+    for wkt in ("Timestamp", "Duration", "FieldMask", "Empty", "Struct", "Value", "ListValue", "Any",
+                "BoolValue", "Int32Value", "UInt32Value", "Int64Value", "UInt64Value", "FloatValue",
+                "DoubleValue", "StringValue", "BytesValue"):
         assert f"google.protobuf.{wkt}" in names
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,16 +23,9 @@ from launcher.infra import Infra, PostgresServer
 from launcher.keys import KeyPair
 from launcher.process import free_port
 from launcher.stack import Stack, StackSettings
+from tests.replica import conn, one, own_primary
 
 pytestmark = pytest.mark.slow(6)  # scheduled first: see tests/conftest.py
-
-
-def conn(server: PostgresServer) -> standby.Conn:
-    return standby.Conn(server.host, server.port, server.user, server.password)
-
-
-def one(server: PostgresServer, sql: str, database: str = "postgres") -> str:
-    return standby.psql(conn(server), sql, database=database)[0][0]
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
@@ -146,33 +138,8 @@ def test_set_up_reuses_the_running_standby(infra: Infra, replica: PostgresServer
 
 @pytest.fixture
 def small_primary(infra: Infra) -> Iterator[PostgresServer]:
-    """A fresh Postgres cluster (initdb, trust on 127.0.0.1, replication allowed) on a free port,
-    run by the server's user like the machine's; stopped and deleted at the end."""
-    major = int(one(infra.postgres, "SHOW server_version_num")) // 10000
-    bin_dir = standby._bin_dir(major)
-    port = free_port()
-    base = REPO / ".run" / "test-primaries"
-    data_dir, log_file = standby.locations(port, base / f"p{port}", base / f"p{port}.log")
-    shutil.rmtree(data_dir, ignore_errors=True)
-    for parent in {data_dir.parent, log_file.parent}:
-        parent.mkdir(parents=True, exist_ok=True)
-        standby._chown_to_server_user(parent)
-    user = infra.postgres.user
-    run = standby._as_server_user
-    subprocess.run(
-        run([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", user, "--auth=trust", "-E", "UTF8"]),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-    start = [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(log_file), "-w", "start"]
-    subprocess.run(run(start), check=True, capture_output=True)
-    try:
-        yield PostgresServer("127.0.0.1", port, user, "")
-    finally:
-        subprocess.run(run([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "stop"]), check=False)
-        shutil.rmtree(data_dir, ignore_errors=True)
-        log_file.unlink(missing_ok=True)
+    with own_primary(infra.postgres) as primary:
+        yield primary
 
 
 def test_a_stopped_standby_is_started_and_a_damaged_one_rebuilt(small_primary: PostgresServer) -> None:

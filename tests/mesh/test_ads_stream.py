@@ -20,9 +20,7 @@ def snap(*ports: int):  # type: ignore[no-untyped-def]
     return build_snapshot({"auth": [Endpoint("auth", "127.0.0.1", p) for p in ports]}, listen=LISTEN)
 
 
-def req(
-    type_url: str, *, version: str = "", nonce: str = "", names: tuple[str, ...] = (), error: str = "", node: str = NODE
-) -> discovery_pb2.DiscoveryRequest:  # noqa: E501
+def req(type_url: str, *, version: str = "", nonce: str = "", names: tuple[str, ...] = (), error: str = "", node: str = NODE) -> discovery_pb2.DiscoveryRequest:  # noqa: E501
     r = discovery_pb2.DiscoveryRequest(type_url=type_url, version_info=version, response_nonce=nonce)
     r.resource_names.extend(names)
     r.node.id = node
@@ -37,9 +35,7 @@ def fresh() -> tuple[SnapshotCache, Stream]:
     return cache, Stream(cache, 1)
 
 
-def ack(
-    stream: Stream, response: discovery_pb2.DiscoveryResponse, names: tuple[str, ...] = ()
-) -> list[discovery_pb2.DiscoveryResponse]:  # noqa: E501
+def ack(stream: Stream, response: discovery_pb2.DiscoveryResponse, names: tuple[str, ...] = ()) -> list[discovery_pb2.DiscoveryResponse]:  # noqa: E501
     return stream.on_request(req(response.type_url, version=response.version_info, nonce=response.nonce, names=names))
 
 
@@ -55,12 +51,7 @@ def test_first_request_is_answered_and_an_ack_holds_the_watch() -> None:
 
 def test_a_new_version_is_pushed_on_the_open_watch_and_only_for_changed_types() -> None:
     cache, stream = fresh()
-    for type_url, names in (
-        (rs.CLUSTER, ()),
-        (rs.ENDPOINT, ("auth",)),
-        (rs.LISTENER, ()),
-        (rs.ROUTE, ("grpc_routes",)),
-    ):  # noqa: E501
+    for type_url, names in ((rs.CLUSTER, ()), (rs.ENDPOINT, ("auth",)), (rs.LISTENER, ()), (rs.ROUTE, ("grpc_routes",))):  # noqa: E501
         (resp,) = stream.on_request(req(type_url, names=names))
         assert ack(stream, resp, names) == []
     cache.set_snapshot(snap(1, 2))

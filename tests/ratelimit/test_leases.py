@@ -199,6 +199,7 @@ async def test_leasing_off_is_one_round_trip_per_decision(infra: Infra, prefix: 
         await closing(one)
 
 
+
 def evalsha_calls(server: RedisServer) -> int:
     client = redis.Redis.from_url(server.url)
     try:

@@ -13,7 +13,7 @@ import pytest
 
 from services.common import idempotency
 from services.recipients import storage
-from tests.query_plans import IDEMPOTENCY_SEED, no_scan, plan, purge_plans, scratch_database
+from tests.query_plans import IDEMPOTENCY_SEED, no_scan, plan, purge_plans, seeded_database
 
 
 def user(i: int) -> uuid.UUID:
@@ -46,7 +46,7 @@ SEED = f"""
 
 @pytest.fixture(scope="module")
 async def seeded() -> AsyncIterator[asyncpg.Connection]:
-    async with scratch_database("recipients", SEED) as conn:
+    async with seeded_database("recipients", SEED) as conn:
         yield conn
 
 
