@@ -62,10 +62,10 @@ _DRIVER_DISCONNECTS = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
 )
-# What makes a read on a replica run again on the primary: the replica unreachable or gone
-# mid-read, too slow, or any database error there (a conflict with recovery cancels queries on a
-# hot standby; a statement that is wrong fails again on the primary and is reported from there).
-_REPLICA_FAILURES = (Unavailable, TimeoutError, OSError, sqlalchemy.exc.DBAPIError, asyncpg.PostgresError)
+
+
+class _ReplicaFailed(Exception):
+    """A read failed on a replica: run it on the primary."""
 
 
 def make_engine(url: str, settings: DatabaseSettings, role: str) -> AsyncEngine:
@@ -177,13 +177,9 @@ class Database:
         replica = await self.router.choose(users) if self.router is not None else None
         if replica is not None:
             try:
-                async with self._connect(replica.reads, replica.name) as conn:
-                    result = await self._bounded(conn, query(conn))
-                DB_READS.labels(replica.name).inc()
-                return result
-            except _REPLICA_FAILURES as exc:
-                assert self.router is not None
-                self.router.read_failed(replica, exc)
+                return await self._on_replica(replica, query, driver=False)
+            except _ReplicaFailed:
+                pass
         async with self.read() as conn:
             return await query(conn)
 
@@ -194,26 +190,38 @@ class Database:
         replica = await self.router.choose(users) if self.router is not None else None
         if replica is not None:
             try:
-                async with self._connect(replica.reads, replica.name) as conn, self._driver(conn) as driver:
-                    result = await self._bounded(conn, query(driver))
-                DB_READS.labels(replica.name).inc()
-                return result
-            except _REPLICA_FAILURES as exc:
-                assert self.router is not None
-                self.router.read_failed(replica, exc)
+                return await self._on_replica(replica, query, driver=True)
+            except _ReplicaFailed:
+                pass
         async with self.driver_read() as driver:
             return await query(driver)
 
-    async def _bounded(self, conn: AsyncConnection, running: Awaitable[T]) -> T:
-        """A replica read that overruns DB_REPLICA_READ_TIMEOUT_SECONDS is abandoned (and rerun on
-        the primary): a hung standby must not hold the call for the whole statement timeout. The
-        connection is then in an unknown state and is not reused."""
+    async def _on_replica(self, replica: Replica, query: Callable[[Any], Awaitable[T]], *, driver: bool) -> T:
+        """Run `query` on the replica's pool within DB_REPLICA_READ_TIMEOUT_SECONDS. Whatever goes
+        wrong there — unreachable, gone mid-read, too slow (a hung standby must not hold the call
+        for the whole statement timeout), a conflict with recovery, a connection left in an odd
+        state — raises _ReplicaFailed after the replica is set aside and the connection discarded:
+        the caller runs the query on the primary, where a statement that is itself wrong fails
+        again and is reported from there."""
+        assert self.router is not None
         try:
-            async with asyncio.timeout(self.settings.replica_read_timeout_seconds):
-                return await running
-        except TimeoutError:
-            await conn.invalidate()
-            raise
+            async with self._connect(replica.reads, replica.name) as conn:
+                try:
+                    async with asyncio.timeout(self.settings.replica_read_timeout_seconds):
+                        if driver:
+                            raw = await conn.get_raw_connection()
+                            result = await query(raw.driver_connection)
+                        else:
+                            result = await query(conn)
+                except BaseException:
+                    if not conn.invalidated:
+                        await conn.invalidate()
+                    raise
+        except Exception as exc:  # rerun on the primary: see the docstring
+            self.router.read_failed(replica, exc)
+            raise _ReplicaFailed from exc
+        DB_READS.labels(replica.name).inc()
+        return result
 
     @asynccontextmanager
     async def _driver(self, conn: AsyncConnection) -> AsyncIterator[DriverConnection]:

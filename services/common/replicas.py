@@ -64,6 +64,8 @@ REPLICA_UP = Gauge("db_replica_up", "1 while the replica takes reads (up, in rec
 REPLICA_FALLBACKS = Counter(
     "db_replica_fallbacks_total", "Reads that may lag but went to the primary, by reason", ["reason"]
 )
+for _reason in ("not_replayed", "unhealthy", "error", "watermarks_unknown"):
+    REPLICA_FALLBACKS.labels(_reason)  # every reason scraped from the start, at 0
 WATERMARK_ERRORS = Counter("db_watermark_errors_total", "Redis errors recording or looking up WAL positions")
 
 # Lag is measured against the primary's positions of the last few seconds; older samples go.
@@ -240,22 +242,30 @@ class ReplicaRouter:
 
     async def _primary_position(self) -> int | None:
         try:
-            async with asyncio.timeout(self.probe_timeout_seconds), self.primary.connect() as conn:
-                value = await conn.scalar(text("SELECT pg_current_wal_lsn()::text"))
+            (value,) = await self._ask(self.primary, "SELECT pg_current_wal_lsn()::text")
             return parse_lsn(str(value))
         except Exception as exc:  # the primary's own errors surface on the calls that use it
             log.debug("replica monitor could not read the primary's position", extra={"fields": {"error": str(exc)}})
             return None
 
+    async def _ask(self, engine: AsyncEngine, sql: str) -> tuple[object, ...]:
+        """One row, within the probe timeout, on a pooled connection that is discarded if anything
+        goes wrong (a query cut short by the timeout leaves it mid-operation)."""
+        async with engine.connect() as conn:
+            try:
+                async with asyncio.timeout(self.probe_timeout_seconds):
+                    return tuple((await conn.execute(text(sql))).one())
+            except BaseException:
+                if not conn.invalidated:
+                    await conn.invalidate()
+                raise
+
     async def _probe(self, replica: Replica) -> None:
         was_usable = replica.usable(time.monotonic(), self.max_lag_seconds, self.stale_after)
         try:
-            async with asyncio.timeout(self.probe_timeout_seconds), replica.reads.connect() as conn:
-                row = (
-                    await conn.execute(
-                        text("SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, '0/0')")
-                    )
-                ).one()
+            row = await self._ask(
+                replica.reads, "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, '0/0')"
+            )
         except Exception as exc:
             replica.probed_at = 0.0
             replica.lag_seconds = float("inf")
