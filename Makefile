@@ -4,6 +4,7 @@
 #   make up                  the whole mesh on 127.0.0.1 (gateway :8080, Envoy :10000, admin :9901)
 #   make test                the test suite;  make test ARGS="tests/launcher -k envoy"
 #   make bench               the hot-reads benchmark (SPEC §11);  make bench ARGS="--seconds 3 --only me"
+#   make seed                SPEC §11's data set into the running `make up` (users pf1…pf10000)
 #   make lint                ruff + mypy
 #   make protos              regenerate the gRPC stubs into gen/
 #   make clean               generated files, logs and caches (keeps .venv, keys, Postgres state)
@@ -11,7 +12,7 @@
 PYTHON ?= python3
 ARGS ?=
 
-.PHONY: up test bench lint protos clean setup
+.PHONY: up test bench seed lint protos clean setup
 
 up:
 	$(PYTHON) -m launcher up
@@ -21,6 +22,9 @@ test:
 
 bench:
 	$(PYTHON) -m launcher bench $(ARGS)
+
+seed:
+	$(PYTHON) -m launcher seed $(ARGS)
 
 lint:
 	$(PYTHON) -m launcher lint

@@ -4,6 +4,7 @@
     up             setup, then the whole mesh on fixed ports until Ctrl-C / SIGTERM
     test [ARGS]    setup, then pytest ARGS inside the venv (exit code = pytest's)
     bench [ARGS]   setup, then the hot-reads benchmark (python -m bench ARGS; installs h2load if missing)
+    seed [USERS]   SPEC §11's volume (USERS users, 10,000) into the databases of the running `make up`
     lint           ruff check + mypy
     protos         regenerate the gRPC stubs into gen/
     clean          remove generated files, logs and caches (keeps .venv, keys, Postgres state)
@@ -150,6 +151,37 @@ def cmd_bench(args: Sequence[str]) -> int:
     return subprocess.call(argv, cwd=REPO, env=env)
 
 
+def cmd_seed(args: Sequence[str]) -> int:
+    """Seed `make up`'s databases (migrated when it started) with bench/seed.py's data set: users
+    pf1…pfN (password "seeded password"), their connections, recipients and capsules; skipped
+    where it is there already. Rows go to the primary by SQL, so the services' read-your-writes
+    does not know them: this waits until the standby has replayed them before it returns."""
+    from bench.seed import Volume, seed_and_describe
+    from launcher import standby
+    from mesh.topology import SERVICES
+
+    prepared = Prepared()
+    try:
+        volume = Volume(int(args[0]) if args else 10_000)
+    except ValueError as exc:
+        raise SetupError(f"seed: {exc}") from None
+    pg = prepared.infra.postgres
+    dsns = {spec.name: pg.dsn(spec.database) for spec in SERVICES}
+    print(seed_and_describe(dsns, volume))
+    if prepared.infra.replica is not None:
+        primary = standby.Conn(pg.host, pg.port, pg.user, pg.password)
+        (position,) = standby.psql(primary, "SELECT pg_current_wal_lsn()")[0]
+        replica = prepared.infra.replica
+        mirror = standby.Conn(replica.host, replica.port, replica.user, replica.password)
+        deadline = time.monotonic() + 120
+        while standby.psql(mirror, f"SELECT pg_last_wal_replay_lsn() >= '{position}'")[0][0] != "t":
+            if time.monotonic() > deadline:
+                raise SetupError(f"the standby on :{replica.port} has not replayed the seed ({position}) in 120 s")
+            time.sleep(0.1)
+        print(f"standby   :{replica.port} has replayed the seed (up to {position})")
+    return 0
+
+
 def cmd_up(args: Sequence[str]) -> int:
     import importlib.util
 
@@ -294,6 +326,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "up": cmd_up,
     "test": cmd_test,
     "bench": cmd_bench,
+    "seed": cmd_seed,
     "lint": cmd_lint,
     "protos": cmd_protos,
 }

@@ -25,9 +25,9 @@ lost, standby stopping, conflict with recovery, DB_REPLICA_READ_TIMEOUT_SECONDS 
 it down until the next good probe and is run again on the primary: a stopped standby costs no
 failed call.
 
-Redis away: positions cannot be looked up (or were not recorded), so the reads that name users go
-to the primary — on every instance that fails to look up, and for a watermark period on the
-instance whose recording failed. Left open: an instance that reaches Redis while the writer could
+Redis away: positions cannot be looked up (or were not recorded), so reads go to the primary — for
+a second after a failed look-up (no Redis timeout paid per read meanwhile), and for a watermark
+period on the instance whose recording failed. Left open: an instance that reaches Redis while the writer could
 not record may read that write's users from a replica until it is replayed (within the bound).
 
 Metrics: `db_reads_total{target}` (primary or replica name, every read), `db_replica_lag_seconds`,
@@ -68,6 +68,7 @@ for _reason in ("not_replayed", "unhealthy", "error", "watermarks_unknown"):
     REPLICA_FALLBACKS.labels(_reason)  # every reason scraped from the start, at 0
 WATERMARK_ERRORS = Counter("db_watermark_errors_total", "Redis errors recording or looking up WAL positions")
 
+_LOOKUP_BACKOFF_SECONDS = 1.0
 # Lag is measured against the primary's positions of the last few seconds; older samples go.
 _SAMPLES_KEPT_SECONDS_MIN = 10.0
 
@@ -135,6 +136,9 @@ class Watermarks:
             values = await self.client.mget([self.key(u) for u in users])
         except (RedisError, OSError) as exc:
             WATERMARK_ERRORS.inc()
+            # Redis away: the next reads go to the primary straight away for a moment instead of
+            # each paying Redis's timeout.
+            self._blind_until = max(self._blind_until, time.monotonic() + _LOOKUP_BACKOFF_SECONDS)
             raise WatermarksUnknown(str(exc)) from exc
         found = [int(v, 16) for v in values if v]
         return max(found, default=0)

@@ -7,12 +7,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
+import httpx
 import pytest
 import redis.asyncio as redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from launcher.infra import Infra
+from launcher.stack import Stack
 from services.common.db import Database
 from services.common.replicas import (
     REPLICA_FALLBACKS,
@@ -23,6 +26,7 @@ from services.common.replicas import (
     parse_lsn,
 )
 from services.common.settings import DatabaseSettings
+from tests.capsules.helpers import bearer, eventually, pair, send
 from tests.metrics import sample
 from tests.query_plans import scratch_database
 from tests.replica import replayed
@@ -177,3 +181,29 @@ async def test_a_read_the_replica_fails_is_run_again_on_the_primary(infra: Infra
             assert await db.read_may_lag(where) is True
         finally:
             await db.close()
+
+
+async def test_inbox_pages_through_the_gateway_are_index_scans_on_the_standby(
+    stack: Stack, client: httpx.AsyncClient, infra: Infra
+) -> None:
+    """What README's walk through `make up` shows, on the test stack: a filtered inbox page (it
+    reaches Postgres on every call) is an index scan of `capsules` on the standby."""
+    if infra.replica is None:
+        pytest.skip("no standby (POSTGRES_REPLICA=0)")
+    a, b, to_b = await pair(client)
+    assert (await send(client, a, to_b)).status_code == 200
+    database = stack.database_name("capsules")
+    scans = "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_tables WHERE relname = 'capsules'"
+    standby = await asyncpg.connect(infra.replica.dsn(database))
+    try:
+        before = await standby.fetchval(scans)
+
+        async def scanned_on_the_standby() -> bool | None:
+            page = await client.get("/v1/capsules?box=inbox&status=sealed", headers=bearer(b))
+            assert page.status_code == 200 and len(page.json()["capsules"]) == 1, page.text
+            # Statistics are published within a second of the statement.
+            return True if await standby.fetchval(scans) > before else None
+
+        await eventually(scanned_on_the_standby, within=20, every=0.25)
+    finally:
+        await standby.close()
