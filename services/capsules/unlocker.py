@@ -40,6 +40,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import redis.asyncio as redis
@@ -131,7 +132,8 @@ class Unlocker:
 async def run_standalone() -> None:
     settings = CapsulesSettings.from_env()
     configure_logging(settings.service.log_level)
-    db = Database(settings.service.database)
+    # It only writes: no replica pool (DATABASE_REPLICA_URLS, if set for the service, is not used).
+    db = Database(replace(settings.service.database, replica_urls=()))
     client: redis.Redis = redis.from_url(settings.service.redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
