@@ -27,6 +27,7 @@ Isolation: the stack's databases are `<name>_t<hex>` (dropped at the end) and it
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -86,12 +87,40 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=weight)
 
 
+# Each test process holds a shared lock on the directories of the stacks it started, until it
+# exits: pruning never deletes one in use (certificates and logs of a running stack), however many
+# stacks the test processes run at once.
+_STACK_DIR_LOCKS: list[int] = []
+
+
+def _claim_stack_dir(work_dir: Path) -> None:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work_dir / ".in-use", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _STACK_DIR_LOCKS.append(fd)
+
+
+def _in_use(stack_dir: Path) -> bool:
+    try:
+        fd = os.open(stack_dir / ".in-use", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def _prune_old_stack_dirs() -> None:
     if not STACKS_DIR.is_dir():
         return
     dirs = sorted((d for d in STACKS_DIR.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
     for old in dirs[:-KEEP_STACK_DIRS]:
-        shutil.rmtree(old, ignore_errors=True)
+        if not _in_use(old):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -128,6 +157,7 @@ def start_test_stack(infra: infra_mod.Infra, keys: KeyPair, **overrides: Any) ->
     `overrides` are StackSettings fields (services=..., instances={"auth": 3}, service_env=...)."""
     _prune_old_stack_dirs()
     work_dir = STACKS_DIR / uuid.uuid4().hex[:12]
+    _claim_stack_dir(work_dir)
     stack = Stack(StackSettings.for_tests(infra, keys, work_dir=work_dir, **overrides))
     try:
         stack.start()
