@@ -151,9 +151,19 @@ class Database:
             async with conn.begin():
                 yield conn
             if touching and self.router is not None:
-                # After COMMIT: the insert position is at or past the commit record.
-                position = await conn.scalar(text("SELECT pg_current_wal_insert_lsn()::text"))
-                await self.router.watermarks.record(parse_lsn(str(position)), touching)
+                await self._remember_position(conn, touching)
+
+    async def _remember_position(self, conn: AsyncConnection, touching: Collection[uuid.UUID]) -> None:
+        """After COMMIT: the insert position is at or past the commit record. The write stands
+        whatever happens here; if its position cannot be had, this instance stops vouching for
+        replica reads for a while instead of failing a committed write."""
+        assert self.router is not None
+        try:
+            position = await conn.scalar(text("SELECT pg_current_wal_insert_lsn()::text"))
+        except Exception as exc:
+            self.router.watermarks.lost(exc)
+            return
+        await self.router.watermarks.record(parse_lsn(str(position)), touching)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

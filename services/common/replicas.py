@@ -122,9 +122,14 @@ class Watermarks:
         try:
             await self._record(keys=keys, args=[_lsn_key(lsn), self.keep_seconds])
         except (RedisError, OSError) as exc:
-            WATERMARK_ERRORS.inc()
-            self._blind_until = time.monotonic() + self.keep_seconds
-            log.warning("could not record a write's WAL position", extra={"fields": {"error": str(exc)}})
+            self.lost(exc)
+
+    def lost(self, error: BaseException) -> None:
+        """A write's position could not be recorded: vouch for no replica read until it would
+        have expired."""
+        WATERMARK_ERRORS.inc()
+        self._blind_until = time.monotonic() + self.keep_seconds
+        log.warning("could not record a write's WAL position", extra={"fields": {"error": str(error)}})
 
     async def needed(self, users: Collection[uuid.UUID | str]) -> int:
         """The highest position recorded for `users` (0: none), or WatermarksUnknown."""
