@@ -75,8 +75,13 @@ class BenchMesh:
     def pids(self) -> dict[str, int]:
         return {p.name: p.pid for p in self.processes}
 
-    def admin_addresses(self, service: str) -> list[str]:
-        return [p.admin_address for p in self.processes if p.service == service and p.admin_address]
+    def admin_addresses(self, service: str | None = None) -> list[str]:
+        """The admin (/metrics) addresses of a service's instances; of every instance without one."""
+        return [
+            p.admin_address
+            for p in self.processes
+            if p.admin_address and p.service is not None and service in (None, p.service)
+        ]
 
     def spawn(self, name: str, argv: Sequence[str], ready: Callable[[], bool]) -> ManagedProcess:
         """An extra process (logged to <log_dir>/<name>.log), ready when `ready()`, stopped at the end."""
