@@ -172,7 +172,7 @@ async def _replay_wait(primary: PostgresServer, servers: list[PostgresServer], d
         try:
             while True:
                 replayed = await standby.fetchrow(
-                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false) AS done,"
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false) AS done,"
                     " pg_last_wal_replay_lsn()::text AS at",
                     position,
                 )
