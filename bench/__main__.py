@@ -35,7 +35,7 @@ from bench.cases import ALL_KEYS, Case, User, build_cases, pick_user
 from bench.cpu import CpuMeter, MachineMeter, redis_pid
 from bench.mesh import BenchMesh, grpc_ok_count, login, open_mesh
 from bench.replicas import ReadCounts, wait_caught_up
-from bench.report import POSTGRES, REDIS, Measured, render, write_results
+from bench.report import POSTGRES, REDIS, STANDBY, Measured, render, write_results
 from bench.seed import SEED_PASSWORD, Volume, seed_and_describe
 from launcher import infra as infra_mod
 from launcher.bootstrap import REPO
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         log(seed_and_describe(mesh.dsns, Volume(users=args.users)))
         # Reads of seeded users may go to the standby as soon as it is within its lag bound (the
         # seed recorded no positions): measure only once it has all of the seed.
-        wait_caught_up(mesh.postgres, mesh.admin_addresses(), timeout=args.catch_up_timeout, log=log)
+        mesh.standbys = wait_caught_up(mesh.postgres, mesh.admin_addresses(), timeout=args.catch_up_timeout, log=log)
         user = asyncio.run(pick_user(mesh.dsns))
         token = login(mesh.gateway_url, user.email, SEED_PASSWORD)
         log(f"measured user {user.username}: inbox {user.inbox}, {user.connections} connections; logged in")
@@ -174,7 +174,7 @@ def measure(
     ok_before = grpc_ok_count(admins, case.ok_counter[1]) if case.ok_counter else 0
     instances = mesh.admin_addresses()
     reads_before = ReadCounts.take(instances) if instances else None
-    groups = {POSTGRES: mesh.postgres_backends}
+    groups = {POSTGRES: mesh.postgres_backends} | ({STANDBY: mesh.standby_backends} if mesh.standbys else {})
     meter = CpuMeter(pids | ({REDIS: redis} if redis else {}), groups)
     machine = MachineMeter()
     result = h2load.run(

@@ -66,6 +66,9 @@ class BenchMesh:
     log_dir: Path
     _spawn: Callable[[str, Sequence[str], Callable[[], bool]], ManagedProcess] = field(repr=False)
     _backends: BackendLister | None = field(default=None, repr=False)
+    # The streaming standbys the instances read from (bench.replicas.wait_caught_up finds them).
+    standbys: list[PostgresServer] = field(default_factory=list)
+    _standby_backends: list[BackendLister] = field(default_factory=list, repr=False)
 
     @property
     def dsns(self) -> dict[str, str]:
@@ -93,10 +96,20 @@ class BenchMesh:
             self._backends = BackendLister(self.postgres.dsn("postgres"), list(self.databases.values()))
         return self._backends()
 
+    def standby_backends(self) -> list[int]:
+        """Pids of the backends of the standbys (on this machine) serving the mesh's databases."""
+        if not self._standby_backends:
+            databases = list(self.databases.values())
+            self._standby_backends = [BackendLister(s.dsn("postgres"), databases) for s in self.standbys]
+        return [pid for lister in self._standby_backends for pid in lister()]
+
     def close(self) -> None:
         if self._backends is not None:
             self._backends.close()
             self._backends = None
+        for lister in self._standby_backends:
+            lister.close()
+        self._standby_backends = []
 
 
 class BackendLister:

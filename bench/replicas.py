@@ -135,15 +135,15 @@ def wait_caught_up(
     timeout: float,
     log: Callable[[str], None],
     poll: float = 0.2,
-) -> None:
-    """Return once every standby the instances read from has replayed everything the primary
+) -> list[PostgresServer]:
+    """Return the standbys once every standby the instances read from has replayed everything the primary
     wrote so far and every instance reports each of its replicas up; raise CatchUpTimeout (exit
-    with a message) after `timeout` seconds. Without a standby: returns at once."""
+    with a message) after `timeout` seconds. Without a standby: returns [] at once."""
     deadline = time.monotonic() + timeout
     servers = standby_servers((scrape(a) for a in admin_addresses), primary)
     if not servers:
         log("no standby in the mesh: every read runs on the primary")
-        return
+        return []
     started = time.monotonic()
     position = asyncio.run(_replay_wait(primary, servers, deadline, poll))
     log(
@@ -158,6 +158,7 @@ def wait_caught_up(
             raise CatchUpTimeout(f"replicas not reported up (db_replica_up != 1) after {timeout:.0f} s: {down}")
         time.sleep(poll)
     log(f"every instance reports its replicas up ({time.monotonic() - started:.1f} s in all)")
+    return servers
 
 
 async def _replay_wait(primary: PostgresServer, servers: list[PostgresServer], deadline: float, poll: float) -> str:

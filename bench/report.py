@@ -19,7 +19,7 @@ from bench.h2load import Result
 from bench.mesh import MeshProcess
 from bench.replicas import PRIMARY, ReadCounts
 
-POSTGRES, REDIS = "postgres", "redis"
+POSTGRES, STANDBY, REDIS = "postgres", "postgres-standby", "redis"
 
 
 @dataclass
@@ -100,6 +100,8 @@ def table(rows: Sequence[Measured], processes: Sequence[MeshProcess]) -> list[st
         if any(key in m.cpu_us for m in rows):
             t.figures(f"  {key} server", [m.cpu_us.get(key) for m in rows])
     t.figures("  Postgres backends", [m.cpu_us.get(POSTGRES) for m in rows])
+    if any(STANDBY in m.cpu_us for m in rows):
+        t.figures("  standby backends", [m.cpu_us.get(STANDBY) for m in rows])
     t.figures("  Redis server", [m.cpu_us.get(REDIS) for m in rows])
     return t.lines
 
@@ -138,7 +140,8 @@ DB reads: db_reads_total of every service instance over the measured run, backgr
   per target and db_replica_fallbacks_total by reason (reads that could have gone to the standby).
 CPU µs per request: each process's CPU (all threads, /proc) per answered request; mesh Σ = gateway,
   Envoy, control plane and every service instance. Postgres: the backends connected to the mesh's
-  databases; Redis: the whole server (shared: everyone's use counts)."""
+  databases (standby: those on the streaming standby, when the instances read from one); Redis:
+  the whole server (shared: everyone's use counts)."""
 
 
 def render(rows: Sequence[Measured], processes: Sequence[MeshProcess], header: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.cases import Case, User
 from bench.h2load import Result
 from bench.replicas import ReadCounts, replicas_down, samples, standby_servers
-from bench.report import NO_READS, Measured, table, write_results
+from bench.report import NO_READS, STANDBY, Measured, table, write_results
 from launcher.infra import PostgresServer
 
 REPLICA = "127.0.0.1:5433/capsules_t1a2b"
@@ -60,10 +60,12 @@ def test_standbys_and_replicas_down_from_the_instances_metrics() -> None:
     assert replicas_down({"a:1": metrics(0, 0), "b:2": metrics(0, 0, up=0)}) == [f"b:2 {REPLICA}"]
 
 
-def measured(key: str, done: int, reads: ReadCounts | None, *, baseline: bool = False) -> Measured:
+def measured(
+    key: str, done: int, reads: ReadCounts | None, *, baseline: bool = False, cpu_us: dict[str, float] | None = None
+) -> Measured:
     case = Case(key, key, f"http://x/{key}", lambda: "", baseline=baseline)
     result = Result(key, 1000.0, done, 0, 1.0, 2.0, 1.5, status_2xx=done, done=done, body_bytes=10.0)
-    return Measured(case, "200", result, {}, reads=reads)
+    return Measured(case, "200", result, cpu_us or {}, reads=reads)
 
 
 def rows_of(lines: list[str], label: str) -> list[str]:
@@ -87,6 +89,13 @@ def test_table_rows_per_case() -> None:
     share = next(line for line in lines if line.startswith("replica share of reads %"))
     assert share[24:].split(maxsplit=1)[1].startswith(NO_READS)
     assert share.split()[-3:] == ["75", "0", "-"]
+
+    assert not any("standby backends" in line for line in lines)  # no standby, no row
+
+
+def test_standby_backends_row_when_a_standby_was_metered() -> None:
+    lines = table([measured("connections", 1000, ReadCounts(), cpu_us={STANDBY: 123.0})], [])
+    assert rows_of(lines, "  standby backends") == ["123"]
 
 
 def test_results_json_keeps_targets_and_fallbacks(tmp_path: Path) -> None:
