@@ -1,18 +1,21 @@
 """`make bench` (= `python3 -m launcher bench` = `python -m bench`): the hot reads, measured.
 
     python -m bench [--seconds 10] [--warmup 2] [--clients 32] [--only me,inbox,...] [--attach] [--users N]
+                     [--catch-up-timeout 300] [--plaintext]
 
 1. Starts its own mesh (bench/mesh.py: free ports, own databases dropped at the end, the gateway's
    rate limiter in the path with limits raised out of the way) — or, with --attach, measures the
    `make up` answering on the default ports.
 2. Seeds SPEC §11's volume in SQL (bench/seed.py: the shape and ids of side-by-side's seed),
-   skipped where it is already there.
+   skipped where it is already there; then, when the instances read from a streaming standby
+   (bench/replicas.py), waits until it has replayed the seed and every instance reports it up.
 3. Picks side-by-side's measured user (bench/cases.py) and logs in through the gateway.
 4. For each case (bench/cases.py: two baselines, three HTTP routes through the gateway, GetMe over
    gRPC through Envoy): a one-request check of the answer, a discarded h2load warm-up run, then the
    measured h2load run (32 clients, HTTP/1.1 for HTTP, h2c for gRPC) with every mesh process's CPU
-   sampled from /proc around it. Any non-2xx answer (or a gRPC 2xx the service did not count OK)
-   fails the bench, after the table is printed.
+   sampled from /proc around it, and the instances' database reads (primary / replica) and
+   replica fallbacks counted from their /metrics around it. Any non-2xx answer (or a gRPC 2xx
+   the service did not count OK) fails the bench, after the table is printed.
 5. Prints the table (bench/report.py) and writes .run/bench/<UTC time>/results.json, summary.txt,
    h2load's own reports, and (own mesh) every process's log.
 """
@@ -31,7 +34,8 @@ from bench import h2load
 from bench.cases import ALL_KEYS, Case, User, build_cases, pick_user
 from bench.cpu import CpuMeter, MachineMeter, redis_pid
 from bench.mesh import BenchMesh, grpc_ok_count, login, open_mesh
-from bench.report import POSTGRES, REDIS, Measured, render, write_results
+from bench.replicas import ReadCounts, wait_caught_up
+from bench.report import POSTGRES, REDIS, STANDBY, Measured, render, write_results
 from bench.seed import SEED_PASSWORD, Volume, seed_and_describe
 from launcher import infra as infra_mod
 from launcher.bootstrap import REPO
@@ -49,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(ALL_KEYS), help=f"cases, comma-separated: {','.join(ALL_KEYS)}")
     parser.add_argument("--attach", action="store_true", help="measure the running `make up` (default ports)")
     parser.add_argument("--users", type=int, default=10_000, help="seeded users; everything else follows (10000)")
+    parser.add_argument(
+        "--catch-up-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait after seeding for the standby to replay it and the instances to use it (300)",
+    )
     parser.add_argument(
         "--plaintext",
         action="store_true",
@@ -84,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         args.only = [key for key in args.only if key != "grpc-me"]
     with open_mesh(infra, keys, out_dir, attach=args.attach, mesh_tls=not args.plaintext) as mesh:
         log(seed_and_describe(mesh.dsns, Volume(users=args.users)))
+        # Reads of seeded users may go to the standby as soon as it is within its lag bound (the
+        # seed recorded no positions): measure only once it has all of the seed.
+        mesh.standbys = wait_caught_up(mesh.postgres, mesh.admin_addresses(), timeout=args.catch_up_timeout, log=log)
         user = asyncio.run(pick_user(mesh.dsns))
         token = login(mesh.gateway_url, user.email, SEED_PASSWORD)
         log(f"measured user {user.username}: inbox {user.inbox}, {user.connections} connections; logged in")
@@ -103,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(case, mesh, meter_pids, redis, args, out_dir))
     table = render(rows, mesh.processes, describe_run(args, started, user))
     print("\n" + table)
-    settings = {key: getattr(args, key) for key in ("seconds", "warmup", "clients", "only", "attach", "users")}
+    recorded = ("seconds", "warmup", "clients", "only", "attach", "users", "catch_up_timeout")
+    settings = {key: getattr(args, key) for key in recorded}
     path = write_results(out_dir, rows, mesh.processes, user, settings, table)
     print(f"\nresults: {path}")
     failed = [m for m in rows if m.problems]
@@ -158,7 +172,9 @@ def measure(
         h2load.run(case.title, case.url, clients=args.clients, seconds=args.warmup, warmup=0, **options)  # type: ignore[arg-type]
     admins = mesh.admin_addresses(case.ok_counter[0]) if case.ok_counter else []
     ok_before = grpc_ok_count(admins, case.ok_counter[1]) if case.ok_counter else 0
-    groups = {POSTGRES: mesh.postgres_backends}
+    instances = mesh.admin_addresses()
+    reads_before = ReadCounts.take(instances) if instances else None
+    groups = {POSTGRES: mesh.postgres_backends} | ({STANDBY: mesh.standby_backends} if mesh.standbys else {})
     meter = CpuMeter(pids | ({REDIS: redis} if redis else {}), groups)
     machine = MachineMeter()
     result = h2load.run(
@@ -171,7 +187,8 @@ def measure(
         **options,  # type: ignore[arg-type]
     )
     busy = machine.busy_pct()
-    measured = Measured(case, check, result, meter.per_request_us(result.done), machine_busy_pct=busy)
+    reads = ReadCounts.take(instances) - reads_before if reads_before is not None else None
+    measured = Measured(case, check, result, meter.per_request_us(result.done), machine_busy_pct=busy, reads=reads)
     if result.not_2xx:
         measured.problems.append(
             f"{result.status_other} non-2xx answers and {result.errored} requests without answer of {result.done}"

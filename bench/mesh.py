@@ -66,6 +66,9 @@ class BenchMesh:
     log_dir: Path
     _spawn: Callable[[str, Sequence[str], Callable[[], bool]], ManagedProcess] = field(repr=False)
     _backends: BackendLister | None = field(default=None, repr=False)
+    # The streaming standbys the instances read from (bench.replicas.wait_caught_up finds them).
+    standbys: list[PostgresServer] = field(default_factory=list)
+    _standby_backends: list[BackendLister] = field(default_factory=list, repr=False)
 
     @property
     def dsns(self) -> dict[str, str]:
@@ -75,8 +78,13 @@ class BenchMesh:
     def pids(self) -> dict[str, int]:
         return {p.name: p.pid for p in self.processes}
 
-    def admin_addresses(self, service: str) -> list[str]:
-        return [p.admin_address for p in self.processes if p.service == service and p.admin_address]
+    def admin_addresses(self, service: str | None = None) -> list[str]:
+        """The admin (/metrics) addresses of a service's instances; of every instance without one."""
+        return [
+            p.admin_address
+            for p in self.processes
+            if p.admin_address and p.service is not None and service in (None, p.service)
+        ]
 
     def spawn(self, name: str, argv: Sequence[str], ready: Callable[[], bool]) -> ManagedProcess:
         """An extra process (logged to <log_dir>/<name>.log), ready when `ready()`, stopped at the end."""
@@ -88,10 +96,20 @@ class BenchMesh:
             self._backends = BackendLister(self.postgres.dsn("postgres"), list(self.databases.values()))
         return self._backends()
 
+    def standby_backends(self) -> list[int]:
+        """Pids of the backends of the standbys (on this machine) serving the mesh's databases."""
+        if not self._standby_backends:
+            databases = list(self.databases.values())
+            self._standby_backends = [BackendLister(s.dsn("postgres"), databases) for s in self.standbys]
+        return [pid for lister in self._standby_backends for pid in lister()]
+
     def close(self) -> None:
         if self._backends is not None:
             self._backends.close()
             self._backends = None
+        for lister in self._standby_backends:
+            lister.close()
+        self._standby_backends = []
 
 
 class BackendLister:

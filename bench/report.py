@@ -17,8 +17,9 @@ from typing import Any
 from bench.cases import Case, User
 from bench.h2load import Result
 from bench.mesh import MeshProcess
+from bench.replicas import PRIMARY, ReadCounts
 
-POSTGRES, REDIS = "postgres", "redis"
+POSTGRES, STANDBY, REDIS = "postgres", "postgres-standby", "redis"
 
 
 @dataclass
@@ -34,6 +35,16 @@ class Measured:
     grpc_ok: int | None = None
     problems: list[str] = field(default_factory=list)
     machine_busy_pct: float = 0.0
+    # Database reads (by target) and replica fallbacks (by reason) of every service instance over
+    # the measured run; None when the instances' metrics could not be read.
+    reads: ReadCounts | None = None
+
+    def reads_per_request(self, target: str) -> float | None:
+        """Database reads per answered request on the primary or on the replicas together."""
+        if self.reads is None or self.case.baseline or not self.result.done:
+            return None
+        count = self.reads.primary if target == PRIMARY else self.reads.replica
+        return count / self.result.done
 
 
 def mesh_cpu_us(measured: Measured, processes: Sequence[MeshProcess]) -> float:
@@ -71,6 +82,7 @@ def table(rows: Sequence[Measured], processes: Sequence[MeshProcess]) -> list[st
     t.figures("vs HTTP baseline", [_ratio(m, http_base) if not m.case.grpc else None for m in rows], 2)
     t.figures("vs gRPC baseline", [_ratio(m, grpc_base) for m in rows], 2)
     t.figures("machine busy %", [m.machine_busy_pct for m in rows])
+    db_reads(t, rows)
     t.add("CPU µs per request:", [""] * len(rows))
     services: dict[str, list[str]] = {}
     for p in processes:
@@ -88,8 +100,27 @@ def table(rows: Sequence[Measured], processes: Sequence[MeshProcess]) -> list[st
         if any(key in m.cpu_us for m in rows):
             t.figures(f"  {key} server", [m.cpu_us.get(key) for m in rows])
     t.figures("  Postgres backends", [m.cpu_us.get(POSTGRES) for m in rows])
+    if any(STANDBY in m.cpu_us for m in rows):
+        t.figures("  standby backends", [m.cpu_us.get(STANDBY) for m in rows])
     t.figures("  Redis server", [m.cpu_us.get(REDIS) for m in rows])
     return t.lines
+
+
+NO_READS = "no DB reads"
+
+
+def db_reads(t: Table, rows: Sequence[Measured]) -> None:
+    """Where the measured run's database reads ran: how many in all, per request on the primary
+    and on the replicas, and the replicas' share; "no DB reads" rather than a share of nothing."""
+    counted = [m.reads if m.reads is not None and not m.case.baseline else None for m in rows]
+    t.figures("DB reads in run", [None if c is None else c.total for c in counted])
+    t.figures("DB reads/req primary", [m.reads_per_request(PRIMARY) for m in rows], 3)
+    t.figures("DB reads/req replica", [m.reads_per_request("replica") for m in rows], 3)
+    shares = [None if c is None else c.replica_share_pct() for c in counted]
+    t.add(
+        "replica share of reads %",
+        ["-" if c is None else NO_READS if s is None else f"{s:.0f}" for c, s in zip(counted, shares, strict=True)],
+    )
 
 
 def _ratio(measured: Measured, baseline: float | None) -> float | None:
@@ -102,9 +133,15 @@ non-2xx: answers other than 2xx + requests with no answer (+ gRPC 2xx the servic
 body B: response body bytes per answer (gRPC: the framed message).
 vs HTTP/gRPC baseline: req/s over the baseline's (bare uvicorn JSON echo; bare grpc.aio echo).
 machine busy %: the whole machine's CPU during the run (all cores: h2load, Postgres, everyone else).
+DB reads: db_reads_total of every service instance over the measured run, background jobs included
+  (every database read, counted where it ran: the primary or a streaming standby); per answered
+  request on each, and the standby's share. me and inbox are mostly answered from copies kept in
+  process: few reads or none ("no DB reads"), whose share says little. results.json has the reads
+  per target and db_replica_fallbacks_total by reason (reads that could have gone to the standby).
 CPU µs per request: each process's CPU (all threads, /proc) per answered request; mesh Σ = gateway,
   Envoy, control plane and every service instance. Postgres: the backends connected to the mesh's
-  databases; Redis: the whole server (shared: everyone's use counts)."""
+  databases (standby: those on the streaming standby, when the instances read from one); Redis:
+  the whole server (shared: everyone's use counts)."""
 
 
 def render(rows: Sequence[Measured], processes: Sequence[MeshProcess], header: str) -> str:
@@ -146,6 +183,7 @@ def write_results(
                 "grpc_ok": m.grpc_ok,
                 "machine_busy_pct": m.machine_busy_pct,
                 "problems": m.problems,
+                "db_reads": _reads_json(m),
             }
             for m in rows
         ],
@@ -154,3 +192,16 @@ def write_results(
     path.write_text(json.dumps(data, indent=2) + "\n")
     (out_dir / "summary.txt").write_text(table + "\n")
     return path
+
+
+def _reads_json(measured: Measured) -> dict[str, Any] | None:
+    reads = measured.reads
+    if reads is None:
+        return None
+    return {
+        "by_target": dict(reads.reads),
+        "primary_per_request": measured.reads_per_request(PRIMARY),
+        "replica_per_request": measured.reads_per_request("replica"),
+        "replica_share_pct": reads.replica_share_pct(),
+        "replica_fallbacks_by_reason": dict(reads.fallbacks),
+    }
