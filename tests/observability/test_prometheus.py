@@ -6,7 +6,8 @@
 - the configuration the launcher writes passes `promtool check config`;
 - a real Prometheus (Debian's binary) on a test stack: every instance, the gateway, Envoy and the
   control plane are scraped and `up`; an instance SIGKILLed leaves the target list within one lease
-  ttl + one discovery refresh + Prometheus's own update throttle, and every other target stays up.
+  ttl + one discovery refresh + Prometheus's own update throttle, and every other target stays up;
+  a new instance is scraped from its registration on, the configuration untouched.
 
 A stack of its own (auth only, two instances, Prometheus on a free port): killing an instance never
 disturbs the session `stack` other tests share.
@@ -34,6 +35,8 @@ from launcher.stack import Stack
 from mesh.topology import AUTH
 from services.common.registration import METRICS_METADATA_KEY
 from tests.conftest import start_test_stack
+
+pytestmark = pytest.mark.slow(25)
 
 T = TypeVar("T")
 
@@ -211,3 +214,13 @@ def test_every_process_is_discovered_and_up_and_a_killed_instance_leaves(mesh: S
     gone_after = time.monotonic() - killed_at
     survivors = {expected[u]: t["health"] for u, t in after.items()}
     assert survivors == {name: "up" for url, name in expected.items() if url != victim_url}, (gone_after, after)
+
+    # A new instance (new ports): scraped from its registration on, no configuration touched.
+    newcomer = mesh.start_instance("auth")
+    newcomer_url = f"http://{newcomer.admin_address}/metrics"
+    found = wait_for(
+        f"{newcomer.name}'s target up",
+        lambda: v if (v := active_targets(mesh)).get(newcomer_url, {}).get("health") == "up" else None,
+        timeout=30,
+    )
+    assert found[newcomer_url]["labels"]["instance_name"] == newcomer.name == "auth-2"
