@@ -16,6 +16,7 @@ disturbs the session `stack` other tests share.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import urllib.request
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from capsule.mesh.v1 import registry_pb2
 from controlplane.admin import Admin, ScrapeTarget, scrape_groups
 from controlplane.cache import SnapshotCache
 from controlplane.registry import Registry
@@ -33,7 +35,7 @@ from launcher import prometheus
 from launcher.keys import KeyPair
 from launcher.stack import Stack
 from mesh.topology import AUTH
-from services.common.registration import METRICS_METADATA_KEY
+from services.common.registration import METRICS_METADATA_KEY, Registrar
 from tests.conftest import start_test_stack
 
 pytestmark = pytest.mark.slow(25)
@@ -118,6 +120,24 @@ def test_the_admin_port_serves_discovery_as_json_and_its_own_metrics() -> None:
     assert "controlplane_ready 1.0" in body.decode()
 
 
+async def test_an_instance_advertises_its_admin_port_as_its_metrics_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def after_start(metrics_listen: str | None, **metadata: str) -> str | None:
+        instance = registry_pb2.ServiceInstance(service="auth", host="127.0.0.1", port=5001, metadata=metadata)
+        registrar = Registrar("127.0.0.1:1", instance, metrics_listen=metrics_listen)
+        try:
+            await registrar._advertise_metrics()  # what start() does before it registers
+            return registrar.instance.metadata.get(METRICS_METADATA_KEY)
+        finally:
+            await registrar.close()
+
+    monkeypatch.setenv("ADMIN_LISTEN", "127.0.0.1:6001")
+    assert await after_start(None) == "127.0.0.1:6001"  # the service process contract's variable
+    assert await after_start("127.0.0.1:6002") == "127.0.0.1:6002"
+    assert await after_start("0.0.0.0:6003") == f"{socket.gethostbyname(socket.gethostname())}:6003"
+    assert await after_start("", instance="auth-0") is None  # "": not advertised
+    assert await after_start(None, metrics="10.0.0.1:9") == "10.0.0.1:9"  # named by the instance: kept
+
+
 def test_the_written_configuration_passes_promtool(tmp_path: Path) -> None:
     promtool = prometheus.find("promtool")
     if promtool is None:
@@ -127,6 +147,26 @@ def test_the_written_configuration_passes_promtool(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     with pytest.raises(ValueError, match="scrape timeout"):
         prometheus.render_config("http://x/sd", scrape_interval=1.0, scrape_timeout=2.0)
+
+
+def test_set_up_installs_the_package_when_a_binary_is_missing_and_stops_its_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    done: list[str] = []
+    present = {"prometheus": "/usr/bin/prometheus"}  # promtool missing
+    monkeypatch.setattr(prometheus, "find", present.get)
+
+    def install(*packages: str) -> None:
+        done.append("apt-get install " + " ".join(packages))
+        present["promtool"] = "/usr/bin/promtool"
+
+    monkeypatch.setattr(prometheus.Apt, "install", install)
+    monkeypatch.setattr(prometheus, "disable_system_service", lambda: done.append("system service disabled"))
+    assert prometheus.ensure_installed() == "/usr/bin/prometheus"
+    assert done == ["apt-get install prometheus", "system service disabled"]
+    done.clear()
+    assert prometheus.ensure_installed() == "/usr/bin/prometheus"
+    assert done == []  # both there: nothing installed, a system service left alone
 
 
 # --- a real Prometheus on a stack ------------------------------------------------------------------
