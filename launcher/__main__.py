@@ -1,6 +1,7 @@
 """`python3 -m launcher <command>`: the one entry point behind the Makefile.
 
-    setup          venv + pinned deps, stubs, dev keys, Postgres and Redis (installed if missing)
+    setup          venv + pinned deps, stubs, dev keys, Postgres, Redis and Prometheus (installed if
+                   missing; PROMETHEUS=0: no Prometheus)
     up             setup, then the whole mesh on fixed ports until Ctrl-C / SIGTERM
     test [ARGS]    setup, then pytest ARGS inside the venv (exit code = pytest's)
     bench [ARGS]   setup, then the hot-reads benchmark (python -m bench ARGS; installs h2load if missing)
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
 USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
 
 
+def _env_flag(name: str, default: bool = True) -> bool:
+    raw = os.environ.get(name, "")
+    return default if not raw else raw.lower() not in ("0", "false", "no", "off")
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     try:
@@ -54,6 +60,15 @@ class Prepared:
             protos.generate()
         self.keys = ensure_dev_keys()
         self.infra = infra.ensure(install=True)
+        # PROMETHEUS=0: neither installed nor started.
+        self.prometheus: str | None = None
+        if _env_flag("PROMETHEUS"):
+            from launcher import prometheus
+
+            try:
+                self.prometheus = prometheus.ensure_installed()
+            except SetupError as exc:
+                raise SetupError(f"{exc} (or set PROMETHEUS=0 to go without Prometheus)") from None
 
 
 def cmd_setup(args: Sequence[str]) -> int:
@@ -65,6 +80,7 @@ def cmd_setup(args: Sequence[str]) -> int:
     print(f"redis     {prepared.infra.redis_url}")
     print(f"jwt keys  {prepared.keys.private.parent}")
     print(f"mesh CA   {prepared.keys.mesh_ca}  (operator certificate: {prepared.keys.operator})")
+    print(f"prometheus {prepared.prometheus or 'not installed (PROMETHEUS=0)'}")
     return 0
 
 
@@ -216,15 +232,26 @@ def cmd_up(args: Sequence[str]) -> int:
         with_gateway=with_gateway,
         # Mutual TLS on every internal hop; MESH_PLAINTEXT=1 is the explicit development switch.
         mesh_tls=os.environ.get("MESH_PLAINTEXT", "") != "1",
+        # PROMETHEUS=0: no Prometheus (it needs the control plane: its targets come from there).
+        prometheus=prepared.prometheus is not None and _env_flag("CONTROL_PLANE"),
+        prometheus_port=_env_int("PROMETHEUS_PORT", 9090),
     )
+    if prepared.prometheus is not None and not settings.control_plane:
+        log("WARNING: CONTROL_PLANE=0: Prometheus not started (its targets come from the control plane)")
     ports = {"GATEWAY_PORT": settings.gateway_port, "ENVOY_PORT": settings.envoy_port}
     ports["ENVOY_ADMIN_PORT"] = settings.envoy_admin_port
     if settings.control_plane:
         ports["CONTROL_PLANE_PORT"] = settings.control_plane_port
         ports["CONTROL_PLANE_ADMIN_PORT"] = settings.control_plane_admin_port
+    if settings.prometheus:
+        ports["PROMETHEUS_PORT"] = settings.prometheus_port
     busy = [f"{name}={port}" for name, port in ports.items() if port_open(settings.host, port)]
     if busy:
-        raise SetupError(f"ports already in use: {', '.join(busy)} (another `make up`?); set other values")
+        hint = "another `make up`?"
+        if "PROMETHEUS_PORT" in " ".join(busy):
+            # Debian's package runs a system Prometheus on :9090 where an init system starts it.
+            hint += " a system Prometheus (`service prometheus stop`)? PROMETHEUS=0 skips ours"
+        raise SetupError(f"ports already in use: {', '.join(busy)} ({hint}); set other values")
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -236,7 +263,7 @@ def cmd_up(args: Sequence[str]) -> int:
     stack = Stack(settings)
     code = 0
     try:
-        log("starting the mesh (migrations, control plane, services, Envoy, gateway)")
+        log("starting the mesh (migrations, control plane, services, Envoy, gateway, Prometheus)")
         stack.start()
         _print_banner(stack)
         reported: set[str] = set()
@@ -261,7 +288,7 @@ def cmd_up(args: Sequence[str]) -> int:
 
 def _report_exits(stack: Stack, reported: set[str]) -> None:
     procs = [inst.process for insts in stack.instances.values() for inst in insts]
-    procs += [p for p in (stack.control_plane, stack.envoy, stack.gateway) if p is not None]
+    procs += [p for p in (stack.control_plane, stack.envoy, stack.gateway, stack.prometheus) if p is not None]
     for proc in procs:
         if proc.returncode is not None and proc.name not in reported:
             reported.add(proc.name)
@@ -280,6 +307,11 @@ def _print_banner(stack: Stack) -> None:
     for insts in stack.instances.values():
         for inst in insts:
             lines.append(f"  {inst.name:<20} gRPC {inst.grpc_address}  admin http://{inst.admin_address}")
+    if stack.prometheus is not None:
+        lines.append(
+            f"  Prometheus           {stack.prometheus_url}/targets  "
+            f"(targets from {stack.control_plane_admin_url}/sd/prometheus)"
+        )
     replica = stack.settings.infra.replica
     if replica is not None and stack.settings.read_replica:
         primary = stack.settings.infra.postgres

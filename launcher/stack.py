@@ -12,8 +12,10 @@ database names and cache prefix, databases dropped at the end):
 
 Start order: migrations → control plane → service instances (they register with it) → Envoy
 (its bootstrap only points at the control plane; everything else arrives over ADS) → gateway
-(a proxyless xDS client of the same control plane: it calls the instances directly).
-Close: the reverse (gateway, Envoy, instances, control plane), each step SIGTERM → wait → SIGKILL.
+(a proxyless xDS client of the same control plane: it calls the instances directly) → Prometheus
+when asked (`prometheus=True`; its targets come from the control plane's /sd/prometheus).
+Close: the reverse (Prometheus, gateway, Envoy, instances, control plane), each step SIGTERM →
+wait → SIGKILL.
 With `control_plane=False` Envoy gets the static bootstrap of mesh/envoy_config.py instead
 (the fallback: every planned instance listed, no registration; plain text only).
 
@@ -47,6 +49,7 @@ from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
+from launcher import prometheus as prom
 from launcher.bootstrap import REPO
 from launcher.infra import Infra
 from launcher.keys import KeyPair, ensure_operator
@@ -140,6 +143,10 @@ class StackSettings:
     mesh_tls: bool = True
     # Lifetime of the workload certificates the stack issues (≤ 24 h).
     cert_ttl_seconds: float = 24 * 3600.0
+    # A Prometheus (Debian's binary) scraping every process it finds through the control plane's
+    # service discovery; off in test stacks unless a test asks (it costs a process and a disk).
+    prometheus: bool = False
+    prometheus_port: int = prom.DEFAULT_PORT
 
     @classmethod
     def for_tests(cls, infra: Infra, keys: KeyPair, *, work_dir: Path, **overrides: Any) -> StackSettings:
@@ -157,6 +164,7 @@ class StackSettings:
             envoy_admin_port=free_port(),
             control_plane_port=free_port(),
             control_plane_admin_port=free_port(),
+            prometheus_port=free_port(),
             database_suffix=f"_t{token}",
             cache_prefix=f"test:{token}:",
             log_level="INFO",
@@ -218,6 +226,7 @@ class Stack:
         self.envoy: ManagedProcess | None = None
         self.control_plane: ManagedProcess | None = None
         self.gateway: ManagedProcess | None = None
+        self.prometheus: ManagedProcess | None = None
         self.extra: list[ManagedProcess] = []
         self.certs_dir = settings.work_dir / "certs"
         self._identities: dict[str, MeshTLS] = {}
@@ -250,6 +259,15 @@ class Stack:
     @property
     def control_plane_admin_url(self) -> str:
         return f"http://{self.host}:{self.settings.control_plane_admin_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.settings.prometheus_port}"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        """Prometheus's configuration and storage (kept between runs of `make up`)."""
+        return self.settings.work_dir / f"prometheus-{self.settings.prometheus_port}"
 
     @property
     def envoy_node_id(self) -> str:
@@ -453,12 +471,23 @@ class Stack:
             CONTROL_PLANE_ENVOY_LISTEN=self.envoy_grpc,
             CONTROL_PLANE_SERVICES=",".join(s.name for s in self.settings.services),
             LEASE_TTL_SECONDS=f"{self.settings.lease_ttl_seconds:g}",
+            # What Prometheus scrapes besides the instances (which advertise their admin port when
+            # they register): the processes that hold no lease. Named here, where they are started.
+            CONTROL_PLANE_SCRAPE_TARGETS=",".join(self.scrape_targets()),
             **self._tls_env(CONTROL_PLANE),
         )
         if self.settings.mesh_tls:
             env["MESH_CA_DIR"] = str(self.settings.keys.mesh_ca)
             env["MESH_CERT_TTL_SECONDS"] = f"{self.settings.cert_ttl_seconds:g}"
         return env
+
+    def scrape_targets(self) -> list[str]:
+        """The gateway (its /metrics is on its HTTP port) and Envoy's admin, as the control plane's
+        CONTROL_PLANE_SCRAPE_TARGETS lists them (`job=host:port[/path]`)."""
+        targets = [f"envoy={self.host}:{self.settings.envoy_admin_port}/stats/prometheus"]
+        if self.settings.with_gateway:
+            targets.insert(0, f"gateway={self.host}:{self.settings.gateway_port}")
+        return targets
 
     def gateway_env(self) -> dict[str, str]:
         """With the control plane the gateway is a proxyless xDS client (GATEWAY_XDS_SERVER: it
@@ -534,6 +563,8 @@ class Stack:
             raise StartupError(
                 "the static Envoy bootstrap (control_plane=False) is plain text only: set mesh_tls=False"
             )
+        if self.settings.prometheus and not self.settings.control_plane:
+            raise StartupError("Prometheus finds its targets through the control plane: control_plane=False has none")
         _LIVE.add(self)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.settings.mesh_tls:
@@ -562,8 +593,12 @@ class Stack:
         self.envoy.wait_ready(self.settings.ready_timeout)
         for name, insts in self.instances.items():
             self.wait_envoy_health(name, healthy=len(insts), timeout=self.settings.ready_timeout)
+        if self.settings.prometheus:
+            self.start_prometheus(wait=False)
         if self.gateway is not None:
             self.gateway.wait_ready(self.settings.ready_timeout)
+        if self.prometheus is not None:
+            self.prometheus.wait_ready(self.settings.ready_timeout)
         return self
 
     def _start_migration(self, spec: ServiceSpec) -> ManagedProcess:
@@ -643,6 +678,26 @@ class Stack:
             self.gateway.wait_ready(self.settings.ready_timeout)
         return self.gateway
 
+    def start_prometheus(self, *, wait: bool = True) -> ManagedProcess:
+        """Prometheus on prometheus_port, its configuration written anew: one job whose targets
+        come from the control plane's /sd/prometheus (launcher/prometheus.py)."""
+        binary = prom.find("prometheus")
+        if binary is None:
+            raise StartupError("no prometheus binary: `make setup` installs Debian's prometheus package")
+        config = prom.write_config(self.prometheus_dir, f"{self.control_plane_admin_url}/sd/prometheus")
+        self.prometheus = prom.process(
+            binary,
+            config,
+            listen=f"{self.host}:{self.settings.prometheus_port}",
+            run_dir=self.prometheus_dir,
+            log_path=self.log_path("prometheus"),
+            env=self._base_env(),
+        )
+        self.prometheus.start()
+        if wait:
+            self.prometheus.wait_ready(self.settings.ready_timeout)
+        return self.prometheus
+
     def _launch(self, inst: Instance) -> None:
         inst.process.env = self.service_env(inst)
         inst.process.ready = self.health_probe(inst.grpc_address, inst.service)
@@ -655,6 +710,8 @@ class Stack:
                 return
             self._closed = True
         stop_all([p for p in self.extra if p.running], timeout=self.settings.stop_timeout)
+        if self.prometheus is not None:
+            self.prometheus.stop(self.settings.stop_timeout)
         if self.gateway is not None:
             self.gateway.stop(self.settings.stop_timeout)
         if self.envoy is not None:

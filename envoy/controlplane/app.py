@@ -34,7 +34,7 @@ import grpc
 from capsule.mesh.v1 import registry_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
-from controlplane.admin import Admin
+from controlplane.admin import Admin, ScrapeTarget
 from controlplane.ads import AggregatedDiscoveryService
 from controlplane.authorization import Authorization
 from controlplane.cache import PROXYLESS, SnapshotCache
@@ -49,6 +49,7 @@ from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec
 from services.common import admin_http
 from services.common.background import cancel_and_wait
+from services.common.registration import advertised_host
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ class ControlPlaneSettings:
     ca_dir: Path | None = None
     # Life of Envoy's certificate (SPEC §12: at most 24 h), renewed at half of it.
     cert_ttl_seconds: float = MAX_TTL.total_seconds()
+    # What Prometheus scrapes besides the registered instances and this process (GET /sd/prometheus):
+    # processes that hold no lease, named by whoever starts them (CONTROL_PLANE_SCRAPE_TARGETS,
+    # `job=host:port[/path]`, comma-separated: the launcher names the gateway and Envoy's admin).
+    scrape_targets: tuple[ScrapeTarget, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.cert_ttl_seconds <= MAX_TTL.total_seconds():
@@ -106,6 +111,10 @@ class ControlPlaneSettings:
                 "MESH_CA_DIR needs MESH_TLS_DIR: the control plane serves Envoy's key only over mutual TLS"
             )
         try:
+            scrape_targets = ScrapeTarget.parse_list(os.environ.get("CONTROL_PLANE_SCRAPE_TARGETS", ""))
+        except ValueError as exc:
+            raise SystemExit(f"CONTROL_PLANE_SCRAPE_TARGETS: {exc}") from None
+        try:
             return cls(
                 listen=os.environ.get("CONTROL_PLANE_LISTEN", cls.listen),
                 admin_listen=os.environ.get("CONTROL_PLANE_ADMIN_LISTEN", cls.admin_listen),
@@ -116,6 +125,7 @@ class ControlPlaneSettings:
                 tls=tls,
                 ca_dir=Path(ca_dir) if ca_dir else None,
                 cert_ttl_seconds=float(ttl) if ttl else cls.cert_ttl_seconds,
+                scrape_targets=scrape_targets,
             )
         except ValueError as exc:
             raise SystemExit(f"MESH_CERT_TTL_SECONDS: {exc}") from None
@@ -129,6 +139,7 @@ class ControlPlane:
         self.ready = False
         self.server: grpc.aio.Server | None = None
         self.admin_server: admin_http.AdminServer | None = None
+        self.admin: Admin | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         # The topology's clusters, listeners and routes, built once; which methods may retry is read
@@ -191,8 +202,16 @@ class ControlPlane:
         if self.port == 0:
             raise SystemExit(f"cannot listen on {self.settings.listen}")
         await self.server.start()
-        admin = Admin(self.cache, self.registry, lambda: self.ready)
-        self.admin_server = await admin_http.serve(self.settings.admin_listen, admin.response)
+        self.admin_server = await admin_http.serve(self.settings.admin_listen, self._admin_page)
+        # Its own metrics are on the admin port: the port bound (a test's ":0" resolved), the host
+        # Prometheus can dial (a wildcard listen in compose: this machine's address; a look-up).
+        host, _ = _split(self.settings.admin_listen)
+        own = ScrapeTarget(
+            "control-plane", f"{await asyncio.to_thread(advertised_host, host)}:{self.admin_server.port}"
+        )
+        self.admin = Admin(
+            self.cache, self.registry, lambda: self.ready, scrape_targets=(*self.settings.scrape_targets, own)
+        )
         self._tasks = [asyncio.create_task(self._sweep()), asyncio.create_task(self._warm_up())]
         if self.envoy_identity is not None:
             self._tasks.append(asyncio.create_task(self.envoy_identity.renew_forever()))
@@ -211,6 +230,11 @@ class ControlPlane:
         self.ready = True
         self._rebuild()
         log.info("first snapshot published", extra={"fields": {"endpoints": self._counts()}})
+
+    def _admin_page(self, path: str) -> tuple[int, str, bytes]:
+        if self.admin is None:  # the port answers before the Admin (which needs the port) exists
+            return 503, "text/plain", b"starting\n"
+        return self.admin.response(path)
 
     def _counts(self) -> dict[str, int]:
         return {name: len(eps) for name, eps in self.registry.endpoints().items()}

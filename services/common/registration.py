@@ -15,12 +15,18 @@ checks that it reaches the `control-plane` workload — an impostor would otherw
 instance serves and could answer its heartbeats — and follows certificate rotation (MeshChannel).
 A refusal (PERMISSION_DENIED: a certificate for another service) is retried like an outage, but
 logged as the misconfiguration it is.
+
+The registration also tells where Prometheus scrapes the instance: its admin port (ADMIN_LISTEN,
+the service process contract's variable), as the metadata entry `metrics` = host:port. The control
+plane serves the live leases' entries as Prometheus service discovery (GET /sd/prometheus on its
+admin port), so an instance is scraped from its registration on and forgotten when its lease ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 
 import grpc
@@ -36,6 +42,9 @@ log = logging.getLogger(__name__)
 # One registry call; the control plane answers in milliseconds, a slow answer is a failure.
 CALL_TIMEOUT_S = 1.0
 
+# The instance's metadata entry naming its metrics address (host:port of the admin port's /metrics).
+METRICS_METADATA_KEY = "metrics"
+
 
 def advertised_host(listen_host: str) -> str:
     """The address Envoy should dial: the listen host, unless it is a wildcard (compose: 0.0.0.0),
@@ -46,9 +55,19 @@ def advertised_host(listen_host: str) -> str:
 
 
 class Registrar:
-    def __init__(self, target: str, instance: registry_pb2.ServiceInstance, tls: MeshTLS | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        instance: registry_pb2.ServiceInstance,
+        tls: MeshTLS | None = None,
+        *,
+        metrics_listen: str | None = None,
+    ) -> None:
+        """`metrics_listen`: where the admin port (/metrics) listens, advertised in the metadata
+        (`metrics`) unless the instance names it already; None: ADMIN_LISTEN; "": not advertised."""
         self.target = target
         self.instance = instance
+        self.metrics_listen = os.environ.get("ADMIN_LISTEN", "") if metrics_listen is None else metrics_listen
         self.lease_id = ""
         # Until the control plane tells its own, and while it is unreachable (mesh/timing.py).
         self.interval = TIMING.heartbeat_seconds
@@ -90,7 +109,16 @@ class Registrar:
             extra={"fields": {"service": self.instance.service, "address": self.address, "target": self.target}},
         )
 
+    async def _advertise_metrics(self) -> None:
+        metadata = self.instance.metadata
+        if not self.metrics_listen or METRICS_METADATA_KEY in metadata:
+            return
+        host, _, port = self.metrics_listen.rpartition(":")
+        # A wildcard listen (compose) is advertised as this machine's address: a look-up, off the loop.
+        metadata[METRICS_METADATA_KEY] = f"{await asyncio.to_thread(advertised_host, host)}:{port}"
+
     async def _run(self) -> None:
+        await self._advertise_metrics()
         failures = 0
         while True:
             try:
