@@ -340,6 +340,7 @@ def cmd_clean(args: Sequence[str]) -> int:
     targets = [REPO / "gen", REPO / ".run" / "logs", REPO / ".run" / "test-stacks"]
     targets += [REPO / n for n in (".pytest_cache", ".mypy_cache", ".ruff_cache", "build")]
     targets += list((REPO / ".run").glob("envoy-*.json"))
+    targets += list((REPO / ".run").glob("prometheus-*"))  # Prometheus's data of `make up` (metrics only)
     targets += list(REPO.glob("*.egg-info"))
     for top in ("launcher", "services", "gateway", "tests", "bench"):
         if (REPO / top).is_dir():
