@@ -2,7 +2,9 @@
 promtool: the files load (`promtool check rules`), every promtool unit test passes (`promtool test
 rules`), every alert has a test case where it fires and one where it does not, every alert carries
 its severity and its summary/description/runbook, and every metric the rules read is one the code
-registers (or Prometheus' `up`, or Envoy's own stats).
+registers (or Prometheus' `up`, or Envoy's own stats). Also: compose's Prometheus configuration
+(`promtool check config`, the jobs the rules assume) and the Grafana dashboard (it reads series that
+are recorded or exported).
 
 promtool comes from Debian's `prometheus` package (set-up installs it); without it these tests
 fail, they do not skip: the alerts would otherwise ship untested.
@@ -12,6 +14,7 @@ rule count promtool reports checks that the patterns saw every rule."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -24,9 +27,12 @@ from launcher.bootstrap import REPO
 PROMETHEUS = REPO / "observability" / "prometheus"
 RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROMETHEUS / "tests").glob("*.yml"))
+DASHBOARDS = sorted((REPO / "observability" / "grafana" / "dashboards").glob("*.json"))
+# The scrape the rules assume (recording.yml's header): one job per workload.
+JOBS = {"auth", "recipients", "capsules", "gateway", "envoy", "control-plane"}
 CODE_DIRS = ("services", "gateway")
 # Metrics the code does not register: Prometheus' own, and Envoy's /stats/prometheus.
-EXTERNAL_METRICS = {"up"}
+EXTERNAL_METRICS = {"up", "ALERTS"}
 EXTERNAL_PREFIXES = ("envoy_",)
 PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
 
@@ -107,6 +113,16 @@ def registered_metrics() -> set[str]:
     return names
 
 
+def check_series_exist(where: str, expr: str, recorded: set[str], registered: set[str]) -> None:
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    for name in re.findall(r"\b[a-z_]+:[a-z0-9_:]+", text):
+        assert name in recorded, (where, name)
+    for name in metric_names(expr):
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        known = name in registered or base in registered or name in EXTERNAL_METRICS
+        assert known or name.startswith(EXTERNAL_PREFIXES), (where, name)
+
+
 def test_promtool_accepts_the_rule_files_and_sees_every_rule() -> None:
     assert RULE_FILES, "no rule files in observability/prometheus/rules"
     result = run("check", "rules", *(str(p) for p in RULE_FILES))
@@ -147,19 +163,50 @@ def test_every_alert_has_a_severity_and_runbook_style_annotations() -> None:
             assert re.search(rf"^\s+{annotation}: \S", text, re.M), (rule["name"], annotation)
 
 
-def test_the_rules_read_metrics_the_code_exports() -> None:
+def test_the_rules_read_metrics_the_code_exports_and_series_they_record() -> None:
     registered = registered_metrics()
     assert {"grpc_server_handled_total", "gateway_http_requests_total"} <= registered  # the scan works
-    for rule in all_rules():
-        for name in metric_names(expr_of(rule)):
-            base = re.sub(r"_(bucket|count|sum)$", "", name)
-            known = name in registered or base in registered or name in EXTERNAL_METRICS
-            assert known or name.startswith(EXTERNAL_PREFIXES), (rule["name"], name)
-
-
-def test_recorded_series_the_rules_read_are_recorded() -> None:
     recorded = {rule["name"] for rule in all_rules() if rule["kind"] == "record"}
     for rule in all_rules():
-        text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr_of(rule))
-        for name in re.findall(r"\b[a-z_]+:[a-z0-9_:]+", text):
-            assert name in recorded, (rule["name"], name)
+        check_series_exist(rule["name"], expr_of(rule), recorded, registered)
+
+
+def test_composes_prometheus_config_loads_the_rules_and_scrapes_the_jobs_the_rules_assume() -> None:
+    config = PROMETHEUS / "prometheus.yml"
+    result = run("check", "config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(RULE_FILES)} rule files found" in result.stdout, result.stdout
+    jobs = set(re.findall(r"^\s*- job_name: (\S+)\s*$", config.read_text(), re.M))
+    # Every job is one the rules name; the control plane has no /metrics yet, so it is not scraped.
+    assert jobs == JOBS - {"control-plane"}
+    # InstanceDown watches the same jobs.
+    watched = re.search(r'up\{job=~"([^"]+)"\}', (PROMETHEUS / "rules" / "alerts.yml").read_text())
+    assert watched and set(watched.group(1).split("|")) == JOBS
+
+
+def test_the_dashboard_reads_recorded_or_exported_series() -> None:
+    assert DASHBOARDS, "no Grafana dashboard"
+    recorded = {rule["name"] for rule in all_rules() if rule["kind"] == "record"}
+    registered = registered_metrics()
+    datasources = (REPO / "observability/grafana/provisioning/datasources/datasources.yaml").read_text()
+    uids = set(re.findall(r'"uid": "([^"]+)"', datasources))
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["uid"] and dashboard["title"], path.name
+        panels = dashboard["panels"]
+        assert len({p["id"] for p in panels}) == len(panels), "panel ids repeat"
+        used_recorded: set[str] = set()
+        for panel in panels:
+            for target in panel.get("targets", []):
+                assert target["datasource"]["uid"] in uids, (panel["title"], target["datasource"])
+                check_series_exist(panel["title"], target["expr"], recorded, registered)
+                used_recorded |= set(re.findall(r"\b[a-z_]+:[a-z0-9_:]+", target["expr"]))
+        # RED per route and per RPC come from the recording rules, not from raw series.
+        assert {
+            "route_method:gateway_http_requests:rate5m",
+            "route_method:gateway_http_errors:rate5m",
+            "route_method:gateway_http_request_duration_seconds:p99_5m",
+            "job_service_method:grpc_server_requests:rate5m",
+            "job_service_method:grpc_server_errors:rate5m",
+            "job_service_method:grpc_server_handling_seconds:p99_5m",
+        } <= used_recorded
