@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 
 import redis.asyncio as redis
 import uvloop
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.capsules import storage
 from services.capsules.settings import CapsulesSettings
@@ -55,6 +55,14 @@ from services.common.logs import configure_logging
 log = logging.getLogger(__name__)
 
 PUBLISHED = Counter("capsule_ready_events_total", "Capsule-ready events published by the unlocker")
+# The backlog, at no extra query: the batch is taken oldest first, so its first row is the oldest
+# due capsule not yet announced (among those no other unlocker holds). Set before the publish, so
+# a pass that fails (Redis away) still reports a backlog that grows; 0 when nothing is due. A
+# healthy unlocker keeps it near its interval; the CapsuleUnlockerBacklog alert watches it.
+OLDEST_DUE = Gauge(
+    "capsule_unlocker_oldest_due_seconds",
+    "Age of the oldest due capsule not yet announced, as seen by the unlocker's last pass (0: none due)",
+)
 
 # KEYS[1] the stream; ARGV[1] marker ttl, ARGV[2] the stream's approximate length bound, then 4
 # values per capsule: id, recipient_user, sender, unlocks_at. Returns how many entries were added.
@@ -103,6 +111,7 @@ class Unlocker:
         now = self.clock()
         async with self.db.write() as conn:
             due = await storage.lock_due(conn, now, self.batch_size)
+            OLDEST_DUE.set((now - due[0].unlocks_at).total_seconds() if due else 0.0)
             if not due:
                 return 0
             args: list[str] = [str(self.marker_ttl), str(self.max_length)]

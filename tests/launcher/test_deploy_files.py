@@ -52,6 +52,20 @@ Step = tuple[str, str]
 WORKLOADS = [*(spec.name for spec in SERVICES), GATEWAY, ENVOY, CONTROL_PLANE]
 CERTS_VOLUME, CERTS = "mesh-certs", "/certs"
 KEYS_VOLUME, KEYS = "jwt-keys", "/keys"
+# Long-running containers without a compose health check, and why.
+NO_HEALTHCHECK = {
+    # The image is the collector's binary alone: nothing to run a check with. Its health_check
+    # extension answers on :13133 for an orchestrator's HTTP probe.
+    "otel-collector",
+}
+# The observability containers (SPEC §9): third-party images, pinned.
+OBSERVABILITY = {
+    "jaeger": "jaegertracing/all-in-one",
+    "otel-collector": "otel/opentelemetry-collector-contrib",
+    "prometheus": "prom/prometheus",
+    "grafana": "grafana/grafana",
+}
+OBSERVABILITY_DIR = REPO / "observability"
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +106,11 @@ def test_compose_has_the_whole_topology(compose: dict[str, Any]) -> None:
 def test_every_long_running_container_has_a_healthcheck(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         if service.get("restart") == "no":  # one-shot jobs
+            continue
+        if name in NO_HEALTHCHECK:
+            # Nothing may then wait for it to be healthy.
+            assert not any(name in s.get("depends_on", {}) for s in compose["services"].values()), name
+            assert "healthcheck" not in service, name
             continue
         check = service.get("healthcheck")
         assert check and check["test"][0] == "CMD", name
@@ -178,7 +197,14 @@ def test_the_control_plane_configures_envoy_and_every_replica_registers(compose:
 
 def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
     published = [p for s in compose["services"].values() for p in s.get("ports", [])]
-    assert sorted(published) == ["127.0.0.1:10000:10000", "127.0.0.1:8080:8080", "127.0.0.1:9901:9901"]
+    assert sorted(published) == [
+        "127.0.0.1:10000:10000",
+        "127.0.0.1:16686:16686",  # Jaeger's UI
+        "127.0.0.1:3000:3000",  # Grafana
+        "127.0.0.1:8080:8080",
+        "127.0.0.1:9090:9090",  # Prometheus
+        "127.0.0.1:9901:9901",
+    ]
 
 
 def test_builds_and_volumes_point_at_real_things(compose: dict[str, Any]) -> None:
@@ -240,6 +266,108 @@ def test_envoy_compose_config_is_the_builders_and_envoy_accepts_it(compose: dict
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- observability (SPEC §9): traces, metrics, dashboards -----------------------------------------
+
+
+def host_path(service: dict[str, Any], container_path: str) -> Path:
+    """The repository file or directory a container sees at `container_path`, through its bind mounts."""
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("./") and (container_path == target or container_path.startswith(target + "/")):
+            return REPO / source / container_path[len(target) :].lstrip("/")
+    raise AssertionError(f"{container_path} is not bind-mounted")
+
+
+def test_observability_containers_run_pinned_images(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, repository in OBSERVABILITY.items():
+        service = services[name]
+        image, _, tag = service["image"].partition(":")
+        assert image == repository and tag and tag != "latest", (name, service["image"])
+        assert "build" not in service, name
+        # Development data only: nothing of the mesh's keys or certificates.
+        assert not {KEYS_VOLUME, CERTS_VOLUME} & set(mounts(service)), name
+
+
+def test_the_services_send_traces_to_the_collector_and_it_to_jaeger(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    collector = services["otel-collector"]
+    config_path = options_eq(collector["command"])["--config"]
+    config = loads(host_path(collector, config_path).read_text())
+    pipeline = config["service"]["pipelines"]["traces"]
+    for kind in ("receivers", "processors", "exporters"):
+        assert pipeline[kind] and set(pipeline[kind]) <= set(config[kind]), kind
+    assert set(config["service"]["extensions"]) <= set(config["extensions"])
+    # The services export over OTLP gRPC to the collector's receiver, each under its own name.
+    receiver_port = config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].rsplit(":", 1)[1]
+    for name in [*(spec.name for spec in SERVICES), "gateway"]:
+        env = services[name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{receiver_port}", name
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc", name
+        assert env["OTEL_SERVICE_NAME"] == name, name
+        # Traces are best effort: a service never waits for the collector.
+        assert "otel-collector" not in services[name]["depends_on"], name
+    # The collector exports to Jaeger's OTLP gRPC receiver (4317), which the container enables.
+    (exporter,) = pipeline["exporters"]
+    assert config["exporters"][exporter]["endpoint"] == "jaeger:4317"
+    assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert collector["depends_on"] == {"jaeger": {"condition": "service_healthy"}}
+
+
+def options_eq(words: list[str]) -> dict[str, str]:
+    """`--name=value` options of a command line."""
+    return dict(word.split("=", 1) for word in words if word.startswith("--") and "=" in word)
+
+
+def test_prometheus_scrapes_every_replica_where_it_serves_metrics(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    config_path = host_path(prometheus, options_eq(prometheus["command"])["--config.file"])
+    text = config_path.read_text()
+    # The rules are found relative to the configuration (promtool checks them the same way).
+    (rule_glob,) = re.findall(r"^rule_files:\n  - (\S+)$", text, re.M)
+    assert list(config_path.parent.glob(rule_glob))
+    assert "prometheus-data" in mounts(prometheus)
+    jobs = {}
+    for block in text.split("  - job_name: ")[1:]:
+        name = block.split("\n", 1)[0].strip()
+        path = re.search(r"metrics_path: (\S+)", block)
+        names = re.search(r"names: \[([^\]]+)\]", block)
+        port = re.search(r"port: (\d+)", block)
+        assert names and port, name
+        jobs[name] = (names.group(1).split(", "), int(port.group(1)), path.group(1) if path else "/metrics")
+    expected = {
+        spec.name: ([spec.name], int(services[spec.name]["environment"]["ADMIN_LISTEN"].rsplit(":", 1)[1]), "/metrics")
+        for spec in SERVICES
+    }
+    gateway_port = int(services["gateway"]["environment"]["GATEWAY_LISTEN"].rsplit(":", 1)[1])
+    expected["gateway"] = (["gateway"], gateway_port, "/metrics")
+    envoy_admin = envoy_config.compose_bootstrap().admin.address.socket_address.port_value
+    expected["envoy"] = (["envoy"], envoy_admin, "/stats/prometheus")
+    assert jobs == expected
+    for spec in SERVICES:  # more than one replica: DNS discovery, not one static address
+        assert services[spec.name]["deploy"]["replicas"] >= 2 and "dns_sd_configs" in text
+
+
+def test_grafana_is_provisioned_with_the_data_sources_and_the_dashboard(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    grafana = services["grafana"]
+    provisioning = host_path(grafana, "/etc/grafana/provisioning")
+    sources = loads((provisioning / "datasources" / "datasources.yaml").read_text())["datasources"]
+    urls = {source["type"]: source["url"] for source in sources}
+    prometheus_port = options_eq(services["prometheus"]["command"]).get("--web.listen-address", ":9090").rsplit(":")[1]
+    assert urls == {"prometheus": f"http://prometheus:{prometheus_port}", "jaeger": "http://jaeger:16686"}
+    assert [s["uid"] for s in sources if s.get("isDefault")] == ["prometheus"]
+    (provider,) = loads((provisioning / "dashboards" / "dashboards.yaml").read_text())["providers"]
+    dashboards = host_path(grafana, provider["options"]["path"])
+    assert dashboards == OBSERVABILITY_DIR / "grafana" / "dashboards"
+    found = sorted(dashboards.glob("*.json"))
+    assert found and all(json.loads(p.read_text())["uid"] for p in found)
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert host_path(grafana, home) in found
+    assert set(grafana["depends_on"]) == {"prometheus", "jaeger"}
 
 
 # --- mutual TLS (SPEC §12) --------------------------------------------------------------------------
