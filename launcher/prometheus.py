@@ -24,7 +24,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from launcher.bootstrap import Apt, SetupError, log
+from launcher.bootstrap import REPO, Apt, SetupError, log
 from launcher.process import ManagedProcess, http_ok
 
 DEFAULT_PORT = 9090
@@ -40,6 +40,8 @@ SCRAPE_TIMEOUT_SECONDS = 1.5
 SD_REFRESH_SECONDS = 2.0
 # A development machine's history: two days are plenty, and bound the disk used.
 RETENTION = "2d"
+# Recording and alerting rules (observability/prometheus/rules; tests/observability/test_rules.py).
+RULES_DIR = REPO / "observability" / "prometheus" / "rules"
 
 
 def find(name: str) -> str | None:
@@ -108,6 +110,9 @@ def render_config(
             f"  scrape_interval: {_seconds(scrape_interval)}",
             f"  scrape_timeout: {_seconds(scrape_timeout)}",
             f"  evaluation_interval: {_seconds(scrape_interval)}",
+            # The rules compose's Prometheus evaluates too (promtool-tested in make test).
+            "rule_files:",
+            f"  - {json.dumps(str(RULES_DIR / '*.yml'))}",
             "scrape_configs:",
             "  - job_name: capsule-mesh",
             "    http_sd_configs:",

@@ -346,6 +346,8 @@ def test_prometheus_scrapes_every_replica_where_it_serves_metrics(compose: dict[
     expected["gateway"] = (["gateway"], gateway_port, "/metrics")
     envoy_admin = envoy_config.compose_bootstrap().admin.address.socket_address.port_value
     expected["envoy"] = (["envoy"], envoy_admin, "/stats/prometheus")
+    control_admin = int(services["control-plane"]["environment"]["CONTROL_PLANE_ADMIN_LISTEN"].rsplit(":", 1)[1])
+    expected["control-plane"] = (["control-plane"], control_admin, "/metrics")
     assert jobs == expected
     for spec in SERVICES:  # more than one replica: DNS discovery, not one static address
         assert services[spec.name]["deploy"]["replicas"] >= 2 and "dns_sd_configs" in text

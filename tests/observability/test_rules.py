@@ -177,8 +177,8 @@ def test_composes_prometheus_config_loads_the_rules_and_scrapes_the_jobs_the_rul
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(RULE_FILES)} rule files found" in result.stdout, result.stdout
     jobs = set(re.findall(r"^\s*- job_name: (\S+)\s*$", config.read_text(), re.M))
-    # Every job is one the rules name; the control plane has no /metrics yet, so it is not scraped.
-    assert jobs == JOBS - {"control-plane"}
+    # Every job the rules name is scraped, the control plane's admin port included.
+    assert jobs == JOBS
     # InstanceDown watches the same jobs.
     watched = re.search(r'up\{job=~"([^"]+)"\}', (PROMETHEUS / "rules" / "alerts.yml").read_text())
     assert watched and set(watched.group(1).split("|")) == JOBS
