@@ -1,0 +1,176 @@
+"""OpenTelemetry tracing for every Python process of the mesh (the services and the gateway).
+
+Configured by OpenTelemetry's standard environment variables, read by its SDK:
+
+    OTEL_EXPORTER_OTLP_ENDPOINT   where spans go, over OTLP/gRPC (http://host:4317: plain text).
+                                  Unset: tracing is off (see below).
+    OTEL_SERVICE_NAME             the process's name in the traces (the launcher sets it per
+                                  workload; `setup`'s argument is the fallback)
+    OTEL_TRACES_SAMPLER(_ARG)     e.g. parentbased_traceidratio and 0.1 (the SDK's default:
+                                  parentbased_always_on)
+    OTEL_BSP_*                    the batch span processor (delay, queue and batch sizes)
+
+On, `setup` installs a tracer provider exporting in batches, and the instrumentations: gRPC server
+spans (health checks and reflection left out), gRPC client spans (W3C `traceparent`/`tracestate`
+injected into every outgoing call, so a trace crosses every hop: gateway → Envoy → service →
+Envoy → service), asyncpg and Redis client spans, and in the gateway an HTTP server span per
+request (`asgi`). JSON log lines written in a span carry its trace and span ids (services.common.logs).
+
+Off (no endpoint, or OTEL_SDK_DISABLED=true): nothing of OpenTelemetry is imported, no provider,
+no instrumentation; what is left is a module global read per call (`recording`). Log lines then
+carry the trace id of the incoming `traceparent` (services/common/server.py), and services pass the
+incoming trace context on in their own calls (services/common/clients.py) so the ids still match.
+
+A trace starts only where a request enters the mesh: a client span without a parent (a Redis or
+database call of a background job, the change feed, the registration stream) is never recorded
+(`_request_rooted`), or every heartbeat and poll would be a trace of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from services.common import logs
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+log = logging.getLogger(__name__)
+
+# gRPC services whose calls get no server span: Envoy's health checks (every second per instance)
+# and reflection (operators' tools) would drown the requests.
+UNTRACED_GRPC_SERVICES = ("grpc.health.v1.", "grpc.reflection.")
+# Gateway paths that get no HTTP span: probes and scrapes (regular expressions, searched).
+UNTRACED_HTTP_PATHS = "/healthz$,/readyz$,/metrics$"
+
+_provider: TracerProvider | None = None
+
+
+def otlp_endpoint(environ: Mapping[str, str] | None = None) -> str:
+    """Where spans go (the traces' own variable first), "" when tracing is off: no endpoint, or
+    the SDK switched off (OTEL_SDK_DISABLED=true). Also what Envoy is configured with."""
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return ""
+    return env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or ""
+
+
+def enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether tracing is configured (see otlp_endpoint)."""
+    return bool(otlp_endpoint(environ))
+
+
+def active() -> bool:
+    """Whether this process traces (`setup` installed the provider)."""
+    return _provider is not None
+
+
+def setup(service_name: str, *, grpc_server: bool = True) -> bool:
+    """Install tracing when configured (see the module doc); returns whether it did. Call once at
+    start-up, before any gRPC server, channel, database pool or Redis client exists: the
+    instrumentations patch their constructors. `service_name` applies when OTEL_SERVICE_NAME is
+    unset. grpc_server: instrument gRPC servers too (the gateway has none)."""
+    global _provider
+    if _provider is not None or not enabled():
+        return _provider is not None
+
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+    from opentelemetry.instrumentation.grpc.filters import any_of, negate, service_prefix
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, which win over this.
+    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or service_name})
+    # The provider's default sampler is the one OTEL_TRACES_SAMPLER(_ARG) names.
+    provider = TracerProvider(resource=resource)
+    provider.sampler = _request_rooted(provider.sampler)
+    # The exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _INSECURE; its
+    # channel is a synchronous one, which the aio client instrumentation below leaves alone.
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+
+    untraced = negate(any_of(*(service_prefix(name) for name in UNTRACED_GRPC_SERVICES)))
+    if grpc_server:
+        GrpcAioInstrumentorServer(filter_=untraced).instrument(tracer_provider=provider)
+    GrpcAioInstrumentorClient(filter_=untraced).instrument(tracer_provider=provider)
+    AsyncPGInstrumentor().instrument(tracer_provider=provider)
+    RedisInstrumentor().instrument(tracer_provider=provider)
+    logs.use_span_ids(_current_ids)
+    _provider = provider
+    fields = {"service_name": resource.attributes.get(SERVICE_NAME), "sampler": provider.sampler.get_description()}
+    log.info("tracing on", extra={"fields": fields})
+    return True
+
+
+def asgi(app: Any) -> Any:
+    """`app` behind an HTTP server span per request (W3C trace context read from the request's
+    headers), or `app` itself when tracing is off."""
+    if _provider is None:
+        return app
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    # No spans of their own for each ASGI receive/send message: the request's span is enough.
+    return OpenTelemetryMiddleware(
+        app, excluded_urls=UNTRACED_HTTP_PATHS, tracer_provider=_provider, exclude_spans=["receive", "send"]
+    )
+
+
+def recording() -> bool:
+    """Whether the current span is being recorded (tracing on and this request sampled)."""
+    if _provider is None:
+        return False
+    from opentelemetry import trace
+
+    return trace.get_current_span().is_recording()
+
+
+def shutdown() -> None:
+    """Export what is still buffered (blocking: run it off the event loop), then stop."""
+    global _provider
+    provider, _provider = _provider, None
+    if provider is not None:
+        provider.shutdown()
+
+
+def _current_ids() -> tuple[str, str] | None:
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
+
+
+def _request_rooted(delegate: Any) -> Any:
+    """`delegate` (the configured sampler), except that a client span without a parent is dropped:
+    only a request's entry into the mesh (a server span) or a span under one starts a trace."""
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+    from opentelemetry.trace import SpanKind, get_current_span
+
+    class RequestRooted(Sampler):
+        def should_sample(
+            self,
+            parent_context: Any,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Any = None,
+            links: Sequence[Any] | None = None,
+            trace_state: Any = None,
+        ) -> SamplingResult:
+            if kind is SpanKind.CLIENT and not get_current_span(parent_context).get_span_context().is_valid:
+                return SamplingResult(Decision.DROP)
+            return delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+        def get_description(self) -> str:
+            return f"RequestRooted{{{delegate.get_description()}}}"
+
+    return RequestRooted()
