@@ -46,6 +46,7 @@ from gateway.routing import MethodNotAllowed, RouteMatch, RouteTable, raw_path
 from gateway.settings import Settings
 from gateway.upstream import Upstream
 from mesh.credentials import MeshTLS
+from services.common import tracing
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class Gateway:
         started = time.perf_counter()
         request_id = request_id_of(scope)
         context = request_id_var.set(request_id.decode())
+        sampled = tracing.recording()
         route, status = metrics.UNMATCHED, 500
         try:
             if isinstance(found, MethodNotAllowed):
@@ -133,7 +135,15 @@ class Gateway:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": reply.body})
         finally:
-            metrics.record(scope, route, status, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.record(scope, route, status, elapsed)
+            # A sampled request leaves one line with its trace and span ids (services/common/tracing.py).
+            # Asked first: the HTTP span ends with the response's last message, before this line.
+            if sampled:
+                log.info(
+                    "request served",
+                    extra={"fields": {"route": route, "status": status, "duration_ms": round(elapsed * 1000, 3)}},
+                )
             request_id_var.reset(context)
 
     async def _reply(self, call: Call) -> Reply:
