@@ -47,7 +47,7 @@ from mesh.credentials import MeshTLS, TLSSetupError, add_port
 from mesh.pki import MAX_TTL, Issued
 from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec
-from services.common import admin_http
+from services.common import admin_http, tracing
 from services.common.background import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ class ControlPlaneSettings:
     ca_dir: Path | None = None
     # Life of Envoy's certificate (SPEC §12: at most 24 h), renewed at half of it.
     cert_ttl_seconds: float = MAX_TTL.total_seconds()
+    # OTEL_EXPORTER_OTLP_ENDPOINT: Envoy's listener traces and exports its spans there (OTLP/gRPC,
+    # mesh.envoy_config.tracing_config); empty: no tracing in Envoy.
+    otlp_endpoint: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.cert_ttl_seconds <= MAX_TTL.total_seconds():
@@ -116,9 +119,22 @@ class ControlPlaneSettings:
                 tls=tls,
                 ca_dir=Path(ca_dir) if ca_dir else None,
                 cert_ttl_seconds=float(ttl) if ttl else cls.cert_ttl_seconds,
+                otlp_endpoint=_otlp_endpoint(),
             )
         except ValueError as exc:
             raise SystemExit(f"MESH_CERT_TTL_SECONDS: {exc}") from None
+
+
+def _otlp_endpoint() -> str:
+    """Where Envoy exports its spans (services.common.tracing.otlp_endpoint: OpenTelemetry's
+    standard variables); checked now rather than refused by Envoy later."""
+    endpoint = tracing.otlp_endpoint()
+    if endpoint:
+        try:
+            envoy_config.otlp_address(endpoint)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+    return endpoint
 
 
 class ControlPlane:
@@ -138,6 +154,7 @@ class ControlPlane:
             services=settings.services,
             idempotent_methods=envoy_config.idempotent_methods(),
             tls=settings.ca_dir is not None,
+            otlp_endpoint=settings.otlp_endpoint,
         )
         self.registry.subscribe(self._rebuild)
         self.envoy_identity: EnvoyIdentity | None = None
