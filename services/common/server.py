@@ -144,6 +144,7 @@ def _instrumented(
             # A sampled call leaves one line, with its trace and span ids: from a trace to the
             # logs of each hop and back. Unsampled calls (and all of them, tracing off) log nothing.
             if tracing.recording():
+                tracing.record_grpc_code(code)
                 log.info(
                     "call handled",
                     extra={"fields": {"method": full_method, "code": code, "duration_ms": round(elapsed * 1000, 3)}},

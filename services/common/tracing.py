@@ -132,6 +132,32 @@ def recording() -> bool:
     return trace.get_current_span().is_recording()
 
 
+# The codes that are the server's failure (OpenTelemetry's gRPC conventions): the server span's
+# status is then an error. The others (NOT_FOUND, INVALID_ARGUMENT…) are the caller's.
+SERVER_ERROR_CODES = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+
+
+def record_grpc_code(code: str) -> None:
+    """The call's gRPC status (a grpc.StatusCode name) on the current span, when it records: the
+    instrumentation sees aborts by `abort` only, and the handler wrapper answers with
+    `abort_with_status` (rich error details)."""
+    if _provider is None:
+        return
+    import grpc
+    from opentelemetry import trace
+    from opentelemetry.trace.status import Status, StatusCode
+
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    status = grpc.StatusCode[code] if code in grpc.StatusCode.__members__ else grpc.StatusCode.UNKNOWN
+    span.set_attribute("rpc.grpc.status_code", status.value[0])
+    if code in SERVER_ERROR_CODES:
+        span.set_status(Status(StatusCode.ERROR, code))
+
+
 def shutdown() -> None:
     """Export what is still buffered (blocking: run it off the event loop), then stop."""
     global _provider
