@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +27,20 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from controlplane import resources as rs
+from controlplane.snapshot import MeshSnapshots
+from envoy.config.trace.v3 import opentelemetry_pb2 as otel_tracer_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.request_id.uuid.v3 import uuid_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from launcher import infra as infra_mod
 from launcher.keys import KeyPair
 from launcher.stack import Stack
+from mesh import envoy_config
+from services.common import logs, tracing
+from services.common.clients import forward_metadata, incoming_trace_context
 from tests.capsules.helpers import eventually, pair, send
 from tests.conftest import CAPSULE_LEAD_SECONDS, start_test_stack
 
@@ -196,6 +208,9 @@ async def test_one_request_is_one_trace_across_gateway_envoy_and_services(
     ], [(s.service, s.name) for s in reversed(chain)]
     assert chain[-2].name.endswith("/CreateCapsule") and chain[4].name.endswith("/CreateCapsule")
     assert chain[3].name.endswith("/GetRelationship")
+    # The services' server spans carry the call's gRPC status (set by the handler wrapper).
+    assert chain[4].attributes.get("rpc.grpc.status_code") == 0
+    assert chain[0].attributes.get("rpc.grpc.status_code") == 0
 
     def database_span(spans: list[Span]) -> Span | None:
         """A Postgres span of a service, under that service's server span of this trace."""
@@ -232,3 +247,132 @@ async def test_one_request_is_one_trace_across_gateway_envoy_and_services(
         return True if f"-{trace_id}-" in text else None
 
     await eventually(envoy_logged, within=ARRIVAL_SECONDS)
+
+
+# --- without the mesh: Envoy's configuration, and tracing off ---------------------------------------
+
+OTLP = "http://127.0.0.1:4317"
+
+
+def _listener_hcm(listener: Any) -> Any:
+    message = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(message)
+    return message
+
+
+def test_envoy_traces_to_the_otlp_endpoint_only_when_one_is_set(tmp_path: Path) -> None:
+    args: dict[str, Any] = {"listen": ("127.0.0.1", 10000), "admin": ("127.0.0.1", 9901), "endpoints": {}}
+    traced = envoy_config.build_bootstrap(**args, otlp_endpoint=OTLP)
+    hcm = _listener_hcm(traced.static_resources.listeners[0])
+    assert hcm.tracing.provider.name == "envoy.tracers.opentelemetry"
+    otel = otel_tracer_pb2.OpenTelemetryConfig()
+    hcm.tracing.provider.typed_config.Unpack(otel)
+    assert otel.grpc_service.envoy_grpc.cluster_name == envoy_config.OTEL_CLUSTER
+    assert otel.service_name == "envoy"
+    assert hcm.tracing.spawn_upstream_span.value
+    # x-request-id is the gateway's, unchanged: the services log the same one.
+    request_id = uuid_pb2.UuidRequestIdConfig()
+    hcm.request_id_extension.typed_config.Unpack(request_id)
+    assert request_id.pack_trace_reason.value is False
+    (collector,) = [c for c in traced.static_resources.clusters if c.name == envoy_config.OTEL_CLUSTER]
+    address = collector.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (address.address, address.port_value) == ("127.0.0.1", 4317)
+
+    # Real Envoy accepts it (validate mode: the configuration, no listener bound).
+    path = tmp_path / "bootstrap.json"
+    envoy_config.write_bootstrap(traced, path)
+    envoy = str(Path(sys.executable).parent / "envoy")
+    checked = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(path), "--base-id", "31014", "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+    plain = envoy_config.build_bootstrap(**args)
+    assert not _listener_hcm(plain.static_resources.listeners[0]).HasField("tracing")
+    assert envoy_config.OTEL_CLUSTER not in {c.name for c in plain.static_resources.clusters}
+
+
+def test_the_control_plane_serves_envoy_tracing_with_the_collector_cluster() -> None:
+    snapshots = MeshSnapshots(listen=("127.0.0.1", 10000), idempotent_methods=frozenset(), otlp_endpoint=OTLP)
+    envoy, _ = snapshots.build({})  # the consistency checks passed
+    assert envoy_config.OTEL_CLUSTER in envoy.resources[rs.CLUSTER]
+    (listener,) = envoy.resources[rs.LISTENER].values()
+    assert _listener_hcm(listener).tracing.provider.name == "envoy.tracers.opentelemetry"
+    untraced, _ = MeshSnapshots(listen=("127.0.0.1", 10000), idempotent_methods=frozenset()).build({})
+    assert envoy_config.OTEL_CLUSTER not in untraced.resources[rs.CLUSTER]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "address"),
+    [
+        ("http://collector:4317", ("collector", 4317)),
+        ("127.0.0.1:14317", ("127.0.0.1", 14317)),
+        ("http://h", ("h", 4317)),
+    ],
+)
+def test_otlp_address(endpoint: str, address: tuple[str, int]) -> None:
+    assert envoy_config.otlp_address(endpoint) == address
+
+
+def test_an_https_endpoint_is_refused_for_envoy() -> None:
+    with pytest.raises(ValueError, match="http://"):
+        envoy_config.otlp_address("https://collector:4317")
+
+
+def test_the_endpoint_and_the_sdk_switch_decide() -> None:
+    assert tracing.otlp_endpoint({}) == ""
+    assert tracing.otlp_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": OTLP}) == OTLP
+    assert (
+        tracing.otlp_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": OTLP, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "h:1"})
+        == "h:1"
+    )
+    assert tracing.otlp_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": OTLP, "OTEL_SDK_DISABLED": "true"}) == ""
+
+
+def test_tracing_off_installs_nothing() -> None:
+    """No endpoint: setup does nothing, OpenTelemetry's SDK and instrumentations are not even
+    imported, gRPC's constructors are gRPC's own (a fresh interpreter: this one imported the proto
+    package for the receiver)."""
+    code = (
+        "import sys, grpc\n"
+        "from services.common import tracing\n"
+        "original = grpc.aio.server, grpc.aio.secure_channel\n"
+        "assert tracing.setup('x') is False and not tracing.active() and not tracing.recording()\n"
+        "assert (grpc.aio.server, grpc.aio.secure_channel) == original\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry'))\n"
+        "assert not loaded, loaded\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+
+
+def test_with_tracing_off_services_pass_the_incoming_trace_context_on() -> None:
+    assert not tracing.active()
+    context = (("traceparent", f"00-{'a' * 32}-{'b' * 16}-01"), ("tracestate", "k=v"))
+    token = incoming_trace_context.set(context)
+    try:
+        metadata = forward_metadata("tok", "rid")
+    finally:
+        incoming_trace_context.reset(token)
+    assert metadata == (("authorization", "Bearer tok"), ("x-request-id", "rid"), *context)
+
+
+def test_log_lines_take_the_span_ids_when_tracing_installs_the_look_up() -> None:
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "hello", None, None)
+    formatter = logs.JsonFormatter()
+    token = logs.trace_id_var.set("f" * 32)
+    try:
+        assert json.loads(formatter.format(record))["trace_id"] == "f" * 32  # from traceparent
+        logs.use_span_ids(lambda: ("1" * 32, "2" * 16))
+        line = json.loads(formatter.format(record))
+        assert (line["trace_id"], line["span_id"]) == ("1" * 32, "2" * 16)
+        logs.use_span_ids(lambda: None)  # outside a span: the traceparent's
+        assert json.loads(formatter.format(record))["trace_id"] == "f" * 32
+    finally:
+        logs.use_span_ids(None)
+        logs.trace_id_var.reset(token)
