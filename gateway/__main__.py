@@ -36,8 +36,8 @@ from services.common import tracing
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    # Before the upstream channels are opened (lifespan): the gRPC client instrumentation patches them.
-    tracing.setup("gateway", grpc_server=False)
+    # Before anything connects: the Redis instrumentation patches its clients (rate limits).
+    tracing.setup("gateway", grpc_client=False)  # its client spans: gateway/upstream.py
     try:
         policies, closers = route_policies(settings)
         closers = [*closers, lambda: asyncio.to_thread(tracing.shutdown)]  # last: after the channels

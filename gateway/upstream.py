@@ -50,7 +50,7 @@ XDS_CHANNEL_OPTIONS: Sequence[tuple[str, int | str]] = (
 
 # HTTP request headers forwarded as gRPC metadata, under the same (lower-case) names. The trace
 # context only while tracing is off: with it on, the request's span continues the client's trace
-# and the gRPC client instrumentation sends the context of the call's own span (a child of it).
+# and the call sends the context of its own client span (a child of it), see Upstream.call.
 FORWARDED_HEADERS: Mapping[bytes, str] = {
     name.encode(): name for name in ("authorization", "idempotency-key", "traceparent", "tracestate")
 }
@@ -139,8 +139,13 @@ class Upstream:
         self, rpc: Rpc, request: Message, metadata: Sequence[tuple[str, str]], deadline_seconds: float
     ) -> Message:
         self._follow_rotation()
+        call = self.calls[rpc.path]
         try:
-            response: Message = await self.calls[rpc.path](request, metadata=metadata, timeout=deadline_seconds)
+            if not tracing.active():
+                response: Message = await call(request, metadata=metadata, timeout=deadline_seconds)
+            else:
+                with tracing.client_span(rpc.path) as trace_context:
+                    response = await call(request, metadata=[*metadata, *trace_context], timeout=deadline_seconds)
         except grpc.aio.AioRpcError as error:
             raise Problem.from_rpc_error(error) from None
         return response

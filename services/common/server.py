@@ -79,7 +79,8 @@ def instrument(servicer: Any, descriptor: ServiceDescriptor, *, identities: bool
             request_checker(method.input_type),
             method_callers(method) if identities else None,
         )
-        setattr(servicer, method.name, handler)
+        # Tracing on: the call's server span around all of it (services/common/tracing.py).
+        setattr(servicer, method.name, tracing.server_handler(f"/{descriptor.full_name}/{method.name}", handler))
     return servicer
 
 

@@ -10,11 +10,16 @@ Configured by OpenTelemetry's standard environment variables, read by its SDK:
                                   parentbased_always_on)
     OTEL_BSP_*                    the batch span processor (delay, queue and batch sizes)
 
-On, `setup` installs a tracer provider exporting in batches, and the instrumentations: gRPC server
-spans (health checks and reflection left out), gRPC client spans (W3C `traceparent`/`tracestate`
-injected into every outgoing call, so a trace crosses every hop: gateway → Envoy → service →
-Envoy → service), asyncpg and Redis client spans, and in the gateway an HTTP server span per
-request (`asgi`). JSON log lines written in a span carry its trace and span ids (services.common.logs).
+On, `setup` installs a tracer provider exporting in batches, and the instrumentations: gRPC client
+spans for the services' calls to each other (opentelemetry-instrumentation-grpc's interceptors:
+W3C `traceparent`/`tracestate` injected into every outgoing call, so a trace crosses every hop:
+gateway → Envoy → service → Envoy → service), asyncpg and Redis client spans, and in the gateway an
+HTTP server span per request (`asgi`). Two spans are made here instead, where the code already
+wraps every call, because an interceptor costs more than the span (measured: the aio server
+interceptor rebuilds the handler on every call): the services' gRPC server spans
+(`server_handler`, applied by services/common/server.py's wrapper; health checks and reflection
+are not wrapped, so not traced) and the gateway's upstream call (`client_span`, gateway/upstream.py).
+JSON log lines written in a span carry its trace and span ids (services.common.logs).
 
 Off (no endpoint, or OTEL_SDK_DISABLED=true): nothing of OpenTelemetry is imported, no provider,
 no instrumentation; what is left is a module global read per call (`recording`). Log lines then
@@ -28,9 +33,10 @@ database call of a background job, the change feed, the registration stream) is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from services.common import logs
@@ -40,9 +46,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# gRPC services whose calls get no server span: Envoy's health checks (every second per instance)
-# and reflection (operators' tools) would drown the requests.
-UNTRACED_GRPC_SERVICES = ("grpc.health.v1.", "grpc.reflection.")
+# gRPC services whose calls get no client span: the registration stream with the control plane
+# (and health or reflection, should a service call them) would be traces of their own.
+UNTRACED_GRPC_SERVICES = ("grpc.health.v1.", "grpc.reflection.", "capsule.mesh.v1.")
 # Gateway paths that get no HTTP span: probes and scrapes (regular expressions, searched).
 UNTRACED_HTTP_PATHS = "/healthz$,/readyz$,/metrics$"
 
@@ -68,11 +74,12 @@ def active() -> bool:
     return _provider is not None
 
 
-def setup(service_name: str, *, grpc_server: bool = True) -> bool:
+def setup(service_name: str, *, grpc_client: bool = True) -> bool:
     """Install tracing when configured (see the module doc); returns whether it did. Call once at
-    start-up, before any gRPC server, channel, database pool or Redis client exists: the
-    instrumentations patch their constructors. `service_name` applies when OTEL_SERVICE_NAME is
-    unset. grpc_server: instrument gRPC servers too (the gateway has none)."""
+    start-up, before any gRPC channel, database pool or Redis client exists and before the
+    services are registered: the instrumentations patch constructors, the server wrapper asks
+    `active()` once. `service_name` applies when OTEL_SERVICE_NAME is unset. grpc_client: the
+    interceptors on every gRPC channel (the gateway makes its client spans itself)."""
     global _provider
     if _provider is not None or not enabled():
         return _provider is not None
@@ -80,7 +87,7 @@ def setup(service_name: str, *, grpc_server: bool = True) -> bool:
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
     from opentelemetry.instrumentation.grpc.filters import any_of, negate, service_prefix
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -97,10 +104,9 @@ def setup(service_name: str, *, grpc_server: bool = True) -> bool:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
 
-    untraced = negate(any_of(*(service_prefix(name) for name in UNTRACED_GRPC_SERVICES)))
-    if grpc_server:
-        GrpcAioInstrumentorServer(filter_=untraced).instrument(tracer_provider=provider)
-    GrpcAioInstrumentorClient(filter_=untraced).instrument(tracer_provider=provider)
+    if grpc_client:
+        untraced = negate(any_of(*(service_prefix(name) for name in UNTRACED_GRPC_SERVICES)))
+        GrpcAioInstrumentorClient(filter_=untraced).instrument(tracer_provider=provider)
     AsyncPGInstrumentor().instrument(tracer_provider=provider)
     RedisInstrumentor().instrument(tracer_provider=provider)
     logs.use_span_ids(_current_ids)
@@ -121,6 +127,67 @@ def asgi(app: Any) -> Any:
     return OpenTelemetryMiddleware(
         app, excluded_urls=UNTRACED_HTTP_PATHS, tracer_provider=_provider, exclude_spans=["receive", "send"]
     )
+
+
+def server_handler(full_method: str, handler: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+    """`handler` (a unary gRPC method's, `full_method` = /package.Service/Method) inside a SERVER
+    span continuing the caller's trace context; `handler` itself when tracing is off. The status is
+    left to the handler (`record_grpc_code`): an abort is an exception here, not always an error."""
+    if _provider is None:
+        return handler
+    from opentelemetry import propagate, trace
+
+    tracer = trace.get_tracer("capsule-mesh.grpc", tracer_provider=_provider)
+    extract = propagate.extract
+    server = trace.SpanKind.SERVER
+    service, _, method = full_method[1:].partition("/")
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+    name = full_method[1:]
+
+    async def traced(request: Any, context: Any) -> Any:
+        carrier = {key: value for key, value in context.invocation_metadata() or () if key in _TRACE_KEYS}
+        with tracer.start_as_current_span(
+            name,
+            context=extract(carrier) if carrier else None,
+            kind=server,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ):
+            return await handler(request, context)
+
+    return traced
+
+
+# What the W3C propagators (trace context and baggage, OTel's default) read.
+_TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+@contextlib.contextmanager
+def client_span(full_method: str) -> Iterator[list[tuple[str, str]]]:
+    """A CLIENT span around one outgoing unary call; yields the metadata that carries its context
+    (W3C trace context), to add to the call's. Tracing off: no span, nothing to add. A failed call
+    (grpc.aio.AioRpcError) leaves its status code on the span."""
+    if _provider is None:
+        yield []
+        return
+    import grpc
+    from opentelemetry import propagate, trace
+
+    service, _, method = full_method[1:].partition("/")
+    tracer = trace.get_tracer("capsule-mesh.grpc", tracer_provider=_provider)
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+    with tracer.start_as_current_span(
+        full_method[1:], kind=trace.SpanKind.CLIENT, attributes=attributes, record_exception=False
+    ) as span:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        try:
+            yield list(carrier.items())
+        except grpc.aio.AioRpcError as error:
+            span.set_attribute("rpc.grpc.status_code", error.code().value[0])
+            raise
+        span.set_attribute("rpc.grpc.status_code", 0)
 
 
 def recording() -> bool:
