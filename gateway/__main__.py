@@ -52,7 +52,7 @@ def main() -> None:
     )
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
-        tracing.asgi(app),
+        app,
         host=settings.listen_host,
         port=settings.listen_port,
         loop="uvloop",

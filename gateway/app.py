@@ -111,7 +111,13 @@ class Gateway:
         if scope["type"] == "http":
             found = self.table.resolve(scope["method"], raw_path(scope))
             if found is not None:
-                await self._serve(scope, found, receive, send)
+                if tracing.active():
+                    # The request's SERVER span, continuing the client's W3C trace context.
+                    route = found.route.binding.template if isinstance(found, RouteMatch) else None
+                    with tracing.http_server_span(scope, route):
+                        await self._serve(scope, found, receive, send)
+                else:
+                    await self._serve(scope, found, receive, send)
                 return
         await self.operational(scope, receive, send)
 
@@ -119,7 +125,6 @@ class Gateway:
         started = time.perf_counter()
         request_id = request_id_of(scope)
         context = request_id_var.set(request_id.decode())
-        sampled = tracing.recording()
         route, status = metrics.UNMATCHED, 500
         try:
             if isinstance(found, MethodNotAllowed):
@@ -138,8 +143,8 @@ class Gateway:
             elapsed = time.perf_counter() - started
             metrics.record(scope, route, status, elapsed)
             # A sampled request leaves one line with its trace and span ids (services/common/tracing.py).
-            # Asked first: the HTTP span ends with the response's last message, before this line.
-            if sampled:
+            if tracing.recording():
+                tracing.record_http_status(status)
                 log.info(
                     "request served",
                     extra={"fields": {"route": route, "status": status, "duration_ms": round(elapsed * 1000, 3)}},

@@ -10,16 +10,20 @@ Configured by OpenTelemetry's standard environment variables, read by its SDK:
                                   parentbased_always_on)
     OTEL_BSP_*                    the batch span processor (delay, queue and batch sizes)
 
-On, `setup` installs a tracer provider exporting in batches, and the instrumentations: gRPC client
-spans for the services' calls to each other (opentelemetry-instrumentation-grpc's interceptors:
-W3C `traceparent`/`tracestate` injected into every outgoing call, so a trace crosses every hop:
-gateway → Envoy → service → Envoy → service), asyncpg and Redis client spans, and in the gateway an
-HTTP server span per request (`asgi`). Two spans are made here instead, where the code already
-wraps every call, because an interceptor costs more than the span (measured: the aio server
-interceptor rebuilds the handler on every call): the services' gRPC server spans
-(`server_handler`, applied by services/common/server.py's wrapper; health checks and reflection
-are not wrapped, so not traced) and the gateway's upstream call (`client_span`, gateway/upstream.py).
-JSON log lines written in a span carry its trace and span ids (services.common.logs).
+On, `setup` installs a tracer provider exporting in batches, and these spans, joined by W3C trace
+context (`traceparent`/`tracestate`) on every hop, so a request is one trace: gateway → Envoy →
+service → Envoy → service:
+- the gateway's HTTP server span per API request (`http_server_span`, gateway/app.py; probes,
+  /metrics and /openapi.json get none) and its upstream call's client span (`client_span`,
+  gateway/upstream.py);
+- the services' gRPC server spans (`server_handler`, applied by services/common/server.py's handler
+  wrapper; health checks and reflection are not wrapped, so not traced);
+- the services' gRPC client spans (opentelemetry-instrumentation-grpc's channel interceptors, which
+  inject the context into every outgoing call), asyncpg and Redis client spans (theirs too).
+The server and gateway spans are made here, in wrappers the code already has, rather than by the
+library's server interceptor and ASGI middleware: those cost more than the spans (measured; the
+aio server interceptor rebuilds the handler on every call). JSON log lines written in a span carry
+its trace and span ids (services.common.logs).
 
 Off (no endpoint, or OTEL_SDK_DISABLED=true): nothing of OpenTelemetry is imported, no provider,
 no instrumentation; what is left is a module global read per call (`recording`). Log lines then
@@ -49,8 +53,6 @@ log = logging.getLogger(__name__)
 # gRPC services whose calls get no client span: the registration stream with the control plane
 # (and health or reflection, should a service call them) would be traces of their own.
 UNTRACED_GRPC_SERVICES = ("grpc.health.v1.", "grpc.reflection.", "capsule.mesh.v1.")
-# Gateway paths that get no HTTP span: probes and scrapes (regular expressions, searched).
-UNTRACED_HTTP_PATHS = "/healthz$,/readyz$,/metrics$"
 
 _provider: TracerProvider | None = None
 
@@ -116,17 +118,43 @@ def setup(service_name: str, *, grpc_client: bool = True) -> bool:
     return True
 
 
-def asgi(app: Any) -> Any:
-    """`app` behind an HTTP server span per request (W3C trace context read from the request's
-    headers), or `app` itself when tracing is off."""
-    if _provider is None:
-        return app
-    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+@contextlib.contextmanager
+def http_server_span(scope: Mapping[str, Any], route: str | None) -> Iterator[None]:
+    """The SERVER span of one HTTP request (an ASGI `scope`) to `route` (its template, None for a
+    path the API does not serve that way), continuing the W3C trace context of its headers. The
+    handler records the response's status (`record_http_status`)."""
+    from opentelemetry import propagate, trace
 
-    # No spans of their own for each ASGI receive/send message: the request's span is enough.
-    return OpenTelemetryMiddleware(
-        app, excluded_urls=UNTRACED_HTTP_PATHS, tracer_provider=_provider, exclude_spans=["receive", "send"]
-    )
+    carrier = {}
+    for name, value in scope["headers"]:
+        if name in _TRACE_HEADERS:
+            carrier[name.decode()] = value.decode("latin-1")
+    method = scope["method"]
+    attributes = {"http.request.method": method, "url.path": scope["path"], "url.scheme": scope.get("scheme", "http")}
+    if route is not None:
+        attributes["http.route"] = route
+    tracer = trace.get_tracer("capsule-mesh.http", tracer_provider=_provider)
+    with tracer.start_as_current_span(
+        f"{method} {route}" if route else method,
+        context=propagate.extract(carrier) if carrier else None,
+        kind=trace.SpanKind.SERVER,
+        attributes=attributes,
+    ):
+        yield
+
+
+_TRACE_HEADERS = frozenset(key.encode() for key in ("traceparent", "tracestate", "baggage"))
+
+
+def record_http_status(status: int) -> None:
+    """The response's status on the current (HTTP server) span; 5xx is an error (the server's)."""
+    from opentelemetry import trace
+    from opentelemetry.trace.status import Status, StatusCode
+
+    span = trace.get_current_span()
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
 
 
 def server_handler(full_method: str, handler: Callable[[Any, Any], Awaitable[Any]]) -> Any:
