@@ -69,6 +69,9 @@ class ControlPlaneSettings:
     timing: Timing = TIMING
     warmup_seconds: float | None = None  # None: one lease ttl
     services: tuple[ServiceSpec, ...] = field(default=SERVICES)
+    # OTEL_EXPORTER_OTLP_ENDPOINT: Envoy's listener traces and exports its spans there (OTLP/gRPC,
+    # mesh.envoy_config.tracing_config); empty: no tracing in Envoy.
+    otlp_endpoint: str = ""
     # The control-plane workload's identity and the mesh CA (MESH_TLS_DIR); None: plain text.
     tls: MeshTLS | None = None
     # The mesh CA (ca.pem, ca-key.pem): set, Envoy speaks mutual TLS with certificates minted here
@@ -77,9 +80,6 @@ class ControlPlaneSettings:
     ca_dir: Path | None = None
     # Life of Envoy's certificate (SPEC §12: at most 24 h), renewed at half of it.
     cert_ttl_seconds: float = MAX_TTL.total_seconds()
-    # OTEL_EXPORTER_OTLP_ENDPOINT: Envoy's listener traces and exports its spans there (OTLP/gRPC,
-    # mesh.envoy_config.tracing_config); empty: no tracing in Envoy.
-    otlp_endpoint: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.cert_ttl_seconds <= MAX_TTL.total_seconds():
@@ -116,10 +116,10 @@ class ControlPlaneSettings:
                 timing=timing,
                 warmup_seconds=float(warmup) if warmup else None,
                 services=services,
+                otlp_endpoint=_otlp_endpoint(),
                 tls=tls,
                 ca_dir=Path(ca_dir) if ca_dir else None,
                 cert_ttl_seconds=float(ttl) if ttl else cls.cert_ttl_seconds,
-                otlp_endpoint=_otlp_endpoint(),
             )
         except ValueError as exc:
             raise SystemExit(f"MESH_CERT_TTL_SECONDS: {exc}") from None
