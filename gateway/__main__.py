@@ -8,10 +8,14 @@ default): the client IP is the socket peer's unless the peer is one of GATEWAY_T
 (gateway/clientip.py), so no client picks its own rate-limit key by sending a header.
 The HTTP protocol is uvicorn's httptools one with the protocol limits of gateway/connections.py
 (connection cap, request-head deadline, head size and header count; GATEWAY_MAX_* settings).
+With OTEL_EXPORTER_OTLP_ENDPOINT set, every API request gets an HTTP server span and its upstream
+call a gRPC client span (services/common/tracing.py); the spans still buffered are exported at
+shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import signal
 import sys
@@ -26,13 +30,17 @@ from gateway.logs import configure_logging
 from gateway.policies import route_policies
 from gateway.settings import Settings
 from gateway.templates import TemplateError
+from services.common import tracing
 
 
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
+    # Before anything connects: the Redis instrumentation patches its clients (rate limits).
+    tracing.setup("gateway", grpc_client=False)  # its client spans: gateway/upstream.py
     try:
         policies, closers = route_policies(settings)
+        closers = [*closers, lambda: asyncio.to_thread(tracing.shutdown)]  # last: after the channels
         app = create_app(settings, policies=policies, on_shutdown=closers)
     except (DescriptorError, TemplateError) as exc:
         raise SystemExit(f"gateway: cannot serve the configured protos: {exc}") from None

@@ -46,6 +46,7 @@ from gateway.routing import MethodNotAllowed, RouteMatch, RouteTable, raw_path
 from gateway.settings import Settings
 from gateway.upstream import Upstream
 from mesh.credentials import MeshTLS
+from services.common import tracing
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,13 @@ class Gateway:
         if scope["type"] == "http":
             found = self.table.resolve(scope["method"], raw_path(scope))
             if found is not None:
-                await self._serve(scope, found, receive, send)
+                if tracing.active():
+                    # The request's SERVER span, continuing the client's W3C trace context.
+                    route = found.route.binding.template if isinstance(found, RouteMatch) else None
+                    with tracing.http_server_span(scope, route):
+                        await self._serve(scope, found, receive, send)
+                else:
+                    await self._serve(scope, found, receive, send)
                 return
         await self.operational(scope, receive, send)
 
@@ -133,7 +140,15 @@ class Gateway:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": reply.body})
         finally:
-            metrics.record(scope, route, status, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.record(scope, route, status, elapsed)
+            # A sampled request leaves one line with its trace and span ids (services/common/tracing.py).
+            if tracing.recording():
+                tracing.record_http_status(status)
+                log.info(
+                    "request served",
+                    extra={"fields": {"route": route, "status": status, "duration_ms": round(elapsed * 1000, 3)}},
+                )
             request_id_var.reset(context)
 
     async def _reply(self, call: Call) -> Reply:

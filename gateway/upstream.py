@@ -28,6 +28,7 @@ from gateway.descriptors import Rpc
 from gateway.problems import Problem
 from gateway.settings import Settings
 from mesh.credentials import MeshTLS, RetiredChannels, open_channel
+from services.common import tracing
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,15 @@ XDS_CHANNEL_OPTIONS: Sequence[tuple[str, int | str]] = (
     *(option for option in CHANNEL_OPTIONS if option[0] != "grpc.enable_retries"),
 )
 
-# HTTP request headers forwarded as gRPC metadata, under the same (lower-case) names.
+# HTTP request headers forwarded as gRPC metadata, under the same (lower-case) names. The trace
+# context only while tracing is off: with it on, the request's span continues the client's trace
+# and the call sends the context of its own client span (a child of it), see Upstream.call.
 FORWARDED_HEADERS: Mapping[bytes, str] = {
     name.encode(): name for name in ("authorization", "idempotency-key", "traceparent", "tracestate")
+}
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+FORWARDED_WHEN_TRACING: Mapping[bytes, str] = {
+    header: key for header, key in FORWARDED_HEADERS.items() if header not in _TRACE_HEADERS
 }
 # Longer trace headers are left out of the call (best effort; gateway/headers.py bounds the others).
 MAX_TRACE_LENGTHS: Mapping[str, int] = {"traceparent": 128, "tracestate": 512}
@@ -132,8 +139,13 @@ class Upstream:
         self, rpc: Rpc, request: Message, metadata: Sequence[tuple[str, str]], deadline_seconds: float
     ) -> Message:
         self._follow_rotation()
+        call = self.calls[rpc.path]
         try:
-            response: Message = await self.calls[rpc.path](request, metadata=metadata, timeout=deadline_seconds)
+            if not tracing.active():
+                response: Message = await call(request, metadata=metadata, timeout=deadline_seconds)
+            else:
+                with tracing.client_span(rpc.path) as trace_context:
+                    response = await call(request, metadata=[*metadata, *trace_context], timeout=deadline_seconds)
         except grpc.aio.AioRpcError as error:
             raise Problem.from_rpc_error(error) from None
         return response
@@ -152,7 +164,7 @@ class Upstream:
 def call_metadata(headers: Mapping[bytes, bytes], request_id: str, client_ip: str | None) -> list[tuple[str, str]]:
     """The metadata of an upstream call: the forwarded headers, the request id, the client's IP."""
     metadata = [("x-request-id", request_id)]
-    for header, key in FORWARDED_HEADERS.items():
+    for header, key in (FORWARDED_WHEN_TRACING if tracing.active() else FORWARDED_HEADERS).items():
         raw = headers.get(header)
         if raw is not None and len(raw) <= MAX_TRACE_LENGTHS.get(key, len(raw)):
             metadata.append((key, _metadata_value(key, raw)))

@@ -67,6 +67,7 @@ from mesh.credentials import MeshTLS, open_channel
 from mesh.pki import CA_NAME, CONTROL_PLANE, ENVOY, GATEWAY, IDENTITY_NAME, OPERATOR, Wanted, renew_due, server_name
 from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
+from services.common import tracing
 
 # Every service may call every other through Envoy: `<NAME>_TARGET`. Names of services that do not
 # exist yet are set empty, so a stale value in the caller's shell never leaks in.
@@ -451,6 +452,9 @@ class Stack:
             CONTROL_PLANE_TARGET=self.control_plane_target if self.settings.control_plane else "",
             # Every instance of every service signs and verifies page tokens with the same keys.
             PAGE_TOKEN_KEYS=self.settings.keys.page_token_keys(),
+            # Tracing (services/common/tracing.py): the OTEL_* variables of the caller's environment
+            # and of `env` come with _base_env; the name in the traces is the workload's.
+            OTEL_SERVICE_NAME=spec.name,
             **self._tls_env(spec.name),
         )
         names = {s.name for s in self.settings.services}
@@ -501,6 +505,7 @@ class Stack:
             GATEWAY_XDS_SERVER=(
                 self.control_plane_target if self.settings.control_plane and self.settings.gateway_proxyless else ""
             ),
+            OTEL_SERVICE_NAME=GATEWAY,
             **self._tls_env(GATEWAY),
         )
         env.update(self.settings.gateway_env)
@@ -530,11 +535,14 @@ class Stack:
                 node_id=self.envoy_node_id,
                 tls_dir=self.tls_dir(ENVOY) if self.settings.mesh_tls else None,
             )
+        # Without a control plane Envoy's tracing is in its bootstrap (with one, the control plane,
+        # which gets the same OTEL_* environment, serves it): spans to the processes' OTLP endpoint.
         return envoy_config.build_bootstrap(
             listen=(self.host, self.settings.envoy_port),
             admin=(self.host, self.settings.envoy_admin_port),
             endpoints={name: [_split(inst.grpc_address) for inst in insts] for name, insts in self.instances.items()},
             services=self.settings.services,
+            otlp_endpoint=tracing.otlp_endpoint(self._base_env()),
         )
 
     # --- lifecycle --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -46,12 +47,15 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.overload.v3 import overload_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.trace.v3 import http_tracer_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2 as otel_tracer_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.clusters.common.dns.v3 import dns_pb2
 from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.request_id.uuid.v3 import uuid_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
@@ -525,6 +529,94 @@ def build_route_config(
     )
 
 
+# --- tracing (OpenTelemetry, OTLP/gRPC) ----------------------------------------------------------
+
+# The cluster Envoy's OpenTelemetry tracer exports to: the collector at OTEL_EXPORTER_OTLP_ENDPOINT.
+OTEL_CLUSTER = "opentelemetry_collector"
+# Envoy's name in the traces (resource service.name).
+ENVOY_SERVICE_NAME = "envoy"
+
+
+def otlp_address(endpoint: str) -> Address:
+    """host and port of an OTLP/gRPC endpoint (http://host:port, or host:port; 4317 by default).
+    Only plain text: an https:// endpoint is refused rather than sent spans in clear."""
+    parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise ValueError(f"OTEL_EXPORTER_OTLP_ENDPOINT must be http://host:port for Envoy, not {endpoint!r}")
+    return parsed.hostname, parsed.port or 4317
+
+
+def build_otlp_cluster(endpoint: str) -> Cluster:
+    """The collector as a cluster of its own (static: one address; DNS: a name, as in compose)."""
+    address = otlp_address(endpoint)
+    cluster = Cluster(
+        name=OTEL_CLUSTER,
+        # A collector that does not accept in 1 s is down: spans are dropped, calls never wait.
+        connect_timeout=duration(1.0),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=OTEL_CLUSTER,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(address))
+                        )
+                    ]
+                )
+            ],
+        ),
+        # OTLP/gRPC is HTTP/2 (h2c); PINGs notice a collector that vanished without a FIN.
+        typed_extension_protocol_options=_http2_upstream(10.0, 3.0),
+    )
+    if _is_ip(address[0]):
+        cluster.type = Cluster.STATIC
+    else:
+        # A name (compose): the DNS cluster extension, as for the services' clusters (Envoy 1.40
+        # deprecates the Cluster-level DNS fields); IPv4, as Docker's embedded DNS answers.
+        dns = dns_cluster_pb2.DnsCluster(dns_refresh_rate=duration(5.0), dns_lookup_family=dns_pb2.V4_ONLY)
+        cluster.cluster_type.CopyFrom(Cluster.CustomClusterType(name="envoy.cluster.dns", typed_config=typed(dns)))
+    return cluster
+
+
+def tracing_config() -> hcm_pb2.HttpConnectionManager.Tracing:
+    """Envoy's spans, exported over OTLP/gRPC to OTEL_CLUSTER. The W3C `traceparent` a caller sent
+    is continued (its sampled flag decides, so the callers' OTEL_TRACES_SAMPLER is the one
+    sampling decision of the whole trace), and Envoy passes on its own span as the parent."""
+    otel = otel_tracer_pb2.OpenTelemetryConfig(
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=OTEL_CLUSTER),
+            # An export never waits longer on a slow collector.
+            timeout=duration(1.0),
+        ),
+        service_name=ENVOY_SERVICE_NAME,
+    )
+    return hcm_pb2.HttpConnectionManager.Tracing(
+        provider=http_tracer_pb2.Tracing.Http(name="envoy.tracers.opentelemetry", typed_config=typed(otel)),
+        # Two spans per call: the caller's request as Envoy received it (SERVER) and each try to an
+        # instance (CLIENT, one per retry), so a retried call shows where each attempt went.
+        spawn_upstream_span=wrappers_pb2.BoolValue(value=True),
+        # 100 % (Envoy's defaults, explicit): a request without a sampled traceparent starts a
+        # trace of its own only through these; the services' callers decide the rate upstream.
+        random_sampling=percent_pb2.Percent(value=100.0),
+        client_sampling=percent_pb2.Percent(value=100.0),
+        overall_sampling=percent_pb2.Percent(value=100.0),
+    )
+
+
+def _tracing_request_id() -> hcm_pb2.RequestIDExtension:
+    # With tracing on, Envoy's UUID request-id extension would by default rewrite one character of
+    # an x-request-id that is a UUID (to record the sampling decision in it), and sample by it: the
+    # services would log another request id than the gateway. Neither, here.
+    return hcm_pb2.RequestIDExtension(
+        typed_config=typed(
+            uuid_pb2.UuidRequestIdConfig(
+                pack_trace_reason=wrappers_pb2.BoolValue(value=False),
+                use_request_id_for_trace_sampling=wrappers_pb2.BoolValue(value=False),
+            )
+        )
+    )
+
+
 # --- listener (LDS resource under the control plane) ----------------------------------------------
 
 _ACCESS_LOG_FORMAT = {
@@ -618,13 +710,17 @@ def build_listener(
     name: str = "grpc_ingress",
     *,
     tls: bool = False,
+    tracing: bool = False,
 ) -> listener_pb2.Listener:
     """route_config: the routes inline (static bootstrap), or the name of a RouteConfiguration
     fetched over ADS (RDS: routes change without touching the listener, hence without GOAWAY).
 
     tls: mutual TLS (downstream_tls), the caller's identity passed on to the services in
     x-forwarded-client-cert, and RBAC per path on that identity. False: plain text, every caller
-    trusted (the development switch)."""
+    trusted (the development switch).
+
+    tracing: Envoy's spans (tracing_config), exported to OTEL_CLUSTER, which must exist
+    (build_otlp_cluster)."""
     log_format = struct_pb2.Struct()
     log_format.update(_ACCESS_LOG_FORMAT)
     hcm = hcm_pb2.HttpConnectionManager(
@@ -662,6 +758,9 @@ def build_listener(
         hcm.set_current_client_cert_details.uri = True
         # Authorization before routing: a refused call never reaches a cluster.
         hcm.http_filters.insert(0, rbac_filter())
+    if tracing:
+        hcm.tracing.CopyFrom(tracing_config())
+        hcm.request_id_extension.CopyFrom(_tracing_request_id())
     if isinstance(route_config, str):
         hcm.rds.CopyFrom(hcm_pb2.Rds(route_config_name=route_config, config_source=ads_source()))
     else:
@@ -707,10 +806,12 @@ def build_bootstrap(
     discovery: Discovery = "STATIC",
     node_id: str = "capsule-mesh-envoy",
     max_downstream_connections: int = 50_000,
+    otlp_endpoint: str = "",
 ) -> bootstrap_pb2.Bootstrap:
     """Envoy bootstrap for the mesh without a control plane: one gRPC listener routing by path
     prefix to one cluster per service, with the instances in `endpoints` (service name →
-    addresses)."""
+    addresses). otlp_endpoint (OTEL_EXPORTER_OTLP_ENDPOINT): Envoy's spans go there; empty: no
+    tracing."""
     unknown = set(endpoints) - {s.name for s in services}
     if unknown:
         raise ValueError(f"endpoints for services not in the topology: {sorted(unknown)}")
@@ -721,8 +822,11 @@ def build_bootstrap(
         # outside compose: it can change Envoy's state (e.g. /healthcheck/fail).
         admin=bootstrap_pb2.Admin(address=socket_address(admin)),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
-            listeners=[build_listener(listen, build_route_config(services))],
-            clusters=build_clusters(endpoints, services, discovery),
+            listeners=[build_listener(listen, build_route_config(services), tracing=bool(otlp_endpoint))],
+            clusters=[
+                *build_clusters(endpoints, services, discovery),
+                *([build_otlp_cluster(otlp_endpoint)] if otlp_endpoint else []),
+            ],
         ),
         overload_manager=_overload_manager(max_downstream_connections),
     )

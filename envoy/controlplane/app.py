@@ -47,7 +47,7 @@ from mesh.credentials import MeshTLS, TLSSetupError, add_port
 from mesh.pki import MAX_TTL, Issued
 from mesh.timing import TIMING, Timing, TimingError
 from mesh.topology import SERVICES, ServiceSpec
-from services.common import admin_http
+from services.common import admin_http, tracing
 from services.common.background import cancel_and_wait
 from services.common.registration import advertised_host
 
@@ -70,6 +70,9 @@ class ControlPlaneSettings:
     timing: Timing = TIMING
     warmup_seconds: float | None = None  # None: one lease ttl
     services: tuple[ServiceSpec, ...] = field(default=SERVICES)
+    # OTEL_EXPORTER_OTLP_ENDPOINT: Envoy's listener traces and exports its spans there (OTLP/gRPC,
+    # mesh.envoy_config.tracing_config); empty: no tracing in Envoy.
+    otlp_endpoint: str = ""
     # The control-plane workload's identity and the mesh CA (MESH_TLS_DIR); None: plain text.
     tls: MeshTLS | None = None
     # The mesh CA (ca.pem, ca-key.pem): set, Envoy speaks mutual TLS with certificates minted here
@@ -122,6 +125,7 @@ class ControlPlaneSettings:
                 timing=timing,
                 warmup_seconds=float(warmup) if warmup else None,
                 services=services,
+                otlp_endpoint=_otlp_endpoint(),
                 tls=tls,
                 ca_dir=Path(ca_dir) if ca_dir else None,
                 cert_ttl_seconds=float(ttl) if ttl else cls.cert_ttl_seconds,
@@ -129,6 +133,18 @@ class ControlPlaneSettings:
             )
         except ValueError as exc:
             raise SystemExit(f"MESH_CERT_TTL_SECONDS: {exc}") from None
+
+
+def _otlp_endpoint() -> str:
+    """Where Envoy exports its spans (services.common.tracing.otlp_endpoint: OpenTelemetry's
+    standard variables); checked now rather than refused by Envoy later."""
+    endpoint = tracing.otlp_endpoint()
+    if endpoint:
+        try:
+            envoy_config.otlp_address(endpoint)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+    return endpoint
 
 
 class ControlPlane:
@@ -149,6 +165,7 @@ class ControlPlane:
             services=settings.services,
             idempotent_methods=envoy_config.idempotent_methods(),
             tls=settings.ca_dir is not None,
+            otlp_endpoint=settings.otlp_endpoint,
         )
         self.registry.subscribe(self._rebuild)
         self.envoy_identity: EnvoyIdentity | None = None

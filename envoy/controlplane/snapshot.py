@@ -302,15 +302,23 @@ def envoy_resources(
     services: Sequence[ServiceSpec] = SERVICES,
     idempotent_methods: frozenset[str] | None = None,
     tls: bool = False,
+    otlp_endpoint: str = "",
 ) -> TopologyResources:
     """Envoy's clusters (EDS), its gRPC listener (RDS) and the routes, for `services`; with tls,
-    mutual TLS on both sides and RBAC on the listener (their secrets come with each snapshot)."""
+    mutual TLS on both sides and RBAC on the listener (their secrets come with each snapshot);
+    with otlp_endpoint, the listener's spans exported there (a static cluster of its own)."""
     if idempotent_methods is None:
         idempotent_methods = envoy_config.idempotent_methods()
+    clusters = [envoy_config.build_cluster(spec, (), "EDS", tls=tls) for spec in services]
+    if otlp_endpoint:
+        clusters.append(envoy_config.build_otlp_cluster(otlp_endpoint))
+    listener = envoy_config.build_listener(
+        listen, envoy_config.ROUTE_CONFIG_NAME, tls=tls, tracing=bool(otlp_endpoint)
+    )
     return TopologyResources.of(
         services,
-        clusters=[envoy_config.build_cluster(spec, (), "EDS", tls=tls) for spec in services],
-        listeners=[envoy_config.build_listener(listen, envoy_config.ROUTE_CONFIG_NAME, tls=tls)],
+        clusters=clusters,
+        listeners=[listener],
         routes=[envoy_config.build_route_config(services, idempotent_methods, envoy_config.ROUTE_CONFIG_NAME)],
     )
 
@@ -345,13 +353,20 @@ class MeshSnapshots:
         services: Sequence[ServiceSpec] = SERVICES,
         idempotent_methods: frozenset[str] | None = None,
         tls: bool = False,
+        otlp_endpoint: str = "",
     ) -> None:
         if idempotent_methods is None:
             idempotent_methods = envoy_config.idempotent_methods()
         self.services = tuple(services)
         self.tls = tls
         self.secrets = NO_SECRETS
-        self.envoy = envoy_resources(listen=listen, services=services, idempotent_methods=idempotent_methods, tls=tls)
+        self.envoy = envoy_resources(
+            listen=listen,
+            services=services,
+            idempotent_methods=idempotent_methods,
+            tls=tls,
+            otlp_endpoint=otlp_endpoint,
+        )
         self.proxyless = proxyless_resources(services=services, idempotent_methods=idempotent_methods)
         # Service name → (the endpoints its last assignment was built from, that assignment).
         self._last: dict[str, tuple[tuple[Endpoint, ...], Message]] = {}

@@ -1,6 +1,6 @@
 """gRPC channels to other services (through Envoy): created once, reused for every call (a new one
-only when this process's certificate rotates: mesh.credentials.MeshChannel), and the deadline of a
-call made while serving one: the caller's remaining time, never more."""
+only when this process's certificate rotates: mesh.credentials.MeshChannel), the deadline of a
+call made while serving one: the caller's remaining time, never more, and its trace context."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 
 from mesh.credentials import MeshChannel, MeshTLS
 from mesh.pki import ENVOY
+from services.common import tracing
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -25,11 +26,22 @@ def channel(target: str, tls: MeshTLS | None) -> MeshChannel:
     return MeshChannel(target, ENVOY, tls, CHANNEL_OPTIONS)
 
 
+# The W3C trace context (traceparent, tracestate) of the call being served, set by the server's
+# handler wrapper; passed on as it came while tracing is off (with tracing on, the gRPC client
+# instrumentation injects the context of the call's own span instead).
+incoming_trace_context: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "incoming_trace_context", default=()
+)
+
+
 def forward_metadata(token: str, request_id: str = "") -> tuple[tuple[str, str], ...]:
-    """Metadata for a call made on a user's behalf: their token, and the request id to correlate logs."""
+    """Metadata for a call made on a user's behalf: their token, the request id to correlate logs,
+    and the trace context of the call being served (while tracing is off, see above)."""
     metadata: list[tuple[str, str]] = [("authorization", f"Bearer {token}")]
     if request_id:
         metadata.append(("x-request-id", request_id))
+    if not tracing.active():
+        metadata.extend(incoming_trace_context.get())
     return tuple(metadata)
 
 

@@ -16,10 +16,12 @@ directory, publishers) closes before the pools and the feed laid here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mesh.credentials import MeshTLS, TLSSetupError
+from services.common import tracing
 from services.common.cache import Cache
 from services.common.changefeed import ChangeFeed
 from services.common.db import Database
@@ -58,11 +60,15 @@ class Foundation:
         # Before anything starts: a service without page-token keys must not start at all.
         use_page_token_keys(page_token_keys())
         configure_logging(common.log_level)
+        # Before any server, channel, pool or Redis client exists: the instrumentations patch them.
+        tracing.setup(common.name)
         try:
             tls = MeshTLS.from_env()
         except (TLSSetupError, OSError, ValueError) as exc:
             raise SystemExit(f"cannot load this instance's mesh certificate: {exc}") from None
         host = ServiceHost(common, tls=tls)
+        # Closers run last added first: the spans of the whole shutdown are still exported.
+        host.on_close(lambda: asyncio.to_thread(tracing.shutdown))
         cache = Cache(common.redis_url, common.cache_prefix)
         # Read-your-writes on the replicas: writes' WAL positions per user, in the service's Redis.
         watermarks = Watermarks(cache.client, common.cache_prefix, common.database.watermark_seconds)

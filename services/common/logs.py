@@ -1,5 +1,9 @@
 """JSON logs, one object per line on stderr, carrying the request and trace ids of the call being
-served. Used by every service and by the gateway."""
+served. Used by every service and by the gateway.
+
+The trace and span ids are those of the active OpenTelemetry span when tracing is on
+(services/common/tracing.py installs the look-up with `use_span_ids`); otherwise the trace id is
+the one of the incoming `traceparent` (`trace_id_var`, set by the server's handler wrapper)."""
 
 from __future__ import annotations
 
@@ -7,11 +11,21 @@ import contextvars
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="")
+# (trace id, span id) of the active span, None outside one; None itself while tracing is off.
+_span_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def use_span_ids(lookup: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Take every line's trace and span ids from `lookup` (the active span's), falling back to
+    `trace_id_var` outside a span; None: `trace_id_var` only."""
+    global _span_ids
+    _span_ids = lookup
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,8 +39,10 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
-        trace_id = trace_id_var.get()
-        if trace_id:
+        ids = _span_ids() if _span_ids is not None else None
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
+        elif trace_id := trace_id_var.get():
             entry["trace_id"] = trace_id
         # Structured context: log.info("...", extra={"fields": {...}})
         fields = getattr(record, "fields", None)

@@ -44,9 +44,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mesh.catalog import mesh_services, method_callers
 from mesh.credentials import MeshTLS, add_port, caller_workload
-from services.common import admin_http
+from services.common import admin_http, tracing
 from services.common.background import BackgroundTasks, Job, cancel_and_wait
-from services.common.clients import serving_deadline
+from services.common.clients import incoming_trace_context, serving_deadline
 from services.common.errors import Internal, InvalidArgument, PermissionDenied, ServiceError
 from services.common.logs import request_id_var, trace_id_from_traceparent, trace_id_var
 from services.common.reflection import add_reflection
@@ -79,7 +79,8 @@ def instrument(servicer: Any, descriptor: ServiceDescriptor, *, identities: bool
             request_checker(method.input_type),
             method_callers(method) if identities else None,
         )
-        setattr(servicer, method.name, handler)
+        # Tracing on: the call's server span around all of it (services/common/tracing.py).
+        setattr(servicer, method.name, tracing.server_handler(f"/{descriptor.full_name}/{method.name}", handler))
     return servicer
 
 
@@ -100,11 +101,17 @@ def _instrumented(
         remaining = context.time_remaining()
         if remaining is not None:  # calls made while serving this one get what is left of it
             serving_deadline.set(time.monotonic() + remaining)
+        trace_context: list[tuple[str, str]] = []
         for key, value in context.invocation_metadata() or ():
             if key == "x-request-id":
                 request_id_var.set(str(value))
             elif key == "traceparent":
                 trace_id_var.set(trace_id_from_traceparent(str(value)))
+                trace_context.append((key, str(value)))
+            elif key == "tracestate":
+                trace_context.append((key, str(value)))
+        if trace_context:
+            incoming_trace_context.set(tuple(trace_context))
         try:
             if callers is not None and (caller := caller_workload(context)) not in callers:
                 raise PermissionDenied(
@@ -132,8 +139,17 @@ def _instrumented(
             log_unhandled(full_method, exc)
             await context.abort_with_status(Internal("internal error").to_status())
         finally:
+            elapsed = time.perf_counter() - started
             (handled_ok if code == "OK" else RPC_REQUESTS.labels(service, method, code)).inc()
-            latency.observe(time.perf_counter() - started)
+            latency.observe(elapsed)
+            # A sampled call leaves one line, with its trace and span ids: from a trace to the
+            # logs of each hop and back. Unsampled calls (and all of them, tracing off) log nothing.
+            if tracing.recording():
+                tracing.record_grpc_code(code)
+                log.info(
+                    "call handled",
+                    extra={"fields": {"method": full_method, "code": code, "duration_ms": round(elapsed * 1000, 3)}},
+                )
 
     return handler
 
