@@ -11,14 +11,18 @@ the run: its own CPU is not the mesh's), OTEL_TRACES_SAMPLER=parentbased_traceid
 ratio as OTEL_TRACES_SAMPLER_ARG. The gateway makes the sampling decision (it starts the trace),
 the services follow it. h2load drives GET /v1/me over HTTP/1.1 (32 clients, one request in flight
 each) after a warm-up run; CPU per request is read from /proc for the gateway, the auth instance
-and Envoy. Every figure comes from the same run, against the 'off' column as the baseline.
+and Envoy. The three meshes run side by side and the measured runs alternate between them
+(--rounds per mode; the run with the median CPU per request is shown), so every figure comes from
+the same run, against the 'off' column as the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs per mode, interleaved; medians shown")
     args = parser.parse_args()
     h2load.ensure_h2load()
     infra = infra_mod.ensure(install=True)
@@ -84,44 +89,85 @@ def main() -> None:
         ready=lambda: port_open(host, int(port)),
     )
     sink.start().wait_ready(30.0)
-    measured: list[Measured] = []
+    runs: dict[Mode, list[Measured]] = {mode: [] for mode in MODES}
     try:
-        for mode in MODES:
-            measured.append(measure(mode, infra, keys, work_dir, sink_address, args))
+        with contextlib.ExitStack() as meshes:
+            # Every mode's mesh runs for the whole measurement (idle ones cost all runs alike) and
+            # the runs alternate between them, so drift of the machine does not favour a mode.
+            targets = {
+                mode: meshes.enter_context(Target.start(mode, infra, keys, work_dir, sink_address)) for mode in MODES
+            }
+            for target in targets.values():
+                target.run(args.warmup, args.clients)
+            for _ in range(args.rounds):
+                for mode, target in targets.items():
+                    runs[mode].append(target.measure(args.seconds, args.clients))
     finally:
         sink.stop()
-    report(measured, args, (work_dir / "otlp-sink.log").read_text().strip().splitlines()[-1:])
-
-
-def measure(
-    mode: Mode, infra: infra_mod.Infra, keys: KeyPair, work_dir: Path, sink: str, args: argparse.Namespace
-) -> Measured:
-    otel = mode.env(sink)
-    settings = StackSettings.for_tests(
-        infra,
-        keys,
-        work_dir=work_dir / mode.name.replace(" ", "-").replace("%", "pct"),
-        log_level="WARNING",
-        instances={"auth": 1},
-        gateway_env={**BENCH_RATE_LIMITS, **otel},
-        service_env=otel,
+    report(
+        [median(mode, runs[mode]) for mode in MODES],
+        args,
+        (work_dir / "otlp-sink.log").read_text().strip().splitlines()[-1:],
     )
-    with Stack(settings) as stack:
-        token = sign_up(stack.gateway_url)
-        url = f"{stack.gateway_url}/v1/me"
-        options = {"headers": {"authorization": f"Bearer {token}"}, "http1": True}
-        admins = [inst.admin_address for inst in stack.instances["auth"]]
-        pids = {"gateway": _pid(stack.gateway), "envoy": _pid(stack.envoy)}
-        pids.update({inst.name: _pid(inst.process) for inst in stack.instances["auth"]})
-        h2load.run(mode.name, url, clients=args.clients, seconds=args.warmup, warmup=0, **options)  # type: ignore[arg-type]
-        before = ok_getme_count(admins)
-        meter = CpuMeter(pids)
-        result = h2load.run(mode.name, url, clients=args.clients, seconds=args.seconds, warmup=0, **options)  # type: ignore[arg-type]
+
+
+@dataclass
+class Target:
+    """One mode's mesh, a signed-up user and what to measure."""
+
+    mode: Mode
+    stack: Stack
+    url: str
+    options: dict[str, object]
+    admins: list[str]
+    pids: dict[str, int]
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, mode: Mode, infra: infra_mod.Infra, keys: KeyPair, work_dir: Path, sink: str) -> Iterator[Target]:
+        otel = mode.env(sink)
+        settings = StackSettings.for_tests(
+            infra,
+            keys,
+            work_dir=work_dir / mode.name.replace(" ", "-").replace("%", "pct"),
+            log_level="WARNING",
+            instances={"auth": 1},
+            gateway_env={**BENCH_RATE_LIMITS, **otel},
+            service_env=otel,
+        )
+        with Stack(settings) as stack:
+            token = sign_up(stack.gateway_url)
+            pids = {"gateway": _pid(stack.gateway), "envoy": _pid(stack.envoy)}
+            pids.update({inst.name: _pid(inst.process) for inst in stack.instances["auth"]})
+            yield cls(
+                mode,
+                stack,
+                f"{stack.gateway_url}/v1/me",
+                {"headers": {"authorization": f"Bearer {token}"}, "http1": True},
+                [inst.admin_address for inst in stack.instances["auth"]],
+                pids,
+            )
+
+    def run(self, seconds: int, clients: int) -> h2load.Result:
+        return h2load.run(self.mode.name, self.url, clients=clients, seconds=seconds, warmup=0, **self.options)  # type: ignore[arg-type]
+
+    def measure(self, seconds: int, clients: int) -> Measured:
+        before = ok_getme_count(self.admins)
+        meter = CpuMeter(self.pids)
+        result = self.run(seconds, clients)
         cpu = meter.per_request_us(result.succeeded)
-        answered = ok_getme_count(admins) - before
+        answered = ok_getme_count(self.admins) - before
         if result.failed or answered < result.succeeded:
-            raise SystemExit(f"{mode.name}: {result.failed} failed; h2load saw {result.succeeded} OK, auth {answered}")
-    return Measured(mode, result, cpu)
+            raise SystemExit(
+                f"{self.mode.name}: {result.failed} failed; h2load saw {result.succeeded} OK, auth {answered}"
+            )
+        return Measured(self.mode, result, cpu)
+
+
+def median(mode: Mode, runs: list[Measured]) -> Measured:
+    """The run whose whole-mesh CPU per request is the median of the mode's runs."""
+    ordered = sorted(runs, key=lambda m: m.mesh_us)
+    return ordered[len(ordered) // 2]
 
 
 def report(measured: list[Measured], args: argparse.Namespace, sink_summary: list[str]) -> None:
@@ -129,7 +175,8 @@ def report(measured: list[Measured], args: argparse.Namespace, sink_summary: lis
     print()
     print(
         f"GET /v1/me through the gateway, {args.clients} clients, {args.seconds} s each after {args.warmup} s "
-        "warm-up, one mesh per mode; load from h2load on the same cores"
+        f"warm-up, one mesh per mode, {args.rounds} interleaved runs each (the median shown); load from h2load "
+        "on the same cores"
     )
     print(f"{'':<24}" + "".join(f"{m.mode.name:>16}" for m in measured))
     rows: list[tuple[str, list[str]]] = [
