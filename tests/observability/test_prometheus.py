@@ -38,7 +38,7 @@ from mesh.topology import AUTH
 from services.common.registration import METRICS_METADATA_KEY, Registrar
 from tests.conftest import start_test_stack
 
-pytestmark = pytest.mark.slow(25)
+pytestmark = pytest.mark.slow(35)
 
 T = TypeVar("T")
 
