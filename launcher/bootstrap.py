@@ -164,10 +164,30 @@ def install_deps() -> None:
         # TLS is trusted there, not in uv's built-in roots).
         install = ["pip", "install", "--compile-bytecode", "--system-certs", "--python", str(VENV_PYTHON)]
         run([str(uv), *install, "-e", f"{REPO}[dev]"], cwd=REPO)
+        run([str(uv), *install, "--no-deps", "--reinstall-package", LAST_INSTALLED, pin(LAST_INSTALLED)], cwd=REPO)
     except SetupError as exc:
         log(f"{exc}; installing with pip instead")
         run([*pip, "-e", f"{REPO}[dev]"], cwd=REPO)
+        run([*pip, "--no-deps", "--force-reinstall", pin(LAST_INSTALLED)], cwd=REPO)
     DEPS_STAMP.write_text(pyproject_hash() + "\n")
+
+
+# xds-protos ships its own, older copy of OpenTelemetry's proto modules (opentelemetry/proto/…,
+# for Envoy's tracer configuration); the two packages write the same files and the one installed
+# last owns them. The OTLP exporter needs opentelemetry-proto's (InstrumentationScope), and Envoy's
+# configuration reads them as well: it is installed again, last. (A venv that gained
+# opentelemetry-proto after xds-protos had it right by chance; a fresh one did not.)
+LAST_INSTALLED = "opentelemetry-proto"
+
+
+def pin(package: str) -> str:
+    """`package==version` as pyproject.toml pins it."""
+    import tomllib
+
+    for requirement in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]:
+        if requirement.split("==")[0].strip().lower() == package:
+            return str(requirement)
+    raise SetupError(f"{package} is not pinned in pyproject.toml")
 
 
 def ensure_venv() -> None:

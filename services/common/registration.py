@@ -115,7 +115,14 @@ class Registrar:
             return
         host, _, port = self.metrics_listen.rpartition(":")
         # A wildcard listen (compose) is advertised as this machine's address: a look-up, off the loop.
-        metadata[METRICS_METADATA_KEY] = f"{await asyncio.to_thread(advertised_host, host)}:{port}"
+        try:
+            metadata[METRICS_METADATA_KEY] = f"{await asyncio.to_thread(advertised_host, host)}:{port}"
+        except OSError as exc:
+            # This machine's name does not resolve: registering matters more than being scraped.
+            log.warning(
+                "not advertising a metrics address: this machine's address is unknown",
+                extra={"fields": {"listen": self.metrics_listen, "error": str(exc)}},
+            )
 
     async def _run(self) -> None:
         await self._advertise_metrics()

@@ -83,6 +83,24 @@ def test_the_venv_sees_the_repository_and_the_stubs() -> None:
     assert importlib.import_module("controlplane")  # from envoy/ (not `envoy`: the xds-protos name)
 
 
+def test_the_files_two_packages_both_ship_are_those_of_the_package_installed_last() -> None:
+    """xds-protos and opentelemetry-proto write the same opentelemetry/proto modules: the venv must
+    hold opentelemetry-proto's (bootstrap.LAST_INSTALLED), byte for byte as its RECORD lists them."""
+    import base64
+    import hashlib
+    from importlib import metadata
+
+    owner = metadata.distribution(bootstrap.LAST_INSTALLED)
+    others = {str(f) for f in metadata.distribution("xds-protos").files or ()}
+    shared = [f for f in owner.files or () if str(f) in others and f.hash is not None]
+    assert shared, "the two packages no longer overlap: LAST_INSTALLED can go"
+    for file in shared:
+        assert file.hash is not None
+        digest = hashlib.new(file.hash.mode, Path(file.locate()).read_bytes()).digest()
+        found = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        assert found == file.hash.value, f"{file} is not {bootstrap.LAST_INSTALLED}'s"
+
+
 def test_a_stalled_test_fails_on_the_suite_time_limit_instead_of_hanging(tmp_path: Path) -> None:
     """The suite's per-test limit (pyproject's `timeout`) turns a stall into a failure with the
     stalled test named; here with the limit lowered to 1 s for a test that waits forever."""
