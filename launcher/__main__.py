@@ -5,6 +5,7 @@
     up             setup, then the whole mesh on fixed ports until Ctrl-C / SIGTERM
     test [ARGS]    setup, then pytest ARGS inside the venv (exit code = pytest's)
     bench [ARGS]   setup, then the hot-reads benchmark (python -m bench ARGS; installs h2load if missing)
+    capacity       the capacity model from the bench's figures (python -m bench.capacity [ARGS])
     seed [USERS]   SPEC §11's volume (USERS users, 10,000) into the databases of the running `make up`
     lint           ruff check + mypy
     protos         regenerate the gRPC stubs into gen/
@@ -165,6 +166,11 @@ def cmd_bench(args: Sequence[str]) -> int:
     argv = [sys.executable, "-m", "bench", *args]
     log("$ " + " ".join(argv))
     return subprocess.call(argv, cwd=REPO, env=env)
+
+
+def cmd_capacity(args: Sequence[str]) -> int:
+    """Arithmetic only (no databases, no mesh): the venv is enough."""
+    return subprocess.call([sys.executable, "-m", "bench.capacity", *args], cwd=REPO)
 
 
 def cmd_seed(args: Sequence[str]) -> int:
@@ -359,6 +365,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "up": cmd_up,
     "test": cmd_test,
     "bench": cmd_bench,
+    "capacity": cmd_capacity,
     "seed": cmd_seed,
     "lint": cmd_lint,
     "protos": cmd_protos,
