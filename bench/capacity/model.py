@@ -154,6 +154,7 @@ class Plan:
     direct_connections: int  # every instance's full pools on the primary
     connection_budget: int  # max_connections - headroom
     redis_ops_s: float
+    redis_shards: int  # Redis executes commands on one thread: one core per shard
     held_connections: float
     gateway_memory_bytes: float
     gateway_by_cpu: int  # gateways the CPU needs …
@@ -180,9 +181,9 @@ def plan(measured: Measured, traffic: Traffic, users: int) -> Plan:
     # The control plane is off the request path (xDS, registrations): one active + one standby.
     instances[CONTROL_PLANE] = instances_for(cores[CONTROL_PLANE], traffic.cores_per_instance[CONTROL_PLANE], u, 2)
     pg = traffic.postgres_cores_per_server
-    primary_cores = math.ceil(cores[POSTGRES] / u - 1e-9)
+    primary_cores = max(1, math.ceil(cores[POSTGRES] / u - 1e-9))
     replicas = instances_for(cores[STANDBY], pg, u, traffic.min_replicas)
-    replica_cores = math.ceil(cores[STANDBY] / replicas / u - 1e-9)
+    replica_cores = max(1, math.ceil(cores[STANDBY] / replicas / u - 1e-9))
     pools = []
     for service in measured.services:
         mine = [r.name for r in traffic.routes if r.service == service]
@@ -213,6 +214,7 @@ def plan(measured: Measured, traffic: Traffic, users: int) -> Plan:
         direct_connections=sum(p.direct_primary for p in pools),
         connection_budget=traffic.max_connections - traffic.headroom_connections,
         redis_ops_s=sum(rps[r.name] * r.redis_ops for r in traffic.routes),
+        redis_shards=instances_for(cores[REDIS], 1.0, u, 1),
         held_connections=held,
         gateway_memory_bytes=held * traffic.gateway_bytes_per_held_connection,
         gateway_by_cpu=gateway_by_cpu,
@@ -275,13 +277,13 @@ def render_plan(p: Plan, traffic: Traffic) -> list[str]:
         count = p.instances.get(kind)
         per = traffic.cores_per_instance.get(kind)
         if kind == POSTGRES:
-            rows.append([kind + " (primary)", f"{cores:.2f}", "1", f"{p.primary_cores} cores"])
+            rows.append([kind + " (primary)", f"{cores:.2f}", "1", f"{p.primary_cores} core(s)"])
         elif kind == STANDBY:
-            rows.append(["postgres replicas", f"{cores:.2f}", str(p.replicas), f"{p.replica_cores} cores each"])
+            rows.append(["postgres replicas", f"{cores:.2f}", str(p.replicas), f"{p.replica_cores} core(s) each"])
         elif kind == REDIS:
-            rows.append([kind, f"{cores:.2f}", "-", "measured µs: shared server, see assumptions"])
+            rows.append([kind, f"{cores:.2f}", str(p.redis_shards), "1 core each (one command thread)"])
         else:
-            rows.append([kind, f"{cores:.2f}", str(count), f"{per:g} core(s) each"])
+            rows.append([kind, f"{cores:.2f}", f"{count:,}", f"{per:g} core(s) each"])
     lines += _grid(["process", "cores at peak", "instances", "sizing"], rows)
     lines += [
         "",
@@ -291,7 +293,7 @@ def render_plan(p: Plan, traffic: Traffic) -> list[str]:
     ]
     fits = "fits" if p.direct_connections <= p.connection_budget else "DOES NOT FIT: PgBouncer needed"
     lines.append(
-        f"  direct pools: Σ instances x (pool + overflow) = {p.direct_connections} on the primary"
+        f"  direct pools: Σ instances x (pool + overflow) = {p.direct_connections:,} on the primary"
         f" (and on each replica) → {fits}"
     )
     lines += _grid(

@@ -118,6 +118,8 @@ def test_plan_by_hand() -> None:
     assert (auth.pgbouncer_primary, auth.pgbouncer_replica) == (3, 1)
     # Redis 2,000 x 1 + 600 x 3; gateway memory 30,000 x 1,000 B.
     assert p.redis_ops_s == pytest.approx(3800.0)
+    # Redis server 2,000 x 10 + 600 x 20 = 0.032 cores → 1 shard (the minimum).
+    assert p.cores["redis"] == pytest.approx(0.032) and p.redis_shards == 1
     assert p.held_connections == 30_000 and p.gateway_memory_bytes == 30_000_000
 
 
