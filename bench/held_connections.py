@@ -49,6 +49,8 @@ CAP_HEADROOM = 256
 HOLD_KEEPALIVE_SECONDS = 3600
 # Connections opened at once (well under uvicorn's listen backlog of 2048).
 OPEN_BATCH = 500
+# How long the gauge may take to count connections opened or closed (generous for a loaded machine).
+CONNECTIONS_WAIT = 60.0
 READYZ = b"GET /readyz HTTP/1.1\r\nHost: gateway\r\n\r\n"
 
 
@@ -105,9 +107,10 @@ async def metric(http: httpx.AsyncClient, name: str) -> float:
     return float(match.group(1))
 
 
-async def until_connections(http: httpx.AsyncClient, count: int, timeout: float = 60.0) -> None:
-    """Polls gateway_http_connections (over `http`'s one kept-alive connection) until it says `count`."""
-    deadline = time.monotonic() + timeout
+async def until_connections(http: httpx.AsyncClient, count: int) -> None:
+    """Polls gateway_http_connections (over `http`'s one kept-alive connection) until it says
+    `count`; fails if it does not within CONNECTIONS_WAIT seconds."""
+    deadline = time.monotonic() + CONNECTIONS_WAIT
     while (current := await metric(http, "gateway_http_connections")) != count:
         if time.monotonic() > deadline:
             raise AssertionError(f"gateway_http_connections stays {current:g}, not {count}")
