@@ -11,7 +11,9 @@ up, and on its one gateway process:
      connection the gateway has parsed (GET /readyz, answered, kept alive), and waits until the
      gateway's gateway_http_connections gauge counts every one of them;
   3. drives the same load for --seconds again while they are held, then checks that every held
-     connection is still open (gauge) and a sample of them still answers.
+     connection is still open (gauge) and a sample of them still answers;
+  4. closes them and drives the load alone once more (alone, held, alone: a drift of the machine
+     over the run shows as a difference between the two runs alone).
 Memory per connection = the gateway's VmRSS (/proc/<pid>/status) after step 2 minus before it,
 over N. The held connections stay idle: the gateway's keep-alive timeout is raised for the run
 (GATEWAY_KEEPALIVE_TIMEOUT_SECONDS, see hold_env) rather than kept alive by periodic requests,
@@ -60,9 +62,11 @@ class HeldReport:
     rss_before_kib: int
     rss_held_kib: int
     rss_after_load_kib: int
+    rss_closed_kib: int
     open_seconds: float
     alone: h2load.Result
     held: h2load.Result
+    alone_again: h2load.Result
 
     @property
     def kib_per_connection(self) -> float:
@@ -202,18 +206,22 @@ async def measure(
         finally:
             held.close()
         await until_connections(http, 1)
-    return HeldReport(connections, rss_before, rss_held, rss_after_load, open_seconds, alone, with_held)
+        rss_closed = rss_kib(pid)
+        alone_again = await asyncio.to_thread(run, "GET /v1/me alone, after")
+    return HeldReport(
+        connections, rss_before, rss_held, rss_after_load, rss_closed, open_seconds, alone, with_held, alone_again
+    )
 
 
 def report_lines(report: HeldReport) -> list[str]:
     lines = [
         f"held connections        {report.connections} (opened and counted in {report.open_seconds:.1f} s)",
         f"gateway VmRSS           {report.rss_before_kib} KiB before, {report.rss_held_kib} KiB held, "
-        f"{report.rss_after_load_kib} KiB after the load",
+        f"{report.rss_after_load_kib} KiB after the load, {report.rss_closed_kib} KiB once closed",
         f"memory per connection   {report.kib_per_connection:.1f} KiB",
         f"{'load':<38} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ok':>8} {'not 2xx':>8}",
     ]
-    for result in (report.alone, report.held):
+    for result in (report.alone, report.held, report.alone_again):
         lines.append(
             f"{result.name:<38} {result.requests_per_second:>9.0f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f}"
             f" {result.status_2xx:>8} {result.not_2xx:>8}"
