@@ -40,6 +40,18 @@ from gateway.problems import Problem
 
 HEAD_SLACK_BYTES = 1024
 
+# The default cap, from a memory budget per gateway process and the measured cost of one held
+# connection (issue 15; `python -m bench.held_connections`, README "Gateway protocol limits"):
+# an idle kept-alive HTTP/1.1 connection, answered once, adds 10.0 KiB to the gateway's RSS
+# (10,000 held: 79,796 → 180,132 KiB; 10.0-10.1 KiB over four runs, 9.8 KiB with 13,000), and
+# a steady GET /v1/me load keeps its latency with them held (p50 and p99 within the spread of the
+# runs without them on the 2 shared cores). The memory stays after they close: the cap bounds the
+# high mark. Budget: 128 MiB of connections per process, beside its own ~80 MiB. 128 MiB /
+# 10.0 KiB = 13,107, rounded down to 13,000 (measured at 13,000: +125 MiB). 1M held connections
+# then take about 77 gateway processes. The kernel's socket memory is not in that RSS, and the
+# process needs an open-file limit above the cap (GATEWAY_MAX_CONNECTIONS).
+DEFAULT_MAX_CONNECTIONS = 13_000
+
 OPEN = Gauge("gateway_http_connections", "HTTP connections open in this gateway process")
 CAP = Gauge("gateway_http_connections_max", "Most HTTP connections this gateway process holds at once")
 REFUSED = Counter(
@@ -51,7 +63,7 @@ REFUSED = Counter(
 
 @dataclass(frozen=True)
 class ProtocolLimits:
-    max_connections: int = 1000
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
     header_timeout_seconds: float = 10.0

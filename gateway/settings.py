@@ -12,7 +12,8 @@ GATEWAY_SHUTDOWN_GRACE_SECONDS   how long SIGTERM waits for in-flight requests (
 
 Protocol limits (connections.py; SPEC §7):
 GATEWAY_MAX_CONNECTIONS          open HTTP connections per gateway process; past it a new one is answered
-                                 503 and closed at once (default 1000; keep it below the open-file limit)
+                                 503 and closed at once (default 13000: 128 MiB of held connections at
+                                 10 KiB each, see connections.py; keep it below the open-file limit)
 GATEWAY_MAX_HEADER_BYTES         largest request head: target + each header's name, value and 4 bytes
                                  (default 16384 = 16 KiB); larger is 431
 GATEWAY_MAX_HEADERS              most request headers (default 100); more is 431
@@ -56,6 +57,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway.connections import DEFAULT_MAX_CONNECTIONS
 from mesh.pki import ENVOY
 from mesh.topology import SERVICES
 from services.common.addresses import IpNetwork, parse_networks
@@ -76,7 +78,7 @@ class Settings:
     ready_timeout_seconds: float = 1.0
     max_body_bytes: int = 256 * 1024
     shutdown_grace_seconds: float = 20.0
-    max_connections: int = 1000
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
     header_timeout_seconds: float = 10.0
@@ -120,7 +122,7 @@ class Settings:
             ready_timeout_seconds=_positive("GATEWAY_READY_TIMEOUT_SECONDS", env, 1.0),
             max_body_bytes=int(_positive("GATEWAY_MAX_BODY_BYTES", env, 256 * 1024)),
             shutdown_grace_seconds=_positive("GATEWAY_SHUTDOWN_GRACE_SECONDS", env, 20.0),
-            max_connections=_whole("GATEWAY_MAX_CONNECTIONS", env, 1000),
+            max_connections=_whole("GATEWAY_MAX_CONNECTIONS", env, DEFAULT_MAX_CONNECTIONS),
             max_header_bytes=_whole("GATEWAY_MAX_HEADER_BYTES", env, 16 * 1024),
             max_headers=_whole("GATEWAY_MAX_HEADERS", env, 100),
             header_timeout_seconds=_positive("GATEWAY_HEADER_TIMEOUT_SECONDS", env, 10.0),

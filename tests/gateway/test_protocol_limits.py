@@ -276,7 +276,7 @@ def test_protocol_limit_settings() -> None:
     assert (settings.max_connections, settings.max_header_bytes, settings.max_headers) == (50, 8192, 20)
     assert (settings.header_timeout_seconds, settings.keepalive_timeout_seconds) == (2.5, 0.5)
     defaults = Settings.from_env({})
-    assert (defaults.max_connections, defaults.max_header_bytes, defaults.max_headers) == (1000, 16384, 100)
+    assert (defaults.max_connections, defaults.max_header_bytes, defaults.max_headers) == (13000, 16384, 100)
     assert (defaults.header_timeout_seconds, defaults.keepalive_timeout_seconds) == (10.0, 5.0)
     for name, raw in [("GATEWAY_MAX_CONNECTIONS", "1.5"), ("GATEWAY_HEADER_TIMEOUT_SECONDS", "0")]:
         with pytest.raises(SystemExit):
