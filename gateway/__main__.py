@@ -16,7 +16,10 @@ shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
+import resource
 import signal
 import sys
 from types import FrameType
@@ -45,7 +48,7 @@ def main() -> None:
     except (DescriptorError, TemplateError) as exc:
         raise SystemExit(f"gateway: cannot serve the configured protos: {exc}") from None
     limits = ProtocolLimits(
-        max_connections=settings.max_connections,
+        max_connections=_connections_the_fd_limit_allows(settings.max_connections),
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
         header_timeout_seconds=settings.header_timeout_seconds,
@@ -67,6 +70,30 @@ def main() -> None:
         # uvicorn declares an int but only hands it to loop.call_later: fractions work.
         timeout_keep_alive=settings.keepalive_timeout_seconds,  # type: ignore[arg-type]
     )
+
+
+# Descriptors the gateway needs besides its clients' connections: its channels to the mesh, Redis,
+# log files, the listening socket, Python's own files.
+_FD_RESERVE = 256
+
+
+def _connections_the_fd_limit_allows(wanted: int) -> int:
+    """The connection cap, with the open-file limit raised to the hard limit so that it can be
+    held (the default cap needs ~13,000 descriptors; many machines start processes with a soft
+    limit of 1,024); lowered, with a warning, when even the hard limit is too small for it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY or wanted + _FD_RESERVE <= soft:
+        return wanted
+    allowed = max(1, soft - _FD_RESERVE)
+    logging.getLogger(__name__).warning(
+        "connection cap lowered to what the open-file limit allows",
+        extra={"fields": {"wanted": wanted, "allowed": allowed, "nofile_limit": soft}},
+    )
+    return allowed
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

@@ -97,7 +97,7 @@ class Traffic:
     pgbouncer_pool_factor: float  # server connections per busy backend (waits, I/O, bursts)
     pgbouncer_min_pool: int
     held_connections_per_user: float
-    gateway_bytes_per_held_connection: int  # assumed, not measured (placeholder)
+    gateway_bytes_per_held_connection: int  # of the gateway's RSS (python -m bench.held_connections)
     gateway_max_connections: int  # GATEWAY_MAX_CONNECTIONS per gateway process
     routes: tuple[Route, ...]
 
@@ -260,7 +260,7 @@ def render_inputs(measured: Measured, traffic: Traffic) -> list[str]:
         f"  PgBouncer (transaction mode): server pool = max({t.pgbouncer_min_pool}, ceil(busy backends x"
         f" {t.pgbouncer_pool_factor:g})) per database",
         f"  held connections {t.held_connections_per_user:g} per user; gateway memory"
-        f" {t.gateway_bytes_per_held_connection:,} B per held connection (assumed, not measured);"
+        f" {t.gateway_bytes_per_held_connection:,} B per held connection (measured, bench.held_connections);"
         f" GATEWAY_MAX_CONNECTIONS {t.gateway_max_connections:,}",
     ]
     return lines
@@ -322,7 +322,7 @@ def render_plan(p: Plan, traffic: Traffic) -> list[str]:
         f" ({traffic.gateway_max_connections:,} each) → {p.instances[GATEWAY]}",
         f"gateway memory: {_n(p.held_connections)} held connections → {p.gateway_memory_bytes / 2**30:,.1f} GiB in all,"
         f" {p.gateway_memory_bytes / p.instances[GATEWAY] / 2**20:,.0f} MiB per gateway instance"
-        " (bytes per connection assumed, not measured)",
+        " (socket buffers in the kernel not included)",
     ]
     return lines
 
