@@ -228,7 +228,8 @@ def admin_query(
                     offset = end + 1 + 18  # table oid, column, type oid, size, modifier, format
             elif kind == b"D":
                 (count,) = struct.unpack("!H", body[:2])
-                offset, values = 2, []
+                offset = 2
+                values: list[str | None] = []
                 for _ in range(count):
                     (length,) = struct.unpack("!i", body[offset : offset + 4])
                     offset += 4
