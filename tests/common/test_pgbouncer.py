@@ -19,14 +19,16 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from launcher import pgbouncer as pgb
 from launcher.infra import Infra
 from launcher.keys import KeyPair
 from launcher.process import ManagedProcess, free_port
 from launcher.stack import Stack
-from services.common.db import Database
+from services.common.db import Database, pgbouncer_url
 from services.common.errors import Unavailable
 from services.common.settings import DatabaseSettings
 from tests.auth.test_auth_http import PASSWORD
@@ -227,20 +229,56 @@ async def test_without_db_pgbouncer_the_connection_is_refused(bouncer: pgb.PgBou
 
 
 async def test_asyncpg_statement_cache_collides_behind_pgbouncer(bouncer: pgb.PgBouncerConfig) -> None:
-    """asyncpg's defaults (a statement cache, per-connection names, autocommit): 20 clients over
-    4 server connections prepare `__asyncpg_stmt_1__` on the same ones, or lose theirs between
-    prepare and execute."""
+    """asyncpg's statement cache (names `__asyncpg_stmt_N__` per client connection), 20 clients over
+    4 server connections: they prepare the same names on the same server connections."""
+    with pytest.raises(asyncpg.PostgresError, match="prepared statement"):
+        await raw_asyncpg_reads(bouncer, statement_cache_size=100)
+
+
+async def test_asyncpg_without_its_cache_survives_autocommit_behind_pgbouncer(bouncer: pgb.PgBouncerConfig) -> None:
+    """asyncpg's own fetch with no cache outside a transaction works: it ends Parse/Describe with
+    Flush, not Sync, so PgBouncer keeps the server connection until the Bind/Execute's Sync."""
+    await raw_asyncpg_reads(bouncer, statement_cache_size=0)
+
+
+async def test_sqlalchemy_autocommit_loses_its_statements_behind_pgbouncer(bouncer: pgb.PgBouncerConfig) -> None:
+    """SQLAlchemy's asyncpg adapter prepares (a round trip of its own) and then executes: in
+    autocommit PgBouncer hands the server connection to someone else in between, even with the
+    caches off and unique names. Hence DB_PGBOUNCER's reads in a transaction."""
+    engine = create_async_engine(
+        pgbouncer_url(bouncer.url("postgres")),
+        pool_size=20,
+        connect_args={"statement_cache_size": 0, "prepared_statement_name_func": lambda: f"__x_{uuid.uuid4()}__"},
+    ).execution_options(isolation_level="AUTOCOMMIT")
+
+    async def reads(i: int) -> None:
+        async with engine.connect() as conn:
+            for j in range(5):
+                await conn.scalar(text(f"SELECT CAST(:i AS int) + {j}"), {"i": i})
+
+    failures: list[BaseException] = []
+    try:
+        for _ in range(5):
+            # Every client finishes (no connection left checked out when the engine is disposed).
+            results = await asyncio.gather(*(reads(i) for i in range(40)), return_exceptions=True)
+            failures += [r for r in results if isinstance(r, BaseException)]
+    finally:
+        await engine.dispose()
+    assert failures, "every autocommit statement went through"
+    assert all(isinstance(f, sqlalchemy.exc.DBAPIError) and "prepared statement" in str(f) for f in failures), failures
+
+
+async def raw_asyncpg_reads(bouncer: pgb.PgBouncerConfig, **connect_args: Any) -> None:
     dsn = bouncer.url("postgres").replace("postgresql+asyncpg://", "postgresql://")
-    pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
+    pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20, **connect_args)
     try:
 
         async def queries(i: int) -> None:
             async with pool.acquire() as conn:
                 for j in range(5):
-                    await conn.fetchval(f"SELECT $1::int + {j}", i)
+                    assert await conn.fetchval(f"SELECT $1::int + {j}", i) == i + j
 
-        with pytest.raises(asyncpg.PostgresError, match="prepared statement"):
-            for _ in range(5):
-                await asyncio.gather(*(queries(i) for i in range(40)))
+        for _ in range(5):
+            await asyncio.gather(*(queries(i) for i in range(40)))
     finally:
         await pool.close()
