@@ -10,7 +10,8 @@ database names and cache prefix, databases dropped at the end):
         stack.kill_instance(stack.instances["auth"][0])
         stack.wait_envoy_health("auth", healthy=1)
 
-Start order: migrations → control plane → service instances (they register with it) → Envoy
+Start order: migrations (straight to the primary) → PgBouncer when asked (`pgbouncer=True`: the
+services' DATABASE_URL goes through it) → control plane → service instances (they register with it) → Envoy
 (its bootstrap only points at the control plane; everything else arrives over ADS) → gateway
 (a proxyless xDS client of the same control plane: it calls the instances directly) → Prometheus
 when asked (`prometheus=True`; its targets come from the control plane's /sd/prometheus).
@@ -49,8 +50,9 @@ from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
+from launcher import pgbouncer as pgb
 from launcher import prometheus as prom
-from launcher.bootstrap import REPO
+from launcher.bootstrap import REPO, Apt
 from launcher.infra import Infra
 from launcher.keys import KeyPair, ensure_operator
 from launcher.process import (
@@ -148,6 +150,17 @@ class StackSettings:
     # service discovery; off in test stacks unless a test asks (it costs a process and a disk).
     prometheus: bool = False
     prometheus_port: int = prom.DEFAULT_PORT
+    # PgBouncer (transaction mode) in front of the primary (launcher/pgbouncer.py, README
+    # "PgBouncer"): the services' DATABASE_URL goes through it, with DB_PGBOUNCER=1. PGBOUNCER=1
+    # turns it on for `make up`; test stacks ask for it explicitly.
+    pgbouncer: bool = field(default_factory=lambda: os.environ.get("PGBOUNCER", "") in ("1", "true", "yes", "on"))
+    # Not 6432: Debian's package starts a system PgBouncer there where an init system runs.
+    pgbouncer_port: int = 6439
+    # Server connections per database (each service's): the primary's connection budget.
+    pgbouncer_pool_size: int = 20
+    pgbouncer_max_client_conn: int = 1000
+    # apt-get install pgbouncer when the binary is missing (`make up`); test stacks never install.
+    pgbouncer_install: bool = True
 
     @classmethod
     def for_tests(cls, infra: Infra, keys: KeyPair, *, work_dir: Path, **overrides: Any) -> StackSettings:
@@ -166,6 +179,9 @@ class StackSettings:
             control_plane_port=free_port(),
             control_plane_admin_port=free_port(),
             prometheus_port=free_port(),
+            pgbouncer=False,
+            pgbouncer_port=free_port(),
+            pgbouncer_install=False,
             database_suffix=f"_t{token}",
             cache_prefix=f"test:{token}:",
             log_level="INFO",
@@ -228,6 +244,7 @@ class Stack:
         self.control_plane: ManagedProcess | None = None
         self.gateway: ManagedProcess | None = None
         self.prometheus: ManagedProcess | None = None
+        self.pgbouncer: ManagedProcess | None = None
         self.extra: list[ManagedProcess] = []
         self.certs_dir = settings.work_dir / "certs"
         self._identities: dict[str, MeshTLS] = {}
@@ -298,6 +315,29 @@ class Stack:
         """Service name → SQLAlchemy URL of its database (as passed in DATABASE_URL)."""
         pg = self.settings.infra.postgres
         return {spec.name: pg.url(self.database_name(spec.name)) for spec in self.settings.services}
+
+    @property
+    def pgbouncer_config(self) -> pgb.PgBouncerConfig:
+        return pgb.PgBouncerConfig(
+            listen_host=self.host,
+            port=self.settings.pgbouncer_port,
+            server=self.settings.infra.postgres,
+            run_dir=self.settings.work_dir / f"pgbouncer-{self.settings.pgbouncer_port}",
+            max_client_conn=self.settings.pgbouncer_max_client_conn,
+            default_pool_size=self.settings.pgbouncer_pool_size,
+        )
+
+    @property
+    def service_database_urls(self) -> dict[str, str]:
+        """Service name → DATABASE_URL of its instances: through PgBouncer when the stack runs
+        one, else the primary's (database_urls). Migrations always go straight to the primary
+        (database_urls): they create the database first (PgBouncer's `*` entry cannot reach one that
+        does not exist yet), they are one short-lived client, and Alembic's connection uses
+        asyncpg's defaults (statement cache, startup parameters), which PgBouncer 1.18 breaks."""
+        if not self.settings.pgbouncer:
+            return self.database_urls
+        config = self.pgbouncer_config
+        return {spec.name: config.url(self.database_name(spec.name)) for spec in self.settings.services}
 
     @property
     def database_replica_urls(self) -> dict[str, str]:
@@ -444,7 +484,8 @@ class Stack:
         env.update(
             GRPC_LISTEN=instance.grpc_address,
             ADMIN_LISTEN=instance.admin_address,
-            DATABASE_URL=self.database_urls[spec.name],
+            DATABASE_URL=self.service_database_urls[spec.name],
+            DB_PGBOUNCER="1" if self.settings.pgbouncer else "0",
             DATABASE_REPLICA_URLS=self.database_replica_urls.get(spec.name, ""),
             SHUTDOWN_GRACE_SECONDS=f"{self.settings.shutdown_grace_seconds:g}",
             DRAIN_DELAY_SECONDS=f"{self.settings.drain_delay_seconds:g}",
@@ -577,6 +618,8 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.settings.mesh_tls:
             self.issue_certificates()
+        if self.settings.pgbouncer:
+            self.start_pgbouncer(wait=False)
         migrations = [self._start_migration(spec) for spec in self.settings.services]
         if self.settings.control_plane:
             self.start_control_plane(wait=False)
@@ -584,6 +627,8 @@ class Stack:
             finish(migration, timeout=max(self.settings.ready_timeout, 120.0))
         if self.control_plane is not None:
             self.control_plane.wait_ready(self.settings.ready_timeout)
+        if self.pgbouncer is not None:
+            self.pgbouncer.wait_ready(self.settings.ready_timeout)
         # Instances before Envoy: Envoy's initialisation waits for the first health-check round,
         # so it starts with every instance healthy and balances from its first call. (Hosts that
         # turn healthy after start-up can take one more health-check interval to get traffic.)
@@ -673,6 +718,22 @@ class Stack:
         with urllib.request.urlopen(f"{self.control_plane_admin_url}/status", timeout=2) as response:
             return dict(json.load(response))
 
+    def start_pgbouncer(self, *, wait: bool = True) -> ManagedProcess:
+        """PgBouncer in front of the primary on pgbouncer_port (its configuration written anew)."""
+        binary = pgb.find()
+        if binary is None and self.settings.pgbouncer_install:
+            Apt.install("pgbouncer")
+            binary = pgb.find()
+        if binary is None:
+            raise StartupError("no pgbouncer binary: `apt-get install -y pgbouncer` (Debian's package)")
+        self.pgbouncer = pgb.process(
+            binary, self.pgbouncer_config, log_path=self.log_path("pgbouncer"), env=self._base_env()
+        )
+        self.pgbouncer.start()
+        if wait:
+            self.pgbouncer.wait_ready(self.settings.ready_timeout)
+        return self.pgbouncer
+
     def start_gateway(self, *, wait: bool = True) -> ManagedProcess:
         self.gateway = ManagedProcess(
             "gateway",
@@ -730,6 +791,8 @@ class Stack:
         )
         if self.control_plane is not None and self.control_plane.running:
             self.control_plane.stop(self.settings.stop_timeout)
+        if self.pgbouncer is not None:
+            self.pgbouncer.stop(self.settings.stop_timeout)
         if self.settings.drop_databases_on_close:
             self.drop_databases()
         _LIVE.discard(self)

@@ -24,6 +24,19 @@ to every request. A connection that dies while in steady use fails its statement
 
 Connection failures surface as `Unavailable`, so a primary that is down fails fast with a clear
 message instead of a 500.
+
+Behind PgBouncer in transaction mode (DB_PGBOUNCER=1; README "PgBouncer") a client holds a server
+connection only while a transaction is open, and PgBouncer before 1.21 knows nothing of prepared
+statements. asyncpg prepares (Parse … Sync) and executes (Bind … Sync) in two round trips, and
+between them, outside a transaction, PgBouncer may hand the server connection to someone else:
+"prepared statement … does not exist", or, with asyncpg's statement cache and its per-connection
+names, "already exists" on a server connection another client prepared the same name on. So, for
+the primary only (replicas are reached directly): no statement cache in asyncpg nor SQLAlchemy,
+statement names unique across clients, every read in a transaction (BEGIN … COMMIT pins one
+server connection for prepare and execute), the idle ping in one simple-protocol round trip, and
+no statement_timeout / idle_in_transaction_session_timeout at connect (PgBouncer refuses unknown
+startup parameters: launcher/pgbouncer.py sets them on its server connections instead). It costs
+the statement cache and two round trips per read; it is the price of the older PgBouncer.
 """
 
 from __future__ import annotations
@@ -68,7 +81,26 @@ class _ReplicaFailed(Exception):
     """A read failed on a replica: run it on the primary."""
 
 
+def _unique_statement_name() -> str:
+    """A prepared statement name no other client of a shared (PgBouncer) server connection uses."""
+    return f"__asyncpg_{uuid.uuid4()}__"
+
+
+def pgbouncer_url(url: str) -> str:
+    """`url` with SQLAlchemy's prepared statement cache off (DB_PGBOUNCER: see the module doc)."""
+    return url + ("&" if "?" in url else "?") + "prepared_statement_cache_size=0"
+
+
 def make_engine(url: str, settings: DatabaseSettings, role: str) -> AsyncEngine:
+    server_settings = {"application_name": f"capsule-mesh-{role}"}
+    connect_args: dict[str, Any] = {"timeout": settings.connect_timeout_seconds, "server_settings": server_settings}
+    if settings.pgbouncer:
+        url = pgbouncer_url(url)
+        connect_args["statement_cache_size"] = 0
+        connect_args["prepared_statement_name_func"] = _unique_statement_name
+    else:
+        server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
+        server_settings["idle_in_transaction_session_timeout"] = str(settings.idle_in_transaction_timeout_ms)
     engine = create_async_engine(
         url,
         pool_size=settings.pool_size,
@@ -79,22 +111,16 @@ def make_engine(url: str, settings: DatabaseSettings, role: str) -> AsyncEngine:
         hide_parameters=True,
         # Pinging after idleness only: see the module doc and _ping_idle_connections.
         pool_pre_ping=settings.pool_pre_ping and settings.pool_pre_ping_idle_seconds <= 0,
-        connect_args={
-            "timeout": settings.connect_timeout_seconds,
-            "server_settings": {
-                "application_name": f"capsule-mesh-{role}",
-                "statement_timeout": str(settings.statement_timeout_ms),
-                "idle_in_transaction_session_timeout": str(settings.idle_in_transaction_timeout_ms),
-            },
-        },
+        connect_args=connect_args,
     )
     if settings.pool_pre_ping and settings.pool_pre_ping_idle_seconds > 0:
-        _ping_idle_connections(engine, settings.pool_pre_ping_idle_seconds)
+        _ping_idle_connections(engine, settings.pool_pre_ping_idle_seconds, simple=settings.pgbouncer)
     DB_POOL_CHECKED_OUT.labels(role).set_function(lambda: _checked_out(engine))
     return engine
 
 
-def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
+def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float, *, simple: bool = False) -> None:
+    """`simple`: ping with the simple query protocol (one round trip, nothing prepared: PgBouncer)."""
     pool = engine.sync_engine.pool
 
     @event.listens_for(pool, "checkin")
@@ -108,7 +134,8 @@ def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
             return  # new, or used a moment ago
         try:
             # Checkout runs inside SQLAlchemy's greenlet, where awaiting the driver is allowed.
-            await_only(dbapi_connection.driver_connection.fetchval("SELECT 1"))
+            driver = dbapi_connection.driver_connection
+            await_only(driver.execute("SELECT 1") if simple else driver.fetchval("SELECT 1"))
         except Exception as exc:
             # The pool discards this connection and checks out (or opens) another one.
             raise sqlalchemy.exc.DisconnectionError(f"idle connection failed its ping: {exc}") from exc
@@ -125,7 +152,11 @@ class Database:
         self.settings = settings
         self.primary = make_engine(settings.url, settings, "primary")
         # The same pool, in autocommit: a read is one round trip, not BEGIN + statement + ROLLBACK.
-        self._primary_reads = self.primary.execution_options(isolation_level="AUTOCOMMIT")
+        # Behind PgBouncer reads stay in a transaction (SQLAlchemy begins one on the first
+        # statement, the pool rolls it back on release): see the module doc.
+        self._primary_reads = (
+            self.primary if settings.pgbouncer else self.primary.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self.router: ReplicaRouter | None = None
         if settings.replica_urls:
             if watermarks is None:
@@ -177,7 +208,13 @@ class Database:
         """The asyncpg connection of a pooled primary read connection, for one hot-path statement."""
         async with self._connect(self._primary_reads, "primary") as conn, self._driver(conn) as driver:
             DB_READS.labels("primary").inc()
-            yield driver
+            if self.settings.pgbouncer:
+                # SQLAlchemy begins nothing for the driver's own statements: one server connection
+                # (behind PgBouncer) for the prepare and the execute of each.
+                async with driver.transaction(readonly=True):
+                    yield driver
+            else:
+                yield driver
 
     async def read_may_lag(
         self, query: Callable[[AsyncConnection], Awaitable[T]], *, users: Collection[uuid.UUID] = ()

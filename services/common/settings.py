@@ -111,6 +111,11 @@ class DatabaseSettings:
     replica_probe_seconds: float = 0.5
     # A read a replica has not answered in this time is run on the primary instead.
     replica_read_timeout_seconds: float = 2.0
+    # DB_PGBOUNCER=1: the primary URL is a PgBouncer in transaction mode (older than 1.21, no
+    # prepared statements of its own): no statement caches, unique statement names, reads in a
+    # transaction, no session settings at connect (services/common/db.py, README "PgBouncer").
+    # Replicas are still reached directly. Off: asyncpg's statement cache, autocommit reads.
+    pgbouncer: bool = False
 
     @property
     def watermark_seconds(self) -> float:
@@ -119,7 +124,8 @@ class DatabaseSettings:
         return self.replica_max_lag_seconds + 4 * self.replica_probe_seconds + 5.0
 
     def for_replica(self) -> DatabaseSettings:
-        return replace(self, pool_size=self.replica_pool_size)
+        # Replicas are reached directly, never through the primary's PgBouncer.
+        return replace(self, pool_size=self.replica_pool_size, pgbouncer=False)
 
     @classmethod
     def from_env(cls, default_database: str) -> DatabaseSettings:
@@ -139,6 +145,7 @@ class DatabaseSettings:
             replica_max_lag_seconds=env_float("DB_REPLICA_MAX_LAG_SECONDS", 2.0),
             replica_probe_seconds=env_float("DB_REPLICA_PROBE_SECONDS", 0.5),
             replica_read_timeout_seconds=env_float("DB_REPLICA_READ_TIMEOUT_SECONDS", 2.0),
+            pgbouncer=env_bool("DB_PGBOUNCER", False),
         )
 
 
