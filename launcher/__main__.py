@@ -70,6 +70,15 @@ class Prepared:
                 self.prometheus = prometheus.ensure_installed()
             except SetupError as exc:
                 raise SetupError(f"{exc} (or set PROMETHEUS=0 to go without Prometheus)") from None
+        # PgBouncer (launcher/pgbouncer.py): PGBOUNCER=1 puts it in front of `make up`'s primary, and
+        # the tests run the database paths through it, so set-up installs Debian's package.
+        from launcher import pgbouncer
+        from launcher.bootstrap import Apt
+
+        if pgbouncer.find() is None:
+            log("installing PgBouncer (apt-get install -y pgbouncer)")
+            Apt.install("pgbouncer")
+        self.pgbouncer = pgbouncer.find()
 
 
 def cmd_setup(args: Sequence[str]) -> int:
@@ -82,6 +91,7 @@ def cmd_setup(args: Sequence[str]) -> int:
     print(f"jwt keys  {prepared.keys.private.parent}")
     print(f"mesh CA   {prepared.keys.mesh_ca}  (operator certificate: {prepared.keys.operator})")
     print(f"prometheus {prepared.prometheus or 'not installed (PROMETHEUS=0)'}")
+    print(f"pgbouncer {prepared.pgbouncer or 'not installed'}")
     return 0
 
 
