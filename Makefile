@@ -4,6 +4,8 @@
 #   make up                  the whole mesh on 127.0.0.1 (gateway :8080, Envoy :10000, admin :9901)
 #   make test                the test suite;  make test ARGS="tests/launcher -k envoy"
 #   make bench               the hot-reads benchmark (SPEC §11);  make bench ARGS="--seconds 3 --only me"
+#   make load                Locust's user journeys headless (own mesh; --attach: `make up`)
+#                            make load ARGS="--users 20 --spawn-rate 10 --run-time 30s"
 #   make seed                SPEC §11's data set into the running `make up` (users pf1…pf10000)
 #   make lint                ruff + mypy
 #   make protos              regenerate the gRPC stubs into gen/
@@ -12,7 +14,7 @@
 PYTHON ?= python3
 ARGS ?=
 
-.PHONY: up test bench seed lint protos clean setup
+.PHONY: up test bench load seed lint protos clean setup
 
 up:
 	$(PYTHON) -m launcher up
@@ -22,6 +24,9 @@ test:
 
 bench:
 	$(PYTHON) -m launcher bench $(ARGS)
+
+load:
+	$(PYTHON) -m launcher load $(ARGS)
 
 seed:
 	$(PYTHON) -m launcher seed $(ARGS)
