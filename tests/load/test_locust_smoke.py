@@ -25,7 +25,7 @@ from launcher.stack import Stack
 from loadtest import report
 from tests.conftest import CAPSULE_LEAD_SECONDS, start_test_stack
 
-pytestmark = pytest.mark.slow(41)  # 41 s alone on the 2-core machine (stack included); scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(41)  # measured alone, stack included; scheduled first: see tests/conftest.py
 
 JOURNEYS = str(REPO / "loadtest" / "journeys.py")
 USERS = 6
