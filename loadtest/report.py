@@ -98,5 +98,5 @@ def summary(total: Row, failures: list[Failure]) -> str:
         f"load: {total.requests} requests, {total.failures} failures, p50 {total.median_ms:g} ms, "
         f"p99 {total.p99_ms:g} ms, {total.rps:.1f} req/s"
     ]
-    lines += [f"  FAILED {f.occurrences}x {f.method} {f.name}: {f.error[:300]}" for f in failures]
+    lines += [f"  FAILED {f.occurrences}x {f.name}: {f.error[:300]}" for f in failures]
     return "\n".join(lines)
