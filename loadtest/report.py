@@ -2,6 +2,11 @@
 
 Unlike journeys.py this module never imports Locust (nor gevent): the launcher's `load` command
 and tests/load read the run's results with it.
+
+The CSV files are Locust's snapshot, rewritten every second during the run and not once more at
+the end: their counts may miss the run's last second (Locust's printed table has it all). A
+failure in that second still shows in Locust's exit code (1), which `make load` and the smoke test
+check as well.
 """
 
 from __future__ import annotations
