@@ -131,14 +131,15 @@ class JourneyUser(HttpUser):
             pass  # recorded by the step; the next turn starts over from the state reached
 
     def find_partner(self) -> None:
-        while LOBBY and (LOBBY[0].stopped or LOBBY[0] is self):
-            LOBBY.popleft()
-        if not LOBBY:
+        other = next((u for u in LOBBY if u is not self and not u.stopped), None)
+        if other is None:
             if self not in LOBBY:
                 LOBBY.append(self)
             self.list_inbox()  # while waiting: what an idle user does
             return
-        other = LOBBY.popleft()
+        LOBBY.remove(other)
+        if self in LOBBY:
+            LOBBY.remove(self)
         other_id = self.search(other.username) or other.user_id
         self.partner = other
         try:
