@@ -5,6 +5,8 @@
 #   make test                the test suite;  make test ARGS="tests/launcher -k envoy"
 #   make bench               the hot-reads benchmark (SPEC §11);  make bench ARGS="--seconds 3 --only me"
 #   make capacity            the capacity model (bench/capacity);  make capacity ARGS="--users 250000"
+#   make load                Locust's user journeys headless (own mesh; --attach: `make up`)
+#                            make load ARGS="--users 20 --spawn-rate 10 --run-time 30s"
 #   make seed                SPEC §11's data set into the running `make up` (users pf1…pf10000)
 #   make lint                ruff + mypy
 #   make protos              regenerate the gRPC stubs into gen/
@@ -13,7 +15,7 @@
 PYTHON ?= python3
 ARGS ?=
 
-.PHONY: up test bench capacity seed lint protos clean setup
+.PHONY: up test bench capacity load seed lint protos clean setup
 
 up:
 	$(PYTHON) -m launcher up
@@ -26,6 +28,9 @@ bench:
 
 capacity:
 	$(PYTHON) -m launcher capacity $(ARGS)
+
+load:
+	$(PYTHON) -m launcher load $(ARGS)
 
 seed:
 	$(PYTHON) -m launcher seed $(ARGS)

@@ -6,6 +6,8 @@
     test [ARGS]    setup, then pytest ARGS inside the venv (exit code = pytest's)
     bench [ARGS]   setup, then the hot-reads benchmark (python -m bench ARGS; installs h2load if missing)
     capacity       the capacity model from the bench's figures (python -m bench.capacity [ARGS])
+    load [ARGS]    setup, then Locust's user journeys headless against a mesh of its own (--attach:
+                   the running `make up`); results under .run/load/<time>/, exit 1 on any failure
     seed [USERS]   SPEC §11's volume (USERS users, 10,000) into the databases of the running `make up`
     lint           ruff check + mypy
     protos         regenerate the gRPC stubs into gen/
@@ -30,6 +32,8 @@ from typing import TYPE_CHECKING
 from launcher.bootstrap import REPO, SetupError, ensure_venv, in_venv, log, reexec_in_venv
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from launcher.infra import Infra
     from launcher.stack import Stack
 
@@ -123,7 +127,7 @@ def cmd_lint(args: Sequence[str]) -> int:
     if protos.is_stale():
         protos.generate()
     bin_dir = os.path.dirname(sys.executable)
-    targets = [d for d in ("launcher", "services", "gateway", "bench", "tests") if (REPO / d).is_dir()]
+    targets = [d for d in ("launcher", "services", "gateway", "bench", "loadtest", "tests") if (REPO / d).is_dir()]
     ruff = subprocess.call([os.path.join(bin_dir, "ruff"), "check", *targets], cwd=REPO)
     # --explicit-package-bases: test folders without __init__.py may each have a conftest.py.
     mypy = subprocess.call([os.path.join(bin_dir, "mypy"), "--explicit-package-bases", *targets], cwd=REPO)
@@ -181,6 +185,114 @@ def cmd_bench(args: Sequence[str]) -> int:
 def cmd_capacity(args: Sequence[str]) -> int:
     """Arithmetic only (no databases, no mesh): the venv is enough."""
     return subprocess.call([sys.executable, "-m", "bench.capacity", *args], cwd=REPO)
+
+
+LOAD_LEAD_SECONDS = 1  # the own stack's CAPSULE_MIN_UNLOCK_LEAD_SECONDS: capsules open within a run
+
+
+def cmd_load(args: Sequence[str]) -> int:
+    """Locust's user journeys (loadtest/journeys.py) headless, as a subprocess (gevent monkeypatches
+    whatever imports it). Options of our own come first; every other argument goes to Locust as it
+    is (`--master --expect-workers 2`, `--loglevel DEBUG`). With `--worker` nothing is started: the
+    process joins a master (`--master-host`) and runs the users it hands out."""
+    import argparse
+    from datetime import datetime
+
+    parser = argparse.ArgumentParser(prog="make load ARGS=...", description=cmd_load.__doc__)
+    parser.add_argument("--attach", action="store_true", help="the running `make up` (GATEWAY_PORT, 8080)")
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--spawn-rate", type=float, default=10.0)
+    parser.add_argument("--run-time", default="30s")
+    parser.add_argument(
+        "--capsule-lead",
+        type=float,
+        default=None,
+        help=f"seconds to unlock (default: {LOAD_LEAD_SECONDS + 1} on the own stack, 65 attached: SPEC's 1 minute)",
+    )
+    opts, locust_args = parser.parse_known_args(args)
+    journeys = str(REPO / "loadtest" / "journeys.py")
+    if "--worker" in locust_args:
+        argv = [sys.executable, "-m", "locust", "-f", journeys, *locust_args]
+        log("$ " + " ".join(argv))
+        return _run_forwarding_signals(argv)
+
+    run_dir = REPO / ".run" / "load" / datetime.now().strftime("%Y%m%dT%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lead = opts.capsule_lead if opts.capsule_lead is not None else (65.0 if opts.attach else LOAD_LEAD_SECONDS + 1.0)
+
+    def run_locust(host: str) -> int:
+        argv = [sys.executable, "-m", "locust", "-f", journeys, "--headless", "--host", host]
+        argv += ["--users", str(opts.users), "--spawn-rate", f"{opts.spawn_rate:g}", "--run-time", opts.run_time]
+        argv += ["--csv", str(run_dir / "locust"), "--only-summary", "--capsule-lead", f"{lead:g}", *locust_args]
+        log("$ " + " ".join(argv))
+        code = _run_forwarding_signals(argv)
+        return _load_report(run_dir, code)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+    if opts.attach:
+        from launcher.process import http_ok
+
+        host = f"http://127.0.0.1:{_env_int('GATEWAY_PORT', 8080)}"
+        if not http_ok(f"{host}/readyz"):
+            raise SetupError(f"--attach: no gateway answers on {host} (start `make up`)")
+        log(f"attached to {host}: its rate limits apply (README: Load generator)")
+        return run_locust(host)
+
+    from launcher.stack import Stack, StackSettings
+
+    prepared = Prepared()
+    settings = StackSettings.for_tests(
+        prepared.infra,
+        prepared.keys,
+        work_dir=run_dir / "stack",
+        log_level="WARNING",
+        service_env={"CAPSULE_MIN_UNLOCK_LEAD_SECONDS": str(LOAD_LEAD_SECONDS)},
+    )
+    log("starting a mesh of its own (free ports, its own databases, raised rate limits)")
+    try:
+        with Stack(settings) as stack:
+            log(f"mesh up: gateway {stack.gateway_url}, logs in {stack.log_dir}")
+            return run_locust(stack.gateway_url)
+    except KeyboardInterrupt:
+        log("interrupted; the mesh is stopped")
+        return 130
+
+
+def _run_forwarding_signals(argv: Sequence[str]) -> int:
+    proc = subprocess.Popen(argv, cwd=REPO)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached Locust too (same process group); SIGTERM to us is passed on.
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+
+def _load_report(run_dir: Path, code: int) -> int:
+    from loadtest import report
+
+    prefix = run_dir / "locust"
+    try:
+        rows = report.read_stats(prefix)
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"[load] no statistics from Locust ({exc}); exit code {code}", file=sys.stderr)
+        return code or 1
+    total = report.aggregate(rows)
+    # Locust has printed its own table (per step and percentiles): the verdict, and where it is.
+    print(report.summary(total, report.read_failures(prefix)))
+    missing = report.missing_steps(rows)
+    print(f"results: {prefix}_*.csv")
+    if total.failures or not total.requests:
+        print(f"[load] FAILED: {total.failures} of {total.requests} requests failed", file=sys.stderr)
+        return code or 1
+    if missing:
+        print(f"[load] note: steps not reached in this run: {', '.join(missing)}")
+    return code
 
 
 def cmd_seed(args: Sequence[str]) -> int:
@@ -358,7 +470,7 @@ def cmd_clean(args: Sequence[str]) -> int:
     targets += list((REPO / ".run").glob("envoy-*.json"))
     targets += list((REPO / ".run").glob("prometheus-*"))  # Prometheus's data of `make up` (metrics only)
     targets += list(REPO.glob("*.egg-info"))
-    for top in ("launcher", "services", "gateway", "tests", "bench"):
+    for top in ("launcher", "services", "gateway", "tests", "bench", "loadtest"):
         if (REPO / top).is_dir():
             targets += list((REPO / top).rglob("__pycache__"))
     for path in targets:
@@ -377,6 +489,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "bench": cmd_bench,
     "capacity": cmd_capacity,
     "seed": cmd_seed,
+    "load": cmd_load,
     "lint": cmd_lint,
     "protos": cmd_protos,
 }
