@@ -107,6 +107,18 @@ class PgBouncerConfig:
         return f"{quoted(self.server.user)} {quoted(self.server.password)}\n"
 
 
+def run_dir(work_dir: Path, port: int) -> Path:
+    """Where its configuration, user list and log go: `<work_dir>/pgbouncer-<port>`, unless it
+    runs as the `postgres` user (the launcher is root) and that user cannot reach the checkout (a
+    clone in /root, mode 0700): then under /var/lib/postgresql/capsule-mesh/, like the standby."""
+    from launcher import standby
+
+    wanted = work_dir / f"pgbouncer-{port}"
+    if standby.server_user_reaches(work_dir):
+        return wanted
+    return standby.fallback_dir() / f"pgbouncer-{port}"
+
+
 def find() -> str | None:
     """The pgbouncer binary (Debian's is /usr/sbin/pgbouncer, often not on a user's PATH)."""
     found = shutil.which("pgbouncer")

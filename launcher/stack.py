@@ -33,8 +33,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -316,13 +318,13 @@ class Stack:
         pg = self.settings.infra.postgres
         return {spec.name: pg.url(self.database_name(spec.name)) for spec in self.settings.services}
 
-    @property
+    @functools.cached_property
     def pgbouncer_config(self) -> pgb.PgBouncerConfig:
         return pgb.PgBouncerConfig(
             listen_host=self.host,
             port=self.settings.pgbouncer_port,
             server=self.settings.infra.postgres,
-            run_dir=self.settings.work_dir / f"pgbouncer-{self.settings.pgbouncer_port}",
+            run_dir=pgb.run_dir(self.settings.work_dir, self.settings.pgbouncer_port),
             max_client_conn=self.settings.pgbouncer_max_client_conn,
             default_pool_size=self.settings.pgbouncer_pool_size,
         )
@@ -793,6 +795,9 @@ class Stack:
             self.control_plane.stop(self.settings.stop_timeout)
         if self.pgbouncer is not None:
             self.pgbouncer.stop(self.settings.stop_timeout)
+            run_dir = self.pgbouncer_config.run_dir
+            if not run_dir.is_relative_to(self.settings.work_dir):  # the fallback outside the checkout
+                shutil.rmtree(run_dir, ignore_errors=True)
         if self.settings.drop_databases_on_close:
             self.drop_databases()
         _LIVE.discard(self)

@@ -152,18 +152,30 @@ def _chown_to_server_user(path: Path) -> None:
 def locations(port: int, data_dir: Path = DEFAULT_DATA_DIR, log_file: Path = LOG_FILE) -> tuple[Path, Path]:
     """The standby's data directory and log file: the ones asked for when the server's user can
     reach them, else FALLBACK_DIR/replica-<port>[.log]."""
+    if server_user_reaches(data_dir.parent, log_file.parent):
+        return data_dir, log_file
+    fallback = fallback_dir()
+    return fallback / f"replica-{port}", fallback / f"replica-{port}.log"
+
+
+def server_user_reaches(*directories: Path) -> bool:
+    """Whether the `postgres` user can reach these directories (made if missing); always true when
+    the launcher does not run as root (the servers then run as the launcher's own user)."""
     if not is_root():
-        return data_dir, log_file
-    parents = (data_dir.parent, log_file.parent)
-    for parent in parents:
-        parent.mkdir(parents=True, exist_ok=True)
-    # access(2) as that user resolves the whole path: one ancestor it cannot search fails it.
-    check = ["runuser", "-u", SERVER_USER, "--", "test", "-x", str(parents[0]), "-a", "-x", str(parents[1])]
-    if subprocess.run(check, check=False, cwd="/").returncode == 0:
-        return data_dir, log_file
+        return True
+    check = ["runuser", "-u", SERVER_USER, "--", "test"]
+    for index, directory in enumerate(directories):
+        directory.mkdir(parents=True, exist_ok=True)
+        # access(2) as that user resolves the whole path: one ancestor it cannot search fails it.
+        check += [*(["-a"] if index else []), "-x", str(directory)]
+    return subprocess.run(check, check=False, cwd="/").returncode == 0
+
+
+def fallback_dir() -> Path:
+    """Where files of servers run as the `postgres` user go when it cannot reach the checkout."""
     FALLBACK_DIR.mkdir(parents=True, exist_ok=True)
     _chown_to_server_user(FALLBACK_DIR)
-    return FALLBACK_DIR / f"replica-{port}", FALLBACK_DIR / f"replica-{port}.log"
+    return FALLBACK_DIR
 
 
 # --- what a server on the replica port is --------------------------------------------------------
