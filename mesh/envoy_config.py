@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -578,6 +579,23 @@ def build_otlp_cluster(endpoint: str) -> Cluster:
     return cluster
 
 
+def sampling_percent(environ: Mapping[str, str] | None = None) -> float:
+    """The share of calls Envoy starts a trace for when the caller sent no sampling decision (an
+    operator's grpcurl): the ratio the Python processes sample at (OTEL_TRACES_SAMPLER and _ARG,
+    read by the control plane, which builds this), so no entry into the mesh traces more."""
+    env = os.environ if environ is None else environ
+    sampler = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    if sampler in ("always_off", "parentbased_always_off"):
+        return 0.0
+    if sampler in ("traceidratio", "parentbased_traceidratio"):
+        try:
+            ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+        except ValueError:
+            return 100.0  # as the SDK does with an unreadable ratio: its default, 1.0
+        return min(max(ratio, 0.0), 1.0) * 100.0
+    return 100.0
+
+
 def tracing_config() -> hcm_pb2.HttpConnectionManager.Tracing:
     """Envoy's spans, exported over OTLP/gRPC to OTEL_CLUSTER. The W3C `traceparent` a caller sent
     is continued (its sampled flag decides, so the callers' OTEL_TRACES_SAMPLER is the one
@@ -595,9 +613,9 @@ def tracing_config() -> hcm_pb2.HttpConnectionManager.Tracing:
         # Two spans per call: the caller's request as Envoy received it (SERVER) and each try to an
         # instance (CLIENT, one per retry), so a retried call shows where each attempt went.
         spawn_upstream_span=wrappers_pb2.BoolValue(value=True),
-        # 100 % (Envoy's defaults, explicit): a request without a sampled traceparent starts a
-        # trace of its own only through these; the services' callers decide the rate upstream.
-        random_sampling=percent_pb2.Percent(value=100.0),
+        # A request that comes with a traceparent keeps its caller's decision; one without starts
+        # a trace at the services' ratio (sampling_percent).
+        random_sampling=percent_pb2.Percent(value=sampling_percent()),
         client_sampling=percent_pb2.Percent(value=100.0),
         overall_sampling=percent_pb2.Percent(value=100.0),
     )

@@ -307,6 +307,28 @@ def test_the_control_plane_serves_envoy_tracing_with_the_collector_cluster() -> 
 
 
 @pytest.mark.parametrize(
+    ("environ", "percent"),
+    [
+        ({}, 100.0),  # the SDK's default sampler: every trace
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}, 1.0),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, 100.0),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "x"}, 100.0),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, 0.0),
+    ],
+)
+def test_envoy_starts_traces_at_the_services_ratio(environ: dict[str, str], percent: float) -> None:
+    """A call that reaches Envoy without a traceparent (an operator's grpcurl) is sampled as the
+    services would sample it, not always."""
+    assert envoy_config.sampling_percent(environ) == pytest.approx(percent)
+
+
+def test_envoy_listener_carries_the_sampling_percent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    assert envoy_config.tracing_config().random_sampling.value == pytest.approx(25.0)
+
+
+@pytest.mark.parametrize(
     ("endpoint", "address"),
     [
         ("http://collector:4317", ("collector", 4317)),
