@@ -7,23 +7,22 @@ primary's user (no password when the local Postgres trusts 127.0.0.1, else the s
 checked with md5 and kept in a userlist readable by PgBouncer only), no Unix socket, a log file.
 
 Standard library only, like launcher/infra.py: readiness and the tests' look at the admin console
-(`SHOW VERSION`, `SHOW STATS`) go through `admin_query`, a minimal client of Postgres's simple
-query protocol, the only one the admin console speaks.
+(`SHOW VERSION`, `SHOW STATS`) go through `admin_query`, which runs psql as the launcher's other
+SQL does (launcher/standby.py): psql's `-c` sends a simple query, the only protocol the admin
+console speaks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
-import socket
-import struct
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import standby
 from launcher.infra import PostgresServer
 from launcher.process import ManagedProcess
 
@@ -111,8 +110,6 @@ def run_dir(work_dir: Path, port: int) -> Path:
     """Where its configuration, user list and log go: `<work_dir>/pgbouncer-<port>`, unless it
     runs as the `postgres` user (the launcher is root) and that user cannot reach the checkout (a
     clone in /root, mode 0700): then under /var/lib/postgresql/capsule-mesh/, like the standby."""
-    from launcher import standby
-
     wanted = work_dir / f"pgbouncer-{port}"
     if standby.server_user_reaches(work_dir):
         return wanted
@@ -168,94 +165,17 @@ def process(binary: str, config: PgBouncerConfig, *, log_path: Path, env: Mappin
     return ManagedProcess("pgbouncer", argv, env=env, log_path=log_path, ready=ready)
 
 
-# --- the admin console (simple query protocol, standard library) -----------------------------------
+# --- the admin console ----------------------------------------------------------------------------
 
 
-class AdminError(RuntimeError):
-    """The server answered with an error (or something this client does not speak)."""
-
-
-def _message(kind: bytes, body: bytes) -> bytes:
-    return kind + struct.pack("!I", len(body) + 4) + body
-
-
-def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
-    header = _recv_exact(sock, 5)
-    (length,) = struct.unpack("!I", header[1:])
-    return header[:1], _recv_exact(sock, length - 4)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        data += chunk
-    return data
-
-
-def _error_text(body: bytes) -> str:
-    fields = {part[:1]: part[1:].decode(errors="replace") for part in body.split(b"\0") if part}
-    return fields.get(b"M", "unknown error")
+AdminError = standby.SqlError
 
 
 def admin_query(
     config: PgBouncerConfig, sql: str, *, database: str = "pgbouncer", timeout: float = 5.0
-) -> list[dict[str, str | None]]:
-    """The rows of one simple query on PgBouncer (by default its admin console), as dicts."""
-    user, password = config.server.user, config.server.password
-    with socket.create_connection((config.listen_host, config.port), timeout=timeout) as sock:
-        params = b"user\0" + user.encode() + b"\0database\0" + database.encode() + b"\0\0"
-        startup = struct.pack("!I", 196608) + params  # protocol 3.0
-        sock.sendall(struct.pack("!I", len(startup) + 4) + startup)
-        while True:
-            kind, body = _read_message(sock)
-            if kind == b"E":
-                raise AdminError(_error_text(body))
-            if kind == b"R":
-                (code,) = struct.unpack("!I", body[:4])
-                if code == 3:  # cleartext password
-                    sock.sendall(_message(b"p", password.encode() + b"\0"))
-                elif code == 5:  # md5(md5(password + user) + salt)
-                    inner = hashlib.md5((password + user).encode()).hexdigest().encode()
-                    digest = "md5" + hashlib.md5(inner + body[4:8]).hexdigest()
-                    sock.sendall(_message(b"p", digest.encode() + b"\0"))
-                elif code != 0:
-                    raise AdminError(f"authentication method {code} is not spoken by this client")
-            elif kind == b"Z":
-                break
-        sock.sendall(_message(b"Q", sql.encode() + b"\0"))
-        columns: list[str] = []
-        rows: list[dict[str, str | None]] = []
-        error = ""
-        while True:
-            kind, body = _read_message(sock)
-            if kind == b"T":
-                (count,) = struct.unpack("!H", body[:2])
-                offset, columns = 2, []
-                for _ in range(count):
-                    end = body.index(b"\0", offset)
-                    columns.append(body[offset:end].decode())
-                    offset = end + 1 + 18  # table oid, column, type oid, size, modifier, format
-            elif kind == b"D":
-                (count,) = struct.unpack("!H", body[:2])
-                offset = 2
-                values: list[str | None] = []
-                for _ in range(count):
-                    (length,) = struct.unpack("!i", body[offset : offset + 4])
-                    offset += 4
-                    if length < 0:
-                        values.append(None)
-                    else:
-                        values.append(body[offset : offset + length].decode(errors="replace"))
-                        offset += length
-                rows.append(dict(zip(columns, values, strict=True)))
-            elif kind == b"E":
-                error = _error_text(body)
-            elif kind == b"Z":
-                break
-        sock.sendall(_message(b"X", b""))
-    if error:
-        raise AdminError(error)
-    return rows
+) -> list[dict[str, str]]:
+    """The rows of one simple query on PgBouncer (by default its admin console), as dicts, through
+    psql (launcher/standby.py) like the launcher's other SQL; AdminError with its message."""
+    server = config.server
+    conn = standby.Conn(config.listen_host, config.port, server.user, server.password)
+    return standby.psql_records(conn, sql, database=database, timeout=timeout)

@@ -33,7 +33,9 @@ with the server).
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
+import io
 import os
 import shutil
 import subprocess
@@ -107,11 +109,23 @@ class SqlError(RuntimeError):
 
 def psql(conn: Conn, sql: str, *, database: str = "postgres", timeout: float = 15.0) -> list[list[str]]:
     """Rows of `sql` (fields as text) through psql, or SqlError with the server's message."""
+    out = _run_psql(conn, sql, ["-A", "-t", "-F", "\x1f"], database=database, timeout=timeout)
+    return [line.split("\x1f") for line in out.splitlines() if line]
+
+
+def psql_records(conn: Conn, sql: str, *, database: str = "postgres", timeout: float = 15.0) -> list[dict[str, str]]:
+    """Rows of `sql` as dicts by column name (psql's CSV output; NULL is ""). Simple queries
+    only, so it also speaks to PgBouncer's admin console (database `pgbouncer`)."""
+    out = _run_psql(conn, sql, ["--csv"], database=database, timeout=timeout)
+    return list(csv.DictReader(io.StringIO(out)))
+
+
+def _run_psql(conn: Conn, sql: str, output: list[str], *, database: str, timeout: float) -> str:
     env = dict(os.environ, PGCONNECT_TIMEOUT="3", PGAPPNAME="capsule-launcher")
     env.pop("PGPASSWORD", None)
     if conn.password:
         env["PGPASSWORD"] = conn.password
-    argv = [_psql_binary(), "-X", "-A", "-t", "-q", "-F", "\x1f", "-v", "ON_ERROR_STOP=1"]
+    argv = [_psql_binary(), "-X", "-q", *output, "-v", "ON_ERROR_STOP=1"]
     argv += ["-h", conn.host, "-p", str(conn.port), "-U", conn.user, "-d", database, "-c", sql]
     try:
         out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False, cwd="/")
@@ -119,7 +133,7 @@ def psql(conn: Conn, sql: str, *, database: str = "postgres", timeout: float = 1
         raise SqlError(f"psql timed out after {timeout:.0f} s on {conn.host}:{conn.port}") from None
     if out.returncode != 0:
         raise SqlError(out.stderr.strip() or f"psql exit code {out.returncode}")
-    return [line.split("\x1f") for line in out.stdout.splitlines() if line]
+    return out.stdout
 
 
 def _psql_binary() -> str:
