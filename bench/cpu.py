@@ -86,3 +86,11 @@ class MachineMeter:
     def busy_pct(self) -> float:
         busy, total = _machine_ticks()
         return 100.0 * (busy - self.start[0]) / max(total - self.start[1], 1)
+
+
+def pid_of(process: object) -> int:
+    """The pid of a started process (a launcher ManagedProcess, a Popen): what the meters read."""
+    pid = getattr(process, "pid", None)
+    if not isinstance(pid, int):
+        raise RuntimeError(f"{getattr(process, 'name', process)} is not running")
+    return pid

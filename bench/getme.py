@@ -25,7 +25,7 @@ from pathlib import Path
 import asyncpg
 
 from bench import h2load
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, pid_of
 from bench.mesh import grpc_ok_count
 from bench.seed import asyncpg_dsn, seed_users
 from launcher import infra as infra_mod
@@ -100,8 +100,8 @@ def main() -> None:
                 True,
             ),
         ]
-        pids = {"gateway": _pid(stack.gateway), "envoy": _pid(stack.envoy), "echo": _pid(echo)}
-        pids.update({inst.name: _pid(inst.process) for inst in stack.instances["auth"]})
+        pids = {"gateway": pid_of(stack.gateway), "envoy": pid_of(stack.envoy), "echo": pid_of(echo)}
+        pids.update({inst.name: pid_of(inst.process) for inst in stack.instances["auth"]})
         for name, url, options, counted in scenarios:
             # Warm up in a run of its own, so that the CPU measured below is the measured requests'.
             h2load.run(name, url, clients=args.clients, seconds=args.warmup, warmup=0, **options)  # type: ignore[arg-type]
@@ -115,12 +115,6 @@ def main() -> None:
                     raise SystemExit(f"{name}: h2load saw {result.succeeded} successes, the service {answered_ok} OK")
             results.append(result)
     _report(results, cpu, args)
-
-
-def _pid(process: object) -> int:
-    pid = getattr(process, "pid", None)
-    assert isinstance(pid, int), process
-    return pid
 
 
 def _tcp_ready(address: str):  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from bench import h2load
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, pid_of
 from bench.getme import GETME, ok_getme_count, sign_up
 from launcher import infra as infra_mod
 from launcher.keys import ensure_dev_keys
@@ -75,7 +75,7 @@ def measure(
     running = [inst for inst in stack.instances["auth"] if inst.running]
     admins = [inst.admin_address for inst in running]
     h2load.run(name, url, clients=args.clients, seconds=args.warmup, warmup=0, **options)  # type: ignore[arg-type]
-    pids = {"envoy": _pid(stack.envoy)} | {inst.name: _pid(inst.process) for inst in running}
+    pids = {"envoy": pid_of(stack.envoy)} | {inst.name: pid_of(inst.process) for inst in running}
     before = ok_getme_count(admins)
     meter = CpuMeter(pids)
     result = h2load.run(name, url, clients=args.clients, seconds=args.seconds, warmup=0, **options)  # type: ignore[arg-type]
@@ -84,10 +84,6 @@ def measure(
     if answered_ok < result.succeeded:
         raise SystemExit(f"{name}: h2load saw {result.succeeded} successes, the services {answered_ok} OK")
     return result, cpu
-
-
-def _pid(process: object) -> int:
-    return int(process.pid)  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.cpu import pid_of
 from launcher.infra import Infra, PostgresServer
 from launcher.keys import KeyPair
 from launcher.process import ManagedProcess, http_ok, port_open, stop_all
@@ -165,23 +166,17 @@ def _own(infra: Infra, keys: KeyPair, work_dir: Path, mesh_tls: bool) -> Iterato
 
 def _stack_processes(stack: Stack) -> list[MeshProcess]:
     found = [
-        MeshProcess(inst.name, _pid(inst.process), inst.service.name, inst.admin_address)
+        MeshProcess(inst.name, pid_of(inst.process), inst.service.name, inst.admin_address)
         for insts in stack.instances.values()
         for inst in insts
     ]
     if stack.control_plane is not None:
-        found.insert(0, MeshProcess("control-plane", _pid(stack.control_plane)))
+        found.insert(0, MeshProcess("control-plane", pid_of(stack.control_plane)))
     if stack.envoy is not None:
-        found.insert(0, MeshProcess("envoy", _pid(stack.envoy), python=False))
+        found.insert(0, MeshProcess("envoy", pid_of(stack.envoy), python=False))
     if stack.gateway is not None:
-        found.insert(0, MeshProcess("gateway", _pid(stack.gateway)))
+        found.insert(0, MeshProcess("gateway", pid_of(stack.gateway)))
     return found
-
-
-def _pid(process: ManagedProcess) -> int:
-    if process.pid is None:
-        raise RuntimeError(f"{process.name} is not running")
-    return process.pid
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import h2load
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, pid_of
 from bench.getme import ok_getme_count, sign_up
 from bench.mesh import BENCH_RATE_LIMITS
 from launcher import infra as infra_mod
@@ -137,8 +137,8 @@ class Target:
         )
         with Stack(settings) as stack:
             token = sign_up(stack.gateway_url)
-            pids = {"gateway": _pid(stack.gateway), "envoy": _pid(stack.envoy)}
-            pids.update({inst.name: _pid(inst.process) for inst in stack.instances["auth"]})
+            pids = {"gateway": pid_of(stack.gateway), "envoy": pid_of(stack.envoy)}
+            pids.update({inst.name: pid_of(inst.process) for inst in stack.instances["auth"]})
             yield cls(
                 mode,
                 stack,
@@ -194,12 +194,6 @@ def report(measured: list[Measured], args: argparse.Namespace, sink_summary: lis
         print(f"{label:<24}" + "".join(f"{v:>16}" for v in values))
     if sink_summary:
         print(f"\nOTLP receiver: {sink_summary[0]}")
-
-
-def _pid(process: object) -> int:
-    pid = getattr(process, "pid", None)
-    assert isinstance(pid, int), process
-    return pid
 
 
 if __name__ == "__main__":
