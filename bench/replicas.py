@@ -22,7 +22,7 @@ import asyncio
 import re
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -145,7 +145,7 @@ def wait_caught_up(
         log("no standby in the mesh: every read runs on the primary")
         return []
     started = time.monotonic()
-    position = asyncio.run(_replay_wait(primary, servers, deadline, poll))
+    position = asyncio.run(replayed(primary, servers, deadline=deadline, poll=poll))
     log(
         f"standby {', '.join(f'{s.host}:{s.port}' for s in servers)} replayed the primary's {position} "
         f"({time.monotonic() - started:.1f} s)"
@@ -161,8 +161,12 @@ def wait_caught_up(
     return servers
 
 
-async def _replay_wait(primary: PostgresServer, servers: list[PostgresServer], deadline: float, poll: float) -> str:
-    """The primary's current WAL position, once every server has replayed it."""
+async def replayed(
+    primary: PostgresServer, servers: Sequence[PostgresServer], *, deadline: float, poll: float = 0.05
+) -> str:
+    """The primary's current WAL position, once every server has replayed it; CatchUpTimeout at
+    `deadline` (time.monotonic()). Also what `make seed` and the tests that write rows straight
+    into a database wait on (tests/replica.py)."""
     conn = await asyncpg.connect(primary.dsn("postgres"), timeout=10)
     try:
         position = str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
@@ -172,19 +176,19 @@ async def _replay_wait(primary: PostgresServer, servers: list[PostgresServer], d
         standby = await asyncpg.connect(server.dsn("postgres"), timeout=10)
         try:
             while True:
-                replayed = await standby.fetchrow(
+                row = await standby.fetchrow(
                     "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false) AS done,"
                     " pg_last_wal_replay_lsn()::text AS at",
                     position,
                 )
-                assert replayed is not None
-                if replayed["done"]:
+                assert row is not None
+                if row["done"]:
                     break
                 if time.monotonic() >= deadline:
                     raise CatchUpTimeout(
-                        f"standby {server.host}:{server.port} has replayed up to {replayed['at']}, not the "
-                        f"primary's {position} written by the seed, after the timeout (see its log; "
-                        "POSTGRES_REPLICA=0 runs without it)"
+                        f"standby {server.host}:{server.port} has replayed up to {row['at']}, not the "
+                        f"primary's {position}, in the time allowed (see its log; POSTGRES_REPLICA=0 runs "
+                        "without it)"
                     )
                 await asyncio.sleep(poll)
         finally:

@@ -300,8 +300,10 @@ def cmd_seed(args: Sequence[str]) -> int:
     pf1…pfN (password "seeded password"), their connections, recipients and capsules; skipped
     where it is there already. Rows go to the primary by SQL, so the services' read-your-writes
     does not know them: this waits until the standby has replayed them before it returns."""
+    import asyncio
+
+    from bench.replicas import CatchUpTimeout, replayed
     from bench.seed import Volume, seed_and_describe
-    from launcher import standby
     from mesh.topology import SERVICES
 
     prepared = Prepared()
@@ -313,15 +315,11 @@ def cmd_seed(args: Sequence[str]) -> int:
     dsns = {spec.name: pg.dsn(spec.database) for spec in SERVICES}
     print(seed_and_describe(dsns, volume))
     if prepared.infra.replica is not None:
-        primary = standby.Conn(pg.host, pg.port, pg.user, pg.password)
-        (position,) = standby.psql(primary, "SELECT pg_current_wal_lsn()")[0]
         replica = prepared.infra.replica
-        mirror = standby.Conn(replica.host, replica.port, replica.user, replica.password)
-        deadline = time.monotonic() + 120
-        while standby.psql(mirror, f"SELECT pg_last_wal_replay_lsn() >= '{position}'")[0][0] != "t":
-            if time.monotonic() > deadline:
-                raise SetupError(f"the standby on :{replica.port} has not replayed the seed ({position}) in 120 s")
-            time.sleep(0.1)
+        try:
+            position = asyncio.run(replayed(pg, [replica], deadline=time.monotonic() + 120, poll=0.1))
+        except CatchUpTimeout as exc:
+            raise SetupError(str(exc)) from None
         print(f"standby   :{replica.port} has replayed the seed (up to {position})")
     return 0
 

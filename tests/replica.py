@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import time
@@ -20,8 +19,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import asyncpg
-
+from bench import replicas as bench_replicas
 from launcher import standby
 from launcher.bootstrap import REPO
 from launcher.infra import Infra, PostgresServer
@@ -30,22 +28,8 @@ from launcher.process import free_port
 
 async def replayed(infra: Infra, within: float = 15.0) -> None:
     """Return once the standby (if any) has replayed everything the primary wrote until now."""
-    if infra.replica is None:
-        return
-    primary = await asyncpg.connect(infra.postgres.dsn("postgres"))
-    try:
-        position = await primary.fetchval("SELECT pg_current_wal_lsn()")
-    finally:
-        await primary.close()
-    replica = await asyncpg.connect(infra.replica.dsn("postgres"))
-    try:
-        deadline = time.monotonic() + within
-        while not await replica.fetchval("SELECT pg_last_wal_replay_lsn() >= $1", position):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the standby has not replayed {position} within {within:.0f} s")
-            await asyncio.sleep(0.01)
-    finally:
-        await replica.close()
+    if infra.replica is not None:
+        await bench_replicas.replayed(infra.postgres, [infra.replica], deadline=time.monotonic() + within, poll=0.01)
 
 
 def conn(server: PostgresServer) -> standby.Conn:
