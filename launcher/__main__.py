@@ -210,9 +210,10 @@ def cmd_load(args: Sequence[str]) -> int:
         help=f"seconds to unlock (default: {LOAD_LEAD_SECONDS + 1} on the own stack, 65 attached: SPEC's 1 minute)",
     )
     opts, locust_args = parser.parse_known_args(args)
-    journeys = str(REPO / "loadtest" / "journeys.py")
+    from loadtest.command import headless_argv, locust_argv
+
     if "--worker" in locust_args:
-        argv = [sys.executable, "-m", "locust", "-f", journeys, *locust_args]
+        argv = locust_argv(*locust_args)
         log("$ " + " ".join(argv))
         return _run_forwarding_signals(argv)
 
@@ -221,9 +222,15 @@ def cmd_load(args: Sequence[str]) -> int:
     lead = opts.capsule_lead if opts.capsule_lead is not None else (65.0 if opts.attach else LOAD_LEAD_SECONDS + 1.0)
 
     def run_locust(host: str) -> int:
-        argv = [sys.executable, "-m", "locust", "-f", journeys, "--headless", "--host", host]
-        argv += ["--users", str(opts.users), "--spawn-rate", f"{opts.spawn_rate:g}", "--run-time", opts.run_time]
-        argv += ["--csv", str(run_dir / "locust"), "--only-summary", "--capsule-lead", f"{lead:g}", *locust_args]
+        argv = headless_argv(
+            host,
+            users=opts.users,
+            spawn_rate=opts.spawn_rate,
+            run_time=opts.run_time,
+            csv_prefix=run_dir / "locust",
+            capsule_lead=lead,
+            extra=tuple(locust_args),
+        )
         log("$ " + " ".join(argv))
         code = _run_forwarding_signals(argv)
         return _load_report(run_dir, code)

@@ -23,11 +23,11 @@ from launcher.keys import KeyPair
 from launcher.process import free_port
 from launcher.stack import Stack
 from loadtest import report
+from loadtest.command import headless_argv, locust_argv
 from tests.conftest import CAPSULE_LEAD_SECONDS, start_test_stack
 
 pytestmark = pytest.mark.slow(41)  # measured alone, stack included; scheduled first: see tests/conftest.py
 
-JOURNEYS = str(REPO / "loadtest" / "journeys.py")
 USERS = 6
 RUN_TIME = "15s"
 
@@ -44,13 +44,9 @@ def load_stack(infra: Infra, jwt_keys: KeyPair) -> Iterator[Stack]:
         stack.close()
 
 
-def locust_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "locust", "-f", JOURNEYS, *args]
-
-
-def locust(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def locust(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        locust_argv(*args),
+        argv,
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -63,21 +59,15 @@ def locust(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 def test_every_journey_step_runs_without_a_failure(load_stack: Stack, tmp_path: Path) -> None:
     prefix = tmp_path / "smoke"
     run = locust(
-        "--headless",
-        "--host",
-        load_stack.gateway_url,
-        "--users",
-        str(USERS),
-        "--spawn-rate",
-        str(USERS),
-        "--run-time",
-        RUN_TIME,
-        "--csv",
-        str(prefix),
-        "--only-summary",
-        # One second more than the services' minimum: the clock moves while the request travels.
-        "--capsule-lead",
-        str(CAPSULE_LEAD_SECONDS + 1),
+        headless_argv(
+            load_stack.gateway_url,
+            users=USERS,
+            spawn_rate=USERS,
+            run_time=RUN_TIME,
+            csv_prefix=prefix,
+            # One second more than the services' minimum: the clock moves while the request travels.
+            capsule_lead=CAPSULE_LEAD_SECONDS + 1,
+        ),
         timeout=90,
     )
     output = run.stdout[-4000:] + run.stderr[-4000:]
@@ -100,28 +90,17 @@ def test_distributed_mode_a_master_and_two_workers(load_stack: Stack, tmp_path: 
     workers = [subprocess.Popen(worker_argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT) for log in logs]
     try:
         prefix = tmp_path / "distributed"
+        master = ("--master", "--master-bind-port", str(port), "--expect-workers", "2")
         run = locust(
-            "--headless",
-            "--master",
-            "--master-bind-port",
-            str(port),
-            "--expect-workers",
-            "2",
-            "--expect-workers-max-wait",
-            "30",
-            "--host",
-            load_stack.gateway_url,
-            "--users",
-            "4",
-            "--spawn-rate",
-            "4",
-            "--run-time",
-            "10s",
-            "--csv",
-            str(prefix),
-            "--only-summary",
-            "--capsule-lead",
-            str(CAPSULE_LEAD_SECONDS + 1),
+            headless_argv(
+                load_stack.gateway_url,
+                users=4,
+                spawn_rate=4,
+                run_time="10s",
+                csv_prefix=prefix,
+                capsule_lead=CAPSULE_LEAD_SECONDS + 1,
+                extra=(*master, "--expect-workers-max-wait", "30"),
+            ),
             timeout=90,
         )
         output = run.stdout[-4000:] + run.stderr[-4000:]
