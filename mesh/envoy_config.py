@@ -303,8 +303,13 @@ def sds_secret_names(resource: Message) -> set[str]:
 
 def build_load_assignment(spec: ServiceSpec, endpoints: Sequence[Address]) -> endpoint_pb2.ClusterLoadAssignment:
     """The endpoints of one cluster, listed in the cluster itself (static bootstrap)."""
+    return load_assignment(spec.name, endpoints)
+
+
+def load_assignment(cluster_name: str, endpoints: Sequence[Address]) -> endpoint_pb2.ClusterLoadAssignment:
+    """`endpoints` as the load assignment of cluster `cluster_name` (one locality)."""
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=spec.name,
+        cluster_name=cluster_name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 lb_endpoints=[
@@ -554,18 +559,7 @@ def build_otlp_cluster(endpoint: str) -> Cluster:
         name=OTEL_CLUSTER,
         # A collector that does not accept in 1 s is down: spans are dropped, calls never wait.
         connect_timeout=duration(1.0),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=OTEL_CLUSTER,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(address))
-                        )
-                    ]
-                )
-            ],
-        ),
+        load_assignment=load_assignment(OTEL_CLUSTER, [address]),
         # OTLP/gRPC is HTTP/2 (h2c); PINGs notice a collector that vanished without a FIN.
         typed_extension_protocol_options=_http2_upstream(10.0, 3.0),
     )
@@ -956,18 +950,7 @@ def build_xds_bootstrap(
         # Loopback or the compose network: a control plane that does not accept in 1 s is down;
         # retry (below) rather than wait.
         connect_timeout=duration(1.0),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=XDS_CLUSTER,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(control_plane))
-                        )
-                    ]
-                )
-            ],
-        ),
+        load_assignment=load_assignment(XDS_CLUSTER, [control_plane]),
         # ADS is gRPC: HTTP/2 (h2c). Keep-alive PINGs notice a control plane that vanished
         # without a FIN, so Envoy reconnects instead of waiting.
         typed_extension_protocol_options=_http2_upstream(5.0, 2.0),
