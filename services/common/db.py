@@ -46,7 +46,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -221,27 +221,24 @@ class Database:
     ) -> T:
         """`query(conn)` on a replica that has replayed the recent writes touching `users`, else
         (or when the replica fails it) on the primary."""
-        replica = await self.router.choose(users) if self.router is not None else None
-        if replica is not None:
-            try:
-                return await self._on_replica(replica, query, driver=False)
-            except _ReplicaFailed:
-                pass
-        async with self.read() as conn:
-            return await query(conn)
+        return await self._may_lag(query, users, driver=False)
 
     async def driver_read_may_lag(
         self, query: Callable[[DriverConnection], Awaitable[T]], *, users: Collection[uuid.UUID] = ()
     ) -> T:
         """`read_may_lag` on the asyncpg connection (the hot paths' `driver_read`)."""
+        return await self._may_lag(query, users, driver=True)
+
+    async def _may_lag(self, query: Callable[[Any], Awaitable[T]], users: Collection[uuid.UUID], *, driver: bool) -> T:
         replica = await self.router.choose(users) if self.router is not None else None
         if replica is not None:
             try:
-                return await self._on_replica(replica, query, driver=True)
+                return await self._on_replica(replica, query, driver=driver)
             except _ReplicaFailed:
                 pass
-        async with self.driver_read() as driver:
-            return await query(driver)
+        primary: AbstractAsyncContextManager[Any] = self.driver_read() if driver else self.read()
+        async with primary as conn:
+            return await query(conn)
 
     async def _on_replica(self, replica: Replica, query: Callable[[Any], Awaitable[T]], *, driver: bool) -> T:
         """Run `query` on the replica's pool within DB_REPLICA_READ_TIMEOUT_SECONDS. Whatever goes
