@@ -89,6 +89,14 @@ ROUTE_TIMEOUT_S = 15.0
 # One try. A try stuck on a wedged instance is abandoned and retried elsewhere; 3 tries fit in
 # the route timeout.
 PER_TRY_TIMEOUT_S = 5.0
+# Idempotent unary calls are hedged: a try still unanswered after HEDGE_AFTER_S is not abandoned,
+# a second one goes to another instance and the first answer wins. One slow instance (a congested
+# link, a GC pause, a host 200 ms away) then costs a call HEDGE_AFTER_S, not its whole delay, and
+# each such try counts as a gateway failure for outlier detection, which ejects the instance after
+# `consecutive_gateway_failure` of them. Several times a healthy call's p99 through the mesh (a
+# few ms to tens of ms under load); hedges spend the clusters' retry budget (20 %), so a mesh that
+# is slow everywhere is not hammered with duplicates. Writes keep PER_TRY_TIMEOUT_S: never hedged.
+HEDGE_AFTER_S = 0.15
 # The conditions under which a call is retried on another instance: see RETRY_ON_IDEMPOTENT and
 # RETRY_ON_UNSAFE below (the same per-method policy for the static bootstrap and the control plane).
 NUM_RETRIES = 2
@@ -383,6 +391,12 @@ def build_cluster(
             # Short ejection (default 30 s): an instance restarted on the same address is back in
             # seconds; the active health check still keeps it out while it is really down.
             base_ejection_time=duration(5.0),
+            # A passed health check does not end an ejection early (Envoy's default does): a slow
+            # or lossy instance answers its health checks in time, and was let back after ~1 s to
+            # fail calls again — each time on a new connection, whose TCP and TLS handshakes over
+            # the bad link no per-try timeout covers (tests/netns: reads of 0.5 s). An instance
+            # that restarts registers anew and is a new host to Envoy, without the ejection.
+            successful_active_health_check_uneject_host=wrappers_pb2.BoolValue(value=False),
             # Never eject more than half the hosts: outlier detection must not empty a cluster
             # that the active health checks still consider healthy.
             max_ejection_percent=uint32(50),
@@ -399,11 +413,14 @@ def build_cluster(
                     # only queue (its DB pool is ~50 connections); answering UNAVAILABLE at once
                     # protects the instances and tells the gateway to back off.
                     max_requests=uint32(1024),
-                    # Retries may add at most 20 % to the active requests (min 3 concurrent), so a
-                    # failing cluster is not hammered with retry storms. Replaces max_retries.
+                    # Retries may add at most 20 % to the active requests, so a failing cluster is
+                    # not hammered with retry storms. Replaces max_retries. At least 10 at once:
+                    # hedges are retries, and with few calls in flight (a quiet cluster, a
+                    # fast one) 3 left the calls caught on a slow instance without their hedge
+                    # (seen in tests/netns: "UO" in Envoy's access log, 1.4 s reads).
                     retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
                         budget_percent=percent_pb2.Percent(value=20.0),
-                        min_retry_concurrency=uint32(3),
+                        min_retry_concurrency=uint32(10),
                     ),
                     # Publish remaining_* gauges: the benchmarks and tests read them.
                     track_remaining=True,
@@ -457,9 +474,15 @@ def build_clusters(
 
 
 def build_route(
-    spec: ServiceSpec, prefix: str, *, retry_on: str = RETRY_ON_UNSAFE, exact_path: bool = False
+    spec: ServiceSpec,
+    prefix: str,
+    *,
+    retry_on: str = RETRY_ON_UNSAFE,
+    exact_path: bool = False,
+    hedged: bool = False,
 ) -> route_components_pb2.Route:
-    """A route for a path prefix (`/capsule.auth.v1.`) or, with exact_path, one method."""
+    """A route for a path prefix (`/capsule.auth.v1.`) or, with exact_path, one method; `hedged`:
+    a second try after HEDGE_AFTER_S (idempotent unary methods only)."""
     # gRPC paths are /package.Service/Method: the package prefix selects the service.
     # `grpc` (no options) only matches requests with content-type application/grpc.
     match = route_components_pb2.RouteMatch(grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions())
@@ -482,7 +505,7 @@ def build_route(
             retry_policy=route_components_pb2.RetryPolicy(
                 retry_on=retry_on,
                 num_retries=uint32(NUM_RETRIES),
-                per_try_timeout=duration(PER_TRY_TIMEOUT_S),
+                per_try_timeout=duration(HEDGE_AFTER_S if hedged else PER_TRY_TIMEOUT_S),
                 # 25 ms base (Envoy's default, written out), capped at 250 ms: a retry lands after
                 # the outlier detector / health checker had a chance to act, without stalling.
                 retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
@@ -498,6 +521,7 @@ def build_route(
                 # How many times host selection may be redone to satisfy the predicate.
                 host_selection_retry_max_attempts=3,
             ),
+            hedge_policy=route_components_pb2.HedgePolicy(hedge_on_per_try_timeout=True) if hedged else None,
         ),
     )
 
@@ -505,9 +529,12 @@ def build_route(
 def _service_routes(spec: ServiceSpec, retryable: frozenset[str]) -> list[route_components_pb2.Route]:
     # Exact method routes first (Envoy takes the first match), then the service's prefixes.
     exact = sorted(m for m in retryable if m.startswith(spec.route_prefixes))
-    return [build_route(spec, m, retry_on=RETRY_ON_IDEMPOTENT, exact_path=True) for m in exact] + [
-        build_route(spec, p, retry_on=RETRY_ON_UNSAFE) for p in spec.route_prefixes
-    ]
+    # Reflection is a stream (a try lasts as long as grpcurl talks): retried, never hedged. Every
+    # method our protos declare idempotent is unary (tests/mesh/test_snapshot.py holds them to it).
+    return [
+        build_route(spec, m, retry_on=RETRY_ON_IDEMPOTENT, exact_path=True, hedged=m not in ALWAYS_RETRYABLE)
+        for m in exact
+    ] + [build_route(spec, p, retry_on=RETRY_ON_UNSAFE) for p in spec.route_prefixes]
 
 
 def build_route_config(

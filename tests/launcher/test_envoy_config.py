@@ -118,7 +118,10 @@ def test_routes_by_grpc_prefix_with_timeouts_and_retries() -> None:
         assert action["max_stream_duration"]["grpc_timeout_header_max"] == "15s"
         retry = action["retry_policy"]
         assert retry["num_retries"] == 2
-        assert retry["per_try_timeout"] == "5s"
+        # Idempotent unary methods (exact routes) are hedged after 0.15 s; the rest wait 5 s a try.
+        hedged = "hedge_policy" in action
+        assert retry["per_try_timeout"] == ("0.150s" if hedged else "5s")
+        assert hedged == ("path" in route["match"] and "Reflection" not in route["match"]["path"])
         assert retry["retry_back_off"] == {"base_interval": "0.025s", "max_interval": "0.250s"}
         assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
 

@@ -25,7 +25,8 @@ from controlplane.snapshot import (
 from envoy.config.cluster.v3 import cluster_pb2
 
 from mesh import envoy_config
-from mesh.envoy_config import RETRY_ON_IDEMPOTENT, RETRY_ON_UNSAFE
+from mesh.catalog import mesh_services, retryable_methods
+from mesh.envoy_config import HEDGE_AFTER_S, PER_TRY_TIMEOUT_S, RETRY_ON_IDEMPOTENT, RETRY_ON_UNSAFE
 from mesh.topology import AUTH, SERVICES
 
 LISTEN = ("127.0.0.1", 10000)
@@ -80,6 +81,30 @@ def test_idempotent_methods_get_broad_retries_and_the_rest_narrow_ones() -> None
     # Exact routes come before the prefix that would otherwise swallow them.
     assert routes[-1].match.prefix in AUTH.route_prefixes
     assert "unavailable" not in RETRY_ON_UNSAFE and "reset" not in RETRY_ON_UNSAFE
+
+
+def test_idempotent_unary_calls_are_hedged_and_writes_never() -> None:
+    snap = build_snapshot({}, listen=LISTEN, services=(AUTH,))
+    routes = snap.resources[rs.ROUTE]["grpc_routes"].virtual_hosts[0].routes  # type: ignore[attr-defined]
+    by_match = {(r.match.path or r.match.prefix): r.route for r in routes}
+    read = by_match["/capsule.auth.v1.AuthService/GetMe"]
+    assert read.hedge_policy.hedge_on_per_try_timeout
+    assert read.retry_policy.per_try_timeout.ToTimedelta().total_seconds() == HEDGE_AFTER_S
+    write = by_match["/capsule.auth.v1."]
+    assert not write.HasField("hedge_policy")
+    assert write.retry_policy.per_try_timeout.ToTimedelta().total_seconds() == PER_TRY_TIMEOUT_S
+
+
+def test_every_method_declared_idempotent_is_unary() -> None:
+    """Hedging sends a second try of a call still unanswered: only sound for one request, one
+    answer. A streaming method declared idempotent must be left out of hedging first."""
+    streaming = [
+        f"/{service.full_name}/{method.name}"
+        for service in mesh_services()
+        for method in service.methods
+        if method.client_streaming or method.server_streaming
+    ]
+    assert not set(streaming) & retryable_methods()
 
 
 def test_unknown_endpoint_names_get_an_empty_assignment() -> None:
