@@ -10,6 +10,17 @@ workload named by the caller's certificate; None over plain text, where no calle
 heartbeat, a deregistration or a re-registration of its address by anyone else raises
 NotLeaseHolder and changes nothing. Lease ids are 128 random bits (never a counter), so one cannot
 be guessed; but knowing an id is not what lets a caller act on the lease — being its holder is.
+
+A control plane cut off from the network hears no heartbeat at all, and every lease would lapse
+one after the other: the endpoint sets it pushes once it is reachable again would be empty, and
+every call would fail until each instance registered again. So lapsed leases are dropped only
+while the registry hears from the mesh (a heartbeat, a registration or a deregistration within
+the last `ttl / 2`, while each instance heartbeats every `ttl / 3`); an instance that dies while
+the others keep talking leaves as before. When the silence ends, every lease gets a whole ttl
+from then on to be renewed, so instances whose channels reconnect a little later are not dropped
+for the control plane's own outage. A lone lease is judged on its own (no one else to hear from).
+What silence costs: endpoints of instances that really died meanwhile stay listed until the mesh
+is heard again; Envoy's active health checks keep calls away from them.
 """
 
 from __future__ import annotations
@@ -66,6 +77,9 @@ class Registry:
         self._clock = clock
         self._leases: dict[str, Lease] = {}
         self._listeners: list[Callable[[], None]] = []
+        # When the mesh was last heard from (any lease holder's call): see the module doc.
+        self._last_heard = clock()
+        self.deaf_after = ttl / 2
 
     # --- listeners -------------------------------------------------------------------------------
 
@@ -101,7 +115,7 @@ class Registry:
             raise NotLeaseHolder(f"{endpoint.address} of {service} is registered by another workload")
         for lid in replaced:
             del self._leases[lid]
-        now = self._clock()
+        now = self._heard()
         lease = Lease(secrets.token_urlsafe(16), endpoint, now + self.ttl, now, holder)
         self._leases[lease.lease_id] = lease
         self._changed()
@@ -117,12 +131,13 @@ class Registry:
         """Renew; False when the lease is unknown or already lapsed (the caller registers again);
         NotLeaseHolder when someone else holds it."""
         lease = self._held(lease_id, holder)
-        now = self._clock()
+        now = self._heard()
         if lease is None:
             return False
         if lease.expires_at <= now:
             self.expire()
-            return False
+            if lease_id not in self._leases:
+                return False
         lease.expires_at = now + self.ttl
         return True
 
@@ -131,13 +146,33 @@ class Registry:
         else holds it."""
         if self._held(lease_id, holder) is None:
             return None
+        self._heard()
         lease = self._leases.pop(lease_id)
         self._changed()
         return lease.endpoint
 
-    def expire(self) -> list[Endpoint]:
-        """Drop every lapsed lease; returns their endpoints."""
+    def _heard(self) -> float:
+        """A lease holder reached us: the time now. After a silence (see the module doc), every
+        lease gets a whole ttl from now."""
         now = self._clock()
+        if len(self._leases) > 1 and self.deaf(now):
+            for lease in self._leases.values():
+                lease.expires_at = max(lease.expires_at, now + self.ttl)
+        self._last_heard = now
+        return now
+
+    def deaf(self, now: float | None = None) -> bool:
+        """Whether no lease holder was heard from for `deaf_after`: the control plane, not every
+        instance at once, is the likelier one cut off."""
+        now = self._clock() if now is None else now
+        return now - self._last_heard > self.deaf_after
+
+    def expire(self) -> list[Endpoint]:
+        """Drop every lapsed lease, unless the registry hears nobody (see the module doc) and holds
+        more than one; returns the endpoints dropped."""
+        now = self._clock()
+        if len(self._leases) > 1 and self.deaf(now):
+            return []
         gone = [lid for lid, lease in self._leases.items() if lease.expires_at <= now]
         endpoints = [self._leases.pop(lid).endpoint for lid in gone]
         if endpoints:

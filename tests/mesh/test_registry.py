@@ -25,9 +25,9 @@ def test_register_heartbeat_expire_and_deregister() -> None:
     b = reg.register("auth", "127.0.0.1", 5002)
     assert [e.address for e in reg.endpoints()["auth"]] == ["127.0.0.1:5001", "127.0.0.1:5002"]
     assert len(changes) == 2
-    clock.now += 1.0
-    assert reg.heartbeat(a.lease_id)  # a renewed, b not
-    clock.now += 1.0
+    for _ in range(4):  # a heartbeats every ttl/3 as instances do, b no more
+        clock.now += 0.5
+        assert reg.heartbeat(a.lease_id)
     assert [e.address for e in reg.expire()] == ["127.0.0.1:5002"]
     assert not reg.heartbeat(b.lease_id)  # lapsed: the instance must register again
     assert len(changes) == 3
@@ -87,3 +87,36 @@ def test_lease_ids_are_random_not_counted() -> None:
     ids = [reg.register("auth", "h", port).lease_id for port in range(1, 65)]
     assert len(set(ids)) == 64
     assert all(len(base64.urlsafe_b64decode(i + "==")) >= 16 for i in ids)  # 128 random bits, no counter
+
+
+def test_a_registry_that_hears_nobody_keeps_every_lease_then_gives_each_a_ttl() -> None:
+    """The control plane cut off: every lease lapses, but a silence of the whole mesh is the
+    control plane's outage, not every instance dying at once. Heard again, each lease gets a
+    whole ttl to be renewed; one that is not, while the others are, lapses as usual."""
+    clock = Clock()
+    reg = Registry(ttl=1.5, clock=clock)
+    a, b, c = (reg.register("auth", "h", port) for port in (1, 2, 3))
+    clock.now += 5.0
+    assert reg.deaf() and reg.expire() == []
+    assert len(reg.endpoints()["auth"]) == 3
+    assert reg.heartbeat(a.lease_id)  # heard again: a lapsed lease of a live instance is renewed
+    assert not reg.deaf()
+    for step in (0.5, 0.5, 0.4):  # a and c heartbeat again, b does not
+        clock.now += step
+        assert reg.heartbeat(a.lease_id) and reg.heartbeat(c.lease_id)
+        assert reg.expire() == []  # b within the ttl it got when the silence ended
+    clock.now += 0.2
+    assert reg.heartbeat(a.lease_id) and reg.heartbeat(c.lease_id)
+    assert [e.port for e in reg.expire()] == [2]
+    assert not reg.heartbeat(b.lease_id)
+
+
+def test_one_instance_dying_while_the_others_heartbeat_leaves_within_a_ttl() -> None:
+    clock = Clock()
+    reg = Registry(ttl=1.5, clock=clock)
+    live, dead = reg.register("auth", "h", 1), reg.register("auth", "h", 2)
+    del dead
+    for _ in range(3):
+        clock.now += 0.5
+        assert reg.heartbeat(live.lease_id)
+    assert [e.port for e in reg.expire()] == [2]
