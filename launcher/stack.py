@@ -96,6 +96,19 @@ TEST_LOGIN_LIMITS = {"LOGIN_FAILURES_PER_IP": "100000"}
 
 
 @dataclass(frozen=True)
+class Host:
+    """A machine of its own for one process: a Linux network namespace with its own address
+    (tests/netns builds them). The process runs inside it (`ip netns exec`) and listens on
+    `address`; its ports stay the stack's (a fresh namespace has every port free)."""
+
+    namespace: str
+    address: str
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+
+@dataclass(frozen=True)
 class StackSettings:
     infra: Infra
     keys: KeyPair
@@ -163,6 +176,10 @@ class StackSettings:
     pgbouncer_max_client_conn: int = 1000
     # apt-get install pgbouncer when the binary is missing (`make up`); test stacks never install.
     pgbouncer_install: bool = True
+    # Processes on hosts of their own, by name ("control-plane", "envoy", "gateway", "auth-0"...);
+    # the others run here on `host`. Only the launcher's own callers (the launcher, migrations,
+    # Prometheus, PgBouncer) stay on this machine's loopback.
+    hosts: Mapping[str, Host] = field(default_factory=dict)
 
     @classmethod
     def for_tests(cls, infra: Infra, keys: KeyPair, *, work_dir: Path, **overrides: Any) -> StackSettings:
@@ -260,25 +277,34 @@ class Stack:
     def host(self) -> str:
         return self.settings.host
 
+    def address_of(self, process: str) -> str:
+        """The address `process` listens on: its own host's, or `host`."""
+        placed = self.settings.hosts.get(process)
+        return placed.address if placed is not None else self.host
+
+    def _argv(self, process: str, argv: Sequence[str]) -> list[str]:
+        placed = self.settings.hosts.get(process)
+        return placed.wrap(argv) if placed is not None else list(argv)
+
     @property
     def gateway_url(self) -> str:
-        return f"http://{self.host}:{self.settings.gateway_port}"
+        return f"http://{self.address_of(GATEWAY)}:{self.settings.gateway_port}"
 
     @property
     def envoy_grpc(self) -> str:
-        return f"{self.host}:{self.settings.envoy_port}"
+        return f"{self.address_of(ENVOY)}:{self.settings.envoy_port}"
 
     @property
     def envoy_admin_url(self) -> str:
-        return f"http://{self.host}:{self.settings.envoy_admin_port}"
+        return f"http://{self.address_of(ENVOY)}:{self.settings.envoy_admin_port}"
 
     @property
     def control_plane_target(self) -> str:
-        return f"{self.host}:{self.settings.control_plane_port}"
+        return f"{self.address_of(CONTROL_PLANE)}:{self.settings.control_plane_port}"
 
     @property
     def control_plane_admin_url(self) -> str:
-        return f"http://{self.host}:{self.settings.control_plane_admin_port}"
+        return f"http://{self.address_of(CONTROL_PLANE)}:{self.settings.control_plane_admin_port}"
 
     @property
     def prometheus_url(self) -> str:
@@ -365,7 +391,7 @@ class Stack:
     def _wanted(self, workload: str) -> Wanted:
         """A workload's certificate as the stack issues it. The control plane's also names the
         address it listens on: gRPC's xDS client (the gateway) checks it by the address it dials."""
-        return Wanted(workload, (self.host, "localhost") if workload == CONTROL_PLANE else ())
+        return Wanted(workload, (self.address_of(CONTROL_PLANE), "localhost") if workload == CONTROL_PLANE else ())
 
     def _workloads(self) -> list[Wanted]:
         names = (*(s.name for s in self.settings.services), GATEWAY, ENVOY, CONTROL_PLANE)
@@ -514,7 +540,7 @@ class Stack:
         env = self._base_env()
         env.update(
             CONTROL_PLANE_LISTEN=self.control_plane_target,
-            CONTROL_PLANE_ADMIN_LISTEN=f"{self.host}:{self.settings.control_plane_admin_port}",
+            CONTROL_PLANE_ADMIN_LISTEN=self.control_plane_admin_url.removeprefix("http://"),
             CONTROL_PLANE_ENVOY_LISTEN=self.envoy_grpc,
             CONTROL_PLANE_SERVICES=",".join(s.name for s in self.settings.services),
             LEASE_TTL_SECONDS=f"{self.settings.lease_ttl_seconds:g}",
@@ -531,9 +557,9 @@ class Stack:
     def scrape_targets(self) -> list[str]:
         """The gateway (its /metrics is on its HTTP port) and Envoy's admin, as the control plane's
         CONTROL_PLANE_SCRAPE_TARGETS lists them (`job=host:port[/path]`)."""
-        targets = [f"envoy={self.host}:{self.settings.envoy_admin_port}/stats/prometheus"]
+        targets = [f"envoy={self.envoy_admin_url.removeprefix('http://')}/stats/prometheus"]
         if self.settings.with_gateway:
-            targets.insert(0, f"gateway={self.host}:{self.settings.gateway_port}")
+            targets.insert(0, f"gateway={self.gateway_url.removeprefix('http://')}")
         return targets
 
     def gateway_env(self) -> dict[str, str]:
@@ -542,7 +568,7 @@ class Stack:
         without it, it calls Envoy."""
         env = self._base_env()
         env.update(
-            GATEWAY_LISTEN=f"{self.host}:{self.settings.gateway_port}",
+            GATEWAY_LISTEN=self.gateway_url.removeprefix("http://"),
             GATEWAY_UPSTREAM=self.envoy_grpc,
             GATEWAY_PROTO_MODULES=gateway_proto_modules(self.settings.services),
             GATEWAY_XDS_SERVER=(
@@ -557,11 +583,14 @@ class Stack:
     # --- planning and config -------------------------------------------------------------------
 
     def _plan_instance(self, spec: ServiceSpec, index: int) -> Instance:
-        grpc_address = f"{self.settings.host}:{free_port(self.settings.host)}"
-        admin_address = f"{self.settings.host}:{free_port(self.settings.host)}"
+        name = f"{spec.name}-{index}"
+        # Ports free here; on a host of its own (a fresh namespace) every port is.
+        address = self.address_of(name)
+        grpc_address = f"{address}:{free_port(self.settings.host)}"
+        admin_address = f"{address}:{free_port(self.settings.host)}"
         proc = ManagedProcess(
-            f"{spec.name}-{index}",
-            [self.settings.python, "-m", spec.module],
+            name,
+            self._argv(name, [self.settings.python, "-m", spec.module]),
             env={},  # filled at start: the environment depends on the instance
             log_path=self.log_path(f"{spec.name}-{index}"),
             ready=None,
@@ -573,16 +602,16 @@ class Stack:
         or (control_plane=False) the static config listing every planned instance."""
         if self.settings.control_plane:
             return envoy_config.build_xds_bootstrap(
-                admin=(self.host, self.settings.envoy_admin_port),
-                control_plane=(self.host, self.settings.control_plane_port),
+                admin=(self.address_of(ENVOY), self.settings.envoy_admin_port),
+                control_plane=(self.address_of(CONTROL_PLANE), self.settings.control_plane_port),
                 node_id=self.envoy_node_id,
                 tls_dir=self.tls_dir(ENVOY) if self.settings.mesh_tls else None,
             )
         # Without a control plane Envoy's tracing is in its bootstrap (with one, the control plane,
         # which gets the same OTEL_* environment, serves it): spans to the processes' OTLP endpoint.
         return envoy_config.build_bootstrap(
-            listen=(self.host, self.settings.envoy_port),
-            admin=(self.host, self.settings.envoy_admin_port),
+            listen=(self.address_of(ENVOY), self.settings.envoy_port),
+            admin=(self.address_of(ENVOY), self.settings.envoy_admin_port),
             endpoints={name: [_split(inst.grpc_address) for inst in insts] for name, insts in self.instances.items()},
             services=self.settings.services,
             otlp_endpoint=tracing.otlp_endpoint(self._base_env()),
@@ -685,7 +714,7 @@ class Stack:
         envoy_config.write_bootstrap(self.envoy_bootstrap(), self.envoy_config_path)
         self.envoy = ManagedProcess(
             "envoy",
-            self.envoy_argv(),
+            self._argv(ENVOY, self.envoy_argv()),
             env=self._base_env(),
             log_path=self.log_path("envoy"),
             ready=lambda: http_ok(f"{self.envoy_admin_url}/ready"),
@@ -700,7 +729,7 @@ class Stack:
         warm-up (one lease ttl, during which running instances register again)."""
         self.control_plane = ManagedProcess(
             "control-plane",
-            [self.settings.python, "-m", "controlplane"],
+            self._argv(CONTROL_PLANE, [self.settings.python, "-m", "controlplane"]),
             env=self.control_plane_env(),
             log_path=self.log_path("control-plane"),
             ready=lambda: http_ok(f"{self.control_plane_admin_url}/healthz"),
@@ -739,7 +768,7 @@ class Stack:
     def start_gateway(self, *, wait: bool = True) -> ManagedProcess:
         self.gateway = ManagedProcess(
             "gateway",
-            [self.settings.python, "-m", self.settings.gateway_module],
+            self._argv(GATEWAY, [self.settings.python, "-m", self.settings.gateway_module]),
             env=self.gateway_env(),
             log_path=self.log_path("gateway"),
             ready=lambda: http_ok(f"{self.gateway_url}/readyz"),

@@ -24,6 +24,7 @@ from launcher import standby
 from launcher.bootstrap import REPO
 from launcher.infra import Infra, PostgresServer
 from launcher.process import free_port
+from launcher.stack import Host
 
 
 async def replayed(infra: Infra, within: float = 15.0) -> None:
@@ -41,10 +42,11 @@ def one(server: PostgresServer, sql: str, database: str = "postgres") -> str:
 
 
 @contextmanager
-def own_primary(like: PostgresServer) -> Iterator[PostgresServer]:
+def own_primary(like: PostgresServer, *, host: Host | None = None) -> Iterator[PostgresServer]:
     """A fresh Postgres cluster of `like`'s version and user (initdb, trust on 127.0.0.1,
     replication allowed) on a free port, run by the server's OS user like the machine's; stopped
-    and deleted at the end."""
+    and deleted at the end. On `host` (tests/netns): inside its namespace, listening on its
+    address, trusting the hosts of its network (`samenet`)."""
     major = int(one(like, "SHOW server_version_num")) // 10000
     bin_dir = standby._bin_dir(major)
     port = free_port()
@@ -60,11 +62,15 @@ def own_primary(like: PostgresServer) -> Iterator[PostgresServer]:
         check=True,
         capture_output=True,
     )
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-    start = [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(log_file), "-w", "start"]
-    subprocess.run(run(start), check=True, capture_output=True)
+    address = host.address if host is not None else "127.0.0.1"
+    if host is not None:
+        with (data_dir / "pg_hba.conf").open("a") as hba:
+            hba.write("host all all samenet trust\n")
+    options = f"-p {port} -c listen_addresses={address} -c unix_socket_directories=''"
+    start = run([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(log_file), "-w", "start"])
+    subprocess.run(host.wrap(start) if host is not None else start, check=True, capture_output=True)
     try:
-        yield PostgresServer("127.0.0.1", port, like.user, "")
+        yield PostgresServer(address, port, like.user, "")
     finally:
         subprocess.run(run([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "stop"]), check=False)
         shutil.rmtree(data_dir, ignore_errors=True)
