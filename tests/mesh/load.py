@@ -25,10 +25,19 @@ class Op:
 class LoadResult:
     ok: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # (op name, seconds) of every call, answered or not.
+    durations: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return sum(self.ok.values()) + len(self.failures)
+
+    def percentile(self, q: float, ops: Sequence[str] | None = None) -> float:
+        """The q-quantile (0 < q ≤ 1, nearest rank) of the calls' durations, of `ops` only if given."""
+        values = sorted(d for name, d in self.durations if ops is None or name in ops)
+        if not values:
+            return 0.0
+        return values[min(len(values) - 1, max(0, int(q * len(values) + 0.5) - 1))]
 
 
 class Load:
@@ -45,6 +54,7 @@ class Load:
         self._progress = asyncio.Condition()
 
     async def _one(self, op: Op) -> None:
+        started = time.monotonic()
         try:
             response = await op.call()
             if response.status_code == 200:
@@ -54,6 +64,7 @@ class Load:
         except Exception as exc:  # a transport error is a failed call too
             self.result.failures.append((op.name, repr(exc)))
         finally:
+            self.result.durations.append((op.name, time.monotonic() - started))
             self._sem.release()
             async with self._progress:
                 self._progress.notify_all()
