@@ -5,7 +5,8 @@ anew when the gateway's mesh certificate rotates: the old ones finish their call
 - proxyless (GATEWAY_XDS_SERVER set): `xds:///<proto package>` per service; gRPC's xDS client
   balances across the instances and applies the control plane's retry policy (xds.py), so
   retries are on in those channels (they also enable gRPC's transparent retries of calls that
-  never reached a server);
+  never reached a server). gRPC has no per-try timeout, so the gateway hedges idempotent calls
+  itself, as Envoy does (`hedged`): a second call after mesh/timing.py's HEDGE_AFTER_S;
 - otherwise every service goes to GATEWAY_UPSTREAM, Envoy's gRPC listener. Retries are off in
   that channel: Envoy retries, and two layers of retries multiply load during an outage.
 Every channel is mutual TLS as the `gateway` workload and checks that the other end is the workload
@@ -18,25 +19,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import grpc
 from google.protobuf.message import Message
+from prometheus_client import Counter
 
 from gateway import xds
 from gateway.descriptors import Rpc
 from gateway.problems import Problem
 from gateway.settings import Settings
+from mesh.catalog import retryable_methods
 from mesh.credentials import MeshTLS, RetiredChannels, open_channel
+from mesh.timing import HEDGE_AFTER_S
 from services.common import tracing
 
 log = logging.getLogger(__name__)
 
+# When the gateway hedges a call still unanswered: HEDGE_AFTER_S after the first attempt, then
+# after twice the previous delay each time (attempts at 0, 0.15, 0.45, 1.05 and 2.25 s).
+HEDGE_DELAYS_S = tuple(HEDGE_AFTER_S * 2**n for n in range(4))
+HEDGES = Counter(
+    "gateway_upstream_hedges_total",
+    "Second calls sent because the first was still unanswered after the hedge delay (proxyless only)",
+    ["method"],
+)
+
 CHANNEL_OPTIONS: Sequence[tuple[str, int | str]] = (
     ("grpc.enable_retries", 0),
-    # Notice a dead connection (e.g. Envoy restarted behind a NAT) while calls are in flight.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    # Notice a dead connection (a host cut off, Envoy restarted behind a NAT) within ~2 s while
+    # calls are in flight: a PING a second, answered within a second, or the connection is closed
+    # and its calls fail UNAVAILABLE — a write then gets its 503 (its client repeats it under its
+    # Idempotency-Key) instead of hanging until the deadline (tests/netns: 6 s under a partition).
+    # Only while calls are in flight; the services accept a PING every 0.5 s
+    # (services/common/server.py), so a long call is never mistaken for a ping flood.
+    ("grpc.keepalive_time_ms", 1_000),
+    ("grpc.keepalive_timeout_ms", 1_000),
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
@@ -71,6 +89,12 @@ class Upstream:
         self.rpcs = {rpc.path: rpc for rpc in rpcs}
         self.targets = {path: settings.upstream_for(rpc.service) for path, rpc in self.rpcs.items()}
         self.peers = {self.targets[path]: settings.upstream_peer(rpc.service) for path, rpc in self.rpcs.items()}
+        # Idempotent methods reached over a proxyless channel (Envoy hedges the others' itself).
+        idempotent = retryable_methods()
+        self.hedged = frozenset(
+            path for path, target in self.targets.items() if target.startswith("xds:") and path in idempotent
+        )
+        self.hedge_budget = HedgeBudget()
         self.channels: dict[str, grpc.aio.Channel] = {}
         self.calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
         self._generation = 0
@@ -141,14 +165,34 @@ class Upstream:
         self._follow_rotation()
         call = self.calls[rpc.path]
         try:
-            if not tracing.active():
-                response: Message = await call(request, metadata=metadata, timeout=deadline_seconds)
+            if rpc.path in self.hedged:
+                response = await self._hedged_call(rpc, call, request, metadata, deadline_seconds)
+            elif not tracing.active():
+                response = await call(request, metadata=metadata, timeout=deadline_seconds)
             else:
                 with tracing.client_span(rpc.path) as trace_context:
                     response = await call(request, metadata=[*metadata, *trace_context], timeout=deadline_seconds)
         except grpc.aio.AioRpcError as error:
             raise Problem.from_rpc_error(error) from None
         return response
+
+    async def _hedged_call(
+        self,
+        rpc: Rpc,
+        call: grpc.aio.UnaryUnaryMultiCallable,
+        request: Message,
+        metadata: Sequence[tuple[str, str]],
+        deadline_seconds: float,
+    ) -> Message:
+        def send(context: Sequence[tuple[str, str]], timeout: float) -> grpc.aio.UnaryUnaryCall:
+            return call(request, metadata=[*metadata, *context], timeout=timeout)
+
+        if not tracing.active():
+            return await hedged(lambda timeout: send((), timeout), deadline_seconds, rpc.path, self.hedge_budget)
+        with tracing.client_span(rpc.path) as trace_context:
+            return await hedged(
+                lambda timeout: send(trace_context, timeout), deadline_seconds, rpc.path, self.hedge_budget
+            )
 
     def deadline(self, grpc_timeout: bytes | None) -> float:
         """The call's timeout: GATEWAY_CALL_TIMEOUT_SECONDS, shortened by a client `Grpc-Timeout`
@@ -159,6 +203,110 @@ class Upstream:
             if match:
                 timeout = min(timeout, int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)])
         return timeout
+
+
+# Status codes that say the attempt failed rather than answered: while another attempt is in
+# flight, its answer is awaited instead. Any other status (NOT_FOUND, PERMISSION_DENIED...) is the
+# service's answer, returned at once.
+_NO_ANSWER = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+
+
+class HedgeBudget:
+    """Envoy's retry budget for the gateway's hedges: extra attempts in flight at most
+    `percent` of the hedged calls in flight, and `minimum` whatever the volume. A mesh slow
+    everywhere (overload) is then not sent several times its load."""
+
+    def __init__(self, percent: float = 20.0, minimum: int = 10) -> None:
+        self.percent = percent
+        self.minimum = minimum
+        self.calls = 0
+        self.extra = 0
+
+    def acquire(self) -> bool:
+        if self.extra >= max(self.minimum, self.calls * self.percent / 100):
+            return False
+        self.extra += 1
+        return True
+
+
+async def hedged(
+    send: Callable[[float], grpc.aio.UnaryUnaryCall],
+    deadline_seconds: float,
+    method: str,
+    budget: HedgeBudget,
+    delays: Sequence[float] = HEDGE_DELAYS_S,
+) -> Message:
+    """The first answer of `send(timeout)`'s call and of the hedges sent while none came: one
+    after each of `delays` (the channel's balancer picks each one's instance), while the budget and
+    the deadline allow. Answered, the others are cancelled. Attempts that fail without an answer
+    (_NO_ANSWER) leave the others to answer; if all fail, the first one's error is raised.
+
+    Several hedges, further and further apart, because gRPC cannot be told to avoid an instance:
+    a hedge may land on the same bad one; the later ones land after its endpoint left the
+    balancer (within 2 s of a partition). Only for idempotent methods: every attempt may run to
+    completion on the server."""
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + deadline_seconds
+    attempts = [send(deadline_seconds)]
+    pending = list(attempts)
+    errors: dict[int, grpc.aio.AioRpcError] = {}
+    extra = 0
+    budget.calls += 1
+    try:
+        for delay in (*delays, None):
+            await _any_done(pending, delay)
+            for finished in [attempt for attempt in pending if attempt.done()]:
+                pending.remove(finished)
+                try:
+                    return await finished
+                except grpc.aio.AioRpcError as error:
+                    if error.code() not in _NO_ANSWER:
+                        raise
+                    errors[attempts.index(finished)] = error
+            if not pending:
+                raise errors[min(errors)]
+            remaining = ends_at - loop.time()
+            if delay is not None and remaining > 0 and budget.acquire():
+                extra += 1
+                HEDGES.labels(method).inc()
+                hedge = send(remaining)
+                attempts.append(hedge)
+                pending.append(hedge)
+        raise AssertionError("unreachable: the last wait has no timeout")  # pragma: no cover
+    finally:
+        budget.calls -= 1
+        budget.extra -= extra
+        for attempt in attempts:
+            attempt.cancel()  # a finished call ignores it
+
+
+async def _any_done(calls: Sequence[grpc.aio.UnaryUnaryCall], within: float | None) -> None:
+    """Return once one of `calls` is done, or after `within` seconds (None: no limit)."""
+    if any(call.done() for call in calls):
+        return
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake(*_: object) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    for call in calls:
+        call.add_done_callback(wake)
+    timer = loop.call_later(within, wake) if within is not None else None
+    try:
+        await woken
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def call_metadata(headers: Mapping[bytes, bytes], request_id: str, client_ip: str | None) -> list[tuple[str, str]]:

@@ -68,7 +68,7 @@ from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrap
 from google.protobuf.message import Message
 
 from mesh.pki import CA_NAME, CONTROL_PLANE, IDENTITY_NAME, SPIFFE_PREFIX, server_name, spiffe_id
-from mesh.timing import TIMING
+from mesh.timing import HEDGE_AFTER_S, TIMING
 from mesh.topology import SERVICES, ServiceSpec
 
 Address = tuple[str, int]
@@ -89,14 +89,12 @@ ROUTE_TIMEOUT_S = 15.0
 # One try. A try stuck on a wedged instance is abandoned and retried elsewhere; 3 tries fit in
 # the route timeout.
 PER_TRY_TIMEOUT_S = 5.0
-# Idempotent unary calls are hedged: a try still unanswered after HEDGE_AFTER_S is not abandoned,
-# a second one goes to another instance and the first answer wins. One slow instance (a congested
-# link, a GC pause, a host 200 ms away) then costs a call HEDGE_AFTER_S, not its whole delay, and
-# each such try counts as a gateway failure for outlier detection, which ejects the instance after
-# `consecutive_gateway_failure` of them. Several times a healthy call's p99 through the mesh (a
-# few ms to tens of ms under load); hedges spend the clusters' retry budget (20 %), so a mesh that
-# is slow everywhere is not hammered with duplicates. Writes keep PER_TRY_TIMEOUT_S: never hedged.
-HEDGE_AFTER_S = 0.15
+# Idempotent unary calls are hedged after mesh/timing.py's HEDGE_AFTER_S: a try still unanswered
+# is not abandoned, a second one goes to another instance and the first answer wins. Each such
+# try counts as a gateway failure for outlier detection, which ejects the instance after
+# `consecutive_gateway_failure` of them. Hedges spend the clusters' retry budget (20 %), so a mesh
+# that is slow everywhere is not hammered with duplicates. Writes keep PER_TRY_TIMEOUT_S: never
+# hedged. (A try's timer starts once its connection is up: handshakes are not covered.)
 # The conditions under which a call is retried on another instance: see RETRY_ON_IDEMPOTENT and
 # RETRY_ON_UNSAFE below (the same per-method policy for the static bootstrap and the control plane).
 NUM_RETRIES = 2

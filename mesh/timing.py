@@ -44,6 +44,14 @@ from dataclasses import dataclass, replace
 # SPEC §2: Envoy sees an endpoint change within 2 seconds.
 ENDPOINT_CHANGE_BOUND_S = 2.0
 
+# Idempotent unary calls still unanswered after this long get a second try on another instance,
+# the first answer winning: by Envoy (the route's per-try timeout with hedging,
+# mesh/envoy_config.py) and by the proxyless gateway (gateway/upstream.py; gRPC's xDS client has
+# no per-try timeout). One slow instance (a congested link, a GC pause, a host 200 ms away)
+# then costs a read this long, not its whole delay. Several times a healthy call's p99 through
+# the mesh (a few ms to tens of ms under load), so hedges stay rare while all is well.
+HEDGE_AFTER_S = 0.15
+
 
 class TimingError(ValueError):
     """One or more relations between the mesh's timings do not hold."""

@@ -240,7 +240,9 @@ class ServiceHost:
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # The gateway PINGs every second while it has calls in flight, to notice a cut
+                # connection fast (gateway/upstream.py); a long call must not earn it a GOAWAY.
+                ("grpc.http2.min_ping_interval_without_data_ms", 500),
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ],
         )

@@ -26,7 +26,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 
 from mesh import envoy_config
 from mesh.catalog import mesh_services, retryable_methods
-from mesh.envoy_config import HEDGE_AFTER_S, PER_TRY_TIMEOUT_S, RETRY_ON_IDEMPOTENT, RETRY_ON_UNSAFE
+from mesh.envoy_config import PER_TRY_TIMEOUT_S, RETRY_ON_IDEMPOTENT, RETRY_ON_UNSAFE
+from mesh.timing import HEDGE_AFTER_S
 from mesh.topology import AUTH, SERVICES
 
 LISTEN = ("127.0.0.1", 10000)
