@@ -2,19 +2,22 @@
 
 Every process on a host of its own (tests/netns/network.py): Postgres and Redis on `db`, the
 control plane, Envoy, the gateway, and three auth instances; this machine reaches them over the
-bridge. The gateway calls the instances through Envoy (GATEWAY_PROXYLESS=0): it is Envoy's
-outlier detection, hedging and health checks under test. `auth-2` is the faulty one; its link is
-emulated, so it can be slowed down as well as cut.
+bridge. `auth-2` is the faulty one; its link is emulated, so it can be slowed down as well as cut.
+The whole module runs twice, once per way the gateway reaches the instances:
+- `proxyless` (the default): gRPC's xDS client balances across the instances; the gateway hedges
+  idempotent calls itself and PINGs busy connections every second (gateway/upstream.py);
+- `envoy` (GATEWAY_PROXYLESS=0): through Envoy, whose outlier detection, hedging and health checks
+  act.
 
 Under a steady load through the gateway (reads, and sign-ups with an Idempotency-Key that the
 client repeats after a failed answer, as a mobile app does):
-- 200 ms added to everything auth-2 sends: Envoy ejects it by outlier detection (hedged reads
-  time out there after 0.15 s), no call fails, p99 stays under P99_BOUND_S; healed, it serves
-  again;
+- 200 ms added to everything auth-2 sends: no call fails, p99 under the mode's bounds; through
+  Envoy, outlier detection ejects auth-2 (hedged reads time out there after 0.15 s); healed, it
+  serves again;
 - 30 % of auth-2's packets lost, both ways: the same;
-- auth-2 cut off: its lease lapses and Envoy stops routing to it within 2 s; no read fails; healed
-  (the partition that heals), it registers again and serves;
-- the control plane cut off: nothing fails; healed, Envoy takes its updates again.
+- auth-2 cut off: its lease lapses and its endpoint leaves the set Envoy and the gateway route to
+  within 2 s; no call fails; healed (the partition that heals), it registers again and serves;
+- the control plane cut off: nothing fails; healed, every instance is routed to again.
 And across all of it no write is doubled: one account per sign-up, every one answered 200.
 
 Each phase prints its figures (p50/p99, calls, failed calls); `make test ARGS="tests/netns -s"`
@@ -31,7 +34,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -52,26 +55,47 @@ from tests.replica import own_primary
 
 pytestmark = pytest.mark.slow(40)
 
-# p99 through the gateway during a fault, the moment it starts included. Reads: a hedged read
-# waits 0.15 s (mesh/envoy_config.py HEDGE_AFTER_S) on the faulty instance before its second try.
-# All calls: a sign-up that reached the faulty instance before its ejection waits the fault out,
-# once per round trip it makes (to Postgres, to Redis): 200 ms each, or TCP's retransmission
-# timeouts after a lost packet (0.2 s, 0.4 s, ...). Sign-ups are 1 call in 7 here.
-READ_P99_BOUND_S = 0.5
-P99_BOUND_S = 2.5
+
+@dataclass(frozen=True)
+class Bounds:
+    """p99 through the gateway during a fault, the moment it starts included."""
+
+    reads: float
+    calls: float
+
+
+# Through Envoy: a hedged read waits 0.15 s (mesh/timing.py HEDGE_AFTER_S) on the faulty instance
+# before its second try, which Envoy sends to another one. A sign-up that reached the faulty
+# instance before its ejection waits the fault out, once per round trip it makes (to Postgres, to
+# Redis): 200 ms each, or TCP's retransmission timeouts after a lost packet (0.2 s, 0.4 s, ...).
+# Sign-ups are 1 call in 7 here.
+# Proxyless: gRPC cannot be told to avoid an instance, so a hedge may land on the faulty one
+# again (the gateway sends up to four, 0.15 to 2.25 s after the call), and nothing ejects a slow
+# or lossy instance (gRPC's outlier detection counts failed calls, not slow ones): its share of
+# the sign-ups waits the fault out. Measured bounds; the issue's note gives the figures.
+BOUNDS = {"envoy": Bounds(reads=0.5, calls=2.5), "proxyless": Bounds(reads=2.5, calls=6.0)}
 # SPEC §2 / mesh/timing.py: an endpoint change reaches Envoy within 2 s.
 ENDPOINT_CHANGE_BOUND_S = 2.0
 RATE = 60.0
-# Every sign-up client of the module: the last test compares what they were answered with the rows.
-SIGNUPS: list[SignUps] = []
 
 
 @dataclass
 class Mesh:
+    mode: str  # "proxyless" or "envoy": how the gateway reaches the instances
     network: Network
     stack: Stack
     faulty: Host
     database_dsn: str
+    # Every sign-up client of the mesh: the last test compares what they were answered with the rows.
+    signups: list[SignUps] = field(default_factory=list)
+
+    @property
+    def bounds(self) -> Bounds:
+        return BOUNDS[self.mode]
+
+    @property
+    def via_envoy(self) -> bool:
+        return self.mode == "envoy"
 
 
 def redis_on(host: Host, log_dir: Any) -> ManagedProcess:
@@ -87,8 +111,11 @@ def redis_on(host: Host, log_dir: Any) -> ManagedProcess:
     return process
 
 
-@pytest.fixture(scope="module")
-def mesh(infra: infra_mod.Infra, jwt_keys: KeyPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+@pytest.fixture(scope="module", params=["proxyless", "envoy"])
+def mesh(
+    request: pytest.FixtureRequest, infra: infra_mod.Infra, jwt_keys: KeyPair, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mesh]:
+    mode = str(request.param)
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(f"no hosts on this machine (network namespaces): {reason}")
@@ -107,12 +134,12 @@ def mesh(infra: infra_mod.Infra, jwt_keys: KeyPair, tmp_path_factory: pytest.Tem
                     services=(AUTH,),
                     instances={"auth": 3},
                     hosts=hosts,
-                    gateway_proxyless=False,
+                    gateway_proxyless=mode == "proxyless",
                     read_replica=False,
                     gateway_env={"GATEWAY_RATELIMIT_ENABLED": "0"},
                 )
                 try:
-                    yield Mesh(network, stack, hosts["auth-2"], postgres.dsn(stack.database_name("auth")))
+                    yield Mesh(mode, network, stack, hosts["auth-2"], postgres.dsn(stack.database_name("auth")))
                 finally:
                     stack.close()
         finally:
@@ -141,13 +168,13 @@ class SignUps:
     """Sign-ups as a mobile client makes them: one Idempotency-Key per account, the same request
     sent again (up to 4 times) when the answer is a gateway error or none."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, mesh: Mesh, http: httpx.AsyncClient) -> None:
         self.http = http
         self.prefix = f"ns{uuid.uuid4().hex[:8]}"
         self.numbers = itertools.count()
         self.answered: dict[str, str] = {}  # username → user id of the 200 answer
         self.repeated = 0
-        SIGNUPS.append(self)
+        mesh.signups.append(self)
 
     async def __call__(self) -> httpx.Response:
         name = f"{self.prefix}{next(self.numbers)}"
@@ -218,9 +245,9 @@ async def until(predicate: Any, timeout: float, what: str) -> float:  # noqa: AS
     return time.monotonic() - started
 
 
-def report(phase: str, result: LoadResult, extra: str = "") -> None:
+def report(mesh: Mesh, phase: str, result: LoadResult, extra: str = "") -> None:
     print(
-        f"\n[netns] {phase}: {result.total} calls, {len(result.failures)} failed, "
+        f"\n[netns {mesh.mode}] {phase}: {result.total} calls, {len(result.failures)} failed, "
         f"p50 {result.percentile(0.5) * 1000:.0f} ms, p99 {result.percentile(0.99) * 1000:.0f} ms, "
         f"reads p99 {result.percentile(0.99, READS) * 1000:.0f} ms, "
         f"sign-ups p50 {result.percentile(0.5, WRITES) * 1000:.0f} ms "
@@ -229,22 +256,32 @@ def report(phase: str, result: LoadResult, extra: str = "") -> None:
     )
 
 
-def assert_no_failed_call(result: LoadResult) -> None:
+def assert_no_failed_call(mesh: Mesh, result: LoadResult) -> None:
     assert result.total > 0
     assert result.failures == [], result.failures[:5]
-    assert result.percentile(0.99, READS) < READ_P99_BOUND_S
-    assert result.percentile(0.99) < P99_BOUND_S
+    assert result.percentile(0.99, READS) < mesh.bounds.reads
+    assert result.percentile(0.99) < mesh.bounds.calls
 
 
 async def back_in_rotation(mesh: Mesh, load: Load) -> float:
-    """Once healed: Envoy routes to auth-2 again and it answers calls; the seconds it took."""
+    """Once healed: auth-2 answers calls again (through Envoy: once Envoy routes to it); the
+    seconds it took."""
     address = mesh.stack.instance("auth", 2).grpc_address
     started = time.monotonic()
-    await until(lambda: routable(envoy_hosts(mesh.stack).get(address, {"gone": True})), 60, "auth-2 routable")
+    if mesh.via_envoy:
+        await until(lambda: routable(envoy_hosts(mesh.stack).get(address, {"gone": True})), 60, "auth-2 routable")
     before = await asyncio.to_thread(served, mesh.stack, 2)
     await load.until(60)
     await until(lambda: served(mesh.stack, 2) > before + 5, 30, "auth-2 serving again")
     return time.monotonic() - started
+
+
+async def ejection(mesh: Mesh, ejected: Any) -> str:
+    """Through Envoy: wait until `ejected()` (outlier detection took auth-2 out) and say after how
+    long. Proxyless there is none to wait for (see Bounds)."""
+    if not mesh.via_envoy:
+        return "- (proxyless)"
+    return f"{await until(ejected, 30, 'auth-2 ejected'):.1f} s"
 
 
 async def test_every_process_is_on_a_host_of_its_own(mesh: Mesh, http: httpx.AsyncClient) -> None:
@@ -261,58 +298,56 @@ async def test_every_process_is_on_a_host_of_its_own(mesh: Mesh, http: httpx.Asy
 
 
 async def test_baseline(mesh: Mesh, http: httpx.AsyncClient, token: str) -> None:
-    load = Load(ops(http, token, SignUps(http)), rate=RATE).start()
+    load = Load(ops(http, token, SignUps(mesh, http)), rate=RATE).start()
     await load.until(150)
     result = await load.stop()
-    report("no fault", result)
-    assert_no_failed_call(result)
+    report(mesh, "no fault", result)
+    assert_no_failed_call(mesh, result)
 
 
 async def test_a_slow_instance_is_ejected_and_returns_when_healed(
     mesh: Mesh, http: httpx.AsyncClient, token: str
 ) -> None:
     address = mesh.stack.instance("auth", 2).grpc_address
-    load = Load(ops(http, token, SignUps(http)), rate=RATE).start()
+    load = Load(ops(http, token, SignUps(mesh, http)), rate=RATE).start()
     try:
         await load.until(30)
         mesh.network.delay(mesh.faulty, 0.2)
-        ejected = await until(
-            lambda: envoy_hosts(mesh.stack)[address].get("failed_outlier_check") is True, 20, "auth-2 ejected"
-        )
+        ejected = await ejection(mesh, lambda: envoy_hosts(mesh.stack)[address].get("failed_outlier_check") is True)
         await load.until(150)
     finally:
         mesh.network.heal(mesh.faulty)
     back = await back_in_rotation(mesh, load)
     result = await load.stop()
-    report("200 ms on auth-2", result, f", ejected after {ejected:.1f} s, back {back:.1f} s after healing")
-    assert_no_failed_call(result)
+    report(mesh, "200 ms on auth-2", result, f", ejected after {ejected}, back {back:.1f} s after healing")
+    assert_no_failed_call(mesh, result)
 
 
 async def test_a_lossy_instance_is_ejected_and_returns_when_healed(
     mesh: Mesh, http: httpx.AsyncClient, token: str
 ) -> None:
     address = mesh.stack.instance("auth", 2).grpc_address
-    load = Load(ops(http, token, SignUps(http)), rate=RATE).start()
+    load = Load(ops(http, token, SignUps(mesh, http)), rate=RATE).start()
     try:
         await load.until(30)
         mesh.network.loss(mesh.faulty, 0.3)
-        out = await until(lambda: not routable(envoy_hosts(mesh.stack).get(address, {})), 30, "auth-2 out")
-        how = envoy_hosts(mesh.stack).get(address, {"lease lapsed": True})
+        out = await ejection(mesh, lambda: not routable(envoy_hosts(mesh.stack).get(address, {})))
+        how = envoy_hosts(mesh.stack).get(address, {"lease lapsed": True}) if mesh.via_envoy else {}
         await load.until(150)
     finally:
         mesh.network.heal(mesh.faulty)
     back = await back_in_rotation(mesh, load)
     result = await load.stop()
-    flags = ", ".join(k for k, v in how.items() if v is True) or "removed"
-    report("30 % loss on auth-2", result, f", out after {out:.1f} s ({flags}), back {back:.1f} s after healing")
-    assert_no_failed_call(result)
+    flags = ", ".join(k for k, v in how.items() if v is True) or ("removed" if mesh.via_envoy else "-")
+    report(mesh, "30 % loss on auth-2", result, f", out after {out} ({flags}), back {back:.1f} s after healing")
+    assert_no_failed_call(mesh, result)
 
 
 async def test_a_partitioned_instance_leaves_within_2s_and_returns_when_healed(
     mesh: Mesh, http: httpx.AsyncClient, token: str
 ) -> None:
     address = mesh.stack.instance("auth", 2).grpc_address
-    signups = SignUps(http)
+    signups = SignUps(mesh, http)
     load = Load(ops(http, token, signups), rate=RATE).start()
     try:
         await load.until(30)
@@ -324,18 +359,18 @@ async def test_a_partitioned_instance_leaves_within_2s_and_returns_when_healed(
     back = await back_in_rotation(mesh, load)
     result = await load.stop()
     report(
+        mesh,
         "auth-2 partitioned",
         result,
         f", endpoint removed after {gone:.2f} s, back {back:.1f} s after healing, sign-ups repeated {signups.repeated}",
     )
     assert gone <= ENDPOINT_CHANGE_BOUND_S
-    assert [f for f in result.failures if f[0] in READS] == []
-    assert_no_failed_call(result)
+    assert_no_failed_call(mesh, result)
 
 
 async def test_a_partitioned_control_plane_fails_no_call(mesh: Mesh, http: httpx.AsyncClient, token: str) -> None:
     control_plane = mesh.network.hosts[CONTROL_PLANE]
-    load = Load(ops(http, token, SignUps(http)), rate=RATE).start()
+    load = Load(ops(http, token, SignUps(mesh, http)), rate=RATE).start()
     try:
         await load.until(30)
         mesh.network.partition(control_plane)
@@ -345,8 +380,8 @@ async def test_a_partitioned_control_plane_fails_no_call(mesh: Mesh, http: httpx
         mesh.network.heal(control_plane)
     await load.until(int(RATE * 3))
     result = await load.stop()
-    report("control plane partitioned", result)
-    assert_no_failed_call(result)
+    report(mesh, "control plane partitioned", result)
+    assert_no_failed_call(mesh, result)
     # Healed: every instance registered again, and Envoy routes to all three.
     await until(lambda: len([f for f in envoy_hosts(mesh.stack).values() if routable(f)]) == 3, 15, "all 3 back")
 
@@ -355,8 +390,8 @@ async def test_no_write_was_doubled_nor_lost(mesh: Mesh) -> None:
     """Across every phase: the accounts in the database are exactly those the clients were
     answered 200 for, with the ids they were answered (a repeat sent after a write had committed
     was answered from its idempotency record: same id, no second row, no 409)."""
-    answered = {name: user_id for signups in SIGNUPS for name, user_id in signups.answered.items()}
-    prefixes = tuple({signups.prefix for signups in SIGNUPS})
+    answered = {name: user_id for signups in mesh.signups for name, user_id in signups.answered.items()}
+    prefixes = tuple({signups.prefix for signups in mesh.signups})
     conn = await asyncpg.connect(mesh.database_dsn)
     try:
         rows = await conn.fetch("SELECT username, id::text AS id FROM users WHERE username LIKE 'ns%'")
@@ -365,5 +400,5 @@ async def test_no_write_was_doubled_nor_lost(mesh: Mesh) -> None:
     stored = {row["username"]: row["id"] for row in rows if row["username"].startswith(prefixes)}
     assert len(answered) > 100
     assert stored == answered
-    repeated = sum(s.repeated for s in SIGNUPS)
-    print(f"\n[netns] sign-ups: {len(answered)} accounts, repeated {repeated} times, none doubled")
+    repeated = sum(s.repeated for s in mesh.signups)
+    print(f"\n[netns {mesh.mode}] sign-ups: {len(answered)} accounts, repeated {repeated} times, none doubled")
