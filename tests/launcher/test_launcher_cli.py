@@ -117,3 +117,16 @@ def test_a_stalled_test_fails_on_the_suite_time_limit_instead_of_hanging(tmp_pat
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Timeout" in result.stdout and "test_waits_forever" in result.stdout, result.stdout
+
+
+def test_the_whole_suite_runs_the_alone_tests_last_in_one_process() -> None:
+    from launcher.__main__ import test_runs
+
+    assert test_runs([]) == [["-m", "not alone"], ["-m", "alone", "-n", "0"]]
+    assert test_runs(["-p", "no:cacheprovider"]) == [
+        ["-p", "no:cacheprovider", "-m", "not alone"],
+        ["-p", "no:cacheprovider", "-m", "alone", "-n", "0"],
+    ]
+    # A selection is run as asked, in one run.
+    for chosen in (["tests/netns", "-n", "0"], ["-k", "faults"], ["-mslow"], ["tests/gateway/test_units.py::test_x"]):
+        assert test_runs(chosen) == [chosen]
