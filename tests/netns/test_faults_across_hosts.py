@@ -75,7 +75,7 @@ class Bounds:
 # again (the gateway sends up to four, 0.15 to 2.25 s after the call), and nothing ejects a slow
 # or lossy instance (gRPC's outlier detection counts failed calls, not slow ones): its share of
 # the sign-ups waits the fault out. Measured bounds; the note gives the figures.
-BOUNDS = {"envoy": Bounds(reads=0.5, calls=2.5), "proxyless": Bounds(reads=2.5, calls=6.0)}
+BOUNDS = {"envoy": Bounds(reads=0.5, calls=2.5), "proxyless": Bounds(reads=1.0, calls=4.0)}
 # SPEC §2 / mesh/timing.py: an endpoint change reaches Envoy within 2 s.
 ENDPOINT_CHANGE_BOUND_S = 2.0
 RATE = 60.0
