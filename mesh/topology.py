@@ -24,8 +24,9 @@ class ServiceSpec:
     route_prefixes: tuple[str, ...]
     # Database this service owns (the stack may append a suffix for test isolation).
     database: str
-    # Generated module whose `google.api.http`-annotated services the gateway exposes.
-    proto_module: str
+    # Generated modules whose `google.api.http`-annotated services the gateway exposes (one per
+    # proto file of the service's package that has any).
+    proto_modules: tuple[str, ...]
     # Instances started by `make up` and by the test stack (≥ 2 so one can be killed).
     instances: int = 2
     # Whether this service signs tokens (gets JWT_PRIVATE_KEY_FILE); every service verifies them.
@@ -40,7 +41,7 @@ AUTH = ServiceSpec(
     # (mesh/catalog.py), so `grpcurl list` through Envoy shows every service.
     route_prefixes=("/capsule.auth.v1.", "/grpc.reflection."),
     database="auth",
-    proto_module="capsule.auth.v1.auth_pb2",
+    proto_modules=("capsule.auth.v1.auth_pb2",),
     instances=2,
     signs_tokens=True,
 )
@@ -53,7 +54,7 @@ RECIPIENTS = ServiceSpec(
     proto_service="capsule.recipients.v1.RecipientsService",
     route_prefixes=("/capsule.recipients.v1.",),
     database="recipients",
-    proto_module="capsule.recipients.v1.recipients_pb2",
+    proto_modules=("capsule.recipients.v1.recipients_pb2",),
     instances=2,
 )
 
@@ -64,7 +65,7 @@ CAPSULES = ServiceSpec(
     proto_service="capsule.capsules.v1.CapsulesService",
     route_prefixes=("/capsule.capsules.v1.",),
     database="capsules",
-    proto_module="capsule.capsules.v1.capsules_pb2",
+    proto_modules=("capsule.capsules.v1.capsules_pb2",),
     instances=2,
 )
 
@@ -79,5 +80,5 @@ def by_name(name: str, services: tuple[ServiceSpec, ...] = SERVICES) -> ServiceS
 
 
 def gateway_proto_modules(services: tuple[ServiceSpec, ...] = SERVICES) -> str:
-    """Value of GATEWAY_PROTO_MODULES: every service's annotated module, in registry order."""
-    return ",".join(spec.proto_module for spec in services)
+    """Value of GATEWAY_PROTO_MODULES: every service's annotated modules, in registry order."""
+    return ",".join(module for spec in services for module in spec.proto_modules)

@@ -290,7 +290,7 @@ class Filler:
 
 
 def served_bindings() -> list[HttpBinding]:
-    return http_bindings(load_services([service.proto_module for service in SERVICES]))
+    return http_bindings(load_services([module for service in SERVICES for module in service.proto_modules]))
 
 
 def served_output_types() -> list[type[Message]]:

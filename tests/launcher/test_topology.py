@@ -14,10 +14,10 @@ from mesh.topology import SERVICES, ServiceSpec, by_name, gateway_proto_modules
 @pytest.mark.parametrize("spec", SERVICES, ids=lambda s: s.name)
 def test_service_entry_matches_the_code(spec: ServiceSpec) -> None:
     assert importlib.util.find_spec(f"{spec.module}.__main__") is not None
-    module = importlib.import_module(spec.proto_module)
+    modules = [importlib.import_module(name) for name in spec.proto_modules]
     package, _, short = spec.proto_service.rpartition(".")
-    assert short in module.DESCRIPTOR.services_by_name
-    assert module.DESCRIPTOR.package == package
+    assert short in modules[0].DESCRIPTOR.services_by_name  # the health-checked service comes first
+    assert {module.DESCRIPTOR.package for module in modules} == {package}
     assert f"/{package}." in spec.route_prefixes
     assert spec.instances >= 2
 
@@ -37,4 +37,4 @@ def test_lookups() -> None:
     assert by_name("auth").module == "services.auth"
     with pytest.raises(KeyError):
         by_name("nope")
-    assert gateway_proto_modules() == ",".join(s.proto_module for s in SERVICES)
+    assert gateway_proto_modules() == ",".join(m for s in SERVICES for m in s.proto_modules)
