@@ -12,14 +12,19 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
 import pytest
 
 from launcher.stack import Stack
-from services.recipients.thoughts import DAILY_LIMIT, next_utc_midnight, utc_day
+from services.common.db import Database
+from services.common.errors import AlreadyExists, ResourceExhausted
+from services.common.people import Directory
+from services.common.settings import DatabaseSettings
+from services.common.tokens import Caller
+from services.recipients.thoughts import DAILY_LIMIT, Thoughts, next_utc_midnight, utc_day
 from tests.auth.test_auth_http import assert_problem
 from tests.recipients.helpers import bearer, connect, new_user, uid
 
@@ -45,6 +50,48 @@ def test_the_limits_start_over_at_the_next_utc_midnight() -> None:
     assert next_utc_midnight(datetime(2027, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=2)))) == datetime(
         2027, 1, 1, tzinfo=UTC
     )
+
+
+async def test_the_days_of_the_domain_follow_its_clock(stack: Stack, recipients_db: asyncpg.Connection) -> None:
+    """The domain on the stack's database with a clock set by the test: the pair rule and the daily
+    count start over at UTC midnight, and the limit's retry time is that midnight."""
+    a, others = uuid.uuid4(), [uuid.uuid4() for _ in range(DAILY_LIMIT + 1)]
+    await recipients_db.executemany(
+        "INSERT INTO connections (id, user_low, user_high) VALUES ($1, $2, $3)",
+        [(uuid.uuid4(), min(a, o), max(a, o)) for o in others],
+    )
+    now = [datetime(2031, 3, 14, 23, 59, 30, tzinfo=UTC)]
+    db = Database(DatabaseSettings(url=stack.database_urls["recipients"], pool_size=2, max_overflow=0))
+    # Sending never asks the directory (only lists embed profiles).
+    domain = Thoughts(db=db, directory=cast(Directory, None), clock=lambda: now[0])
+    caller = Caller(user_id=a, session_id="test", token="")
+    b = others[0]
+    try:
+        first = await domain.send(caller, str(b), None)
+        now[0] = datetime(2031, 3, 14, 23, 59, 59, 999999, tzinfo=UTC)
+        with pytest.raises(AlreadyExists):
+            await domain.send(caller, str(b), None)
+        now[0] = datetime(2031, 3, 15, 0, 0, tzinfo=UTC)  # a new UTC day: the same pair again
+        second = await domain.send(caller, str(b), None)
+        assert (first.created_at, second.created_at) == (
+            datetime(2031, 3, 14, 23, 59, 30, tzinfo=UTC),
+            datetime(2031, 3, 15, tzinfo=UTC),
+        )
+        days = await recipients_db.fetch("SELECT utc_day FROM thoughts WHERE sender = $1 ORDER BY utc_day", a)
+        assert [r["utc_day"] for r in days] == [date(2031, 3, 14), date(2031, 3, 15)]
+        # 19 more on the 15th make 20; the 21st is refused until midnight, 10 s away.
+        for other in others[1:DAILY_LIMIT]:
+            await domain.send(caller, str(other), None)
+        now[0] = datetime(2031, 3, 15, 23, 59, 50, tzinfo=UTC)
+        with pytest.raises(ResourceExhausted) as refused:
+            await domain.send(caller, str(others[DAILY_LIMIT]), None)
+        assert refused.value.retry_after_seconds == 10
+        assert refused.value.metadata == {"retry_at": "2031-03-16T00:00:00+00:00"}
+        now[0] = datetime(2031, 3, 16, tzinfo=UTC)
+        await domain.send(caller, str(others[DAILY_LIMIT]), None)
+    finally:
+        await db.close()
+        await recipients_db.execute("DELETE FROM connections WHERE user_low = $1 OR user_high = $1", a)
 
 
 # --- through the gateway ---------------------------------------------------------------------
