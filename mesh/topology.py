@@ -54,7 +54,7 @@ RECIPIENTS = ServiceSpec(
     proto_service="capsule.recipients.v1.RecipientsService",
     route_prefixes=("/capsule.recipients.v1.",),
     database="recipients",
-    proto_modules=("capsule.recipients.v1.recipients_pb2",),
+    proto_modules=("capsule.recipients.v1.recipients_pb2", "capsule.recipients.v1.thoughts_pb2"),
     instances=2,
 )
 

@@ -8,10 +8,11 @@ by proto field path (snake_case; the gateway renders them in lowerCamelCase).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -29,12 +30,16 @@ class ServiceError(Exception):
         reason: str | None = None,
         violations: Iterable[tuple[str, str]] = (),
         metadata: dict[str, str] | None = None,
+        retry_after_seconds: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.violations = list(violations)
         self.metadata = metadata or {}
+        # When retrying can succeed (a limit that resets): sent as google.rpc.RetryInfo, which the
+        # gateway turns into Retry-After (whole seconds, at least 1).
+        self.retry_after_seconds = retry_after_seconds
 
     def to_status(self) -> grpc.Status:
         details = []
@@ -47,6 +52,9 @@ class ServiceError(Exception):
                 ]
             )
             details.append(_pack(bad_request))
+        if self.retry_after_seconds is not None:
+            delay = duration_pb2.Duration(seconds=max(1, math.ceil(self.retry_after_seconds)))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         status = status_pb2.Status(code=_CODES[self.code], message=self.message, details=details)
         return rpc_status.to_status(status)
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from capsule.recipients.v1 import recipients_pb2, relationships_pb2
+from capsule.recipients.v1 import recipients_pb2, relationships_pb2, thoughts_pb2
 
 from services.common import idempotency
 from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
 from services.recipients.address_book import AddressBook
-from services.recipients.handlers import RecipientsHandlers, RelationshipHandlers
+from services.recipients.handlers import RecipientsHandlers, RelationshipHandlers, ThoughtsHandlers
 from services.recipients.relationships import Relationships
 from services.recipients.settings import RecipientsSettings
+from services.recipients.thoughts import Thoughts
 
 
 async def serve() -> None:
@@ -37,6 +38,10 @@ async def serve() -> None:
     base.host.add_service(
         relationships_pb2.DESCRIPTOR.services_by_name["RelationshipService"],
         RelationshipHandlers(relationships, authenticator),
+    )
+    base.host.add_service(
+        thoughts_pb2.DESCRIPTOR.services_by_name["ThoughtsService"],
+        ThoughtsHandlers(Thoughts(db=base.db, directory=directory), authenticator),
     )
     logging.getLogger(__name__).info(
         "recipients service configured", extra={"fields": {"auth_target": settings.auth_target}}

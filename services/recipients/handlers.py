@@ -15,6 +15,8 @@ from capsule.recipients.v1 import (
     recipients_pb2_grpc,
     relationships_pb2,
     relationships_pb2_grpc,
+    thoughts_pb2,
+    thoughts_pb2_grpc,
 )
 from google.protobuf import empty_pb2
 
@@ -23,7 +25,8 @@ from services.common.timestamps import set_timestamp
 from services.common.tokens import Authenticator, metadata_value
 from services.recipients.address_book import AddressBook
 from services.recipients.relationships import ConnectionWithProfile, Relationships
-from services.recipients.storage import BlockRow, RecipientRow, RequestRow
+from services.recipients.storage import BlockRow, RecipientRow, RequestRow, ThoughtRow
+from services.recipients.thoughts import Thoughts, ThoughtWithProfile
 
 STATUSES = {
     "pending": pb.CONNECTION_REQUEST_STATUS_PENDING,
@@ -167,6 +170,44 @@ class RelationshipHandlers(relationships_pb2_grpc.RelationshipServiceServicer):
         caller = await self.auth.require(context)
         answer = await self.relationships.relationship(caller, request.user_id, request.other_user_id)
         return relationships_pb2.GetRelationshipResponse(connected=answer.connected, blocked=answer.blocked)
+
+
+class ThoughtsHandlers(thoughts_pb2_grpc.ThoughtsServiceServicer):
+    """SPEC §13 thoughts (services/recipients/thoughts.py holds the rules)."""
+
+    def __init__(self, thoughts: Thoughts, authenticator: Authenticator) -> None:
+        self.thoughts = thoughts
+        self.auth = authenticator
+
+    async def SendThought(self, request: thoughts_pb2.SendThoughtRequest, context: Context) -> thoughts_pb2.Thought:
+        caller = await self.auth.require(context)
+        row = await self.thoughts.send(caller, request.to_user_id, metadata_value(context, "idempotency-key"))
+        return _thought(row)
+
+    async def ListThoughts(
+        self, request: thoughts_pb2.ListThoughtsRequest, context: Context
+    ) -> thoughts_pb2.ListThoughtsResponse:
+        caller = await self.auth.require(context)
+        page = await self.thoughts.list(
+            caller, THOUGHT_DIRECTIONS.get(request.direction, ""), request.page_size, request.page_token
+        )
+        return thoughts_pb2.ListThoughtsResponse(
+            thoughts=[_thought(item.thought, item) for item in page.rows], next_page_token=page.next_page_token
+        )
+
+
+THOUGHT_DIRECTIONS = {
+    thoughts_pb2.THOUGHT_DIRECTION_INCOMING: "incoming",
+    thoughts_pb2.THOUGHT_DIRECTION_OUTGOING: "outgoing",
+}
+
+
+def _thought(row: ThoughtRow, item: ThoughtWithProfile | None = None) -> thoughts_pb2.Thought:
+    message = thoughts_pb2.Thought(id=str(row.id), user_id=str(row.other))
+    if item is not None and item.profile is not None:
+        public_profile(item.profile, message.user)
+    set_timestamp(message.created_at, row.created_at)
+    return message
 
 
 def _request(row: RequestRow) -> pb.ConnectionRequest:

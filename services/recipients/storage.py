@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -445,3 +445,85 @@ async def list_recipients(
         },
     )
     return [RecipientRow(**r._mapping) for r in rows]
+
+
+# --- thoughts (SPEC §13) -------------------------------------------------------------------------
+# Indexes: migrations/versions/0002_thoughts.py.
+
+
+async def lock_thought_sender(conn: AsyncConnection, sender: uuid.UUID) -> None:
+    """Serialises the thoughts of one sender (count of the day, then insert) until COMMIT. A
+    transaction-level advisory lock keyed by the sender alone: sends of other senders never wait on
+    it, and it needs no row to exist (users live in auth's database, so there is no sender row here
+    to lock with FOR UPDATE, and no per-day counter table to keep and purge). Its own key, so it
+    does not queue behind the same user's connection requests (`lock_sender`)."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"thoughts:{sender}"})
+
+
+@dataclass(frozen=True, slots=True)
+class ThoughtRow:
+    id: uuid.UUID
+    other: uuid.UUID  # the receiver of an outgoing thought, the sender of an incoming one
+    created_at: datetime
+
+
+# Served by thoughts_sender_day_receiver_key (sender, utc_day, receiver): index-only.
+THOUGHTS_SENT_ON = text("SELECT count(*) FROM thoughts WHERE sender = :s AND utc_day = :d")
+THOUGHT_TO_ON = text("SELECT EXISTS (SELECT 1 FROM thoughts WHERE sender = :s AND utc_day = :d AND receiver = :r)")
+
+
+async def thoughts_sent_on(conn: AsyncConnection, sender: uuid.UUID, day: date) -> int:
+    """How many thoughts the sender sent on this UTC day."""
+    return int((await conn.execute(THOUGHTS_SENT_ON, {"s": sender, "d": day})).scalar_one())
+
+
+async def thought_sent_to_on(conn: AsyncConnection, sender: uuid.UUID, receiver: uuid.UUID, day: date) -> bool:
+    """Whether the sender already sent the receiver a thought on this UTC day."""
+    return bool((await conn.execute(THOUGHT_TO_ON, {"s": sender, "d": day, "r": receiver})).scalar_one())
+
+
+async def insert_thought(
+    conn: AsyncConnection, *, id: uuid.UUID, sender: uuid.UUID, receiver: uuid.UUID, day: date, at: datetime
+) -> ThoughtRow:
+    row = (
+        await conn.execute(
+            text(
+                "INSERT INTO thoughts (id, sender, receiver, utc_day, created_at) VALUES (:id, :s, :r, :d, :at) "
+                "RETURNING id, receiver AS other, created_at"
+            ),
+            {"id": id, "s": sender, "r": receiver, "d": day, "at": at},
+        )
+    ).one()
+    return ThoughtRow(**row._mapping)
+
+
+async def sent_thought(conn: AsyncConnection, sender: uuid.UUID, thought_id: uuid.UUID) -> ThoughtRow | None:
+    """A thought of this sender by id (the replay of an idempotent send)."""
+    row = (
+        await conn.execute(
+            text("SELECT id, receiver AS other, created_at FROM thoughts WHERE id = :id AND sender = :s"),
+            {"id": thought_id, "s": sender},
+        )
+    ).first()
+    return ThoughtRow(**row._mapping) if row else None
+
+
+# Newest first by the time-ordered id: thoughts_outgoing_idx (sender, id) and
+# thoughts_incoming_idx (receiver, id).
+OUTGOING_THOUGHTS = text(
+    "SELECT id, receiver AS other, created_at FROM thoughts "
+    "WHERE sender = :u AND id < :after ORDER BY id DESC LIMIT :limit"
+)
+INCOMING_THOUGHTS = text(
+    "SELECT id, sender AS other, created_at FROM thoughts "
+    "WHERE receiver = :u AND id < :after ORDER BY id DESC LIMIT :limit"
+)
+
+
+async def list_thoughts(
+    conn: AsyncConnection, user: uuid.UUID, *, incoming: bool, after: uuid.UUID | None, limit: int
+) -> list[ThoughtRow]:
+    rows = await conn.execute(
+        INCOMING_THOUGHTS if incoming else OUTGOING_THOUGHTS, {"u": user, "after": after or MAX_UUID, "limit": limit}
+    )
+    return [ThoughtRow(**r._mapping) for r in rows]
