@@ -11,8 +11,9 @@ Decisions (the SPEC leaves them to us):
 - Who sees what: the author only. Anyone else gets NOT_FOUND, exactly as for an id that does not
   exist, so existence never leaks. No relationship (connection, block) is involved: nobody else is.
 - Status, derived from the service's clock at read time like a capsule's: sealed before opens_at,
-  ready from then, opened once opened_at is set. The body is withheld while sealed, in lists and
-  reads alike; it is shown from opens_at on, opened or not (opening only records the moment).
+  ready from then, opened once opened_at is set. The body is withheld while sealed, in lists,
+  reads and the create's own answer alike; it is shown from opens_at on, opened or not (opening
+  only records the moment).
 - Open: before opens_at FAILED_PRECONDITION SELF_LETTER_SEALED (the opens_at in the error's
   metadata), as a capsule answers; after, opened_at is set once and a second open returns the
   same letter with nothing written.
