@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from capsule.capsules.v1 import capsules_pb2
+from capsule.capsules.v1 import capsules_pb2, self_letters_pb2
 
 from services.capsules.capsules import Capsules
 from services.capsules.handlers import CapsulesHandlers, ThemesHandlers
 from services.capsules.neighbours import RecipientsClient
 from services.capsules.pages import PageCopies
+from services.capsules.self_letters import SelfLetters
+from services.capsules.self_letters_handlers import SelfLettersHandlers
 from services.capsules.settings import CapsulesSettings
 from services.capsules.themes import Themes
 from services.capsules.unlocker import Unlocker
@@ -48,6 +50,11 @@ async def serve() -> None:
     base.host.add_service(
         capsules_pb2.DESCRIPTOR.services_by_name["ThemesService"],
         ThemesHandlers(Themes(db, cache, settings.theme_cache_ttl_seconds)),
+    )
+    # Self letters (SPEC §13): the same minimum lead as a capsule's unlock time.
+    base.host.add_service(
+        self_letters_pb2.DESCRIPTOR.services_by_name["SelfLettersService"],
+        SelfLettersHandlers(SelfLetters(db=db, min_lead_seconds=settings.min_unlock_lead_seconds), authenticator),
     )
 
     if settings.unlocker_enabled:
