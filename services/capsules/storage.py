@@ -163,8 +163,8 @@ async def mark_opened(conn: AsyncConnection, capsule_id: uuid.UUID, now: datetim
     row = (
         await conn.execute(
             text(
-                "UPDATE capsules SET opened_at = :now, "
-                "disappears_at = :now + disappear_after_seconds * interval '1 second' "
+                "UPDATE capsules SET opened_at = CAST(:now AS timestamptz), "
+                "disappears_at = CAST(:now AS timestamptz) + disappear_after_seconds * interval '1 second' "
                 f"WHERE id = :id AND opened_at IS NULL RETURNING {CAPSULE_COLUMNS}"
             ),
             {"id": capsule_id, "now": now},

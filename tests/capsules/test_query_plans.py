@@ -22,6 +22,15 @@ def user(i: int) -> uuid.UUID:
     return uuid.UUID(int=i + 1)
 
 
+# Disappearing letters (SPEC §13): a tenth of the opened capsules vanish an hour after opening;
+# those whose hour ended more than a day ago are erased, the last day's are due for the eraser.
+DISAPPEARING_SEED = """
+    UPDATE capsules SET disappear_after_seconds = 3600, disappears_at = opened_at + interval '1 hour',
+           body = CASE WHEN opened_at + interval '1 hour' < now() - interval '1 day' THEN NULL ELSE body END,
+           disappeared_at = CASE WHEN opened_at + interval '1 hour' < now() - interval '1 day'
+                                 THEN opened_at + interval '1 hour' END
+     WHERE opened_at IS NOT NULL AND title LIKE '%3'
+"""
 UID = "lpad(to_hex({}), 32, '0')::uuid"
 SEED = f"""
     INSERT INTO capsules (id, sender, recipient_id, recipient_user, title, body, unlocks_at,
@@ -36,6 +45,7 @@ SEED = f"""
               FROM generate_series(1, 200000) AS i) AS seed
      WHERE {UID.format("1 + i % 10000")} <> {UID.format("1 + (i * 7 + 1) % 10000")};
     {IDEMPOTENCY_SEED};
+    {DISAPPEARING_SEED};
     ANALYZE;
 """
 
