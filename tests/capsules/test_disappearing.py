@@ -294,6 +294,10 @@ async def seeded() -> AsyncIterator[asyncpg.Connection]:
 
 
 async def test_eraser_batch_uses_its_partial_index(seeded: asyncpg.Connection) -> None:
-    assert await seeded.fetchval("SELECT count(*) FROM capsules WHERE disappears_at IS NOT NULL") > 1000
+    assert await seeded.fetchval("SELECT count(*) FROM capsules WHERE disappeared_at IS NOT NULL") > 1000
+    # A backlog of due bodies, more than a batch.
+    assert (
+        await seeded.fetchval("SELECT count(*) FROM capsules WHERE disappears_at <= now() AND body IS NOT NULL") > 100
+    )
     text = await plan(seeded, storage.ERASE_DUE, now=datetime.now(UTC), limit=100)
     no_scan(text, "capsules_disappear_idx", "LockRows", "capsules_pkey")
