@@ -43,21 +43,21 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP INDEX capsules_disappear_idx")
-    # Erased bodies cannot come back: they stay empty strings once the column is NOT NULL again
-    # (the 1..20,000 check is relaxed for them).
+    # Erased bodies cannot come back: they become empty strings once the column is NOT NULL again
+    # (the 1..20,000 check is relaxed to allow them).
     op.execute(
         """
         ALTER TABLE capsules
             DROP CONSTRAINT capsules_disappears_only_when_asked,
-            DROP CONSTRAINT capsules_body_erased_only_when_disappeared
+            DROP CONSTRAINT capsules_body_erased_only_when_disappeared,
+            DROP CONSTRAINT capsules_body_check,
+            ADD CONSTRAINT capsules_body_check CHECK (length(body) <= 20000)
         """
     )
     op.execute("UPDATE capsules SET body = '' WHERE body IS NULL")
     op.execute(
         """
         ALTER TABLE capsules
-            DROP CONSTRAINT capsules_body_check,
-            ADD CONSTRAINT capsules_body_check CHECK (length(body) <= 20000),
             ALTER COLUMN body SET NOT NULL,
             DROP COLUMN disappeared_at,
             DROP COLUMN disappears_at,
