@@ -169,7 +169,12 @@ def start_test_stack(infra: infra_mod.Infra, keys: KeyPair, **overrides: Any) ->
 
 @pytest.fixture(scope="session")
 def stack(infra: infra_mod.Infra, jwt_keys: KeyPair) -> Iterator[Stack]:
-    mesh = start_test_stack(infra, jwt_keys, service_env={"CAPSULE_MIN_UNLOCK_LEAD_SECONDS": str(CAPSULE_LEAD_SECONDS)})
+    service_env = {
+        "CAPSULE_MIN_UNLOCK_LEAD_SECONDS": str(CAPSULE_LEAD_SECONDS),
+        # TEST-ONLY: disappearing letters may vanish 1 s after opening (SPEC §13 says 60).
+        "CAPSULE_MIN_DISAPPEAR_SECONDS": "1",
+    }
+    mesh = start_test_stack(infra, jwt_keys, service_env=service_env)
     try:
         yield mesh
     finally:

@@ -7,6 +7,7 @@ import logging
 from capsule.capsules.v1 import capsules_pb2, self_letters_pb2
 
 from services.capsules.capsules import Capsules
+from services.capsules.disappearing import Eraser
 from services.capsules.handlers import CapsulesHandlers, ThemesHandlers
 from services.capsules.neighbours import RecipientsClient
 from services.capsules.pages import PageCopies
@@ -42,6 +43,7 @@ async def serve() -> None:
         directory=directory,
         pages=pages,
         min_unlock_lead_seconds=settings.min_unlock_lead_seconds,
+        min_disappear_seconds=settings.min_disappear_seconds,
         cache_ttl_seconds=settings.capsule_cache_ttl_seconds,
     )
     base.host.add_service(
@@ -69,6 +71,15 @@ async def serve() -> None:
         )
         # Owned by the server's lifecycle: stopped before the closers below close its pools.
         base.host.add_background("unlocker", unlocker.run)
+    if settings.eraser_enabled:
+        # Erases disappearing letters' bodies once due, then drops their cached copies.
+        eraser = Eraser(
+            db,
+            forget=capsules.forget_bodies,
+            batch_size=settings.eraser_batch_size,
+            interval_seconds=settings.eraser_interval_seconds,
+        )
+        base.host.add_background("eraser", eraser.run)
 
     base.host.on_close(directory.close)
     base.host.on_close(publisher.close)

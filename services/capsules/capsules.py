@@ -27,6 +27,9 @@ Decisions:
   once that instant has passed, so it is never wrong, only recounted. Unfiltered inbox and outbox
   pages are kept in process memory for the same minute (pages.py); every write names the owners
   whose pages it changed, so no instance serves them after the write answered.
+- Disappearing letters (SPEC §13, disappearing.py): the body is not shown to anyone once
+  disappears_at has passed, decided in `view` from the clock like the rest, so no copy can show it;
+  the eraser then erases it in Postgres and calls `forget_bodies`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from services.capsules import rules, storage
+from services.capsules import disappearing, rules, storage
 from services.capsules.neighbours import Neighbours
 from services.capsules.pages import PageCopies
 from services.capsules.storage import CapsuleRow
@@ -86,6 +89,8 @@ class CapsuleView:
     sender_hidden: bool
     body_visible: bool
     sender_profile: Profile | None = None
+    # A disappearing letter past its time: the body is gone for everyone (SPEC §13).
+    disappeared: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +104,18 @@ class Summary:
 
 def view(row: CapsuleRow, caller: uuid.UUID, now: datetime, profile: Profile | None = None) -> CapsuleView:
     status = status_at(row, now)
+    gone = disappearing.gone(row, now)
     if row.sender == caller:
-        return CapsuleView(row, status, as_sender=True, sender_hidden=False, body_visible=True)
+        return CapsuleView(row, status, as_sender=True, sender_hidden=False, body_visible=not gone, disappeared=gone)
     hidden = not sender_revealed(row, now)
     return CapsuleView(
         row,
         status,
         as_sender=False,
         sender_hidden=hidden,
-        body_visible=status != "sealed",
+        body_visible=status != "sealed" and not gone,
         sender_profile=None if hidden else profile,
+        disappeared=gone,
     )
 
 
@@ -122,6 +129,7 @@ class Capsules:
         directory: Directory,
         pages: PageCopies,
         min_unlock_lead_seconds: int = 60,
+        min_disappear_seconds: int = disappearing.MIN_SECONDS,
         cache_ttl_seconds: int = 60,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -131,6 +139,7 @@ class Capsules:
         self.directory = directory
         self.pages = pages
         self.min_lead = min_unlock_lead_seconds
+        self.min_disappear = min_disappear_seconds
         self.ttl = cache_ttl_seconds
         self.clock = clock
 
@@ -148,6 +157,7 @@ class Capsules:
         anonymous: bool,
         reveal_delay_seconds: int | None,
         idempotency_key: str | None,
+        disappear_after_open_seconds: int | None = None,
     ) -> CapsuleView:
         now = self.clock()
         errors = FieldErrors()
@@ -157,6 +167,7 @@ class Capsules:
         theme = validation.uuid_field(errors, theme_id, "theme_id", required=False)
         unlocks = rules.unlocks_at(errors, unlocks_at, now, self.min_lead)
         delay = rules.reveal_delay(errors, reveal_delay_seconds)
+        disappear = disappearing.after_open_seconds(errors, disappear_after_open_seconds, self.min_disappear)
         idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
         assert rid is not None and unlocks is not None
@@ -164,9 +175,10 @@ class Capsules:
         # A retry of a create that succeeded returns its capsule whatever changed since (a block,
         # a removed connection): checked before asking the recipients service. The claim below
         # still decides races between concurrent first calls.
-        request_hash = hashlib.sha256(
-            orjson.dumps([str(rid), title, body, str(theme or ""), unlocks.isoformat(), anonymous, delay])
-        ).digest()
+        hashed: list[object] = [str(rid), title, body, str(theme or ""), unlocks.isoformat(), anonymous, delay]
+        if disappear is not None:
+            hashed.append(disappear)  # only when set: keys recorded before the field kept their hash
+        request_hash = hashlib.sha256(orjson.dumps(hashed)).digest()
         claim = {"operation": CREATE_OPERATION, "caller": str(caller.user_id), "key": idempotency_key or ""}
         if idempotency_key:
             async with self.db.read() as conn:
@@ -217,6 +229,7 @@ class Capsules:
                     unlocks_at=unlocks,
                     anonymous=anonymous,
                     reveal_delay_seconds=delay,
+                    disappear_after_seconds=disappear,
                 )
                 if idempotency_key:
                     await idempotency.record_result(conn, **claim, result_id=row.id)
@@ -336,7 +349,7 @@ class Capsules:
                 changes["theme_id"] = validation.uuid_field(errors, value or "", "capsule.theme_id", required=False)
             elif path == "unlocks_at":
                 changes["unlocks_at"] = rules.unlocks_at(errors, value, now, self.min_lead, "capsule.unlocks_at")
-            elif path in ("anonymous", "reveal_delay_seconds", "recipient_id"):
+            elif path in ("anonymous", "reveal_delay_seconds", "recipient_id", disappearing.FIELD):
                 errors.add("update_mask", f"{path} cannot be changed after sending")
             elif path in (
                 "id",
@@ -348,6 +361,8 @@ class Capsules:
                 "created_at",
                 "updated_at",
                 "opened_at",
+                "disappears_at",
+                "disappeared",
             ):
                 errors.add("update_mask", f"{path} is set by the service and cannot be changed")
             else:
@@ -432,6 +447,15 @@ class Capsules:
         await self.pages.changed((row.recipient_user, "inbox"), (row.sender, "outbox"))
         await self._refresh_summary(row.recipient_user)
 
+    async def forget_bodies(self, erased: Sequence[CapsuleRow]) -> None:
+        """After the eraser's commit: the erased rows overwrite their cached copies and their owners'
+        kept pages are dropped on every instance (the counts of the summary did not change)."""
+        for row in erased:
+            await self.cache.put(self.cache.key("capsule", str(row.id)), _encode_row(row), self.ttl)
+        await self.pages.changed(
+            *((row.recipient_user, "inbox") for row in erased), *((row.sender, "outbox") for row in erased)
+        )
+
     async def _refresh_summary(self, user: uuid.UUID) -> None:
         await self.cache.put(
             self.cache.key("summary", str(user)), await self._count_inbox(user, self.clock()), self.ttl
@@ -448,7 +472,7 @@ def _not_found() -> NotFound:
 
 
 _UUID_FIELDS = ("id", "sender", "recipient_id", "recipient_user", "theme_id")
-_TIME_FIELDS = ("unlocks_at", "created_at", "updated_at", "opened_at")
+_TIME_FIELDS = ("unlocks_at", "created_at", "updated_at", "opened_at", "disappears_at", "disappeared_at")
 
 
 def _encode_row(row: CapsuleRow) -> bytes:
@@ -461,6 +485,6 @@ def _decode_row(raw: bytes) -> CapsuleRow:
         if data[name] is not None:
             data[name] = uuid.UUID(data[name])
     for name in _TIME_FIELDS:
-        if data[name] is not None:
+        if data.get(name) is not None:  # get: copies cached before the disappearing columns
             data[name] = datetime.fromisoformat(data[name])
     return CapsuleRow(**data)

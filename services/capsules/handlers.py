@@ -46,6 +46,9 @@ class CapsulesHandlers(capsules_pb2_grpc.CapsulesServiceServicer):
             anonymous=request.anonymous,
             reveal_delay_seconds=(request.reveal_delay_seconds if request.HasField("reveal_delay_seconds") else None),
             idempotency_key=metadata_value(context, "idempotency-key"),
+            disappear_after_open_seconds=(
+                request.disappear_after_open_seconds if request.HasField("disappear_after_open_seconds") else None
+            ),
         )
         return _capsule(seen)
 
@@ -129,7 +132,7 @@ def _fill_capsule(message: pb.Capsule, seen: CapsuleView) -> None:
         message.recipient_id = str(row.recipient_id)
     message.recipient_user_id = str(row.recipient_user)
     message.title = row.title
-    if seen.body_visible:
+    if seen.body_visible and row.body is not None:
         message.body = row.body
     if row.theme_id:
         message.theme_id = str(row.theme_id)
@@ -144,6 +147,11 @@ def _fill_capsule(message: pb.Capsule, seen: CapsuleView) -> None:
     set_timestamp(message.updated_at, row.updated_at)
     if row.opened_at is not None:
         set_timestamp(message.opened_at, row.opened_at)
+    if row.disappear_after_seconds is not None:
+        message.disappear_after_open_seconds = row.disappear_after_seconds
+    if row.disappears_at is not None:
+        set_timestamp(message.disappears_at, row.disappears_at)
+    message.disappeared = seen.disappeared
 
 
 def _theme(row: ThemeRow) -> pb.Theme:

@@ -18,6 +18,9 @@ class CapsulesSettings:
     # SPEC §6: unlocks_at at least 1 minute ahead at creation. TEST-ONLY when lowered: the test
     # stack sets a few seconds so capsules become ready within a test; never lower it in production.
     min_unlock_lead_seconds: int = 60
+    # SPEC §13: disappear_after_open_seconds at least 60. TEST-ONLY when lowered (1 to 60): the test
+    # stack sets 1 so a letter disappears within a test; never lower it in production.
+    min_disappear_seconds: int = 60
     # Capsule metadata and inbox summaries (SPEC §6: 1 minute); themes (1 hour).
     capsule_cache_ttl_seconds: int = 60
     theme_cache_ttl_seconds: int = 3600
@@ -30,6 +33,15 @@ class CapsulesSettings:
     # How long the per-capsule "already published" marker lives (see unlocker.py).
     ready_marker_ttl_seconds: int = 7 * 24 * 3600
     ready_stream_max_length: int = 1_000_000
+    # The eraser of disappearing letters' bodies (disappearing.py): whether serving instances run
+    # it, how often it looks when idle, how many bodies one transaction erases.
+    eraser_enabled: bool = True
+    eraser_interval_seconds: float = 1.0
+    eraser_batch_size: int = 100
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_disappear_seconds <= 60:
+            raise ValueError("CAPSULE_MIN_DISAPPEAR_SECONDS must be 1 to 60 (SPEC §13's minimum is 60)")
 
     @classmethod
     def from_env(cls) -> CapsulesSettings:
@@ -40,6 +52,7 @@ class CapsulesSettings:
             recipients_target=env_str("RECIPIENTS_TARGET", "") or "127.0.0.1:10000",
             call_timeout_seconds=env_float("CALL_TIMEOUT_SECONDS", 3.0),
             min_unlock_lead_seconds=env_int("CAPSULE_MIN_UNLOCK_LEAD_SECONDS", 60),
+            min_disappear_seconds=env_int("CAPSULE_MIN_DISAPPEAR_SECONDS", 60),
             capsule_cache_ttl_seconds=env_int("CAPSULE_CACHE_TTL_SECONDS", 60),
             theme_cache_ttl_seconds=env_int("THEME_CACHE_TTL_SECONDS", 3600),
             unlocker_enabled=env_bool("CAPSULE_UNLOCKER_ENABLED", True),
@@ -48,4 +61,7 @@ class CapsulesSettings:
             ready_stream=env_str("CAPSULE_READY_STREAM", "") or service.cache_prefix + "ready",
             ready_marker_ttl_seconds=env_int("CAPSULE_READY_MARKER_TTL_SECONDS", 7 * 24 * 3600),
             ready_stream_max_length=env_int("CAPSULE_READY_STREAM_MAX_LENGTH", 1_000_000),
+            eraser_enabled=env_bool("CAPSULE_ERASER_ENABLED", True),
+            eraser_interval_seconds=env_float("CAPSULE_ERASER_INTERVAL_SECONDS", 1.0),
+            eraser_batch_size=env_int("CAPSULE_ERASER_BATCH_SIZE", 100),
         )

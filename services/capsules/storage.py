@@ -58,7 +58,7 @@ async def list_themes(conn: AsyncConnection, *, after: tuple[str, uuid.UUID] | N
 
 CAPSULE_COLUMNS = (
     "id, sender, recipient_id, recipient_user, title, body, theme_id, unlocks_at, anonymous, "
-    "reveal_delay_seconds, created_at, updated_at, opened_at"
+    "reveal_delay_seconds, created_at, updated_at, opened_at, disappear_after_seconds, disappears_at, disappeared_at"
 )
 
 
@@ -69,7 +69,7 @@ class CapsuleRow:
     recipient_id: uuid.UUID
     recipient_user: uuid.UUID
     title: str
-    body: str
+    body: str | None  # None once erased (a disappearing letter past its time, SPEC §13)
     theme_id: uuid.UUID | None
     unlocks_at: datetime
     anonymous: bool
@@ -77,6 +77,10 @@ class CapsuleRow:
     created_at: datetime
     updated_at: datetime
     opened_at: datetime | None
+    # Disappearing letters (disappearing.py). Defaults: rows cached before these columns existed.
+    disappear_after_seconds: int | None = None
+    disappears_at: datetime | None = None
+    disappeared_at: datetime | None = None
 
 
 async def insert_capsule(
@@ -92,13 +96,15 @@ async def insert_capsule(
     unlocks_at: datetime,
     anonymous: bool,
     reveal_delay_seconds: int,
+    disappear_after_seconds: int | None = None,
 ) -> CapsuleRow:
     row = (
         await conn.execute(
             text(
                 "INSERT INTO capsules (id, sender, recipient_id, recipient_user, title, body, theme_id, unlocks_at, "
-                "anonymous, reveal_delay_seconds) VALUES (:id, :sender, :recipient_id, :recipient_user, :title, "
-                f":body, :theme_id, :unlocks_at, :anonymous, :reveal) RETURNING {CAPSULE_COLUMNS}"
+                "anonymous, reveal_delay_seconds, disappear_after_seconds) VALUES (:id, :sender, :recipient_id, "
+                ":recipient_user, :title, :body, :theme_id, :unlocks_at, :anonymous, :reveal, :disappear) "
+                f"RETURNING {CAPSULE_COLUMNS}"
             ),
             {
                 "id": id,
@@ -111,6 +117,7 @@ async def insert_capsule(
                 "unlocks_at": unlocks_at,
                 "anonymous": anonymous,
                 "reveal": reveal_delay_seconds,
+                "disappear": disappear_after_seconds,
             },
         )
     ).one()
@@ -151,11 +158,14 @@ async def soft_delete(conn: AsyncConnection, capsule_id: uuid.UUID, now: datetim
 
 
 async def mark_opened(conn: AsyncConnection, capsule_id: uuid.UUID, now: datetime) -> CapsuleRow | None:
-    """Sets opened_at once: None when it was already set (nothing written)."""
+    """Sets opened_at once: None when it was already set (nothing written). A disappearing letter's
+    clock starts in the same statement, so every open agrees on one disappears_at."""
     row = (
         await conn.execute(
             text(
-                f"UPDATE capsules SET opened_at = :now WHERE id = :id AND opened_at IS NULL RETURNING {CAPSULE_COLUMNS}"
+                "UPDATE capsules SET opened_at = CAST(:now AS timestamptz), "
+                "disappears_at = CAST(:now AS timestamptz) + disappear_after_seconds * interval '1 second' "
+                f"WHERE id = :id AND opened_at IS NULL RETURNING {CAPSULE_COLUMNS}"
             ),
             {"id": capsule_id, "now": now},
         )
@@ -282,3 +292,26 @@ async def mark_published(conn: AsyncConnection, ids: list[uuid.UUID], now: datet
     await conn.execute(
         text("UPDATE capsules SET unlocked_event_at = :now WHERE id = ANY(:ids)"), {"ids": ids, "now": now}
     )
+
+
+# --- disappearing letters (disappearing.py) -------------------------------------------------------
+
+# capsules_disappear_idx (disappears_at) WHERE disappears_at IS NOT NULL AND disappeared_at IS NULL;
+# SKIP LOCKED: several erasers take disjoint batches, none waits for an open holding a row.
+ERASE_DUE = text(
+    f"""
+    UPDATE capsules SET body = NULL, disappeared_at = :now
+     WHERE id IN (SELECT id FROM capsules
+                   WHERE disappears_at <= :now AND disappeared_at IS NULL
+                   ORDER BY disappears_at
+                   LIMIT :limit
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING {CAPSULE_COLUMNS}
+    """
+)
+
+
+async def erase_due_bodies(conn: AsyncConnection, now: datetime, limit: int) -> list[CapsuleRow]:
+    """Erases the bodies whose time has come (at most `limit`): the erased rows."""
+    rows = await conn.execute(ERASE_DUE, {"now": now, "limit": limit})
+    return [CapsuleRow(**r._mapping) for r in rows]

@@ -23,6 +23,18 @@ def user(i: int) -> uuid.UUID:
     return uuid.UUID(int=i + 1)
 
 
+# Disappearing letters (SPEC §13): a tenth of the opened capsules vanish an hour after opening;
+# those whose hour ended more than a day ago are erased, except a tenth of them (a backlog the
+# eraser has not reached), which are due with the last day's.
+DISAPPEARING_SEED = """
+    UPDATE capsules SET disappear_after_seconds = 3600, disappears_at = opened_at + interval '1 hour',
+           body = CASE WHEN erased THEN NULL ELSE body END,
+           disappeared_at = CASE WHEN erased THEN opened_at + interval '1 hour' END
+      FROM (SELECT id AS seeded_id,
+                   opened_at + interval '1 hour' < now() - interval '1 day' AND title NOT LIKE '%13' AS erased
+              FROM capsules WHERE opened_at IS NOT NULL AND title LIKE '%3') AS picked
+     WHERE id = seeded_id
+"""
 UID = "lpad(to_hex({}), 32, '0')::uuid"
 # Self letters: 100,000 between the same 10,000 users, opening a year either side of now, the past
 # ones mostly opened and half of those answered; and one author with 5,000.
@@ -54,6 +66,7 @@ SEED = f"""
      WHERE {UID.format("1 + i % 10000")} <> {UID.format("1 + (i * 7 + 1) % 10000")};
     {SELF_LETTERS_SEED};
     {IDEMPOTENCY_SEED};
+    {DISAPPEARING_SEED};
     ANALYZE;
 """
 
