@@ -9,7 +9,7 @@ Create Date: 2026-11-30
 from alembic import op
 
 revision = "0004_disappearing"
-down_revision = "0001"
+down_revision = "0002_self_letters"
 branch_labels = None
 depends_on = None
 
