@@ -2,7 +2,7 @@
 it went; the body may now be erased (NULL); the index behind the eraser's sweep.
 
 Revision ID: 0004_disappearing
-Revises: 0001
+Revises: 0002_self_letters
 Create Date: 2026-11-30
 """
 
