@@ -28,12 +28,13 @@ async def opened_capsules(
         assert created.status_code == 200, created.text
         ids.append(created.json()["id"])
 
-    async def opened(cid: str) -> dict[str, Any] | None:
-        response = await api.post(f"/v1/capsules/{cid}:open", headers=bearer(b), json={})
-        return dict(response.json()) if response.status_code == 200 else None
-
     for cid in ids:
-        await eventually(lambda cid=cid: opened(cid))
+
+        async def opened(cid: str = cid) -> dict[str, Any] | None:
+            response = await api.post(f"/v1/capsules/{cid}:open", headers=bearer(b), json={})
+            return dict(response.json()) if response.status_code == 200 else None
+
+        await eventually(opened)
     return a, b, ids
 
 
