@@ -65,7 +65,12 @@ CAPSULES = ServiceSpec(
     proto_service="capsule.capsules.v1.CapsulesService",
     route_prefixes=("/capsule.capsules.v1.",),
     database="capsules",
-    proto_modules=("capsule.capsules.v1.capsules_pb2", "capsule.capsules.v1.self_letters_pb2"),
+    proto_modules=(
+        "capsule.capsules.v1.capsules_pb2",
+        "capsule.capsules.v1.self_letters_pb2",
+        "capsule.capsules.v1.replies_pb2",
+        "capsule.capsules.v1.shares_pb2",
+    ),
     instances=2,
 )
 

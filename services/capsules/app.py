@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 
-from capsule.capsules.v1 import capsules_pb2, self_letters_pb2
+from capsule.capsules.v1 import capsules_pb2, replies_pb2, self_letters_pb2, shares_pb2
 
 from services.capsules.capsules import Capsules
 from services.capsules.disappearing import Eraser
 from services.capsules.handlers import CapsulesHandlers, ThemesHandlers
 from services.capsules.neighbours import RecipientsClient
 from services.capsules.pages import PageCopies
+from services.capsules.replies import Replies
+from services.capsules.replies_shares_handlers import RepliesHandlers, SharesHandlers
 from services.capsules.self_letters import SelfLetters
 from services.capsules.self_letters_handlers import SelfLettersHandlers
 from services.capsules.settings import CapsulesSettings
+from services.capsules.shares import Shares
 from services.capsules.themes import Themes
 from services.capsules.unlocker import Unlocker
 from services.common import idempotency
@@ -57,6 +60,14 @@ async def serve() -> None:
     base.host.add_service(
         self_letters_pb2.DESCRIPTOR.services_by_name["SelfLettersService"],
         SelfLettersHandlers(SelfLetters(db=db, min_lead_seconds=settings.min_unlock_lead_seconds), authenticator),
+    )
+    base.host.add_service(
+        replies_pb2.DESCRIPTOR.services_by_name["RepliesService"],
+        RepliesHandlers(Replies(db=db, neighbours=recipients), authenticator),
+    )
+    base.host.add_service(
+        shares_pb2.DESCRIPTOR.services_by_name["SharesService"],
+        SharesHandlers(Shares(db=db, neighbours=recipients, directory=directory), authenticator),
     )
 
     if settings.unlocker_enabled:

@@ -2,14 +2,14 @@
 it went; the body may now be erased (NULL); the index behind the eraser's sweep.
 
 Revision ID: 0004_disappearing
-Revises: 0002_self_letters
+Revises: 0003_replies_shares
 Create Date: 2026-11-30
 """
 
 from alembic import op
 
 revision = "0004_disappearing"
-down_revision = "0002_self_letters"
+down_revision = "0003_replies_shares"
 branch_labels = None
 depends_on = None
 
