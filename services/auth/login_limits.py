@@ -24,16 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
 import redis.asyncio as redis
-from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
@@ -85,18 +80,8 @@ class TooManyFailures(ResourceExhausted):
     default_reason = "LOGIN_RATE_LIMITED"
 
     def __init__(self, message: str, retry_after_seconds: float) -> None:
-        super().__init__(message)
-        self.retry_after_seconds = retry_after_seconds
-
-    def to_status(self) -> grpc.Status:
-        # The shared status plus a RetryInfo, which the gateway turns into Retry-After.
-        proto = status_pb2.Status()
-        for key, value in super().to_status().trailing_metadata:
-            if key == "grpc-status-details-bin":
-                proto.ParseFromString(value)
-        delay = duration_pb2.Duration(seconds=max(1, math.ceil(self.retry_after_seconds)))
-        proto.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-        return rpc_status.to_status(proto)
+        # RetryInfo in the status, which the gateway turns into Retry-After.
+        super().__init__(message, retry_after_seconds=retry_after_seconds)
 
 
 class LoginLimits:
