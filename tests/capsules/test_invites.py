@@ -12,16 +12,25 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.capsules.helpers import assert_problem, at, bearer, eventually, new_user, pair, send, uid
+from tests.capsules.helpers import (
+    assert_problem,
+    at,
+    bearer,
+    claim,
+    connection_ids,
+    eventually,
+    inbox_ids,
+    invite_state,
+    new_user,
+    pair,
+    recipients_of,
+    send,
+    uid,
+    unlinked_recipient,
+)
 
 TITLE = "for when you join"
 BODY = "the words only the claimer reads"
-
-
-async def unlinked_recipient(api: httpx.AsyncClient, owner: dict[str, Any], name: str = "Grandma") -> str:
-    made = await api.post("/v1/recipients", json={"name": name}, headers=bearer(owner))
-    assert made.status_code == 200, made.text
-    return str(made.json()["id"])
 
 
 async def invited_capsule(api: httpx.AsyncClient) -> tuple[dict[str, Any], str, str, dict[str, Any]]:
@@ -36,36 +45,6 @@ async def invited_capsule(api: httpx.AsyncClient) -> tuple[dict[str, Any], str, 
     invite = await api.post(f"/v1/capsules/{capsule['id']}:invite", headers=bearer(sender))
     assert invite.status_code == 200, invite.text
     return sender, capsule["id"], str(invite.json()["token"]), capsule
-
-
-async def claim(api: httpx.AsyncClient, token: str, user: dict[str, Any]) -> httpx.Response:
-    return await api.post(f"/v1/invites/{token}:claim", headers=bearer(user))
-
-
-async def inbox_ids(api: httpx.AsyncClient, user: dict[str, Any]) -> list[str]:
-    listed = await api.get("/v1/capsules", params={"box": "inbox"}, headers=bearer(user))
-    assert listed.status_code == 200, listed.text
-    return [c["id"] for c in listed.json().get("capsules", [])]
-
-
-async def connection_ids(api: httpx.AsyncClient, user: dict[str, Any]) -> list[str]:
-    listed = await api.get("/v1/connections", params={"pageSize": 100}, headers=bearer(user))
-    assert listed.status_code == 200, listed.text
-    return [c["userId"] for c in listed.json().get("connections", [])]
-
-
-async def recipients_of(api: httpx.AsyncClient, user: dict[str, Any]) -> list[dict[str, Any]]:
-    listed = await api.get("/v1/recipients", params={"pageSize": 100}, headers=bearer(user))
-    assert listed.status_code == 200, listed.text
-    return list(listed.json().get("recipients", []))
-
-
-async def invite_state(db: asyncpg.Connection, capsule_id: str) -> asyncpg.Record:
-    return await db.fetchrow(
-        "SELECT i.claimer::text AS claimer, i.claimed_at, c.recipient_user::text AS recipient_user "
-        "FROM invites i JOIN capsules c ON c.id = i.capsule_id WHERE i.capsule_id = $1::uuid",
-        capsule_id,
-    )
 
 
 async def test_the_life_of_an_invite(api: httpx.AsyncClient, capsules_db: asyncpg.Connection) -> None:
