@@ -11,6 +11,7 @@ from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
 from services.recipients.address_book import AddressBook
 from services.recipients.handlers import RecipientsHandlers, RelationshipHandlers, ThoughtsHandlers
+from services.recipients.invites import Invites
 from services.recipients.relationships import Relationships
 from services.recipients.settings import RecipientsSettings
 from services.recipients.thoughts import Thoughts
@@ -37,7 +38,7 @@ async def serve() -> None:
     )
     base.host.add_service(
         relationships_pb2.DESCRIPTOR.services_by_name["RelationshipService"],
-        RelationshipHandlers(relationships, authenticator),
+        RelationshipHandlers(relationships, authenticator, Invites(db=base.db, relationships=relationships)),
     )
     base.host.add_service(
         thoughts_pb2.DESCRIPTOR.services_by_name["ThoughtsService"],

@@ -24,6 +24,7 @@ from services.common.people import public_profile
 from services.common.timestamps import set_timestamp
 from services.common.tokens import Authenticator, metadata_value
 from services.recipients.address_book import AddressBook
+from services.recipients.invites import Invites
 from services.recipients.relationships import ConnectionWithProfile, Relationships
 from services.recipients.storage import BlockRow, RecipientRow, RequestRow, ThoughtRow
 from services.recipients.thoughts import Thoughts, ThoughtWithProfile
@@ -153,9 +154,10 @@ class RecipientsHandlers(recipients_pb2_grpc.RecipientsServiceServicer):
 class RelationshipHandlers(relationships_pb2_grpc.RelationshipServiceServicer):
     """Internal API for other services (no HTTP routes)."""
 
-    def __init__(self, relationships: Relationships, authenticator: Authenticator) -> None:
+    def __init__(self, relationships: Relationships, authenticator: Authenticator, invites: Invites) -> None:
         self.relationships = relationships
         self.auth = authenticator
+        self.invites = invites
 
     async def ListBlockedUserIds(
         self, request: relationships_pb2.ListBlockedUserIdsRequest, context: Context
@@ -170,6 +172,22 @@ class RelationshipHandlers(relationships_pb2_grpc.RelationshipServiceServicer):
         caller = await self.auth.require(context)
         answer = await self.relationships.relationship(caller, request.user_id, request.other_user_id)
         return relationships_pb2.GetRelationshipResponse(connected=answer.connected, blocked=answer.blocked)
+
+    async def LinkInvitedUser(
+        self, request: relationships_pb2.LinkInvitedUserRequest, context: Context
+    ) -> relationships_pb2.LinkInvitedUserResponse:
+        # No user token (a claim the capsules service resumes in the background has none): the
+        # caller is the capsules workload, vouching for the claimer. Its mesh identity is checked
+        # against the proto's `callers` option before this runs (services.common.server.instrument
+        # and Envoy's RBAC, both from mesh.catalog.method_callers); any other workload is refused.
+        linked = await self.invites.link_invited_user(
+            invite_id=request.invite_id,
+            sender_user_id=request.sender_user_id,
+            recipient_id=request.recipient_id,
+            claimer_user_id=request.claimer_user_id,
+            sender_display_name=request.sender_display_name,
+        )
+        return relationships_pb2.LinkInvitedUserResponse(sender_recipient_id=str(linked))
 
 
 class ThoughtsHandlers(thoughts_pb2_grpc.ThoughtsServiceServicer):

@@ -527,3 +527,69 @@ async def list_thoughts(
         INCOMING_THOUGHTS if incoming else OUTGOING_THOUGHTS, {"u": user, "after": after or MAX_UUID, "limit": limit}
     )
     return [ThoughtRow(**r._mapping) for r in rows]
+
+
+# --- invite links (SPEC §13) ---------------------------------------------------------------------
+# Table: migrations/versions/0003_invite_links.py.
+
+
+@dataclass(frozen=True, slots=True)
+class InviteLinkRow:
+    invite_id: uuid.UUID
+    sender: uuid.UUID
+    claimer: uuid.UUID
+    sender_recipient_id: uuid.UUID
+    created_at: datetime
+
+
+# Served by invite_links_pkey (invite_id).
+INVITE_LINK = text(
+    "SELECT invite_id, sender, claimer, sender_recipient_id, created_at FROM invite_links WHERE invite_id = :i"
+)
+
+
+async def invite_link(conn: AsyncConnection, invite_id: uuid.UUID) -> InviteLinkRow | None:
+    """What an earlier link of this invite answered, if there was one."""
+    row = (await conn.execute(INVITE_LINK, {"i": invite_id})).first()
+    return InviteLinkRow(**row._mapping) if row else None
+
+
+async def insert_invite_link(
+    conn: AsyncConnection,
+    *,
+    invite_id: uuid.UUID,
+    sender: uuid.UUID,
+    claimer: uuid.UUID,
+    sender_recipient_id: uuid.UUID,
+) -> None:
+    await conn.execute(
+        text("INSERT INTO invite_links (invite_id, sender, claimer, sender_recipient_id) VALUES (:i, :s, :c, :r)"),
+        {"i": invite_id, "s": sender, "c": claimer, "r": sender_recipient_id},
+    )
+
+
+# Served by recipients_owner_linked_user_key (owner, linked_user) WHERE linked_user IS NOT NULL.
+LINKED_RECIPIENT = text(f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE owner = :o AND linked_user = :l")
+
+
+async def linked_recipient(conn: AsyncConnection, owner: uuid.UUID, linked_user: uuid.UUID) -> RecipientRow | None:
+    """The recipient of `owner` linked to `linked_user` (at most one: the unique index)."""
+    row = (await conn.execute(LINKED_RECIPIENT, {"o": owner, "l": linked_user})).first()
+    return RecipientRow(**row._mapping) if row else None
+
+
+# Served by recipients_pkey (id); `linked_user IS NULL` is re-checked on the row once it is locked,
+# so an entry the owner linked meanwhile is left alone.
+LINK_UNLINKED = text(
+    "UPDATE recipients SET linked_user = :l, updated_at = now() "
+    f"WHERE id = :id AND owner = :o AND linked_user IS NULL RETURNING {RECIPIENT_COLUMNS}"
+)
+
+
+async def link_unlinked_recipient(
+    conn: AsyncConnection, owner: uuid.UUID, recipient_id: uuid.UUID, linked_user: uuid.UUID
+) -> RecipientRow | None:
+    """Links the owner's recipient to `linked_user` if it is linked to no one; None otherwise (or
+    when the owner has no such recipient)."""
+    row = (await conn.execute(LINK_UNLINKED, {"l": linked_user, "id": recipient_id, "o": owner})).first()
+    return RecipientRow(**row._mapping) if row else None
