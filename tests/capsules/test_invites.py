@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from launcher.stack import Stack
 from tests.capsules.helpers import (
     assert_problem,
     at,
@@ -28,6 +29,7 @@ from tests.capsules.helpers import (
     uid,
     unlinked_recipient,
 )
+from tests.ratelimit.gateways import spawn_gateways
 
 TITLE = "for when you join"
 BODY = "the words only the claimer reads"
@@ -181,3 +183,19 @@ async def test_a_capsule_to_no_one_yet_turns_ready_only_for_its_claimer(
     opened = await api.post(f"/v1/capsules/{capsule_id}:open", headers=bearer(claimer))
     assert opened.status_code == 200 and opened.json()["body"] == "a letter"
     await eventually(lambda: announced_yet(capsule_id))
+
+
+async def test_the_public_preview_spends_the_per_ip_budget(api: httpx.AsyncClient, stack: Stack) -> None:
+    """Unauthenticated, the preview is limited per IP like any call without a token (SPEC §7)."""
+    _, _, token, _ = await invited_capsule(api)
+    ((url, process),) = spawn_gateways(
+        stack, ["invites-rl"], GATEWAY_RATELIMIT_IP="3/3600", GATEWAY_RATELIMIT_USER="1000/3600"
+    )
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+            answers = [await client.get(f"/v1/invites/{token}") for _ in range(4)]
+        assert [r.status_code for r in answers] == [200, 200, 200, 429]
+        assert answers[0].headers["ratelimit-limit"] == "3"
+        assert_problem(answers[3], 429, "RATE_LIMITED", [])
+    finally:
+        process.stop(10)
