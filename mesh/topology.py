@@ -70,6 +70,7 @@ CAPSULES = ServiceSpec(
         "capsule.capsules.v1.self_letters_pb2",
         "capsule.capsules.v1.replies_pb2",
         "capsule.capsules.v1.shares_pb2",
+        "capsule.capsules.v1.invites_pb2",
     ),
     instances=2,
 )

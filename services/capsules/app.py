@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from capsule.capsules.v1 import capsules_pb2, replies_pb2, self_letters_pb2, shares_pb2
+from capsule.capsules.v1 import capsules_pb2, invites_pb2, replies_pb2, self_letters_pb2, shares_pb2
 
 from services.capsules.capsules import Capsules
 from services.capsules.disappearing import Eraser
 from services.capsules.handlers import CapsulesHandlers, ThemesHandlers
+from services.capsules.invites import InviteResumer, Invites
+from services.capsules.invites_handlers import InvitesHandlers
 from services.capsules.neighbours import RecipientsClient
 from services.capsules.pages import PageCopies
 from services.capsules.replies import Replies
@@ -69,6 +71,20 @@ async def serve() -> None:
         shares_pb2.DESCRIPTOR.services_by_name["SharesService"],
         SharesHandlers(Shares(db=db, neighbours=recipients, directory=directory), authenticator),
     )
+    invites = Invites(
+        db=db, capsules=capsules, neighbours=recipients, directory=directory, url_base=settings.invite_url_base
+    )
+    base.host.add_service(
+        invites_pb2.DESCRIPTOR.services_by_name["InvitesService"], InvitesHandlers(invites, authenticator)
+    )
+    # Completes invite claims a crash cut short (invites.py): every serving instance runs it.
+    resumer = InviteResumer(
+        invites,
+        db,
+        resume_after_seconds=settings.invite_resume_after_seconds,
+        interval_seconds=settings.invite_resume_interval_seconds,
+    )
+    base.host.add_background("invite-resumer", resumer.run)
 
     if settings.unlocker_enabled:
         unlocker = Unlocker(

@@ -192,22 +192,19 @@ class Capsules:
                 "no recipient with this id in your address book",
                 violations=[("recipient_id", "is not one of your recipients")],
             )
+        # A recipient linked to no one (SPEC §13: someone not on the app yet) gets the capsule once
+        # they claim its invite (invites.py); until then it is in no inbox and no one is checked.
         linked = recipient.linked_user
-        if linked is None:
-            raise FailedPrecondition(
-                "capsules go to a recipient linked to one of your connections",
-                reason="RECIPIENT_NOT_LINKED",
-                violations=[("recipient_id", "is not linked to a user")],
-            )
-        relationship = await self.neighbours.relationship(caller, linked)
-        if not relationship.connected or relationship.blocked:
-            raise FailedPrecondition(
-                "capsules can only be sent to your connections",
-                reason="NOT_CONNECTED",
-                violations=[("recipient_id", "is not linked to one of your connections")],
-            )
+        if linked is not None:
+            relationship = await self.neighbours.relationship(caller, linked)
+            if not relationship.connected or relationship.blocked:
+                raise FailedPrecondition(
+                    "capsules can only be sent to your connections",
+                    reason="NOT_CONNECTED",
+                    violations=[("recipient_id", "is not linked to one of your connections")],
+                )
 
-        async with self.db.write(touching=(caller.user_id, linked)) as conn:
+        async with self.db.write(touching=_present(caller.user_id, linked)) as conn:
             prior = None
             if idempotency_key:
                 prior = await idempotency.claim(conn, **claim, request_hash=request_hash)
@@ -235,8 +232,7 @@ class Capsules:
                     await idempotency.record_result(conn, **claim, result_id=row.id)
         if prior is not None:
             return await self._replay(caller, prior, request_hash)
-        await self.pages.changed((row.recipient_user, "inbox"), (row.sender, "outbox"))
-        await self._refresh_summary(row.recipient_user)
+        await self.changed(row)
         return view(row, caller.user_id, self.clock())
 
     async def _replay(self, caller: Caller, prior: idempotency.PriorRequest, request_hash: bytes) -> CapsuleView:
@@ -373,7 +369,7 @@ class Capsules:
             row = await storage.capsule(conn, cid, for_update=True)
             if row is None or row.sender != caller.user_id:
                 raise _not_found()
-            touched.add(row.recipient_user)
+            touched.update(_present(row.recipient_user))
             _require_sealed(row, now, "edited")
             theme = changes.get("theme_id")
             if isinstance(theme, uuid.UUID) and not await storage.theme_exists(conn, theme):
@@ -395,7 +391,7 @@ class Capsules:
             row = await storage.capsule(conn, cid, for_update=True)
             if row is None or row.sender != caller.user_id:
                 raise _not_found()
-            touched.add(row.recipient_user)
+            touched.update(_present(row.recipient_user))
             _require_sealed(row, now, "deleted")
             await storage.soft_delete(conn, cid, now)
         await self._stored(row, deleted=True)
@@ -444,6 +440,19 @@ class Capsules:
         reader that loaded the old row just before the write cannot bring it back."""
         key = self.cache.key("capsule", str(row.id))
         await self.cache.put(key, TOMBSTONE if deleted else _encode_row(row), self.ttl)
+        await self.changed(row)
+
+    async def delivered(self, row: CapsuleRow) -> None:
+        """After an invite's claim gave the capsule its recipient user (invites.py): the fresh row
+        in the cache, the claimer's inbox and summary refreshed."""
+        await self._stored(row)
+
+    async def changed(self, row: CapsuleRow) -> None:
+        """The kept inbox/outbox pages of the capsule's two parties dropped everywhere, and the
+        recipient's summary refreshed (no recipient yet: a capsule waiting for its invite)."""
+        if row.recipient_user is None:
+            await self.pages.changed((row.sender, "outbox"))
+            return
         await self.pages.changed((row.recipient_user, "inbox"), (row.sender, "outbox"))
         await self._refresh_summary(row.recipient_user)
 
@@ -453,7 +462,8 @@ class Capsules:
         for row in erased:
             await self.cache.put(self.cache.key("capsule", str(row.id)), _encode_row(row), self.ttl)
         await self.pages.changed(
-            *((row.recipient_user, "inbox") for row in erased), *((row.sender, "outbox") for row in erased)
+            *((row.recipient_user, "inbox") for row in erased if row.recipient_user is not None),
+            *((row.sender, "outbox") for row in erased),
         )
 
     async def _refresh_summary(self, user: uuid.UUID) -> None:
@@ -469,6 +479,11 @@ def _require_sealed(row: CapsuleRow, now: datetime, action: str) -> None:
 
 def _not_found() -> NotFound:
     return NotFound("no capsule with this id")
+
+
+def _present(*users: uuid.UUID | None) -> tuple[uuid.UUID, ...]:
+    """The users among these (a capsule waiting for its invite has no recipient user yet)."""
+    return tuple(user for user in users if user is not None)
 
 
 _UUID_FIELDS = ("id", "sender", "recipient_id", "recipient_user", "theme_id")

@@ -130,7 +130,7 @@ def _fill_capsule(message: pb.Capsule, seen: CapsuleView) -> None:
         message.sender_id = str(row.sender)
     if seen.as_sender:
         message.recipient_id = str(row.recipient_id)
-    message.recipient_user_id = str(row.recipient_user)
+    message.recipient_user_id = str(row.recipient_user) if row.recipient_user is not None else ""
     message.title = row.title
     if seen.body_visible and row.body is not None:
         message.body = row.body

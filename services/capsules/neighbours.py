@@ -36,10 +36,27 @@ class Relationship:
     blocked: bool
 
 
+@dataclass(frozen=True, slots=True)
+class InviteLink:
+    """What the recipients service needs to complete its side of an invite claim."""
+
+    invite_id: uuid.UUID
+    sender: uuid.UUID
+    recipient_id: uuid.UUID
+    claimer: uuid.UUID
+    sender_display_name: str
+
+
+class BlockedPair(Exception):
+    """The recipients service refused to link an invite's two users: a block exists between them."""
+
+
 class Neighbours(Protocol):
     async def recipient(self, caller: Caller, recipient_id: uuid.UUID) -> RecipientLookup: ...
 
     async def relationship(self, caller: Caller, other: uuid.UUID) -> Relationship: ...
+
+    async def link_invited_user(self, link: InviteLink) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -74,6 +91,26 @@ class RecipientsClient:
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"cannot check the relationship right now ({exc.code().name})") from exc
         return Relationship(connected=answer.connected, blocked=answer.blocked)
+
+    async def link_invited_user(self, link: InviteLink) -> None:
+        """LinkInvitedUser (idempotent under the invite's id). No user token goes with it: the
+        capsules workload vouches for the claimer (a resumed claim has no token to send)."""
+        try:
+            await self._channel.stub(relationships_pb2_grpc.RelationshipServiceStub).LinkInvitedUser(
+                relationships_pb2.LinkInvitedUserRequest(
+                    invite_id=str(link.invite_id),
+                    sender_user_id=str(link.sender),
+                    recipient_id=str(link.recipient_id),
+                    claimer_user_id=str(link.claimer),
+                    sender_display_name=link.sender_display_name,
+                ),
+                timeout=call_timeout(self._timeout),
+                metadata=forward_metadata(None, request_id_var.get()),
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                raise BlockedPair() from exc
+            raise Unavailable(f"cannot link the invited user right now ({exc.code().name})") from exc
 
     async def close(self) -> None:
         await self._channel.close()

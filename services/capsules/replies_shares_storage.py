@@ -34,7 +34,7 @@ class ReplyWithParties:
 
     reply: ReplyRow
     sender: uuid.UUID
-    recipient_user: uuid.UUID
+    recipient_user: uuid.UUID | None
 
 
 # capsule_replies_capsule_key (unique on capsule_id), then capsules_pkey.

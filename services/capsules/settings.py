@@ -38,6 +38,12 @@ class CapsulesSettings:
     eraser_enabled: bool = True
     eraser_interval_seconds: float = 1.0
     eraser_batch_size: int = 100
+    # Invites (invites.py): the link handed to an invited person is this + the token; claims begun
+    # and not completed this long after (a crash between the two services) are completed by the
+    # resumer, which looks every interval.
+    invite_url_base: str = "https://capsule-mesh.app/invites/"
+    invite_resume_after_seconds: float = 30.0
+    invite_resume_interval_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_disappear_seconds <= 60:
@@ -64,4 +70,7 @@ class CapsulesSettings:
             eraser_enabled=env_bool("CAPSULE_ERASER_ENABLED", True),
             eraser_interval_seconds=env_float("CAPSULE_ERASER_INTERVAL_SECONDS", 1.0),
             eraser_batch_size=env_int("CAPSULE_ERASER_BATCH_SIZE", 100),
+            invite_url_base=env_str("CAPSULE_INVITE_URL_BASE", "") or "https://capsule-mesh.app/invites/",
+            invite_resume_after_seconds=env_float("CAPSULE_INVITE_RESUME_AFTER_SECONDS", 30.0),
+            invite_resume_interval_seconds=env_float("CAPSULE_INVITE_RESUME_INTERVAL_SECONDS", 5.0),
         )

@@ -67,7 +67,9 @@ class CapsuleRow:
     id: uuid.UUID
     sender: uuid.UUID
     recipient_id: uuid.UUID
-    recipient_user: uuid.UUID
+    # None while the recipient is linked to no one: the capsule waits for its invite to be claimed
+    # (invites.py), which sets the claimer here and puts the capsule in their inbox.
+    recipient_user: uuid.UUID | None
     title: str
     body: str | None  # None once erased (a disappearing letter past its time, SPEC §13)
     theme_id: uuid.UUID | None
@@ -89,7 +91,7 @@ async def insert_capsule(
     id: uuid.UUID,
     sender: uuid.UUID,
     recipient_id: uuid.UUID,
-    recipient_user: uuid.UUID,
+    recipient_user: uuid.UUID | None,
     title: str,
     body: str,
     theme_id: uuid.UUID | None,
@@ -271,11 +273,14 @@ class DueRow:
     unlocks_at: datetime
 
 
-# capsules_unlocker_idx; SKIP LOCKED: several unlockers take disjoint batches.
+# capsules_unlocker_idx; SKIP LOCKED: several unlockers take disjoint batches. A capsule waiting for
+# its invite to be claimed has no one to announce it to: it enters the index (and is announced)
+# once claimed.
 DUE = text(
     """
     SELECT id, recipient_user, sender, unlocks_at FROM capsules
      WHERE unlocks_at <= :now AND unlocked_event_at IS NULL AND deleted_at IS NULL
+       AND recipient_user IS NOT NULL
      ORDER BY unlocks_at
      LIMIT :limit
        FOR UPDATE SKIP LOCKED

@@ -34,10 +34,11 @@ incoming_trace_context: contextvars.ContextVar[tuple[tuple[str, str], ...]] = co
 )
 
 
-def forward_metadata(token: str, request_id: str = "") -> tuple[tuple[str, str], ...]:
-    """Metadata for a call made on a user's behalf: their token, the request id to correlate logs,
-    and the trace context of the call being served (while tracing is off, see above)."""
-    metadata: list[tuple[str, str]] = [("authorization", f"Bearer {token}")]
+def forward_metadata(token: str | None, request_id: str = "") -> tuple[tuple[str, str], ...]:
+    """Metadata for a call made on a user's behalf: their token (None: a call the workload makes
+    on its own authority, as a background job does), the request id to correlate logs, and the
+    trace context of the call being served (while tracing is off, see above)."""
+    metadata: list[tuple[str, str]] = [("authorization", f"Bearer {token}")] if token is not None else []
     if request_id:
         metadata.append(("x-request-id", request_id))
     if not tracing.active():

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import asyncpg
 import httpx
 
 from tests.auth.test_auth_http import assert_problem
@@ -17,13 +18,19 @@ __all__ = [
     "assert_problem",
     "at",
     "bearer",
+    "claim",
     "connect",
+    "connection_ids",
     "eventually",
+    "inbox_ids",
+    "invite_state",
     "new_user",
     "pair",
     "recipient_of",
+    "recipients_of",
     "send",
     "uid",
+    "unlinked_recipient",
 ]
 
 T = TypeVar("T")
@@ -71,3 +78,42 @@ async def eventually(check: Callable[[], Awaitable[T | None]], *, within: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(every)
+
+
+# --- invites (SPEC §13) ---------------------------------------------------------------------------
+
+
+async def unlinked_recipient(api: httpx.AsyncClient, owner: dict[str, Any], name: str = "Grandma") -> str:
+    made = await api.post("/v1/recipients", json={"name": name}, headers=bearer(owner))
+    assert made.status_code == 200, made.text
+    return str(made.json()["id"])
+
+
+async def claim(api: httpx.AsyncClient, token: str, user: dict[str, Any]) -> httpx.Response:
+    return await api.post(f"/v1/invites/{token}:claim", headers=bearer(user))
+
+
+async def inbox_ids(api: httpx.AsyncClient, user: dict[str, Any]) -> list[str]:
+    listed = await api.get("/v1/capsules", params={"box": "inbox"}, headers=bearer(user))
+    assert listed.status_code == 200, listed.text
+    return [c["id"] for c in listed.json().get("capsules", [])]
+
+
+async def connection_ids(api: httpx.AsyncClient, user: dict[str, Any]) -> list[str]:
+    listed = await api.get("/v1/connections", params={"pageSize": 100}, headers=bearer(user))
+    assert listed.status_code == 200, listed.text
+    return [c["userId"] for c in listed.json().get("connections", [])]
+
+
+async def recipients_of(api: httpx.AsyncClient, user: dict[str, Any]) -> list[dict[str, Any]]:
+    listed = await api.get("/v1/recipients", params={"pageSize": 100}, headers=bearer(user))
+    assert listed.status_code == 200, listed.text
+    return list(listed.json().get("recipients", []))
+
+
+async def invite_state(db: asyncpg.Connection, capsule_id: str) -> asyncpg.Record:
+    return await db.fetchrow(
+        "SELECT i.claimer::text AS claimer, i.claimed_at, c.recipient_user::text AS recipient_user "
+        "FROM invites i JOIN capsules c ON c.id = i.capsule_id WHERE i.capsule_id = $1::uuid",
+        capsule_id,
+    )

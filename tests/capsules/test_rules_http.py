@@ -45,7 +45,6 @@ async def test_each_refused_send_writes_nothing(api: httpx.AsyncClient, capsules
         ({"recipientId": to_d}, 400, "NOT_CONNECTED", ["recipientId"]),
         ({"recipientId": to_e}, 400, "NOT_CONNECTED", ["recipientId"]),
         ({"recipientId": to_f}, 400, "NOT_CONNECTED", ["recipientId"]),
-        ({"recipientId": plain.json()["id"]}, 400, "RECIPIENT_NOT_LINKED", ["recipientId"]),
         ({"recipientId": b_to_a}, 404, "NOT_FOUND", ["recipientId"]),
         ({"recipientId": "01937a00-0000-7000-8000-00000000abcd"}, 404, "NOT_FOUND", ["recipientId"]),
         ({"recipientId": "not-a-uuid"}, 400, "INVALID_FIELDS", ["recipientId"]),

@@ -47,6 +47,7 @@ def test_the_served_routes_get_what_their_protos_declare() -> None:
         "/v1/themes/{id}": "public, max-age=3600",
         "/v1/users:search": "private, max-age=30",
         "/v1/shares/{token}": "public, max-age=60",
+        "/v1/invites/{token}": "public, max-age=60",
     }
     logins = {(b.verb, b.template): b.rpc.policy.login for b in bindings if b.rpc.policy.login is not None}
     assert {route: login.json_keys for route, login in logins.items()} == {

@@ -20,7 +20,7 @@ THEMES = MethodPolicy(http_cache=HttpCaching(public=True, max_age_seconds=3600))
 
 def test_the_route_policies_are_those_the_protos_declare() -> None:
     """Every method of the mesh that declares a policy, and nothing else: themes public for an
-    hour, a countdown share public for a minute, search private for 30 s, LogIn the log-in named
+    hour, a countdown share and an invite's preview public for a minute, search private for 30 s, LogIn the log-in named
     by email, else username."""
     assert dict(declared_policies()) == {
         "/capsule.auth.v1.AuthService/LogIn": MethodPolicy(
@@ -32,6 +32,9 @@ def test_the_route_policies_are_those_the_protos_declare() -> None:
         "/capsule.capsules.v1.ThemesService/ListThemes": THEMES,
         "/capsule.capsules.v1.ThemesService/GetTheme": THEMES,
         "/capsule.capsules.v1.SharesService/GetShare": MethodPolicy(
+            http_cache=HttpCaching(public=True, max_age_seconds=60)
+        ),
+        "/capsule.capsules.v1.InvitesService/GetInvite": MethodPolicy(
             http_cache=HttpCaching(public=True, max_age_seconds=60)
         ),
     }
