@@ -69,7 +69,10 @@ def record(scope: Scope, route: str, status: int, elapsed: float) -> None:
     _requests(route, method, status).inc()
     _latency(route, method).observe(elapsed)
     if access_log.isEnabledFor(logging.DEBUG):
-        fields = {"method": scope["method"], "path": scope["path"], "route": route, "status": status}
+        # A path holding a capability token (a share's, an invite's: whoever has it may read or
+        # claim) is logged as its route template: logs are read by more people than tokens are.
+        path = route if "{token}" in route else scope["path"]
+        fields = {"method": scope["method"], "path": path, "route": route, "status": status}
         access_log.debug("request", extra={"fields": {**fields, "duration_ms": round(elapsed * 1000, 3)}})
 
 

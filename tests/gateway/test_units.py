@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -351,3 +352,15 @@ def test_settings_from_env() -> None:
     assert Settings.from_env({}).proto_modules == ("capsule.auth.v1.auth_pb2",)
     with pytest.raises(SystemExit):
         Settings.from_env({"GATEWAY_CALL_TIMEOUT_SECONDS": "soon"})
+
+
+def test_the_access_log_never_writes_a_capability_token(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway import metrics
+
+    caplog.set_level(logging.DEBUG, logger="gateway.access")
+    token = "T" * 43
+    metrics.record({"method": "GET", "path": f"/v1/shares/{token}"}, "/v1/shares/{token}", 200, 0.001)
+    metrics.record({"method": "GET", "path": "/v1/capsules/abc"}, "/v1/capsules/{id}", 200, 0.001)
+    paths = [r.fields["path"] for r in caplog.records if r.name == "gateway.access"]  # type: ignore[attr-defined]
+    assert paths == ["/v1/shares/{token}", "/v1/capsules/abc"]
+    assert token not in caplog.text
