@@ -134,9 +134,7 @@ async def test_a_fresh_relay_republishes_nothing_published_and_publishes_what_wa
         done, left = [thought(i) for i in range(30)], [thought(100 + i) for i in range(70)]
         await add_all(db, done + left)
         # What a relay that stopped had done: the first 30 published (and marked so).
-        await conn.execute(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[])", [e.id for e in done]
-        )
+        await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[])", [e.id for e in done])
         fresh = relay(db, client, batch_size=50)
         assert [await fresh.run_once() for _ in range(3)] == [50, 20, 0]
         assert await published_ids(client) == [e.id.hex for e in left]  # in order, each once
