@@ -55,7 +55,8 @@ class Events:
         self.stack, self.client, self.dbs = stack, client, dbs
 
     async def on(self, service: str, field: str, value: str) -> list[Event]:
-        entries = await self.client.xrange(events.events_stream(self.stack.cache_prefix, service))
+        stream = events.events_stream(self.stack.cache_prefix, service)
+        entries: list[tuple[bytes, dict[bytes | str, bytes | str]]] = await self.client.xrange(stream)  # type: ignore[assignment]
         found = [Event.from_fields(fields) for _, fields in entries]
         return [e for e in found if e.data.get(field) == value]
 

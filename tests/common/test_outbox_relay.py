@@ -67,8 +67,14 @@ async def add_all(db: Database, batch: list[Event]) -> None:
             assert await outbox.add(conn, event)
 
 
+async def entries(client: redis.Redis) -> list[Event]:
+    """The events on the test's stream, in stream order."""
+    found: list[tuple[bytes, dict[bytes | str, bytes | str]]] = await client.xrange(STREAM)  # type: ignore[assignment]
+    return [Event.from_fields(fields) for _, fields in found]
+
+
 async def published_ids(client: redis.Redis) -> list[str]:
-    return [Event.from_fields(fields).id.hex for _, fields in await client.xrange(STREAM)]
+    return [event.id.hex for event in await entries(client)]
 
 
 async def unpublished(conn: asyncpg.Connection) -> int:
@@ -103,11 +109,10 @@ async def test_an_event_commits_with_its_write_and_is_published_with_its_envelop
         before = metric("outbox_published_events_total")
         assert await relay(db, client).run_once() == 1
         assert metric("outbox_published_events_total") - before == 1
-        ((_, fields),) = await client.xrange(STREAM)
-        assert Event.from_fields(fields) == kept  # id, type, occurred_at, data as committed
+        assert await entries(client) == [kept]  # id, type, occurred_at, data as committed
         assert await unpublished(conn) == 0
         assert await relay(db, client).run_once() == 0
-        assert len(await client.xrange(STREAM)) == 1
+        assert len(await entries(client)) == 1
     await client.aclose()
 
 
@@ -162,7 +167,7 @@ async def test_a_crash_between_the_publish_and_the_commit_republishes_the_same_e
                 await execute()
                 raise ConnectionError("process died before COMMIT")
 
-            pipe.execute = execute_then_crash  # type: ignore[method-assign]
+            pipe.execute = execute_then_crash  # type: ignore[method-assign,assignment]
             return pipe
 
         crashing.redis.pipeline = pipeline_then_crash  # type: ignore[method-assign]
