@@ -14,7 +14,9 @@ The claim spans two services, so it is a saga with one owner, this service, in t
    moment (the claimer's new recipient is named after it);
 2. link: the recipients service's LinkInvitedUser, idempotent under the invite's id;
 3. complete: the capsule gets its recipient user and the invite its claimed_at, in one transaction
-   (idempotent too), then the caches and kept pages learn of it.
+   (idempotent too) with the `invite.claimed` event in the outbox (only from the completion that
+   marked it claimed, under an id derived from the capsule: services/common/outbox.py), then the
+   caches and kept pages learn of it.
 A crash (or an unreachable recipients service) between the steps leaves a claim begun and not
 completed — never a capsule half given: the claimer's repeat resumes it from step 2, and so does
 the resumer, a background job of every instance, for claims older than
