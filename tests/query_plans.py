@@ -161,3 +161,16 @@ async def purge_plans(conn: asyncpg.Connection, target: Any, batch: int = 500) -
     """EXPLAIN of each step of a purge `Target` (services/common/purge.py), on the module's seeded
     database (its seed includes the purged tables' rows, e.g. IDEMPOTENCY_SEED)."""
     return [await plan(conn, step, **target.params, limit=batch) for step in target.steps]
+
+
+# The outbox (services/common/outbox.py) with the relay and the purge running: 200,000 events,
+# published within the retention (7 days) but for two slivers of 1 % each: the backlog the relay
+# works on (unpublished) and the rows past the retention, due for the purge. Dated so the split
+# holds all day (the template is built once a day): the live rows are at most 5 days old.
+OUTBOX_SEED = """
+    INSERT INTO outbox (id, type, occurred_at, data, published_at)
+    SELECT gen_random_uuid(), 'thought.received', t, jsonb_build_object('thought_id', gen_random_uuid()::text),
+           CASE i % 100 WHEN 0 THEN NULL WHEN 1 THEN now() - interval '30 days' ELSE t + interval '1 second' END
+      FROM (SELECT i, now() - (i % 7200) * interval '1 minute' AS t FROM generate_series(1, 200000) AS i) AS s;
+    ANALYZE;
+"""

@@ -21,7 +21,7 @@ from services.capsules.settings import CapsulesSettings
 from services.capsules.shares import Shares
 from services.capsules.themes import Themes
 from services.capsules.unlocker import Unlocker
-from services.common import idempotency
+from services.common import idempotency, outbox
 from services.common.changefeed import Publisher
 from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
@@ -30,7 +30,7 @@ from services.common.people import AuthDirectory, CachedDirectory
 async def serve() -> None:
     settings = CapsulesSettings.from_env()
     common = settings.service
-    base = Foundation.lay(common, purge=[idempotency.PURGE])
+    base = Foundation.lay(common, purge=[idempotency.PURGE, outbox.purge_target(common.outbox)])
     db, cache = base.db, base.cache
     publisher = Publisher(cache.client)
     # On the process's feed: auth's profile changes, and the pages other instances changed.
@@ -98,6 +98,9 @@ async def serve() -> None:
         )
         # Owned by the server's lifecycle: stopped before the closers below close its pools.
         base.host.add_background("unlocker", unlocker.run)
+    if common.outbox.relay_enabled:
+        # Publishes the events committed in the outbox (replies, invite claims) on the stream.
+        base.host.add_background("outbox-relay", outbox.Relay.for_service(db, cache.client, common).run)
     if settings.eraser_enabled:
         # Erases disappearing letters' bodies once due, then drops their cached copies.
         eraser = Eraser(

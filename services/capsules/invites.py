@@ -14,7 +14,9 @@ The claim spans two services, so it is a saga with one owner, this service, in t
    moment (the claimer's new recipient is named after it);
 2. link: the recipients service's LinkInvitedUser, idempotent under the invite's id;
 3. complete: the capsule gets its recipient user and the invite its claimed_at, in one transaction
-   (idempotent too), then the caches and kept pages learn of it.
+   (idempotent too) with the `invite.claimed` event in the outbox (only from the completion that
+   marked it claimed, under an id derived from the capsule: services/common/outbox.py), then the
+   caches and kept pages learn of it.
 A crash (or an unreachable recipients service) between the steps leaves a claim begun and not
 completed — never a capsule half given: the claimer's repeat resumes it from step 2, and so does
 the resumer, a background job of every instance, for claims older than
@@ -54,7 +56,7 @@ from services.capsules import storage
 from services.capsules.capsules import Capsules, CapsuleView
 from services.capsules.invites_storage import InviteRow, InviteWithCapsule
 from services.capsules.neighbours import BlockedPair, InviteLink, Neighbours
-from services.common import validation
+from services.common import events, outbox, validation
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.common.failpoints import failpoint
@@ -192,7 +194,13 @@ class Invites:
                 raise _unknown_invite() from None
             failpoint("invite.claim.linked")
         async with self.db.write(touching=(claimer, capsule.sender)) as conn:
-            row = await sql.complete_claim(conn, capsule_id, claimer, self.clock())
+            row, completed = await sql.complete_claim(conn, capsule_id, claimer, self.clock())
+            if completed:
+                # Once per invite: only the completion that marked it claimed tells, and under an
+                # id derived from the capsule, so even a second emission would be the same event.
+                data = {"capsule_id": str(capsule_id), "sender": str(capsule.sender), "claimer": str(claimer)}
+                claimed = outbox.derived_id(events.INVITE_CLAIMED, capsule_id)
+                await outbox.add(conn, outbox.event(events.INVITE_CLAIMED, data, id=claimed))
         if row is not None:
             await self.capsules.delivered(row)
 

@@ -122,14 +122,16 @@ async def abandon_claim(conn: AsyncConnection, capsule_id: uuid.UUID, claimer: u
 
 async def complete_claim(
     conn: AsyncConnection, capsule_id: uuid.UUID, claimer: uuid.UUID, now: datetime
-) -> CapsuleRow | None:
+) -> tuple[CapsuleRow | None, bool]:
     """The capsule given its recipient user and the invite marked claimed, idempotently: the
-    capsule's row as it is after (None: no such capsule)."""
+    capsule's row as it is after (None: no such capsule), and whether this call is the one that
+    marked the invite claimed (False for a repeat: the row lock makes a concurrent repeat wait and
+    then find it claimed)."""
     values = {"capsule_id": capsule_id, "claimer": claimer, "now": now}
     delivered = (await conn.execute(DELIVER, values)).first()
-    await conn.execute(MARK_CLAIMED, values)
+    completed = bool((await conn.execute(MARK_CLAIMED, values)).rowcount)
     row = delivered or (await conn.execute(CAPSULE_ANY, {"capsule_id": capsule_id})).first()
-    return CapsuleRow(**row._mapping) if row else None
+    return (CapsuleRow(**row._mapping) if row else None), completed
 
 
 async def unfinished_claims(conn: AsyncConnection, before: datetime, limit: int) -> list[InviteRow]:

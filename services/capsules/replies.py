@@ -40,7 +40,7 @@ from services.capsules import replies_shares_storage as sql
 from services.capsules import storage
 from services.capsules.neighbours import Neighbours
 from services.capsules.replies_shares_storage import ReplyRow
-from services.common import idempotency, validation
+from services.common import events, idempotency, outbox, validation
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, FieldErrors, NotFound
 from services.common.ids import new_id
@@ -122,6 +122,13 @@ class Replies:
                 )
                 if inserted is None:
                     raise _already_replied()
+                data = {
+                    "reply_id": str(inserted.id),
+                    "capsule_id": str(cid),
+                    "author": str(caller.user_id),
+                    "capsule_sender": str(sender),
+                }
+                await outbox.add(conn, outbox.event(events.REPLY_RECEIVED, data))
                 if idempotency_key:
                     await idempotency.record_result(conn, **claim, result_id=inserted.id)
         if prior is not None:

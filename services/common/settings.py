@@ -172,6 +172,39 @@ class PurgeSettings:
 
 
 @dataclass(frozen=True)
+class OutboxSettings:
+    """The transactional outbox's relay and purge (services/common/outbox.py). Here, beside the
+    purge's settings, rather than in each service's settings: every producing service runs the same
+    relay with the same knobs (recipients and capsules now; auth and notifications once the
+    account-deletion saga publishes), and the environment is already per process. A service
+    without an outbox table (auth today) reads them and ignores them."""
+
+    # Every serving instance relays (SKIP LOCKED makes several safe); off: rows wait in the table.
+    relay_enabled: bool = True
+    # Pause between passes when the outbox is drained (a full batch goes on at once).
+    relay_interval_seconds: float = 0.5
+    # Rows per relay transaction (locked while they are XADDed, then marked published).
+    batch_size: int = 100
+    # XADD MAXLEN ~ this: only keeps a stalled consumer from filling Redis.
+    stream_max_length: int = 1_000_000
+    # Published rows are purged after this many days (they only serve an operator's look-back).
+    retention_days: int = 7
+    # Redis away: the pause after a failed pass doubles from the interval up to this.
+    relay_max_backoff_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> OutboxSettings:
+        return cls(
+            relay_enabled=env_bool("OUTBOX_RELAY_ENABLED", True),
+            relay_interval_seconds=env_float("OUTBOX_RELAY_INTERVAL_SECONDS", 0.5),
+            batch_size=env_int("OUTBOX_BATCH_SIZE", 100),
+            stream_max_length=env_int("OUTBOX_STREAM_MAX_LENGTH", 1_000_000),
+            retention_days=env_int("OUTBOX_RETENTION_DAYS", 7),
+            relay_max_backoff_seconds=env_float("OUTBOX_RELAY_MAX_BACKOFF_SECONDS", 30.0),
+        )
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     """What every service process needs, whatever its domain."""
 
@@ -208,6 +241,7 @@ class ServiceSettings:
     # once the gRPC server stopped, before they are cancelled.
     background_stop_seconds: float = 5.0
     purge: PurgeSettings = field(default_factory=PurgeSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
     @classmethod
     def from_env(cls, name: str, default_grpc_port: int, default_admin_port: int) -> ServiceSettings:
@@ -233,4 +267,5 @@ class ServiceSettings:
             mesh_prefix=env_str("CACHE_PREFIX", ""),
             background_stop_seconds=env_float("BACKGROUND_STOP_SECONDS", 5.0),
             purge=PurgeSettings.from_env(),
+            outbox=OutboxSettings.from_env(),
         )

@@ -6,7 +6,7 @@ import logging
 
 from capsule.recipients.v1 import recipients_pb2, relationships_pb2, thoughts_pb2
 
-from services.common import idempotency
+from services.common import idempotency, outbox
 from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
 from services.recipients.address_book import AddressBook
@@ -19,7 +19,7 @@ from services.recipients.thoughts import Thoughts
 
 async def serve() -> None:
     settings = RecipientsSettings.from_env()
-    base = Foundation.lay(settings.service, purge=[idempotency.PURGE])
+    base = Foundation.lay(settings.service, purge=[idempotency.PURGE, outbox.purge_target(settings.service.outbox)])
     # The connections' profiles, dropped by auth's profile changes on the process's feed.
     directory = CachedDirectory(
         AuthDirectory(settings.auth_target, base.tls, settings.auth_timeout_seconds),
@@ -44,6 +44,10 @@ async def serve() -> None:
         thoughts_pb2.DESCRIPTOR.services_by_name["ThoughtsService"],
         ThoughtsHandlers(Thoughts(db=base.db, directory=directory), authenticator),
     )
+    if settings.service.outbox.relay_enabled:
+        # Publishes the events committed in the outbox (requests, acceptances, thoughts).
+        relay = outbox.Relay.for_service(base.db, base.cache.client, settings.service)
+        base.host.add_background("outbox-relay", relay.run)
     logging.getLogger(__name__).info(
         "recipients service configured", extra={"fields": {"auth_target": settings.auth_target}}
     )

@@ -17,7 +17,7 @@ import orjson
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common import idempotency, validation
+from services.common import events, idempotency, outbox, validation
 from services.common.cache import Cache
 from services.common.db import Database, violated_constraint
 from services.common.errors import (
@@ -130,6 +130,7 @@ class Relationships:
                         result = await storage.insert_request(
                             conn, id=new_id(), from_user=me, to_user=to_user, message=message
                         )
+                        await outbox.add(conn, _request_event(events.CONNECTION_REQUEST_RECEIVED, result))
                     if idempotency_key:
                         await idempotency.record_result(conn, **claim, result_id=result.id)
         except sqlalchemy.exc.IntegrityError as exc:
@@ -174,6 +175,7 @@ class Relationships:
         """The request accepted, the connection made and a linked recipient on each side: one
         transaction (the caller's)."""
         result = await storage.set_request_status(conn, row.id, "accepted")
+        await outbox.add(conn, _request_event(events.CONNECTION_REQUEST_ACCEPTED, result))
         await storage.insert_connection(conn, new_id(), row.from_user, row.to_user)
         for owner, other in ((row.from_user, row.to_user), (row.to_user, row.from_user)):
             profile = profiles.get(other)
@@ -337,6 +339,13 @@ class Relationships:
 
     def _blocks_key(self, user: uuid.UUID) -> str:
         return self.cache.key("blocked", str(user))
+
+
+def _request_event(type_: str, row: RequestRow) -> events.Event:
+    """A connection request's event, for the outbox (in the transaction that changed it)."""
+    return outbox.event(
+        type_, {"request_id": str(row.id), "from_user": str(row.from_user), "to_user": str(row.to_user)}
+    )
 
 
 def _by_id(row: RequestRow | ConnectionRow | BlockRow) -> list[uuid.UUID]:

@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import orjson
 import sqlalchemy.exc
 
-from services.common import idempotency, validation
+from services.common import events, idempotency, outbox, validation
 from services.common.db import Database, violated_constraint
 from services.common.errors import AlreadyExists, FieldErrors, InvalidArgument, NotFound, ResourceExhausted
 from services.common.ids import new_id
@@ -113,6 +113,8 @@ class Thoughts:
                             retry_after_seconds=(reset - now).total_seconds(),
                         )
                     row = await storage.insert_thought(conn, id=new_id(), sender=me, receiver=to_user, day=day, at=now)
+                    data = {"thought_id": str(row.id), "sender": str(me), "receiver": str(to_user)}
+                    await outbox.add(conn, outbox.event(events.THOUGHT_RECEIVED, data))
                     if idempotency_key:
                         await idempotency.record_result(conn, **claim, result_id=row.id)
         except sqlalchemy.exc.IntegrityError as exc:
