@@ -41,8 +41,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError, ResponseError
 from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError, ResponseError
 
 from services.common import events
 from services.common.db import Database
