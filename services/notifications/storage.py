@@ -94,7 +94,8 @@ async def unread_count(conn: AsyncConnection, user: uuid.UUID) -> int:
     return int((await conn.execute(UNREAD_COUNT, {"u": user})).scalar_one())
 
 
-# The primary key finds each id; the user_id condition makes another user's ids change nothing.
+# The primary key (or notifications_unread_idx: user_id, id) finds each id; the user_id condition
+# makes another user's ids change nothing.
 MARK_IDS = text("UPDATE notifications SET read = true WHERE id = ANY(:ids) AND user_id = :u AND NOT read").bindparams(
     bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))
 )
@@ -112,7 +113,7 @@ async def mark_up_to(conn: AsyncConnection, user: uuid.UUID, up_to: uuid.UUID) -
     return (await conn.execute(MARK_UP_TO, {"u": user, "up_to": up_to})).rowcount
 
 
-# The primary key.
+# The primary key, or notifications_user_idx (user_id, id): either finds the one row.
 OWNED = text("SELECT EXISTS (SELECT 1 FROM notifications WHERE id = :id AND user_id = :u)")
 
 
