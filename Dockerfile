@@ -75,13 +75,13 @@ STOPSIGNAL SIGTERM
 CMD ["python", "-m", "controlplane"]
 
 
-# One service (auth, recipients or capsules): `python -m services.<SERVICE>` serves, `… migrate`
+# One service (auth, recipients, capsules or notifications): `python -m services.<SERVICE>` serves, `… migrate`
 # migrates its database (compose's one-shot <service>-migrate), and the auth image also runs the
 # one-shot key generation.
 FROM base AS service
 
 ARG SERVICE
-RUN test -n "$SERVICE" || { echo "build with --build-arg SERVICE=<auth|recipients|capsules>" >&2; exit 1; }
+RUN test -n "$SERVICE" || { echo "build with --build-arg SERVICE=<auth|recipients|capsules|notifications>" >&2; exit 1; }
 COPY services/${SERVICE}/ services/${SERVICE}/
 USER 10001
 

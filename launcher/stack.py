@@ -75,7 +75,7 @@ from services.common import tracing
 
 # Every service may call every other through Envoy: `<NAME>_TARGET`. Names of services that do not
 # exist yet are set empty, so a stale value in the caller's shell never leaks in.
-KNOWN_TARGETS = ("auth", "recipients", "capsules")
+KNOWN_TARGETS = ("auth", "recipients", "capsules", "notifications")
 
 # Light argon2 for tests: hashing cost is not what the tests measure.
 TEST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_KIB": "8192"}

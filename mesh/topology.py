@@ -75,7 +75,17 @@ CAPSULES = ServiceSpec(
     instances=2,
 )
 
-SERVICES: tuple[ServiceSpec, ...] = (AUTH, RECIPIENTS, CAPSULES)
+NOTIFICATIONS = ServiceSpec(
+    name="notifications",
+    module="services.notifications",
+    proto_service="capsule.notifications.v1.NotificationsService",
+    route_prefixes=("/capsule.notifications.v1.",),
+    database="notifications",
+    proto_modules=("capsule.notifications.v1.notifications_pb2",),
+    instances=2,
+)
+
+SERVICES: tuple[ServiceSpec, ...] = (AUTH, RECIPIENTS, CAPSULES, NOTIFICATIONS)
 
 
 def by_name(name: str, services: tuple[ServiceSpec, ...] = SERVICES) -> ServiceSpec:

@@ -66,7 +66,7 @@ def register_as_auth(plane: ControlPlane, address: str) -> None:
 
 def test_the_catalog_still_declares_what_these_tests_rely_on() -> None:
     assert {"gateway", "operator"} <= allowed_callers()[PUBLIC]
-    assert allowed_callers()[INTERNAL] == {"recipients", "capsules"}
+    assert allowed_callers()[INTERNAL] == {"recipients", "capsules", "notifications"}
 
 
 async def test_the_listener_refuses_clients_without_a_mesh_certificate(xds_mesh: XdsMesh) -> None:

@@ -1,0 +1,63 @@
+"""Wires the notifications service together and serves it (with its stream consumers)."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as redis
+from capsule.notifications.v1 import notifications_pb2
+
+from services.common import events
+from services.common.foundation import Foundation
+from services.common.people import AuthDirectory, CachedDirectory
+from services.notifications.consumers import StreamConsumer, from_event, from_ready
+from services.notifications.handlers import NotificationsHandlers
+from services.notifications.notifications import Notifications
+from services.notifications.settings import NotificationsSettings
+
+# The producers whose outbox relays publish envelopes (events.events_stream).
+PRODUCERS = ("recipients", "capsules")
+
+
+async def serve() -> None:
+    settings = NotificationsSettings.from_env()
+    common = settings.service
+    # Nothing of its own to purge: no idempotency keys (MarkRead is idempotent by nature).
+    base = Foundation.lay(common, purge=[])
+    # Whether a caller's account exists (SPEC §3: a deleted account's token is refused).
+    directory = CachedDirectory(
+        AuthDirectory(settings.auth_target, base.tls, settings.auth_timeout_seconds), base.feed, common.mesh_prefix
+    )
+    base.host.on_close(directory.close)
+    base.feed.start()
+    authenticator = base.authenticator(directory.exists)
+    base.host.add_service(
+        notifications_pb2.DESCRIPTOR.services_by_name["NotificationsService"],
+        NotificationsHandlers(Notifications(db=base.db), authenticator),
+    )
+    if settings.consumers_enabled:
+        # Its own client: XREADGROUP blocks up to block_ms, longer than the cache's socket timeout.
+        streams: redis.Redis = redis.from_url(
+            common.redis_url, socket_timeout=settings.block_ms / 1000 + 5, socket_connect_timeout=3
+        )
+        base.host.on_close(streams.aclose)
+        sources = [("ready", events.ready_stream(common.mesh_prefix), from_ready)] + [
+            (producer, events.events_stream(common.mesh_prefix, producer), from_event) for producer in PRODUCERS
+        ]
+        for name, stream, decode in sources:
+            consumer = StreamConsumer(
+                base.db,
+                streams,
+                stream=stream,
+                decode=decode,
+                consumer=settings.consumer_name,
+                batch_size=settings.batch_size,
+                block_ms=settings.block_ms,
+                claim_idle_ms=settings.claim_idle_ms,
+            )
+            base.host.add_background(f"consumer-{name}", consumer.run)
+    logging.getLogger(__name__).info(
+        "notifications service configured",
+        extra={"fields": {"auth_target": settings.auth_target, "consumer": settings.consumer_name}},
+    )
+    await base.host.run(ready=base.db.ping)
