@@ -89,6 +89,12 @@ TEST_RATE_LIMITS = {
     "GATEWAY_RATELIMIT_LOGIN": "100000/60",
 }
 
+# Small database pools in test stacks: a session runs three stacks and more of their own beside
+# them, four services of two instances each, on a Postgres of max_connections 100 (Debian's
+# default). A pool keeps at most this many connections open; bursts borrow overflow connections,
+# closed once returned.
+TEST_DB_POOLS = {"DB_POOL_SIZE": "2", "DB_MAX_OVERFLOW": "28", "DB_REPLICA_POOL_SIZE": "2"}
+
 # The auth service's own log-in failure limits (SPEC §3): the suite fails log-ins from 127.0.0.1
 # all day, so the per-IP one is raised like the gateway's; the per-account one stays (10), no test
 # fails one account's log-in that often. Tests of the limits start auth instances with small ones.
@@ -183,11 +189,16 @@ class StackSettings:
 
     @classmethod
     def for_tests(cls, infra: Infra, keys: KeyPair, *, work_dir: Path, **overrides: Any) -> StackSettings:
-        """Free ports, a unique database suffix and cache prefix, light argon2, high rate limits
-        (the gateway's, and the auth service's per-IP log-in limit),
+        """Free ports, a unique database suffix and cache prefix, light argon2, small database
+        pools, high rate limits (the gateway's, and the auth service's per-IP log-in limit),
         databases dropped. `service_env` / `gateway_env` overrides are added to the test defaults."""
         token = uuid.uuid4().hex[:10]
-        overrides["service_env"] = {**TEST_ARGON2, **TEST_LOGIN_LIMITS, **overrides.get("service_env", {})}
+        overrides["service_env"] = {
+            **TEST_ARGON2,
+            **TEST_LOGIN_LIMITS,
+            **TEST_DB_POOLS,
+            **overrides.get("service_env", {}),
+        }
         overrides["gateway_env"] = {**TEST_RATE_LIMITS, **overrides.get("gateway_env", {})}
         base = cls(
             infra=infra,

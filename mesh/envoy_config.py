@@ -412,13 +412,14 @@ def build_cluster(
                     # protects the instances and tells the gateway to back off.
                     max_requests=uint32(1024),
                     # Retries may add at most 20 % to the active requests, so a failing cluster is
-                    # not hammered with retry storms. Replaces max_retries. At least 10 at once:
-                    # hedges are retries, and with few calls in flight (a quiet cluster, a
-                    # fast one) 3 left the calls caught on a slow instance without their hedge
-                    # (seen in tests/netns: "UO" in Envoy's access log, 1.4 s reads).
+                    # not hammered with retry storms. Replaces max_retries. At least 32 at once,
+                    # whatever the volume: hedges are retries, and a connection that fails fails
+                    # every call queued on it at the same instant, each needing its retry. With 3,
+                    # then 10, calls caught on a slow or partitioned instance went without their
+                    # hedge or retry at low volume (tests/netns: "UO" in Envoy's access log).
                     retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
                         budget_percent=percent_pb2.Percent(value=20.0),
-                        min_retry_concurrency=uint32(10),
+                        min_retry_concurrency=uint32(32),
                     ),
                     # Publish remaining_* gauges: the benchmarks and tests read them.
                     track_remaining=True,

@@ -181,8 +181,8 @@ def test_endpoints_for_an_unknown_service_are_refused() -> None:
         bootstrap(endpoints={"nope": [("127.0.0.1", 1)]})
 
 
-def test_default_topology_is_the_three_services() -> None:
-    assert [s.name for s in SERVICES] == ["auth", "recipients", "capsules"]
+def test_default_topology_is_the_four_services() -> None:
+    assert [s.name for s in SERVICES] == ["auth", "recipients", "capsules", "notifications"]
 
 
 # --- mutual TLS (SPEC §12) ------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_rbac_allows_each_path_to_the_declared_callers_only() -> None:
     config = rbac_filter_pb2.RBAC()
     assert envoy_config.rbac_filter().typed_config.Unpack(config)
     assert config.rules.action == rbac_pb2.RBAC.ALLOW
-    internal = config.rules.policies["callers:capsules,recipients"]
+    internal = config.rules.policies["callers:capsules,notifications,recipients"]
     assert [p.url_path.path.exact for p in internal.permissions] == ["/capsule.auth.v1.AuthService/GetUsers"]
 
 

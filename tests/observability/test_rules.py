@@ -29,7 +29,7 @@ RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROMETHEUS / "tests").glob("*.yml"))
 DASHBOARDS = sorted((REPO / "observability" / "grafana" / "dashboards").glob("*.json"))
 # The scrape the rules assume (recording.yml's header): one job per workload.
-JOBS = {"auth", "recipients", "capsules", "gateway", "envoy", "control-plane"}
+JOBS = {"auth", "recipients", "capsules", "notifications", "gateway", "envoy", "control-plane"}
 CODE_DIRS = ("services", "gateway")
 # Metrics the code does not register: Prometheus' own, and Envoy's /stats/prometheus.
 EXTERNAL_METRICS = {"up", "ALERTS"}
