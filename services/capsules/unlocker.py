@@ -21,6 +21,8 @@ services.capsules unlocker` runs it alone. Several at once are safe:
   and entry are written atomically (one script), so a capsule is in the stream at most once while
   its marker lives (7 days by default, far longer than any retry), and at least once because its
   row stays unmarked until the publish succeeded.
+- Failpoint `unlocker.published` (services/common/failpoints.py): dead after the script ran, before
+  the COMMIT — the widest window of the two writes (tests/notifications/test_crash_exactly_once.py).
 - Redis down: the script fails, the transaction rolls back, the batch is retried next pass.
 - Deleted capsules are never announced (deleted_at IS NULL in the scan). A capsule edited to a
   later unlock time before it was announced simply waits for that time.
@@ -50,6 +52,7 @@ from prometheus_client import Counter, Gauge
 from services.capsules import storage
 from services.capsules.settings import CapsulesSettings
 from services.common.db import Database
+from services.common.failpoints import failpoint
 from services.common.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,8 @@ class Unlocker:
                 args += [str(row.id), str(row.recipient_user), str(row.sender), row.unlocks_at.isoformat()]
             published = self._publish(keys=[self.stream], args=args)
             added = int(await asyncio.wait_for(published, self.publish_timeout))
+            # In the stream, not yet marked: a death here is what the marker must make harmless.
+            failpoint("unlocker.published")
             await storage.mark_published(conn, [row.id for row in due], now)
         PUBLISHED.inc(added)
         return len(due)

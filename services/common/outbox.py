@@ -26,6 +26,8 @@ Relaying (`Relay`, a background job of every serving instance):
   COMMIT leaves the rows unpublished, and a later pass publishes them again. Consumers therefore
   dedupe by the envelope's event id (services/common/events.py: the id is fixed when the change
   commits, so a republished event is the same event).
+- Failpoint `relay.published` (services/common/failpoints.py): dead after the XADDs, before the
+  COMMIT — the republish above (tests/notifications/test_crash_exactly_once.py).
 - Order: oldest first within a relay; two relays at once may interleave their batches, so
   consumers must not depend on order across events.
 - Redis away: the pass fails, its transaction rolls back (nothing marked), and the relay waits
@@ -62,6 +64,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.common import events
 from services.common.db import Database
 from services.common.events import Event
+from services.common.failpoints import failpoint
 from services.common.ids import new_id
 from services.common.purge import Target, rows_where
 from services.common.settings import OutboxSettings, ServiceSettings
@@ -218,6 +221,7 @@ class Relay:
                 pipe.xadd(self.stream, envelope, maxlen=self.max_length, approximate=True)  # type: ignore[arg-type]
             await asyncio.wait_for(pipe.execute(), self.publish_timeout)
             # A crash from here to COMMIT republishes the batch: at least once (module doc).
+            failpoint("relay.published")
             await conn.execute(MARK_PUBLISHED, {"ids": [row.id for row in rows]})
         self._published.inc(len(rows))
         return len(rows)

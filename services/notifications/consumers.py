@@ -22,6 +22,9 @@ Where a kill lands:
   delivered again the inserts conflict (notifications_event_key / notifications_capsule_ready_key)
   and insert nothing, then they are acked — exactly one notification either way;
 - after the XACK: done.
+The failpoints `consumer.read` (entries delivered, nothing inserted) and `consumer.inserted` (rows
+committed, entries not acked) are these two windows (services/common/failpoints.py;
+tests/notifications/test_crash_exactly_once.py kills the consumer at each).
 A consumer that is only slow (past the idle time) may have its entries claimed by another while it
 still works on them: both insert, one conflicts. The idempotent insert is what makes every case
 safe; the group and the acks only keep work from being lost or repeated needlessly.
@@ -46,6 +49,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from services.common import events
 from services.common.db import Database
+from services.common.failpoints import failpoint
 from services.common.ids import new_id
 from services.notifications import storage
 from services.notifications.storage import NewNotification
@@ -240,6 +244,9 @@ class StreamConsumer:
         acked unless the insert committed (the module doc's crash windows)."""
         if not entries:
             return
+        # Delivered to this consumer (pending in its name), nothing written: only a re-read or a
+        # takeover can bring them back.
+        failpoint("consumer.read")
         rows: list[NewNotification] = []
         for entry_id, fields in entries:
             try:
@@ -258,6 +265,7 @@ class StreamConsumer:
                         new.append(row)
         # After the COMMIT: a kill here leaves the entries pending, and their next delivery
         # inserts nothing.
+        failpoint("consumer.inserted")
         await self.redis.xack(self.stream, GROUP, *[entry_id for entry_id, _ in entries])
         for row in new:
             CONSUMED.labels(self.stream, row.kind).inc()
