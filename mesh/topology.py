@@ -81,7 +81,7 @@ NOTIFICATIONS = ServiceSpec(
     proto_service="capsule.notifications.v1.NotificationsService",
     route_prefixes=("/capsule.notifications.v1.",),
     database="notifications",
-    proto_modules=("capsule.notifications.v1.notifications_pb2",),
+    proto_modules=("capsule.notifications.v1.notifications_pb2", "capsule.notifications.v1.devices_pb2"),
     instances=2,
 )
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 
 import redis.asyncio as redis
-from capsule.notifications.v1 import notifications_pb2
+from capsule.notifications.v1 import devices_pb2, notifications_pb2
 
 from services.common import events
 from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
 from services.notifications.consumers import StreamConsumer, from_event, from_ready
+from services.notifications.devices import Devices
+from services.notifications.devices_handlers import DevicesHandlers
 from services.notifications.handlers import NotificationsHandlers
 from services.notifications.notifications import Notifications
+from services.notifications.push.config import SenderSettings, providers_from_env
+from services.notifications.push.sender import Sender
 from services.notifications.settings import NotificationsSettings
 
 # The producers whose outbox relays publish envelopes (events.events_stream).
@@ -35,6 +39,24 @@ async def serve() -> None:
         notifications_pb2.DESCRIPTOR.services_by_name["NotificationsService"],
         NotificationsHandlers(Notifications(db=base.db), authenticator),
     )
+    base.host.add_service(
+        devices_pb2.DESCRIPTOR.services_by_name["DevicesService"],
+        DevicesHandlers(Devices(db=base.db), authenticator),
+    )
+    # Push delivery (push/sender.py): drains the queue the consumers fill with each new notification.
+    push = SenderSettings.from_env()
+    if push.enabled:
+        sender = Sender(
+            base.db,
+            providers_from_env(),
+            batch_size=push.batch_size,
+            max_attempts=push.max_attempts,
+            interval_seconds=push.interval_seconds,
+            lease_seconds=push.lease_seconds,
+            backoff_base_seconds=push.backoff_base_seconds,
+            backoff_cap_seconds=push.backoff_cap_seconds,
+        )
+        base.host.add_background("push-sender", sender.run)
     if settings.consumers_enabled:
         # Its own client: XREADGROUP blocks up to block_ms, longer than the cache's socket timeout.
         streams: redis.Redis = redis.from_url(

@@ -52,6 +52,7 @@ from services.common.db import Database
 from services.common.failpoints import failpoint
 from services.common.ids import new_id
 from services.notifications import storage
+from services.notifications.push import storage as push_storage
 from services.notifications.storage import NewNotification
 
 log = logging.getLogger(__name__)
@@ -263,6 +264,8 @@ class StreamConsumer:
                 for row in rows:
                     if await storage.insert(conn, row):
                         new.append(row)
+                        # Its pushes, one per device, committed with it (push/sender.py sends them).
+                        await push_storage.queue(conn, row.id, row.user_id)
         # After the COMMIT: a kill here leaves the entries pending, and their next delivery
         # inserts nothing.
         failpoint("consumer.inserted")
