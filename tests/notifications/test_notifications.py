@@ -46,10 +46,11 @@ async def seed(
         envelope(events.THOUGHT_RECEIVED, thought_id=str(uuid.uuid4()), sender=uid(other), receiver=uid(user))
         for _ in range(count)
     ]
-    last: bytes | str = b""
     for event in sent:
-        last = await publish(streams, stream, event)
-    await drained(streams, stream, last)
+        # One at a time: two instances' consumers may take a burst's entries and insert them in
+        # either order, and the list is in the order of the notifications (their time-ordered
+        # ids), not of the events.
+        await drained(streams, stream, await publish(streams, stream, event))
     return sent
 
 
