@@ -70,6 +70,8 @@ def unavailable_reason() -> str | None:
             Apt.install(*missing)
         except Exception as exc:  # no apt, no network: the reason is what the tests print
             return f"cannot install {' '.join(missing)}: {exc}"
+    if not os.path.exists("/dev/net/tun"):
+        return "no /dev/net/tun: TAP devices (the emulated link of a slow host) cannot be made"
     probe = f"{PREFIX}probe{os.getpid()}"
     try:
         run("ip", "netns", "add", probe)
