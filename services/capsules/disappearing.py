@@ -30,7 +30,6 @@ Two guards, so the body is never shown after its time whatever the eraser's lag:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ from prometheus_client import Counter
 
 from services.capsules import storage
 from services.capsules.storage import CapsuleRow
+from services.common.background import sweep
 from services.common.db import Database
 from services.common.errors import FieldErrors
 
@@ -101,15 +101,4 @@ class Eraser:
         return len(erased)
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("eraser started")
-        while not stop.is_set():
-            try:
-                erased = await self.run_once()
-            except Exception as exc:  # Postgres or Redis away: retry after a pause, never die
-                log.warning("eraser pass failed", extra={"fields": {"error": str(exc)}})
-                erased = 0
-            if erased >= self.batch_size:
-                continue  # more are due: no pause
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
-        log.info("eraser stopped")
+        await sweep(stop, "eraser", self.run_once, interval=self.interval, batch_size=self.batch_size)

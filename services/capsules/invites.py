@@ -40,10 +40,7 @@ is NOT_FOUND without a query.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
-import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,11 +49,12 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import Counter
 
 from services.capsules import invites_storage as sql
-from services.capsules import storage
+from services.capsules import public_tokens, storage
 from services.capsules.capsules import Capsules, CapsuleView
 from services.capsules.invites_storage import InviteRow, InviteWithCapsule
 from services.capsules.neighbours import BlockedPair, InviteLink, Neighbours
 from services.common import events, outbox, validation
+from services.common.background import sweep
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.common.failpoints import failpoint
@@ -65,9 +63,6 @@ from services.common.tokens import Caller
 
 log = logging.getLogger(__name__)
 
-TOKEN_BYTES = 32
-# What secrets.token_urlsafe can produce (and a little room): anything else is no token of ours.
-_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,100}")
 # The name of the claimer's new recipient when the sender's profile cannot be read.
 FALLBACK_SENDER_NAME = "user"
 
@@ -130,7 +125,7 @@ class Invites:
                         reason="CAPSULE_DELIVERED",
                     )
                 # Concurrent first asks: one inserts, the others read its row.
-                invite = await sql.insert_invite(conn, cid, secrets.token_urlsafe(TOKEN_BYTES))
+                invite = await sql.insert_invite(conn, cid, public_tokens.new_token())
                 if invite is None:
                     invite = await sql.invite_for_capsule(conn, cid)
                 assert invite is not None
@@ -205,7 +200,7 @@ class Invites:
             await self.capsules.delivered(row)
 
     async def _by_token(self, token: str) -> InviteWithCapsule:
-        if not _TOKEN_SHAPE.fullmatch(token):
+        if not public_tokens.well_formed(token):
             raise _unknown_invite()
         async with self.db.read() as conn:
             found = await sql.invite_by_token(conn, token)
@@ -257,15 +252,8 @@ class InviteResumer:
         return done
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("invite resumer started")
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception as exc:  # Postgres away: retry after a pause, never die
-                log.warning("invite resumer pass failed", extra={"fields": {"error": str(exc)}})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
-        log.info("invite resumer stopped")
+        # Always a pause between passes: a claim left is resumed once its owner had its chance.
+        await sweep(stop, "invite resumer", self.run_once, interval=self.interval)
 
 
 def _unknown_invite() -> NotFound:

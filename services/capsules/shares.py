@@ -32,16 +32,14 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
-import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
 
+from services.capsules import public_tokens, storage
 from services.capsules import replies_shares_storage as sql
-from services.capsules import storage
 from services.capsules.neighbours import Neighbours
 from services.capsules.replies_shares_storage import ShareRow
 from services.capsules.storage import ThemeRow
@@ -55,9 +53,6 @@ from services.common.tokens import Caller
 CREATE_OPERATION = "share-create"
 KINDS = ("story", "video", "static", "link")
 MAX_LIVE_SHARES = 20
-TOKEN_BYTES = 32
-# What secrets.token_urlsafe can produce (and a little room): anything else is no token of ours.
-_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,100}")
 
 
 def utc_now() -> datetime:
@@ -137,7 +132,7 @@ class Shares:
                     conn,
                     id=new_id(),
                     capsule_id=cid,
-                    token=secrets.token_urlsafe(TOKEN_BYTES),
+                    token=public_tokens.new_token(),
                     kind=kind,
                     sender_name=sender_name,
                     created_by=caller.user_id,
@@ -159,7 +154,7 @@ class Shares:
 
     async def get(self, token: str) -> SharedCountdown:
         """Public: no caller."""
-        if not _TOKEN_SHAPE.fullmatch(token):
+        if not public_tokens.well_formed(token):
             raise _unknown_share()
         async with self.db.read() as conn:
             row = await sql.shared(conn, token)
@@ -176,7 +171,7 @@ class Shares:
 
     async def revoke(self, caller: Caller, capsule_id: str, token: str) -> None:
         cid = validation.resource_id(capsule_id, "capsule_id")
-        if not _TOKEN_SHAPE.fullmatch(token):
+        if not public_tokens.well_formed(token):
             raise _unknown_share()
         async with self.db.write(touching=(caller.user_id,)) as conn:
             revoked = await sql.revoke_share(conn, capsule_id=cid, token=token, caller=caller.user_id)

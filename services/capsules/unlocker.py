@@ -38,7 +38,6 @@ the notifier to decide what to show; anonymity is for it to respect.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -51,6 +50,7 @@ from prometheus_client import Counter, Gauge
 
 from services.capsules import storage
 from services.capsules.settings import CapsulesSettings
+from services.common.background import sweep
 from services.common.db import Database
 from services.common.failpoints import failpoint
 from services.common.logs import configure_logging
@@ -129,18 +129,14 @@ class Unlocker:
         return len(due)
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("unlocker started", extra={"fields": {"stream": self.stream}})
-        while not stop.is_set():
-            try:
-                taken = await self.run_once()
-            except Exception as exc:  # Redis or Postgres away: retry after a pause, never die
-                log.warning("unlocker pass failed", extra={"fields": {"error": str(exc)}})
-                taken = 0
-            if taken >= self.batch_size:
-                continue  # more are due: no pause
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
-        log.info("unlocker stopped")
+        await sweep(
+            stop,
+            "unlocker",
+            self.run_once,
+            interval=self.interval,
+            batch_size=self.batch_size,
+            fields={"stream": self.stream},
+        )
 
 
 async def run_standalone() -> None:

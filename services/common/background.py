@@ -50,6 +50,33 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
             log.error("task failed", exc_info=task.exception(), extra={"fields": {"task": _name(task)}})
 
 
+async def sweep(
+    stop: asyncio.Event,
+    name: str,
+    run_once: Callable[[], Awaitable[int]],
+    *,
+    interval: float,
+    batch_size: int | None = None,
+    fields: dict[str, Any] | None = None,
+) -> None:
+    """The loop of a batch job (the capsules unlocker and eraser, the invite resumer, the push
+    sender): `run_once()` passes until `stop` is set, a pause of `interval` between them unless a
+    pass took a whole `batch_size` (more are due). A failed pass (Postgres or Redis away) is
+    logged and retried after the pause: the loop never dies of it."""
+    log.info(f"{name} started", extra={"fields": fields or {}})
+    while not stop.is_set():
+        try:
+            taken = await run_once()
+        except Exception as exc:
+            log.warning(f"{name} pass failed", extra={"fields": {"error": str(exc)}})
+            taken = 0
+        if batch_size is not None and taken >= batch_size:
+            continue  # more are due: no pause
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+    log.info(f"{name} stopped")
+
+
 def _name(task: asyncio.Future[Any]) -> str:
     return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
 

@@ -43,7 +43,6 @@ import pytest
 
 from launcher import infra as infra_mod
 from launcher.keys import KeyPair
-from launcher.process import ManagedProcess
 from launcher.stack import Host, Stack
 from mesh.pki import CONTROL_PLANE, ENVOY, GATEWAY
 from mesh.topology import AUTH
@@ -51,6 +50,7 @@ from tests.conftest import start_test_stack
 from tests.mesh.load import Load, LoadResult, Op
 from tests.metrics import scraped
 from tests.netns.network import Network, unavailable_reason
+from tests.ratelimit.redis_server import RedisServer
 from tests.replica import own_primary
 
 # `alone`: p99 bounds hold with the machine to itself, not beside three other test processes on
@@ -103,19 +103,6 @@ class Mesh:
         return self.mode == "envoy"
 
 
-def redis_on(host: Host, log_dir: Any) -> ManagedProcess:
-    argv = ["redis-server", "--bind", host.address, "--port", "6379", "--save", "", "--appendonly", "no"]
-    argv += ["--protected-mode", "no"]
-    process = ManagedProcess(
-        "redis",
-        host.wrap(argv),
-        env={},
-        log_path=log_dir / "redis.log",
-        ready=lambda: infra_mod.probe_redis(f"redis://{host.address}:6379/0").status is infra_mod.Probe.READY,
-    )
-    return process
-
-
 @pytest.fixture(scope="module", params=["proxyless", "envoy"])
 def mesh(
     request: pytest.FixtureRequest, infra: infra_mod.Infra, jwt_keys: KeyPair, tmp_path_factory: pytest.TempPathFactory
@@ -128,11 +115,10 @@ def mesh(
         db = network.add_host("db")
         hosts = {name: network.add_host(name) for name in (CONTROL_PLANE, ENVOY, GATEWAY, "auth-0", "auth-1")}
         hosts["auth-2"] = network.add_host("auth-2", emulated=True)
-        redis = redis_on(db, tmp_path_factory.mktemp("redis")).start()
+        redis = RedisServer(tmp_path_factory.mktemp("redis"), host=db).start()
         try:
-            redis.wait_ready(30)
             with own_primary(infra.postgres, host=db) as postgres:
-                remote = infra_mod.Infra(postgres=postgres, redis_url=f"redis://{db.address}:6379/0")
+                remote = infra_mod.Infra(postgres=postgres, redis_url=redis.url)
                 stack = start_test_stack(
                     remote,
                     jwt_keys,
@@ -148,7 +134,7 @@ def mesh(
                 finally:
                     stack.close()
         finally:
-            redis.stop(10)
+            redis.kill()
 
 
 @pytest.fixture(scope="module")

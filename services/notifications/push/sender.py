@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.background import sweep
 from services.common.db import Database
 from services.notifications.push import storage
 from services.notifications.push.base import Device, Message, Outcome, PushProvider, Result
@@ -140,18 +141,14 @@ class Sender:
             FAILED.labels(name).inc()
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("push sender started", extra={"fields": {"providers": sorted(self.providers)}})
-        while not stop.is_set():
-            try:
-                claimed = await self.run_once()
-            except Exception as exc:  # Postgres away: retry after a pause, never die
-                log.warning("push sender pass failed", extra={"fields": {"error": str(exc)}})
-                claimed = 0
-            if claimed >= self.batch_size:
-                continue  # more are due: no pause
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        await sweep(
+            stop,
+            "push sender",
+            self.run_once,
+            interval=self.interval,
+            batch_size=self.batch_size,
+            fields={"providers": sorted(self.providers)},
+        )
         for provider in {id(p): p for p in self.providers.values()}.values():
             with contextlib.suppress(Exception):
                 await provider.aclose()
-        log.info("push sender stopped")
