@@ -174,7 +174,7 @@ def stack(infra: infra_mod.Infra, jwt_keys: KeyPair) -> Iterator[Stack]:
         # TEST-ONLY: disappearing letters may vanish 1 s after opening (SPEC §13 says 60).
         "CAPSULE_MIN_DISAPPEAR_SECONDS": "1",
         # TEST-ONLY: a notifications consumer's unacked entries are taken over after 1 s (not 30 s).
-        "NOTIFICATIONS_CLAIM_IDLE_MS": "1000",
+        "STREAM_CLAIM_IDLE_MS": "1000",
     }
     mesh = start_test_stack(infra, jwt_keys, service_env=service_env)
     try:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import sqlalchemy.exc
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.auth import rules, storage
 from services.auth.blocklist import BlockList
@@ -40,6 +41,8 @@ from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.tokens import Caller
 
 MAX_BATCH_IDS = 100
+# A profile's cached value once its account was deleted (forget): reads as no account.
+NO_ACCOUNT = b""
 SEARCH_DEFAULT_PAGE, SEARCH_MAX_PAGE = 10, 50
 
 
@@ -127,6 +130,9 @@ class Accounts:
                 if prior is None:
                     password_hash = password_hash or await self.passwords.hash(password)
                     user = await storage.insert_user(conn, id=new_id(), password_hash=password_hash, **fields)
+                    # After the insert: a deletion of the account holding these names committed
+                    # before it (the insert waited on its unique keys) is seen here.
+                    await _refuse_held(conn, email=fields["email"], username=fields["username"], prefix="")
                     created.add(user.id)
                     if idempotency_key:
                         await idempotency.record_result(conn, **claim, result_id=user.id)
@@ -169,10 +175,14 @@ class Accounts:
             await self.login_limits.failed(account, client_ip)
             raise Unauthenticated("wrong email, username or password", reason="INVALID_CREDENTIALS")
         await self.login_limits.succeeded(account)
-        async with self.db.write() as conn:
-            if self.passwords.needs_rehash(credentials.password_hash):
-                await storage.set_password_hash(conn, credentials.user.id, await self.passwords.hash(password))
-            return await self._start_session(conn, credentials.user)
+        try:
+            async with self.db.write() as conn:
+                if self.passwords.needs_rehash(credentials.password_hash):
+                    await storage.set_password_hash(conn, credentials.user.id, await self.passwords.hash(password))
+                return await self._start_session(conn, credentials.user)
+        except sqlalchemy.exc.IntegrityError:
+            # The account was deleted between the password check and the session's insert.
+            raise Unauthenticated("wrong email, username or password", reason="INVALID_CREDENTIALS") from None
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -272,6 +282,8 @@ class Accounts:
         try:
             async with self.db.write(touching=(caller.user_id,)) as conn:
                 user = await storage.update_user(conn, caller.user_id, changes)
+                if "username" in changes:
+                    await _refuse_held(conn, email="", username=changes["username"], prefix="user.")
         except sqlalchemy.exc.IntegrityError as exc:
             raise _uniqueness_error(exc, prefix="user.") from None
         if user is None:
@@ -283,12 +295,24 @@ class Accounts:
         await self.profile_changed(user.id)
         return user
 
+    async def forget(self, user_id: uuid.UUID) -> None:
+        """After the account's deletion (deletion.py): no copy of its profile survives. Redis gets an
+        empty value, which reads as "no such account", written over whatever a reader that loaded
+        the profile before the deletion may be storing (readers only add: SET NX); every process
+        drops its kept copy before its next read."""
+        await self.cache.put(self._profile_key(user_id), NO_ACCOUNT, self.profile_ttl)
+        self.kept.drop(user_id)
+        await self.profile_changed(user_id)
+
     async def username_available(self, username: str) -> tuple[str, bool]:
         errors = FieldErrors()
         username = rules.username(errors, username)
         errors.raise_if_any()
         async with self.db.read() as conn:
-            return username, not await storage.username_taken(conn, username)
+            if await storage.username_taken(conn, username):
+                return username, False
+            _, held = await storage.held_names(conn, email_hash=b"", username_hash=storage.username_hash(username))
+            return username, not held
 
     async def profiles(self, ids: list[str]) -> list[UserRecord]:
         """Users by id, in the order asked, leaving out unknown ids; one cache round trip and at
@@ -324,10 +348,13 @@ class Accounts:
         """Users by id from Redis, the rest from Postgres (then cached): one round trip each."""
         keys = [self._profile_key(u) for u in ids]
         found: dict[uuid.UUID, UserRecord] = {}
+        known_gone: set[uuid.UUID] = set()
         for user_id, cached in zip(ids, await self.cache.get_many(keys), strict=True):
-            if cached is not None:
+            if cached == NO_ACCOUNT:
+                known_gone.add(user_id)  # deleted: not worth a query
+            elif cached is not None:
                 found[user_id] = _decode_user(cached)
-        missing = [u for u in ids if u not in found]
+        missing = [u for u in ids if u not in found and u not in known_gone]
         if missing:
             loaded = await self.db.read_may_lag(lambda conn: storage.users_by_ids(conn, missing), users=missing)
             found.update((u.id, u) for u in loaded)
@@ -420,6 +447,26 @@ def _uniqueness_error(exc: sqlalchemy.exc.IntegrityError, *, prefix: str) -> Exc
             violations=[(f"{prefix}username", "is taken")],
         )
     return exc
+
+
+async def _refuse_held(conn: AsyncConnection, *, email: str, username: str, prefix: str) -> None:
+    """Refuses names a deleted account holds for 30 days (SPEC §14), as if they were taken: the
+    answer says no more than "taken" does."""
+    held_email, held_username = await storage.held_names(
+        conn,
+        email_hash=storage.email_hash(email) if email else b"",
+        username_hash=storage.username_hash(username) if username else b"",
+    )
+    if held_email:
+        raise AlreadyExists(
+            "an account with this email already exists",
+            reason="EMAIL_TAKEN",
+            violations=[(f"{prefix}email", "is already registered")],
+        )
+    if held_username:
+        raise AlreadyExists(
+            "this username is taken", reason="USERNAME_TAKEN", violations=[(f"{prefix}username", "is taken")]
+        )
 
 
 def _invalid_refresh() -> Unauthenticated:

@@ -10,24 +10,31 @@ from capsule.auth.v1 import auth_pb2
 
 from services.auth.accounts import Accounts
 from services.auth.blocklist import BlockList, NobodyBlocked, RecipientsBlockList
+from services.auth.deletion import PARTICIPANTS, AccountDeletions
 from services.auth.handlers import AuthHandlers
 from services.auth.login_limits import LoginLimits
 from services.auth.passwords import Passwords
 from services.auth.sessions import AccessTokenIssuer, SessionRevoker, load_private_key
 from services.auth.settings import AuthSettings
-from services.auth.storage import UserRecord, refresh_tokens_purge
-from services.common import idempotency
+from services.auth.storage import UserRecord, account_deletions_purge, refresh_tokens_purge
+from services.common import events, idempotency, outbox
 from services.common.changefeed import Publisher
 from services.common.foundation import Foundation
 from services.common.kept import KeptCopies
 from services.common.people import profile_channel, publish_profile_change
+from services.common.streams import GroupConsumer, streams_client
 from services.common.tokens import LEEWAY_SECONDS
 
 
 async def serve() -> None:
     settings = AuthSettings.from_env()
     common = settings.service
-    purge = [idempotency.PURGE, refresh_tokens_purge(settings.refresh_token_retention_seconds)]
+    purge = [
+        idempotency.PURGE,
+        refresh_tokens_purge(settings.refresh_token_retention_seconds),
+        account_deletions_purge(),
+        outbox.purge_target(common.outbox),
+    ]
     base = Foundation.lay(common, purge=purge)
     db, cache, host = base.db, base.cache, base.host
     passwords = Passwords(
@@ -70,8 +77,41 @@ async def serve() -> None:
         session_ended=SessionRevoker(cache.client, publisher, base.revoked, common.mesh_prefix, revocation_keep).revoke,
         login_limits=LoginLimits(cache.client, common.cache_prefix, settings.login_limits),
     )
-    handlers = AuthHandlers(accounts, base.authenticator(accounts.exists))
+    deletions = AccountDeletions(
+        db=db,
+        passwords=passwords,
+        login_limits=accounts.login_limits,
+        session_ended=accounts.session_ended,
+        forget_profile=accounts.forget,
+        session_window_seconds=revocation_keep,
+        settle_seconds=settings.account_deletion_settle_seconds,
+    )
+    handlers = AuthHandlers(accounts, deletions, base.authenticator(accounts.exists))
     host.add_service(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], handlers)
+    # The account-deletion saga (deletion.py): its events leave by the outbox; auth follows it on
+    # its own stream (the sessions step) and on each participant's (their reports).
+    if common.outbox.relay_enabled:
+        host.add_background("outbox-relay", outbox.Relay.for_service(db, cache.client, common).run)
+    consumers = common.consumers
+    if consumers.enabled:
+        streams = streams_client(common.redis_url, consumers.block_ms)
+        host.on_close(streams.aclose)
+        sources = [("own", common.name, deletions.handle_own)] + [
+            (service, service, deletions.handle_reports) for service in PARTICIPANTS
+        ]
+        for name, producer, handle in sources:
+            consumer = GroupConsumer(
+                streams,
+                stream=events.events_stream(common.mesh_prefix, producer),
+                group=common.name,
+                consumer=consumers.name,
+                handle=handle,
+                batch_size=consumers.batch_size,
+                block_ms=consumers.block_ms,
+                claim_idle_ms=consumers.claim_idle_ms,
+            )
+            host.add_background(f"deletion-saga-{name}", consumer.run)
+    host.add_background("deletion-monitor", deletions.monitor)
     logging.getLogger(__name__).info(
         "auth service configured", extra={"fields": {"block_list": type(block_list).__name__}}
     )

@@ -9,7 +9,9 @@ import grpc
 from capsule.auth.v1 import auth_pb2, auth_pb2_grpc
 from google.protobuf import empty_pb2
 
+from services.auth import deletion
 from services.auth.accounts import Accounts, Session
+from services.auth.deletion import AccountDeletions
 from services.auth.storage import UserRecord
 from services.common.people import public_profile
 from services.common.timestamps import set_timestamp
@@ -17,8 +19,9 @@ from services.common.tokens import Authenticator, metadata_value
 
 
 class AuthHandlers(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, accounts: Accounts, authenticator: Authenticator) -> None:
+    def __init__(self, accounts: Accounts, deletions: AccountDeletions, authenticator: Authenticator) -> None:
         self.accounts = accounts
+        self.deletions = deletions
         self.auth = authenticator
 
     async def SignUp(self, request: auth_pb2.SignUpRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Session:
@@ -66,6 +69,31 @@ class AuthHandlers(auth_pb2_grpc.AuthServiceServicer):
             "email": u.email,
         }
         return _user(await self.accounts.update_me(caller, values, list(request.update_mask.paths)))
+
+    async def DeleteMe(self, request: auth_pb2.DeleteMeRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        caller = await self.auth.require(context)
+        client_ip = self.accounts.login_limits.client_ip(context.invocation_metadata() or (), context.peer())
+        await self.deletions.delete_me(caller, request.password, client_ip)
+        return empty_pb2.Empty()
+
+    async def GetAccountDeletion(
+        self, request: auth_pb2.GetAccountDeletionRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AccountDeletion:
+        # Operators only: the mesh lets no other workload call it (protos' callers option, SPEC §12).
+        row = await self.deletions.status(request.user_id)
+        message = auth_pb2.AccountDeletion(
+            user_id=str(row.user_id),
+            state=auth_pb2.AccountDeletionState.Value(f"ACCOUNT_DELETION_STATE_{deletion.state(row)}"),
+            erased_first=sorted(row.erased_first),
+            erased_final=sorted(row.erased_final),
+        )
+        set_timestamp(message.requested_at, row.requested_at)
+        set_timestamp(message.names_free_at, row.names_free_at)
+        if row.sessions_ended_at is not None:
+            set_timestamp(message.sessions_ended_at, row.sessions_ended_at)
+        if row.completed_at is not None:
+            set_timestamp(message.completed_at, row.completed_at)
+        return message
 
     async def CheckUsername(
         self, request: auth_pb2.CheckUsernameRequest, context: grpc.aio.ServicerContext

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from services.auth.login_limits import LoginLimitSettings
 from services.common.addresses import parse_networks
-from services.common.settings import ServiceSettings, env_int, env_str
+from services.common.settings import ServiceSettings, env_float, env_int, env_str
 
 # The mesh's own hops (Envoy, the gateway) live on private networks; their x-forwarded-for names the
 # client. A caller from elsewhere is keyed by its own address.
@@ -30,6 +30,11 @@ class AuthSettings:
     # How long the refresh tokens of a session that ended (its last token expired or revoked) are
     # kept before the purge removes them all (storage.refresh_tokens_purge).
     refresh_token_retention_seconds: int = 7 * 24 * 3600
+    # Account deletion (deletion.py): how long after a deletion every service erases the account a
+    # second time. Longer than any call can last (the gateway's deadline, 10 s, and a session's
+    # revocation, ≤ 2 s), so that what a call in flight at the deletion wrote is erased too.
+    # TEST-ONLY when lowered below that.
+    account_deletion_settle_seconds: float = 30.0
     # Log-in failure limits (login_limits.py): per account, per client IP, in one window.
     login_limits: LoginLimitSettings = field(default_factory=LoginLimitSettings)
 
@@ -45,6 +50,7 @@ class AuthSettings:
             argon2_parallelism=env_int("ARGON2_PARALLELISM", 4),
             recipients_target=env_str("RECIPIENTS_TARGET", ""),
             refresh_token_retention_seconds=env_int("REFRESH_TOKEN_RETENTION_SECONDS", 7 * 24 * 3600),
+            account_deletion_settle_seconds=env_float("ACCOUNT_DELETION_SETTLE_SECONDS", 30.0),
             login_limits=LoginLimitSettings(
                 account_failures=env_int("LOGIN_FAILURES_PER_ACCOUNT", 10),
                 ip_failures=env_int("LOGIN_FAILURES_PER_IP", 100),

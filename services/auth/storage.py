@@ -6,6 +6,7 @@ statements tests/auth/test_query_plans.py reads are public names).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.purge import Target
+from services.common.purge import Target, rows_where
 
 USER_COLUMNS = "id, email, username, first_name, last_name, avatar_url, country, created_at, updated_at"
 
@@ -325,3 +326,162 @@ def refresh_tokens_purge(retention_seconds: int) -> Target:
     return Target(
         "refresh_tokens", (_PURGE_SPENT_OF_ENDED, _PURGE_LAST_OF_ENDED), {"retention_seconds": retention_seconds}
     )
+
+
+# --- account deletions (deletion.py) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionRow:
+    user_id: uuid.UUID
+    requested_at: datetime
+    names_free_at: datetime
+    sessions: list[uuid.UUID]
+    sessions_ended_at: datetime | None
+    erased_first: list[str]
+    erased_final: list[str]
+    completed_at: datetime | None
+
+
+DELETION_COLUMNS = (
+    "user_id, requested_at, names_free_at, sessions, sessions_ended_at, erased_first, erased_final, completed_at"
+)
+
+_LOCK_USER = text("SELECT id, email, username FROM users WHERE id = :id FOR UPDATE")
+
+
+async def lock_user(conn: AsyncConnection, user_id: uuid.UUID) -> tuple[str, str] | None:
+    """(email, username) of the user, locked: no token can be issued to it until the transaction
+    ends (a refresh token's insert waits on the user's row for its foreign key check)."""
+    row = (await conn.execute(_LOCK_USER, {"id": user_id})).first()
+    return (row.email, row.username) if row else None
+
+
+# refresh_tokens_user_idx: the sessions whose access tokens may still be valid (issued within a
+# token lifetime): the ones a deletion must end everywhere.
+_RECENT_SESSIONS = text(
+    "SELECT DISTINCT family_id FROM refresh_tokens WHERE user_id = :id "
+    "AND created_at > now() - make_interval(secs => :within_seconds)"
+)
+
+
+async def recent_sessions(conn: AsyncConnection, user_id: uuid.UUID, within_seconds: int) -> list[uuid.UUID]:
+    rows = await conn.execute(_RECENT_SESSIONS, {"id": user_id, "within_seconds": within_seconds})
+    return [row.family_id for row in rows]
+
+
+_INSERT_DELETION = text(
+    "INSERT INTO account_deletions (user_id, requested_at, email_hash, username_hash, names_free_at, sessions) "
+    "VALUES (:user_id, :requested_at, :email_hash, :username_hash, :names_free_at, :sessions)"
+)
+# users_pkey; the user's refresh tokens go with it (ON DELETE CASCADE).
+_DELETE_USER = text("DELETE FROM users WHERE id = :id")
+
+
+async def delete_user(
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    *,
+    requested_at: datetime,
+    email_hash: bytes,
+    username_hash: bytes,
+    names_free_at: datetime,
+    sessions: list[uuid.UUID],
+) -> None:
+    """The account gone, and its deletion on record (with its name holds and sessions to end)."""
+    await conn.execute(
+        _INSERT_DELETION,
+        {
+            "user_id": user_id,
+            "requested_at": requested_at,
+            "email_hash": email_hash,
+            "username_hash": username_hash,
+            "names_free_at": names_free_at,
+            "sessions": sessions,
+        },
+    )
+    await conn.execute(_DELETE_USER, {"id": user_id})
+
+
+def email_hash(email: str) -> bytes:
+    """How a deleted account's email is held (never in clear: no personal data stays)."""
+    return hashlib.sha256(email.strip().lower().encode()).digest()
+
+
+def username_hash(username: str) -> bytes:
+    return hashlib.sha256(username.strip().lower().encode()).digest()
+
+
+# account_deletions_email_idx / account_deletions_username_idx: a deleted account's names are
+# held until names_free_at.
+_HELD_NAMES = text(
+    "SELECT bool_or(email_hash = :email_hash) AS email, bool_or(username_hash = :username_hash) AS username "
+    "FROM account_deletions WHERE (email_hash = :email_hash OR username_hash = :username_hash) "
+    "AND names_free_at > now()"
+)
+
+
+async def held_names(conn: AsyncConnection, *, email_hash: bytes, username_hash: bytes) -> tuple[bool, bool]:
+    """Whether the email, the username (as hashes) belong to an account deleted less than 30
+    days ago."""
+    row = (await conn.execute(_HELD_NAMES, {"email_hash": email_hash, "username_hash": username_hash})).one()
+    return bool(row.email), bool(row.username)
+
+
+_DELETION = text(f"SELECT {DELETION_COLUMNS} FROM account_deletions WHERE user_id = :id")
+
+
+async def deletion(conn: AsyncConnection, user_id: uuid.UUID) -> DeletionRow | None:
+    row = (await conn.execute(_DELETION, {"id": user_id})).first()
+    return DeletionRow(**row._mapping) if row else None
+
+
+_SESSIONS_ENDED = text(
+    "UPDATE account_deletions SET sessions_ended_at = now() WHERE user_id = :id AND sessions_ended_at IS NULL"
+)
+
+
+async def mark_sessions_ended(conn: AsyncConnection, user_id: uuid.UUID) -> bool:
+    return bool((await conn.execute(_SESSIONS_ENDED, {"id": user_id})).rowcount)
+
+
+# A report counts once: a second delivery of the same one changes nothing.
+_ERASED = {
+    "first": text(
+        "UPDATE account_deletions SET erased_first = array_append(erased_first, :service) "
+        "WHERE user_id = :id AND NOT (:service = ANY(erased_first))"
+    ),
+    "final": text(
+        "UPDATE account_deletions SET erased_final = array_append(erased_final, :service) "
+        "WHERE user_id = :id AND NOT (:service = ANY(erased_final))"
+    ),
+}
+
+
+async def mark_erased(conn: AsyncConnection, user_id: uuid.UUID, service: str, pass_: str) -> bool:
+    return bool((await conn.execute(_ERASED[pass_], {"id": user_id, "service": service})).rowcount)
+
+
+# The one statement that completes a deletion: `completed_at IS NULL` makes it happen once, however
+# many reports arrive together (the row's lock orders them).
+_COMPLETE = text(
+    "UPDATE account_deletions SET completed_at = now() WHERE user_id = :id AND completed_at IS NULL "
+    "AND sessions_ended_at IS NOT NULL AND erased_final @> CAST(:participants AS text[]) "
+    "RETURNING completed_at - requested_at AS took"
+)
+
+
+async def complete_if_done(conn: AsyncConnection, user_id: uuid.UUID, participants: list[str]) -> float | None:
+    """Marks the deletion completed if every step is done: the seconds it took, None when it is not
+    done yet (or was completed before)."""
+    row = (await conn.execute(_COMPLETE, {"id": user_id, "participants": participants})).first()
+    return row.took.total_seconds() if row else None
+
+
+# account_deletions_unfinished_idx.
+UNFINISHED = text("SELECT count(*) AS n, min(requested_at) AS oldest FROM account_deletions WHERE completed_at IS NULL")
+
+
+def account_deletions_purge() -> Target:
+    """Completed deletions whose names are free again: nothing left to hold or to show."""
+    return rows_where("account_deletions", "completed_at IS NOT NULL AND names_free_at < now()", {})

@@ -8,6 +8,7 @@ from capsule.capsules.v1 import capsules_pb2, invites_pb2, replies_pb2, self_let
 
 from services.capsules.capsules import Capsules
 from services.capsules.disappearing import Eraser
+from services.capsules.erasure import CapsulesErasure
 from services.capsules.handlers import CapsulesHandlers, ThemesHandlers
 from services.capsules.invites import InviteResumer, Invites
 from services.capsules.invites_handlers import InvitesHandlers
@@ -21,10 +22,12 @@ from services.capsules.settings import CapsulesSettings
 from services.capsules.shares import Shares
 from services.capsules.themes import Themes
 from services.capsules.unlocker import Unlocker
-from services.common import idempotency, outbox
+from services.common import events, idempotency, outbox
 from services.common.changefeed import Publisher
+from services.common.erasure import participant_consumer
 from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
+from services.common.streams import streams_client
 
 
 async def serve() -> None:
@@ -110,6 +113,23 @@ async def serve() -> None:
             interval_seconds=settings.eraser_interval_seconds,
         )
         base.host.add_background("eraser", eraser.run)
+
+    if common.consumers.enabled:
+        # Its share of the account-deletion saga (erasure.py), on auth's stream.
+        streams = streams_client(common.redis_url, common.consumers.block_ms)
+        base.host.on_close(streams.aclose)
+        erasure = CapsulesErasure(db, capsules)
+        base.host.add_background(
+            "account-erasure",
+            participant_consumer(
+                db,
+                streams,
+                common.consumers,
+                service=common.name,
+                auth_stream=events.events_stream(common.mesh_prefix, "auth"),
+                erase=erasure.erase,
+            ).run,
+        )
 
     base.host.on_close(directory.close)
     base.host.on_close(publisher.close)

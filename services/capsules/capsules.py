@@ -456,6 +456,12 @@ class Capsules:
         await self.pages.changed((row.recipient_user, "inbox"), (row.sender, "outbox"))
         await self._refresh_summary(row.recipient_user)
 
+    async def erased(self, rows: Sequence[CapsuleRow], *, deleted: bool) -> None:
+        """After an account erasure's batch (erasure.py): the letters' cached copies become their
+        committed state (gone, or kept from "a deleted account") and their owners' pages drop."""
+        for row in rows:
+            await self._stored(row, deleted=deleted)
+
     async def forget_bodies(self, erased: Sequence[CapsuleRow]) -> None:
         """After the eraser's commit: the erased rows overwrite their cached copies and their owners'
         kept pages are dropped on every instance (the counts of the summary did not change)."""

@@ -15,7 +15,7 @@ from google.protobuf import empty_pb2
 from services.capsules.capsules import Capsules, CapsuleView
 from services.capsules.storage import ThemeRow
 from services.capsules.themes import Themes
-from services.common.people import public_profile
+from services.common.people import DELETED_ACCOUNT, public_profile
 from services.common.timestamps import set_timestamp, to_datetime
 from services.common.tokens import Authenticator, metadata_value
 
@@ -126,7 +126,11 @@ def _fill_capsule(message: pb.Capsule, seen: CapsuleView) -> None:
     """Write `seen` into an empty message (a list page fills `capsules.add()` in place: no copy)."""
     row = seen.row
     message.id = str(row.id)
-    if not seen.sender_hidden:
+    if seen.sender_hidden:
+        pass  # anonymous, not yet revealed: not even whether the sender still exists
+    elif row.sender == DELETED_ACCOUNT:
+        message.sender_deleted = True  # shown from "a deleted account": no id, no profile
+    else:
         message.sender_id = str(row.sender)
     if seen.as_sender:
         message.recipient_id = str(row.recipient_id)

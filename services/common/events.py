@@ -33,8 +33,26 @@ CONNECTION_REQUEST_ACCEPTED = "connection_request.accepted"  # request_id, from_
 THOUGHT_RECEIVED = "thought.received"  # thought_id, sender, receiver
 REPLY_RECEIVED = "reply.received"  # reply_id, capsule_id, author, capsule_sender
 INVITE_CLAIMED = "invite.claimed"  # capsule_id, sender, claimer
+# The account-deletion saga (services/auth/deletion.py says who does what):
+# auth → every service: erase what belongs to the account, now (the first pass) ...
+ACCOUNT_DELETED = "account.deleted"  # user_id, requested_at
+# ... and again once every call that was in flight at the deletion has ended (the final pass: a
+# write that passed its checks just before the deletion may commit after the first pass). A
+# scheduled event: its occurred_at is the deletion's time plus the settle time (outbox.py).
+ACCOUNT_DELETION_SETTLED = "account.deletion_settled"  # user_id, requested_at
+# every service → auth: this service erased the account (pass "first" or "final").
+ACCOUNT_ERASED = "account.erased"  # user_id, service, pass
 TYPES = frozenset(
-    {CONNECTION_REQUEST_RECEIVED, CONNECTION_REQUEST_ACCEPTED, THOUGHT_RECEIVED, REPLY_RECEIVED, INVITE_CLAIMED}
+    {
+        CONNECTION_REQUEST_RECEIVED,
+        CONNECTION_REQUEST_ACCEPTED,
+        THOUGHT_RECEIVED,
+        REPLY_RECEIVED,
+        INVITE_CLAIMED,
+        ACCOUNT_DELETED,
+        ACCOUNT_DELETION_SETTLED,
+        ACCOUNT_ERASED,
+    }
 )
 
 

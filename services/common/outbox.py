@@ -39,6 +39,10 @@ Relaying (`Relay`, a background job of every serving instance):
   `outbox_backlog_events{service}` (unpublished rows, counted up to BACKLOG_COUNT_CAP) and
   `outbox_oldest_unpublished_seconds{service}`.
 
+Scheduled events: an event added with an `occurred_at` in the future is relayed once that time has
+passed (the account-deletion saga's final pass, services/auth/deletion.py); until then it is
+neither published nor counted in the backlog.
+
 Events whose cause may be replayed (a saga step run again) take a deterministic id
 (`derived_id`): `add` inserts ON CONFLICT (id) DO NOTHING, so the second emission writes nothing,
 and even one that slipped through would be deduped by the consumers as the same event.
@@ -109,17 +113,19 @@ def drop_table_sql() -> list[str]:
     return ["DROP TABLE outbox"]
 
 
-def event(type_: str, data: Mapping[str, Any], *, id: uuid.UUID | None = None) -> Event:
-    """A new event of `type_` (events.TYPES), occurring now; a fresh UUIDv7 unless `id` is given."""
+def event(type_: str, data: Mapping[str, Any], *, id: uuid.UUID | None = None, at: datetime | None = None) -> Event:
+    """A new event of `type_` (events.TYPES), occurring now (or `at`: a scheduled event, relayed
+    once that time has passed); a fresh UUIDv7 unless `id` is given."""
     if type_ not in events.TYPES:
         raise ValueError(f"unknown event type {type_!r}")
-    return Event(id or new_id(), type_, datetime.now(UTC), dict(data))
+    return Event(id or new_id(), type_, at or datetime.now(UTC), dict(data))
 
 
-def derived_id(type_: str, key: uuid.UUID) -> uuid.UUID:
-    """The one id of the event of `type_` about `key`: for events that happen at most once per
-    thing (an invite is claimed once) and whose cause may run twice (a resumed saga step)."""
-    return uuid.uuid5(NAMESPACE, f"{type_}:{key}")
+def derived_id(type_: str, key: uuid.UUID, *qualifiers: str) -> uuid.UUID:
+    """The one id of the event of `type_` about `key` (and `qualifiers`: which service, which
+    pass): for events that happen at most once per thing (an invite is claimed once) and whose
+    cause may run twice (a resumed saga step)."""
+    return uuid.uuid5(NAMESPACE, ":".join((type_, str(key), *qualifiers)))
 
 
 _INSERT = text(
@@ -141,16 +147,19 @@ async def add(conn: AsyncConnection, event: Event) -> bool:
     return bool((await conn.execute(_INSERT, values)).rowcount)
 
 
-# outbox_unpublished_idx: the oldest unpublished rows no other relay holds.
+# outbox_unpublished_idx: the oldest unpublished rows that are due (a scheduled event waits for
+# its time) and no other relay holds.
 BATCH = text(
     "SELECT id, type, occurred_at, data::text AS data FROM outbox WHERE published_at IS NULL "
-    "ORDER BY occurred_at, id LIMIT :limit FOR UPDATE SKIP LOCKED"
+    "AND occurred_at <= now() ORDER BY occurred_at, id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
 MARK_PUBLISHED = text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)").bindparams(  # outbox_pkey
     bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))
 )
 # outbox_unpublished_idx (index-only): the backlog, counted up to a cap, and its oldest row.
-BACKLOG_COUNT = text("SELECT count(*) FROM (SELECT 1 FROM outbox WHERE published_at IS NULL LIMIT :cap) AS b")
+BACKLOG_COUNT = text(
+    "SELECT count(*) FROM (SELECT 1 FROM outbox WHERE published_at IS NULL AND occurred_at <= now() LIMIT :cap) AS b"
+)
 OLDEST_UNPUBLISHED = text("SELECT min(occurred_at) FROM outbox WHERE published_at IS NULL")
 
 

@@ -36,6 +36,11 @@ from services.common.kept import KeptCopies
 from services.common.logs import request_id_var
 from services.common.tokens import Caller
 
+# Who sent a letter that stayed with its recipient after its sender deleted their account (SPEC
+# §14: shown from "a deleted account"): the capsules service puts the nil UUID in its sender, so
+# no row still points at the person, and nobody is ever notified on its behalf.
+DELETED_ACCOUNT = uuid.UUID(int=0)
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:

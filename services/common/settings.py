@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -175,9 +176,8 @@ class PurgeSettings:
 class OutboxSettings:
     """The transactional outbox's relay and purge (services/common/outbox.py). Here, beside the
     purge's settings, rather than in each service's settings: every producing service runs the same
-    relay with the same knobs (recipients and capsules now; auth and notifications once the
-    account-deletion saga publishes), and the environment is already per process. A service
-    without an outbox table (auth today) reads them and ignores them."""
+    relay with the same knobs (all four services: events, and the account-deletion saga's steps),
+    and the environment is already per process."""
 
     # Every serving instance relays (SKIP LOCKED makes several safe); off: rows wait in the table.
     relay_enabled: bool = True
@@ -201,6 +201,36 @@ class OutboxSettings:
             stream_max_length=env_int("OUTBOX_STREAM_MAX_LENGTH", 1_000_000),
             retention_days=env_int("OUTBOX_RETENTION_DAYS", 7),
             relay_max_backoff_seconds=env_float("OUTBOX_RELAY_MAX_BACKOFF_SECONDS", 30.0),
+        )
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """The Redis stream consumers of a service (services/common/streams.py): the notifications
+    service's, and every service's share of the account-deletion saga. Here, beside the outbox's:
+    the same knobs for every consumer, and the environment is already per process."""
+
+    # Whether serving instances run their consumers (off: entries wait in the streams).
+    enabled: bool = True
+    # This instance's consumer name in each group: stable across restarts, so a restarted
+    # instance finds the entries it read and never acknowledged.
+    name: str = ""
+    batch_size: int = 100
+    # How long one XREADGROUP waits for new entries.
+    block_ms: int = 1000
+    # How long an entry may stay unacknowledged before another consumer takes it over
+    # (XAUTOCLAIM). TEST-ONLY when lowered far (the test stacks set 1 s so that a "dead
+    # consumer" is taken over within a test); in production keep it well above a batch's time.
+    claim_idle_ms: int = 30_000
+
+    @classmethod
+    def from_env(cls, instance_name: str) -> ConsumerSettings:
+        return cls(
+            enabled=env_bool("STREAM_CONSUMERS_ENABLED", True),
+            name=env_str("STREAM_CONSUMER_NAME", "") or instance_name or f"{socket.gethostname()}-{os.getpid()}",
+            batch_size=env_int("STREAM_BATCH_SIZE", 100),
+            block_ms=env_int("STREAM_BLOCK_MS", 1000),
+            claim_idle_ms=env_int("STREAM_CLAIM_IDLE_MS", 30_000),
         )
 
 
@@ -242,6 +272,7 @@ class ServiceSettings:
     background_stop_seconds: float = 5.0
     purge: PurgeSettings = field(default_factory=PurgeSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    consumers: ConsumerSettings = field(default_factory=ConsumerSettings)
 
     @classmethod
     def from_env(cls, name: str, default_grpc_port: int, default_admin_port: int) -> ServiceSettings:
@@ -268,4 +299,5 @@ class ServiceSettings:
             background_stop_seconds=env_float("BACKGROUND_STOP_SECONDS", 5.0),
             purge=PurgeSettings.from_env(),
             outbox=OutboxSettings.from_env(),
+            consumers=ConsumerSettings.from_env(env_str("SERVICE_INSTANCE", "")),
         )

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio as redis
 from capsule.notifications.v1 import devices_pb2, notifications_pb2
 
-from services.common import events
+from services.common import events, outbox
+from services.common.erasure import participant_consumer
 from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
-from services.notifications.consumers import StreamConsumer, from_event, from_ready
+from services.common.streams import streams_client
+from services.notifications.consumers import consumer, from_event, from_ready
 from services.notifications.devices import Devices
 from services.notifications.devices_handlers import DevicesHandlers
+from services.notifications.erasure import NotificationsErasure
 from services.notifications.handlers import NotificationsHandlers
 from services.notifications.notifications import Notifications
 from services.notifications.push.config import SenderSettings, providers_from_env
@@ -26,8 +28,8 @@ PRODUCERS = ("recipients", "capsules")
 async def serve() -> None:
     settings = NotificationsSettings.from_env()
     common = settings.service
-    # Nothing of its own to purge: no idempotency keys (MarkRead is idempotent by nature).
-    base = Foundation.lay(common, purge=[])
+    # No idempotency keys to purge (MarkRead is idempotent by nature): the outbox's published rows.
+    base = Foundation.lay(common, purge=[outbox.purge_target(common.outbox)])
     # Whether a caller's account exists (SPEC §3: a deleted account's token is refused).
     directory = CachedDirectory(
         AuthDirectory(settings.auth_target, base.tls, settings.auth_timeout_seconds), base.feed, common.mesh_prefix
@@ -57,29 +59,34 @@ async def serve() -> None:
             backoff_cap_seconds=push.backoff_cap_seconds,
         )
         base.host.add_background("push-sender", sender.run)
-    if settings.consumers_enabled:
-        # Its own client: XREADGROUP blocks up to block_ms, longer than the cache's socket timeout.
-        streams: redis.Redis = redis.from_url(
-            common.redis_url, socket_timeout=settings.block_ms / 1000 + 5, socket_connect_timeout=3
-        )
+    consumers = common.consumers
+    if consumers.enabled:
+        streams = streams_client(common.redis_url, consumers.block_ms)
         base.host.on_close(streams.aclose)
         sources = [("ready", events.ready_stream(common.mesh_prefix), from_ready)] + [
             (producer, events.events_stream(common.mesh_prefix, producer), from_event) for producer in PRODUCERS
         ]
         for name, stream, decode in sources:
-            consumer = StreamConsumer(
+            base.host.add_background(
+                f"consumer-{name}", consumer(base.db, streams, consumers, stream=stream, decode=decode).run
+            )
+        # Its share of the account-deletion saga (erasure.py), on auth's stream.
+        base.host.add_background(
+            "account-erasure",
+            participant_consumer(
                 base.db,
                 streams,
-                stream=stream,
-                decode=decode,
-                consumer=settings.consumer_name,
-                batch_size=settings.batch_size,
-                block_ms=settings.block_ms,
-                claim_idle_ms=settings.claim_idle_ms,
-            )
-            base.host.add_background(f"consumer-{name}", consumer.run)
+                consumers,
+                service=common.name,
+                auth_stream=events.events_stream(common.mesh_prefix, "auth"),
+                erase=NotificationsErasure(base.db).erase,
+            ).run,
+        )
+    if common.outbox.relay_enabled:
+        # Publishes the saga's reports (account.erased) to auth.
+        base.host.add_background("outbox-relay", outbox.Relay.for_service(base.db, base.cache.client, common).run)
     logging.getLogger(__name__).info(
         "notifications service configured",
-        extra={"fields": {"auth_target": settings.auth_target, "consumer": settings.consumer_name}},
+        extra={"fields": {"auth_target": settings.auth_target, "consumer": consumers.name}},
     )
     await base.host.run(ready=base.db.ping)

@@ -1,12 +1,10 @@
-"""The notifications service's settings: the shared ones plus where auth answers and the consumers'."""
+"""The notifications service's settings: the shared ones plus where auth answers."""
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 
-from services.common.settings import ServiceSettings, env_bool, env_float, env_int, env_str
+from services.common.settings import ServiceSettings, env_float, env_str
 
 
 @dataclass(frozen=True)
@@ -15,17 +13,7 @@ class NotificationsSettings:
     # Where the auth service answers (Envoy's listener): GetUsers, whether a caller's account exists.
     auth_target: str
     auth_timeout_seconds: float
-    # The consumers (consumers.py): whether serving instances run them, this instance's consumer
-    # name in the group (stable across restarts, so a restarted instance finds its own pending
-    # entries), entries per batch, how long one XREADGROUP blocks, and how long an entry may stay
-    # unacknowledged by a consumer before another takes it over (XAUTOCLAIM). TEST-ONLY when
-    # lowered far: the test stack sets 1 s so a "dead consumer" is taken over within a test; in
-    # production keep it well above the time a batch takes.
-    consumers_enabled: bool = True
-    consumer_name: str = ""
-    batch_size: int = 100
-    block_ms: int = 1000
-    claim_idle_ms: int = 30_000
+    # (The consumers' settings are every service's: ServiceSettings.consumers, STREAM_*.)
 
     @classmethod
     def from_env(cls) -> NotificationsSettings:
@@ -34,11 +22,4 @@ class NotificationsSettings:
             service=service,
             auth_target=env_str("AUTH_TARGET", "") or "127.0.0.1:10000",
             auth_timeout_seconds=env_float("AUTH_TIMEOUT_SECONDS", 3.0),
-            consumers_enabled=env_bool("NOTIFICATIONS_CONSUMERS_ENABLED", True),
-            consumer_name=env_str("NOTIFICATIONS_CONSUMER_NAME", "")
-            or service.instance_name
-            or f"{socket.gethostname()}-{os.getpid()}",
-            batch_size=env_int("NOTIFICATIONS_BATCH_SIZE", 100),
-            block_ms=env_int("NOTIFICATIONS_BLOCK_MS", 1000),
-            claim_idle_ms=env_int("NOTIFICATIONS_CLAIM_IDLE_MS", 30_000),
         )

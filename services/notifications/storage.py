@@ -51,11 +51,13 @@ class NewNotification:
 
 
 # Conflicts on notifications_event_key (the same event again) or notifications_capsule_ready_key
-# (a second ready event for one capsule) insert nothing: RETURNING tells what was new.
+# (a second ready event for one capsule) insert nothing: RETURNING tells what was new. Nor is
+# anything inserted for an erased account (erased_accounts_pkey: erasure.py).
 INSERT = text(
     "INSERT INTO notifications (id, event_id, user_id, kind, capsule_id, request_id, reply_id, thought_id, "
-    "other_user_id) VALUES (:id, :event_id, :user_id, :kind, :capsule_id, :request_id, :reply_id, :thought_id, "
-    ":other_user_id) ON CONFLICT DO NOTHING RETURNING id"
+    "other_user_id) SELECT :id, :event_id, :user_id, :kind, :capsule_id, :request_id, :reply_id, :thought_id, "
+    ":other_user_id WHERE NOT EXISTS (SELECT 1 FROM erased_accounts WHERE user_id = :user_id) "
+    "ON CONFLICT DO NOTHING RETURNING id"
 )
 
 

@@ -321,9 +321,10 @@ class Relationships:
             users = await storage.block_relations(conn, user)
         return orjson.dumps(sorted(str(u) for u in users))
 
-    async def refresh_pair(self, a: uuid.UUID, b: uuid.UUID) -> None:
-        """The pair's cached answer rewritten after a commit made elsewhere (invites.py)."""
-        await self._refresh_pair(a, b)
+    async def refresh_pair(self, a: uuid.UUID, b: uuid.UUID, *, block_lists: bool = False) -> None:
+        """The pair's cached answer (and their block lists) rewritten after a commit made elsewhere
+        (invites.py, erasure.py)."""
+        await self._refresh_pair(a, b, block_lists=block_lists)
 
     async def _refresh_pair(self, a: uuid.UUID, b: uuid.UUID, *, block_lists: bool = False) -> None:
         """Write-through after a commit: the cached answers become the committed ones. (A reader

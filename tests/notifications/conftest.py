@@ -1,6 +1,6 @@
 """The notifications tests run on the session `stack` (tests/conftest.py): capsules may unlock
 1 s after they are sent, and a consumer's unacknowledged entries are taken over after 1 s
-(NOTIFICATIONS_CLAIM_IDLE_MS).
+(STREAM_CLAIM_IDLE_MS).
 
     api               httpx.AsyncClient on its gateway (the session `client`)
     notifications_db  asyncpg connection to its notifications database (function-scoped)

@@ -6,7 +6,7 @@ failpoints.py: os._exit, no clean-up — a SIGKILL at that instant):
 - `unlocker.published`: the ready entry is in the stream, the capsule not marked announced. The
   restarted unlocker takes it again; its marker keeps the stream to one entry — and when the
   marker was lost too (evicted: it has a TTL), the second entry is a duplicate the consumer dedupes.
-- `consumer.inserted`: the notification committed, the entry not acked. Redelivered: no second row.
+- `consumer.handled`: the notification committed, the entry not acked. Redelivered: no second row.
 - `consumer.read`: the entry delivered to the consumer, nothing inserted. Redelivered: one row.
 - `relay.published`: the envelope XADDed, the outbox row not marked. Republished (the same event
   id): one notification.
@@ -57,7 +57,7 @@ def stack_of_our_own(infra: infra_mod.Infra, jwt_keys: KeyPair) -> Iterator[Stac
             # TEST-ONLY, as the session stack: capsules may unlock 1 s after they are sent, and
             # a consumer's unacked entries are taken over after 1 s.
             "CAPSULE_MIN_UNLOCK_LEAD_SECONDS": str(CAPSULE_LEAD_SECONDS),
-            "NOTIFICATIONS_CLAIM_IDLE_MS": "1000",
+            "STREAM_CLAIM_IDLE_MS": "1000",
         },
     )
     try:
@@ -94,6 +94,7 @@ async def restart(stack: Stack, api: httpx.AsyncClient, service: str, probe: dic
     stack.settings = replace(stack.settings, service_env={**stack.settings.service_env, "FAILPOINTS": failpoints})
     await stack.astart_instance(service, 0)
     route = {
+        "auth": "/v1/me",
         "capsules": "/v1/capsules",
         "recipients": "/v1/connections",
         "notifications": "/v1/notifications:unreadCount",
@@ -203,7 +204,7 @@ async def test_consumer_killed_after_inserting_before_acking(
     a, b, recipient = await pair(api)
     await has(api, a, 1)  # accepted
     await has(api, b, 1)  # received: nothing of theirs left for the armed consumer but the letter
-    await restart(stack, api, "notifications", a, "consumer.inserted")
+    await restart(stack, api, "notifications", a, "consumer.handled")
     sent = await send(api, a, recipient, unlocksAt=at(2))
     assert sent.status_code == 200, sent.text
     capsule = sent.json()["id"]
