@@ -173,8 +173,10 @@ def stack(infra: infra_mod.Infra, jwt_keys: KeyPair) -> Iterator[Stack]:
         "CAPSULE_MIN_UNLOCK_LEAD_SECONDS": str(CAPSULE_LEAD_SECONDS),
         # TEST-ONLY: disappearing letters may vanish 1 s after opening (SPEC §13 says 60).
         "CAPSULE_MIN_DISAPPEAR_SECONDS": "1",
-        # TEST-ONLY: a notifications consumer's unacked entries are taken over after 1 s (not 30 s).
+        # TEST-ONLY: a stream consumer's unacked entries are taken over after 1 s (not 30 s).
         "STREAM_CLAIM_IDLE_MS": "1000",
+        # TEST-ONLY: an account deletion's final pass 2 s after it (not 30 s).
+        "ACCOUNT_DELETION_SETTLE_SECONDS": "2",
     }
     mesh = start_test_stack(infra, jwt_keys, service_env=service_env)
     try:

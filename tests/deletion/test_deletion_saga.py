@@ -30,6 +30,22 @@ from tests.notifications.test_crash_exactly_once import died_at_the_failpoint, r
 pytestmark = pytest.mark.slow(60)
 
 SETTLE_SECONDS = 2.0
+# The tables where build() gives the victim rows (world.LEFT_OVER names them all).
+EVERYWHERE = {
+    "auth.users",
+    "auth.refresh_tokens",
+    "recipients.connections",
+    "recipients.connection_requests",
+    "recipients.blocks",
+    "recipients.recipients (own)",
+    "recipients.recipients (linked)",
+    "recipients.thoughts",
+    "capsules.capsules",
+    "capsules.self_letters",
+    "capsules.capsule_shares",
+    "notifications.notifications",
+    "notifications.devices",
+}
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +141,9 @@ async def test_deletion_under_load_erases_everything_and_keeps_delivered_letters
     stack = stack_of_our_own
     world = await build(api)
     victim = uid(world.victim)
+    # Before: the victim is in every table the deletion must empty (so that "nothing left" below
+    # means something).
+    assert set(await left_over(stack, victim)) >= EVERYWHERE
     load = Load(api)
     await load.start()
     # A friend keeps writing to the victim through the deletion: what lands after the first pass

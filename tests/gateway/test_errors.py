@@ -246,9 +246,9 @@ async def test_unknown_paths_are_404_problems(api: httpx.AsyncClient) -> None:
 
 
 async def test_wrong_verbs_are_405_problems_with_allow(api: httpx.AsyncClient) -> None:
-    response = await api.delete("/v1/me")
+    response = await api.put("/v1/me")
     assert problem(response, 405)["reason"] == "METHOD_NOT_ALLOWED"
-    assert response.headers["allow"] == "GET, PATCH"
+    assert response.headers["allow"] == "DELETE, GET, PATCH"
 
     response = await api.get("/v1/auth:signup")
     problem(response, 405)

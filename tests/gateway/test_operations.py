@@ -86,6 +86,7 @@ async def test_openapi_covers_every_annotated_method(api: httpx.AsyncClient) -> 
         ("POST", "/v1/auth:logout"): "LogOut",
         ("GET", "/v1/me"): "GetMe",
         ("PATCH", "/v1/me"): "UpdateMe",
+        ("DELETE", "/v1/me"): "DeleteMe",
         ("GET", "/v1/usernames/{username}"): "CheckUsername",
         ("GET", "/v1/users:search"): "SearchUsers",
     }
