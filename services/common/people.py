@@ -167,7 +167,8 @@ class CachedDirectory:
         )
 
     async def profiles(self, caller: Caller, ids: list[uuid.UUID]) -> dict[uuid.UUID, Profile]:
-        wanted = list(dict.fromkeys(ids))
+        # A deleted account has no profile: never worth a look-up (kept letters name it).
+        wanted = [u for u in dict.fromkeys(ids) if u != DELETED_ACCOUNT]
         if not wanted:
             return {}
         if not await self._copies.trusted():
