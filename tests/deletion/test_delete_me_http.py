@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 import httpx
@@ -87,7 +88,7 @@ async def test_operators_follow_the_deletion_over_grpc(
     assert (await delete_me(client, user)).status_code == 200
     body = json.dumps({"user_id": uid(user)})
 
-    async def completed() -> dict[str, object] | None:
+    async def completed() -> dict[str, Any] | None:
         code, out, err = await grpcurl(stack.grpcurl_args(), "-d", body, envoy_grpc, GET_DELETION)
         assert code == 0, err
         status = json.loads(out)
@@ -95,7 +96,7 @@ async def test_operators_follow_the_deletion_over_grpc(
 
     status = await eventually(completed, within=30.0, every=0.5)
     everyone = ["capsules", "notifications", "recipients"]
-    assert sorted(status["erased_first"]) == sorted(status["erased_final"]) == everyone  # type: ignore[arg-type]
+    assert sorted(status["erased_first"]) == sorted(status["erased_final"]) == everyone
     assert status["sessions_ended_at"] and status["completed_at"] and status["names_free_at"]
 
     # Unknown: NOT_FOUND; not a UUID: the field named; a user's workload may not ask at all.
