@@ -98,10 +98,10 @@ def build_image(proto_root: Path, out: Path) -> Path:
     """Compile every .proto under proto_root into a FileDescriptorSet that buf reads as an image:
     imports included (buf resolves nothing itself), source info kept (lint's comment ignores and
     line numbers)."""
+    from grpc_tools import protoc
+
     files = sorted(str(p.relative_to(proto_root)) for p in proto_root.rglob("*.proto"))
     argv = [
-        sys.executable,
-        "-m",
         "grpc_tools.protoc",
         f"-I{proto_root}",
         *(f"-I{root}" for root in protos.import_roots()),
@@ -110,9 +110,9 @@ def build_image(proto_root: Path, out: Path) -> Path:
         f"--descriptor_set_out={out}",
         *files,
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise ContractError(f"protoc could not compile {proto_root}:\n{done.stderr.strip()}")
+    # In process (a subprocess costs more than the compiling); protoc prints its errors to stderr.
+    if protoc.main(argv) != 0:
+        raise ContractError(f"protoc could not compile {proto_root} (its errors are above)")
     return out
 
 
@@ -217,16 +217,20 @@ def release_protos(release: Release, dest: Path, repo: Path = REPO) -> Path:
 
 def check(repo: Path = REPO) -> list[Verdict]:
     """Lint, then breaking and routes against the last release (none yet: lint only)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     config = repo / BUF_CONFIG
-    with tempfile.TemporaryDirectory(prefix="contract-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="contract-") as scratch, ThreadPoolExecutor(2) as pool:
         work = Path(scratch)
         image = build_image(repo / "protos", work / "current.binpb")
-        verdicts = [lint(image, config)]
+        linted = pool.submit(lint, image, config)  # the two buf runs side by side: two cores
         last = latest_release(repo)
-        if last is not None:
-            against = build_image(release_protos(last, work / "release", repo), work / "release.binpb")
-            verdicts += [breaking(image, against, config), removed_routes(image, against)]
-    return verdicts
+        if last is None:
+            return [linted.result()]
+        against = build_image(release_protos(last, work / "release", repo), work / "release.binpb")
+        broken = pool.submit(breaking, image, against, config)
+        routes_verdict = removed_routes(image, against)
+        return [linted.result(), broken.result(), routes_verdict]
 
 
 def unreleased_notes(repo: Path = REPO) -> str:
@@ -239,7 +243,7 @@ def unreleased_notes(repo: Path = REPO) -> str:
 
 def cut_release(version: str, *, breaking_change: bool, repo: Path = REPO, today: date | None = None) -> Release:
     """Move the baseline: the Unreleased notes become the entry of api-v<version>, committed, and
-    the commit tagged. Refuses a breaking change unless asked for (`breaking_change`), explained in
+    the commit tagged. Refuses a breaking change unless declared (`breaking_change`), explained in
     the notes (`### Breaking`) and carried by a new major version."""
     match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", version)
     if match is None:
@@ -257,25 +261,26 @@ def cut_release(version: str, *, breaking_change: bool, repo: Path = REPO, today
     last = latest_release(repo)
     if last is not None and new <= last.version:
         raise ContractError(f"{tag} is not newer than the last release {last.tag}")
-    verdicts = check(repo)
-    lint_verdict, breaks = verdicts[0], [v for v in verdicts[1:] if not v.ok]
-    if not lint_verdict.ok:
-        raise ContractError(f"buf lint fails; a release is lint-clean:\n{lint_verdict.output}")
-    if breaks:
-        found = "\n".join(v.output for v in breaks)
-        if not breaking_change:
-            raise ContractError(
-                f"this breaks the contract of the last release, which installed clients use:\n{found}\n"
-                "Prefer a compatible change (add, deprecate, reserve). If it must break: a `### Breaking` part in "
-                f"{CHANGELOG}'s Unreleased section (what broke, what clients must do), a new major version, "
-                "and --breaking."
-            )
+    if breaking_change:
+        # Asked for up front: a break is declared with its explanation, not discovered after it.
         if "### Breaking" not in notes:
-            raise ContractError(f"{CHANGELOG}: the Unreleased section needs a `### Breaking` part for:\n{found}")
+            raise ContractError(f"{CHANGELOG}: a breaking release needs a `### Breaking` part in Unreleased")
         if last is not None and new[0] <= last.version[0]:
             raise ContractError(
                 f"a breaking release needs a new major version (after {last.tag}: {last.version[0] + 1}.0.0)"
             )
+    verdicts = check(repo)
+    if not verdicts[0].ok:
+        raise ContractError(f"buf lint fails; a release is lint-clean:\n{verdicts[0].output}")
+    breaks = "\n".join(v.output for v in verdicts[1:] if not v.ok)
+    if breaks and not breaking_change:
+        raise ContractError(
+            f"this breaks the contract of the last release, which installed clients use:\n{breaks}\n"
+            "Prefer a compatible change (add, deprecate, reserve). If it must break: a `### Breaking` part in "
+            f"{CHANGELOG}'s Unreleased section (what broke, what clients must do), a new major version, "
+            "and --breaking."
+        )
+    # --breaking with nothing found is allowed: a change of meaning that buf cannot see is a break too.
     tree = _resolve(repo, f"HEAD:{CONTRACT_DIR}")
     day = (today or date.today()).isoformat()
     entry = f"## {tag} — {day}\n\nContract: `{CONTRACT_DIR}` at git tree `{tree}`.\n\n{notes}\n"
