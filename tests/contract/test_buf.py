@@ -194,10 +194,14 @@ def test_a_breaking_change_passes_only_through_a_breaking_release(repo: Path) ->
     assert "picture_url" in git(repo, "tag", "-n20", "api-v2.0.0")
 
 
-def test_a_clone_without_the_release_says_how_to_fetch_it(repo: Path, tmp_path: Path) -> None:
+def test_a_clone_without_the_release_tag_checks_its_tree_or_says_how_to_fetch_it(repo: Path, tmp_path: Path) -> None:
     contract.cut_release("1.0.0", breaking_change=False, repo=repo, today=date(2026, 11, 30))
     edit(repo, f"protos/{COMMON}", "string avatar_url = 5;", "string avatar_url = 5;\n  string bio = 6;")
     commit(repo, "a compatible change")
+    # A whole history without the tag still has the release's tree, the same content by its id.
+    tagless = tmp_path / "tagless"
+    git(tmp_path, "clone", "--quiet", "--no-tags", f"file://{repo}", str(tagless))
+    assert all(v.ok for v in contract.check(tagless))
     shallow = tmp_path / "shallow"
     git(tmp_path, "clone", "--quiet", "--depth=1", "--no-tags", f"file://{repo}", str(shallow))
     with pytest.raises(contract.ContractError, match=re.escape("git fetch origin tag api-v1.0.0")):
