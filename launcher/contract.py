@@ -237,8 +237,7 @@ def unreleased_notes(repo: Path = REPO) -> str:
     text = (repo / CHANGELOG).read_text()
     if _UNRELEASED not in text:
         raise ContractError(f"{CHANGELOG} has no '{_UNRELEASED}' section")
-    notes = text.split(_UNRELEASED, 1)[1].split("\n## ", 1)[0]
-    return "\n".join(line for line in notes.strip().splitlines() if not line.startswith("<!--")).strip()
+    return text.split(_UNRELEASED, 1)[1].split("\n## ", 1)[0].strip()
 
 
 def cut_release(version: str, *, breaking_change: bool, repo: Path = REPO, today: date | None = None) -> Release:
@@ -290,7 +289,6 @@ def cut_release(version: str, *, breaking_change: bool, repo: Path = REPO, today
     older = "\n## " + after[1] if len(after) == 2 else ""
     (repo / CHANGELOG).write_text(f"{head}{_UNRELEASED}\n\n{entry}{older}")
     for argv in (
-        ("add", CHANGELOG),
         ("commit", "--quiet", "-m", f"API release {tag}", "--", CHANGELOG),
         ("tag", "--annotate", tag, "-m", f"API release {tag}\n\n{notes}"),
     ):
