@@ -10,12 +10,14 @@
 #   make seed                SPEC §11's data set into the running `make up` (users pf1…pf10000)
 #   make lint                ruff + mypy
 #   make protos              regenerate the gRPC stubs into gen/
+#   make contract            the API contract against its last release (README: API contract);
+#                            make contract ARGS="release 1.1.0"
 #   make clean               generated files, logs and caches (keeps .venv, keys, Postgres state)
 
 PYTHON ?= python3
 ARGS ?=
 
-.PHONY: up test bench capacity load seed lint protos clean setup
+.PHONY: up test bench capacity load seed lint protos contract clean setup
 
 up:
 	$(PYTHON) -m launcher up
@@ -40,6 +42,9 @@ lint:
 
 protos:
 	$(PYTHON) -m launcher protos
+
+contract:
+	$(PYTHON) -m launcher contract $(if $(ARGS),$(ARGS),check)
 
 setup:
 	$(PYTHON) -m launcher setup

@@ -11,6 +11,8 @@
     seed [USERS]   SPEC §11's volume (USERS users, 10,000) into the databases of the running `make up`
     lint           ruff check + mypy
     protos         regenerate the gRPC stubs into gen/
+    contract ARGS  the API contract: `check` (buf lint, buf breaking and routes against the last
+                   release) or `release VERSION [--breaking]` (README: API contract)
     clean          remove generated files, logs and caches (keeps .venv, keys, Postgres state)
 
 This module is imported by the machine's own python3 before the venv exists: it and
@@ -132,6 +134,12 @@ def cmd_lint(args: Sequence[str]) -> int:
     # --explicit-package-bases: test folders without __init__.py may each have a conftest.py.
     mypy = subprocess.call([os.path.join(bin_dir, "mypy"), "--explicit-package-bases", *targets], cwd=REPO)
     return ruff or mypy
+
+
+def cmd_contract(args: Sequence[str]) -> int:
+    from launcher import contract
+
+    return contract.main(args)
 
 
 def _forward_signals_to(proc: subprocess.Popen[bytes]) -> None:
@@ -515,6 +523,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "load": cmd_load,
     "lint": cmd_lint,
     "protos": cmd_protos,
+    "contract": cmd_contract,
 }
 
 

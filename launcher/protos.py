@@ -28,20 +28,27 @@ def is_stale() -> bool:
     return any(p.stat().st_mtime > generated_at for p in proto_files())
 
 
-def generate() -> None:
+def import_roots() -> list[Path]:
+    """Where the protos' imports of google/api/*.proto and google/protobuf/*.proto are found: the
+    pinned wheels of the venv (no download, no Buf Schema Registry)."""
     # Imported here: this module is also read by the stdlib-only bootstrap before the venv exists.
     import google.api  # googleapis-common-protos ships google/api/*.proto next to its modules
     from grpc_tools import protoc
 
     googleapis_root = Path(google.api.__path__[0]).parent.parent
     well_known_root = Path(protoc.__file__).parent / "_proto"
+    return [googleapis_root, well_known_root]
+
+
+def generate() -> None:
+    from grpc_tools import protoc
+
     GEN_ROOT.mkdir(exist_ok=True)
     files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
-        f"-I{googleapis_root}",
-        f"-I{well_known_root}",
+        *(f"-I{root}" for root in import_roots()),
         f"--python_out={GEN_ROOT}",
         f"--pyi_out={GEN_ROOT}",
         f"--grpc_python_out={GEN_ROOT}",
