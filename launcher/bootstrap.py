@@ -154,6 +154,9 @@ def install_deps() -> None:
     if deps_current():
         return
     log("installing the pinned dependencies of pyproject.toml (project + dev extras)")
+    # The stamp names the pyproject.toml that was installed: read before installing, so an edit
+    # made meanwhile is installed by the next set-up rather than taken as done.
+    installing = pyproject_hash()
     pip = [str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check"]
     uv = VENV / "bin" / "uv"
     try:
@@ -169,7 +172,7 @@ def install_deps() -> None:
         log(f"{exc}; installing with pip instead")
         run([*pip, "-e", f"{REPO}[dev]"], cwd=REPO)
         run([*pip, "--no-deps", "--force-reinstall", pin(LAST_INSTALLED)], cwd=REPO)
-    DEPS_STAMP.write_text(pyproject_hash() + "\n")
+    DEPS_STAMP.write_text(installing + "\n")
 
 
 # xds-protos ships its own, older copy of OpenTelemetry's proto modules (opentelemetry/proto/…,
