@@ -147,6 +147,16 @@ def _checked_out(engine: AsyncEngine) -> int:
     return int(checked_out()) if callable(checked_out) else 0
 
 
+_AFTER_COMMIT = "capsule_mesh_after_commit"
+
+
+def after_commit(conn: AsyncConnection, callback: Callable[[], None]) -> None:
+    """Run `callback` once the transaction of `conn` (a `Database.write()` block) has committed;
+    never if it rolls back. For what must not happen before the commit is visible (waking the
+    outbox relay: it would find nothing yet)."""
+    conn.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
 class Database:
     def __init__(self, settings: DatabaseSettings, watermarks: Watermarks | None = None) -> None:
         self.settings = settings
@@ -177,10 +187,17 @@ class Database:
     @asynccontextmanager
     async def write(self, *, touching: Collection[uuid.UUID] = ()) -> AsyncIterator[AsyncConnection]:
         """A transaction on the primary: committed when the block ends, rolled back on error.
-        `touching`: the users whose data it changes (see the module doc); read after COMMIT."""
+        `touching`: the users whose data it changes (see the module doc); read after COMMIT.
+        Callbacks registered with `after_commit` run once it committed, never after a rollback."""
         async with self._connect(self.primary, "primary") as conn:
-            async with conn.begin():
-                yield conn
+            try:
+                async with conn.begin():
+                    yield conn
+            except BaseException:
+                conn.info.pop(_AFTER_COMMIT, None)  # (info outlives the checkout: the pool's)
+                raise
+            for callback in conn.info.pop(_AFTER_COMMIT, ()):
+                callback()
             if touching and self.router is not None:
                 await self._remember_position(conn, touching)
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -66,7 +67,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common import events
-from services.common.db import Database
+from services.common.db import Database, after_commit
 from services.common.events import Event
 from services.common.failpoints import failpoint
 from services.common.ids import new_id
@@ -79,6 +80,11 @@ PUBLISHED = Counter("outbox_published_events_total", "Events the outbox relay pu
 RELAY_ERRORS = Counter("outbox_relay_errors_total", "Outbox relay passes that failed (Redis or Postgres)", ["service"])
 BACKLOG = Gauge("outbox_backlog_events", "Unpublished outbox rows (counted up to a cap)", ["service"])
 OLDEST = Gauge("outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox row (0: none)", ["service"])
+
+# Set once a transaction that added events committed (db.after_commit): the relay of this process
+# then passes at once. Its poll (OUTBOX_RELAY_INTERVAL_SECONDS) is only the safety net for rows an
+# instance committed and died before relaying, and for scheduled events coming due.
+WRITTEN = asyncio.Event()
 
 # The backlog is counted up to this: a count that stays cheap however far the relay fell behind.
 BACKLOG_COUNT_CAP = 100_000
@@ -144,7 +150,10 @@ async def add(conn: AsyncConnection, event: Event) -> bool:
         "occurred_at": event.occurred_at,
         "data": orjson.dumps(dict(event.data)).decode(),
     }
-    return bool((await conn.execute(_INSERT, values)).rowcount)
+    added = bool((await conn.execute(_INSERT, values)).rowcount)
+    if added:
+        after_commit(conn, WRITTEN.set)  # this process's relay passes at once, not at its next poll
+    return added
 
 
 # outbox_unpublished_idx: the oldest unpublished rows that are due (a scheduled event waits for
@@ -183,10 +192,11 @@ class Relay:
         service: str,
         stream: str,
         batch_size: int = 100,
-        interval_seconds: float = 0.5,
+        interval_seconds: float = 2.0,
         stream_max_length: int = 1_000_000,
         max_backoff_seconds: float = 30.0,
         publish_timeout_seconds: float = 2.0,
+        measure_interval_seconds: float = 5.0,
     ) -> None:
         self.db = db
         self.redis = redis_client
@@ -199,6 +209,8 @@ class Relay:
         # The XADDs run while the batch's rows are locked: a Redis that does not answer must not
         # hold them (nor the relay) whatever the client's own timeouts.
         self.publish_timeout = publish_timeout_seconds
+        self.measure_interval = measure_interval_seconds
+        self._measured_at = 0.0
         self._published = PUBLISHED.labels(service)
         self._errors = RELAY_ERRORS.labels(service)
 
@@ -248,23 +260,40 @@ class Relay:
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
         OLDEST.labels(self.service).set(max(age, 0.0))
 
+    async def _measure_now_and_then(self) -> None:
+        """The backlog gauges, at most every measure_interval (two queries: not on every pass)."""
+        if time.monotonic() - self._measured_at >= self.measure_interval:
+            self._measured_at = time.monotonic()
+            await self.measure()
+
     async def run(self, stop: asyncio.Event) -> None:
         log.info("outbox relay started", extra={"fields": {"stream": self.stream}})
         pause = self.interval
         while not stop.is_set():
+            WRITTEN.clear()  # a commit from here on wakes the pause below
             try:
                 published = await self.run_once()
             except Exception as exc:  # Redis or Postgres away: back off, never die
                 self._errors.inc()
                 log.warning("outbox relay pass failed", extra={"fields": {"error": str(exc), "retry_in_s": pause}})
-                published = 0
+                await self._measure_now_and_then()
                 wait, pause = pause, min(pause * 2, self.max_backoff)
-            else:
-                pause = self.interval
-                wait = self.interval
-                if published >= self.batch_size:
-                    continue  # more are waiting: no pause
-            await self.measure()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=wait)  # new commits do not cut a back-off
+                continue
+            pause = self.interval
+            if published >= self.batch_size:
+                continue  # more are waiting: no pause
+            await self._measure_now_and_then()
+            await _first_of(stop, WRITTEN, within=self.interval)
         log.info("outbox relay stopped")
+
+
+async def _first_of(*events_: asyncio.Event, within: float) -> None:
+    """Until one of `events_` is set, or `within` seconds passed."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events_]
+    try:
+        await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

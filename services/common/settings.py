@@ -181,8 +181,10 @@ class OutboxSettings:
 
     # Every serving instance relays (SKIP LOCKED makes several safe); off: rows wait in the table.
     relay_enabled: bool = True
-    # Pause between passes when the outbox is drained (a full batch goes on at once).
-    relay_interval_seconds: float = 0.5
+    # The relay's poll when the outbox is drained (a full batch goes on at once, and a commit in this
+    # process wakes it at once): how soon rows left by an instance that died before relaying them,
+    # and scheduled events, are published.
+    relay_interval_seconds: float = 2.0
     # Rows per relay transaction (locked while they are XADDed, then marked published).
     batch_size: int = 100
     # XADD MAXLEN ~ this: only keeps a stalled consumer from filling Redis.
@@ -196,7 +198,7 @@ class OutboxSettings:
     def from_env(cls) -> OutboxSettings:
         return cls(
             relay_enabled=env_bool("OUTBOX_RELAY_ENABLED", True),
-            relay_interval_seconds=env_float("OUTBOX_RELAY_INTERVAL_SECONDS", 0.5),
+            relay_interval_seconds=env_float("OUTBOX_RELAY_INTERVAL_SECONDS", 2.0),
             batch_size=env_int("OUTBOX_BATCH_SIZE", 100),
             stream_max_length=env_int("OUTBOX_STREAM_MAX_LENGTH", 1_000_000),
             retention_days=env_int("OUTBOX_RETENTION_DAYS", 7),

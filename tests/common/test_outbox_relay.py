@@ -8,6 +8,7 @@ retention are purged."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -253,6 +254,41 @@ async def test_with_redis_away_the_relay_backs_off_and_publishes_once_it_is_back
         finally:
             if outage == "frozen":
                 redis_server.thaw()
+            stop.set()
+            await asyncio.wait_for(task, 5)
+    await client.aclose()
+
+
+async def test_a_commit_wakes_the_relay_and_a_rollback_does_not(redis_server: RedisServer) -> None:
+    """The relay polls every 30 s here: an event published within 2 s was published because its
+    commit woke the relay (db.after_commit), not by the poll; a rolled-back one never wakes it."""
+    client = redis.from_url(redis_server.url)
+    async with service_database("recipients") as (conn, db):
+        job = relay(db, client, interval_seconds=30.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(job.run(stop))
+        try:
+
+            async def idle() -> bool:  # its first pass found nothing and it sleeps
+                return not outbox.WRITTEN.is_set() and metric("outbox_backlog_events") == 0
+
+            await wait_for(idle)
+            with contextlib.suppress(RuntimeError):
+                async with db.write() as rolled_back:
+                    await outbox.add(rolled_back, thought(1))
+                    raise RuntimeError("the write fails: its event goes with it")
+            assert not outbox.WRITTEN.is_set()
+            event = thought(2)
+            started = time.monotonic()
+            await add_all(db, [event])
+
+            async def published() -> bool:
+                return await published_ids(client) == [event.id.hex]
+
+            await wait_for(published, within=2.0)
+            assert time.monotonic() - started < 2.0
+            assert await unpublished(conn) == 0
+        finally:
             stop.set()
             await asyncio.wait_for(task, 5)
     await client.aclose()

@@ -104,6 +104,14 @@ async def restart(stack: Stack, api: httpx.AsyncClient, service: str, probe: dic
         return True if (await api.get(route, headers=bearer(probe))).status_code == 200 else None
 
     await eventually(served, within=30.0)
+    if service == "auth":
+        # The other services reach auth through Envoy, which ejected the dead instance: wait until
+        # it is back there too (a new user's first call makes recipients look the account up).
+        async def reached_through_envoy() -> bool | None:
+            fresh = await new_user(api)
+            return True if (await api.get("/v1/connections", headers=bearer(fresh))).status_code == 200 else None
+
+        await eventually(reached_through_envoy, within=30.0)
 
 
 async def died_at_the_failpoint(stack: Stack, service: str) -> None:
