@@ -42,6 +42,7 @@ the statement cache and two round trips per read; it is the price of the older P
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -147,14 +148,21 @@ def _checked_out(engine: AsyncEngine) -> int:
     return int(checked_out()) if callable(checked_out) else 0
 
 
-_AFTER_COMMIT = "capsule_mesh_after_commit"
+# The callbacks of the write block the current task is in (Database.write sets it).
+_AFTER_COMMIT: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "after_commit", default=None
+)
 
 
-def after_commit(conn: AsyncConnection, callback: Callable[[], None]) -> None:
-    """Run `callback` once the transaction of `conn` (a `Database.write()` block) has committed;
-    never if it rolls back. For what must not happen before the commit is visible (waking the
-    outbox relay: it would find nothing yet)."""
-    conn.info.setdefault(_AFTER_COMMIT, []).append(callback)
+def after_commit(callback: Callable[[], None]) -> None:
+    """Run `callback` once the transaction of the `Database.write()` block the caller is in has
+    committed; never if it rolls back. For what must not happen before the commit is visible
+    (waking the outbox relay: it would find nothing yet). Outside a write block: at once."""
+    callbacks = _AFTER_COMMIT.get()
+    if callbacks is None:
+        callback()
+    else:
+        callbacks.append(callback)
 
 
 class Database:
@@ -190,13 +198,14 @@ class Database:
         `touching`: the users whose data it changes (see the module doc); read after COMMIT.
         Callbacks registered with `after_commit` run once it committed, never after a rollback."""
         async with self._connect(self.primary, "primary") as conn:
+            callbacks: list[Callable[[], None]] = []
+            registered = _AFTER_COMMIT.set(callbacks)
             try:
                 async with conn.begin():
                     yield conn
-            except BaseException:
-                conn.info.pop(_AFTER_COMMIT, None)  # (info outlives the checkout: the pool's)
-                raise
-            for callback in conn.info.pop(_AFTER_COMMIT, ()):
+            finally:
+                _AFTER_COMMIT.reset(registered)
+            for callback in callbacks:  # committed (an error above skipped them)
                 callback()
             if touching and self.router is not None:
                 await self._remember_position(conn, touching)

@@ -152,7 +152,7 @@ async def add(conn: AsyncConnection, event: Event) -> bool:
     }
     added = bool((await conn.execute(_INSERT, values)).rowcount)
     if added:
-        after_commit(conn, WRITTEN.set)  # this process's relay passes at once, not at its next poll
+        after_commit(WRITTEN.set)  # this process's relay passes at once, not at its next poll
     return added
 
 
