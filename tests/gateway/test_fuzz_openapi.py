@@ -20,7 +20,10 @@ import pytest
 from launcher.stack import Stack
 from tests.auth.test_auth_http import sign_up
 
-pytestmark = pytest.mark.slow(16)  # scheduled first: see tests/conftest.py
+# Scheduled first (tests/conftest.py). Its own bound, above the suite's 120 s: the run is bounded by
+# its examples (~2,000 requests, ~30 s alone), and three test processes on two cores make it 3-4x
+# slower (100 s seen).
+pytestmark = [pytest.mark.slow(16), pytest.mark.timeout(300)]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 10)
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
@@ -40,6 +43,5 @@ async def test_no_operation_answers_5xx_or_off_schema(client: httpx.AsyncClient,
     )  # fmt: skip
     out, _ = await fuzz.communicate()
     report = out.decode(errors="replace")
-    print(report[-6000:])
     assert fuzz.returncode == 0, report[-8000:]
     assert " passed" in report and "failed" not in report.split("SUMMARY")[-1], report[-4000:]
