@@ -100,16 +100,8 @@ async def serve() -> None:
             (service, service, deletions.handle_reports) for service in PARTICIPANTS
         ]
         for name, producer, handle in sources:
-            consumer = GroupConsumer(
-                streams,
-                stream=events.events_stream(common.mesh_prefix, producer),
-                group=common.name,
-                consumer=consumers.name,
-                handle=handle,
-                batch_size=consumers.batch_size,
-                block_ms=consumers.block_ms,
-                claim_idle_ms=consumers.claim_idle_ms,
-            )
+            stream = events.events_stream(common.mesh_prefix, producer)
+            consumer = GroupConsumer.of(streams, consumers, stream=stream, group=common.name, handle=handle)
             host.add_background(f"deletion-saga-{name}", consumer.run)
     host.add_background("deletion-monitor", deletions.monitor)
     logging.getLogger(__name__).info(

@@ -140,13 +140,4 @@ def participant_consumer(
 ) -> GroupConsumer:
     """The service's consumer of auth's stream, in the group named after the service."""
     participant = Participant(db, service=service, erase=erase)
-    return GroupConsumer(
-        client,
-        stream=auth_stream,
-        group=service,
-        consumer=settings.name,
-        handle=participant.handle,
-        batch_size=settings.batch_size,
-        block_ms=settings.block_ms,
-        claim_idle_ms=settings.claim_idle_ms,
-    )
+    return GroupConsumer.of(client, settings, stream=auth_stream, group=service, handle=participant.handle)

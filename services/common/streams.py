@@ -43,6 +43,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from services.common.failpoints import failpoint
+from services.common.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,22 @@ class GroupConsumer:
         self.metrics_interval = metrics_interval_seconds
         self._claim_cursor = "0-0"
         self._metrics_at = 0.0
+
+    @classmethod
+    def of(
+        cls, client: redis.Redis, settings: ConsumerSettings, *, stream: str, group: str, handle: Handle
+    ) -> GroupConsumer:
+        """This instance's consumer of `stream` in `group`, as the service's STREAM_* settings say."""
+        return cls(
+            client,
+            stream=stream,
+            group=group,
+            consumer=settings.name,
+            handle=handle,
+            batch_size=settings.batch_size,
+            block_ms=settings.block_ms,
+            claim_idle_ms=settings.claim_idle_ms,
+        )
 
     async def ensure_group(self) -> None:
         """The group, from the stream's start ("0": entries published before this consumer first

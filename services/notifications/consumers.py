@@ -54,7 +54,7 @@ CONSUMED = Counter(
 )
 DUPLICATES = Counter(
     "notification_events_duplicate_total",
-    "Stream entries whose notification already existed (a second delivery)",
+    "Stream entries that made no new notification (a second delivery, or an erased account)",
     ["stream"],
 )
 MALFORMED = Counter("notification_events_malformed_total", "Stream entries that were not events (acked)", ["stream"])
@@ -176,13 +176,4 @@ def consumer(
 ) -> GroupConsumer:
     """The notifications group's consumer of `stream` for this instance."""
     writer = NotificationWriter(db, stream=stream, decode=decode)
-    return GroupConsumer(
-        client,
-        stream=stream,
-        group=GROUP,
-        consumer=settings.name,
-        handle=writer.handle,
-        batch_size=settings.batch_size,
-        block_ms=settings.block_ms,
-        claim_idle_ms=settings.claim_idle_ms,
-    )
+    return GroupConsumer.of(client, settings, stream=stream, group=GROUP, handle=writer.handle)
