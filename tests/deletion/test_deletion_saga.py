@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -229,13 +230,22 @@ async def test_a_kill_mid_saga_then_a_restart_finishes_the_deletion_once(
     stack_of_our_own: Stack, api: httpx.AsyncClient, service: str, failpoint: str
 ) -> None:
     stack = stack_of_our_own
+    # A previous case that failed may have left its victim dead: started again, unarmed.
+    stack.settings = replace(stack.settings, service_env={**stack.settings.service_env, "FAILPOINTS": ""})
+    for other in ("auth", "recipients", "capsules", "notifications"):
+        if not stack.instance(other, 0).running:
+            await stack.astart_instance(other, 0)
     world = await build(api, rich=service != "auth")
     victim = uid(world.victim)
     probe = await new_user(api)
     await restart(stack, api, service, probe, failpoint)
     deleted = await delete_me(api, world.victim)
-    if (service, failpoint) == ("auth", "deletion.committed"):
-        assert deleted.status_code in (502, 503), deleted.text  # died before answering
+    if service == "auth":
+        # Killed after its commit, or by a report recorded (a consumer of the same process) while
+        # the request was still ending the sessions: the answer may be lost, never the deletion.
+        assert deleted.status_code in (200, 502, 503), deleted.text
+        if failpoint == "deletion.committed":
+            assert deleted.status_code != 200
     else:
         assert deleted.status_code == 200, deleted.text
     await died_at_the_failpoint(stack, service)
