@@ -55,7 +55,11 @@ def mesh(infra: infra_mod.Infra, jwt_keys: KeyPair) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 async def http(mesh: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=mesh.gateway_url, timeout=30.0) as client:
+    # Idle connections expire here before the gateway closes them (GATEWAY_KEEPALIVE_TIMEOUT_SECONDS,
+    # 5 s, httpx's default too): a request sent on one the server is closing at that instant is
+    # lost unanswered, a client-side race no mesh fault causes (seen once in CI).
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    async with httpx.AsyncClient(base_url=mesh.gateway_url, timeout=30.0, limits=limits) as client:
         yield client
 
 
