@@ -211,7 +211,10 @@ def release_protos(release: Release, dest: Path, repo: Path = REPO) -> Path:
     target = dest / OUR_FILES
     target.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(target, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(target, filter="data")
+        else:  # Python < 3.11.4 (Debian 12's 3.11.2): no filters; the archive is our own git's
+            tar.extractall(target)
     return dest
 
 
