@@ -22,7 +22,7 @@ from services.common.changefeed import Publisher
 from services.common.foundation import Foundation
 from services.common.kept import KeptCopies
 from services.common.people import profile_channel, publish_profile_change
-from services.common.streams import GroupConsumer, streams_client
+from services.common.streams import GroupConsumer
 from services.common.tokens import LEEWAY_SECONDS
 
 
@@ -94,14 +94,12 @@ async def serve() -> None:
         host.add_background("outbox-relay", outbox.Relay.for_service(db, cache.client, common).run)
     consumers = common.consumers
     if consumers.enabled:
-        streams = streams_client(common.redis_url, consumers.block_ms)
-        host.on_close(streams.aclose)
         sources = [("own", common.name, deletions.handle_own)] + [
             (service, service, deletions.handle_reports) for service in PARTICIPANTS
         ]
         for name, producer, handle in sources:
             stream = events.events_stream(common.mesh_prefix, producer)
-            consumer = GroupConsumer.of(streams, consumers, stream=stream, group=common.name, handle=handle)
+            consumer = GroupConsumer.of(base.streams, consumers, stream=stream, group=common.name, handle=handle)
             host.add_background(f"deletion-saga-{name}", consumer.run)
     host.add_background("deletion-monitor", deletions.monitor)
     logging.getLogger(__name__).info(

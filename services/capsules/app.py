@@ -22,12 +22,11 @@ from services.capsules.settings import CapsulesSettings
 from services.capsules.shares import Shares
 from services.capsules.themes import Themes
 from services.capsules.unlocker import Unlocker
-from services.common import events, idempotency, outbox
+from services.common import idempotency, outbox
 from services.common.changefeed import Publisher
-from services.common.erasure import participant_consumer
+from services.common.erasure import take_part
 from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
-from services.common.streams import streams_client
 
 
 async def serve() -> None:
@@ -114,22 +113,8 @@ async def serve() -> None:
         )
         base.host.add_background("eraser", eraser.run)
 
-    if common.consumers.enabled:
-        # Its share of the account-deletion saga (erasure.py), on auth's stream.
-        streams = streams_client(common.redis_url, common.consumers.block_ms)
-        base.host.on_close(streams.aclose)
-        erasure = CapsulesErasure(db, capsules)
-        base.host.add_background(
-            "account-erasure",
-            participant_consumer(
-                db,
-                streams,
-                common.consumers,
-                service=common.name,
-                auth_stream=events.events_stream(common.mesh_prefix, "auth"),
-                erase=erasure.erase,
-            ).run,
-        )
+    # Its share of the account-deletion saga (erasure.py).
+    take_part(base, CapsulesErasure(db, capsules).erase)
 
     base.host.on_close(directory.close)
     base.host.on_close(publisher.close)

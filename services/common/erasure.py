@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import redis.asyncio as redis
 from prometheus_client import Counter
 from sqlalchemy import Row, TextClause
 
@@ -35,7 +34,7 @@ from services.common import events, outbox
 from services.common.db import Database
 from services.common.events import Event
 from services.common.failpoints import failpoint
-from services.common.settings import ConsumerSettings
+from services.common.foundation import Foundation
 from services.common.streams import Entry, GroupConsumer
 
 log = logging.getLogger(__name__)
@@ -135,9 +134,15 @@ async def batched(
             return total
 
 
-def participant_consumer(
-    db: Database, client: redis.Redis, settings: ConsumerSettings, *, service: str, auth_stream: str, erase: Erase
-) -> GroupConsumer:
-    """The service's consumer of auth's stream, in the group named after the service."""
-    participant = Participant(db, service=service, erase=erase)
-    return GroupConsumer.of(client, settings, stream=auth_stream, group=service, handle=participant.handle)
+def take_part(base: Foundation, erase: Erase) -> None:
+    """The service joins the saga: a consumer of auth's stream in the group named after the service
+    (when the instance runs consumers at all, STREAM_CONSUMERS_ENABLED)."""
+    common = base.host.settings
+    if not common.consumers.enabled:
+        return
+    participant = Participant(base.db, service=common.name, erase=erase)
+    auth_stream = events.events_stream(common.mesh_prefix, "auth")
+    consumer = GroupConsumer.of(
+        base.streams, common.consumers, stream=auth_stream, group=common.name, handle=participant.handle
+    )
+    base.host.add_background("account-erasure", consumer.run)

@@ -17,8 +17,11 @@ directory, publishers) closes before the pools and the feed laid here.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import redis.asyncio as redis
 
 from mesh.credentials import MeshTLS, TLSSetupError
 from services.common import tracing
@@ -31,6 +34,7 @@ from services.common.purge import Purger, Target
 from services.common.replicas import Watermarks
 from services.common.server import ServiceHost
 from services.common.settings import ServiceSettings, page_token_keys
+from services.common.streams import streams_client
 from services.common.tokens import (
     AccessTokenVerifier,
     Authenticator,
@@ -87,6 +91,15 @@ class Foundation:
             load_public_key(common.jwt_public_key_file), issuer=common.jwt_issuer, audience=common.jwt_audience
         )
         return cls(host, db, cache, feed, revoked, verifier, tls)
+
+    @functools.cached_property
+    def streams(self) -> redis.Redis:
+        """The process's one client for its stream consumers (services/common/streams.py), made on
+        first use and closed with the host: their XREADGROUPs block longer than the cache client's
+        socket timeout allows."""
+        client = streams_client(self.host.settings.redis_url, self.host.settings.consumers.block_ms)
+        self.host.on_close(client.aclose)
+        return client
 
     def authenticator(self, exists: CallerExists) -> Authenticator:
         """Refuses a token that is not valid, whose session ended, or whose account does not exist

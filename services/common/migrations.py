@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
@@ -91,3 +92,18 @@ def create_idempotency_keys_table() -> None:
         """
     )
     op.execute("CREATE INDEX idempotency_keys_created_idx ON idempotency_keys (created_at)")
+
+
+def create_indexes_concurrently(indexes: dict[str, str]) -> None:
+    """`name → "table (columns) [WHERE …]"`, each built with CREATE INDEX CONCURRENTLY: on a table
+    written all the time, a plain CREATE INDEX would block the writes for as long as the build
+    takes. CONCURRENTLY cannot run in a transaction, hence the autocommit block."""
+    with op.get_context().autocommit_block():
+        for name, target in indexes.items():
+            op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {target}")
+
+
+def drop_indexes_concurrently(names: Iterable[str]) -> None:
+    with op.get_context().autocommit_block():
+        for name in names:
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")

@@ -7,10 +7,9 @@ import logging
 from capsule.notifications.v1 import devices_pb2, notifications_pb2
 
 from services.common import events, outbox
-from services.common.erasure import participant_consumer
+from services.common.erasure import take_part
 from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
-from services.common.streams import streams_client
 from services.notifications.consumers import consumer, from_event, from_ready
 from services.notifications.devices import Devices
 from services.notifications.devices_handlers import DevicesHandlers
@@ -61,27 +60,15 @@ async def serve() -> None:
         base.host.add_background("push-sender", sender.run)
     consumers = common.consumers
     if consumers.enabled:
-        streams = streams_client(common.redis_url, consumers.block_ms)
-        base.host.on_close(streams.aclose)
         sources = [("ready", events.ready_stream(common.mesh_prefix), from_ready)] + [
             (producer, events.events_stream(common.mesh_prefix, producer), from_event) for producer in PRODUCERS
         ]
         for name, stream, decode in sources:
             base.host.add_background(
-                f"consumer-{name}", consumer(base.db, streams, consumers, stream=stream, decode=decode).run
+                f"consumer-{name}", consumer(base.db, base.streams, consumers, stream=stream, decode=decode).run
             )
-        # Its share of the account-deletion saga (erasure.py), on auth's stream.
-        base.host.add_background(
-            "account-erasure",
-            participant_consumer(
-                base.db,
-                streams,
-                consumers,
-                service=common.name,
-                auth_stream=events.events_stream(common.mesh_prefix, "auth"),
-                erase=NotificationsErasure(base.db).erase,
-            ).run,
-        )
+    # Its share of the account-deletion saga (erasure.py).
+    take_part(base, NotificationsErasure(base.db).erase)
     if common.outbox.relay_enabled:
         # Publishes the saga's reports (account.erased) to auth.
         base.host.add_background("outbox-relay", outbox.Relay.for_service(base.db, base.cache.client, common).run)

@@ -6,11 +6,10 @@ import logging
 
 from capsule.recipients.v1 import recipients_pb2, relationships_pb2, thoughts_pb2
 
-from services.common import events, idempotency, outbox
-from services.common.erasure import participant_consumer
+from services.common import idempotency, outbox
+from services.common.erasure import take_part
 from services.common.foundation import Foundation
 from services.common.people import AuthDirectory, CachedDirectory
-from services.common.streams import streams_client
 from services.recipients.address_book import AddressBook
 from services.recipients.erasure import RecipientsErasure
 from services.recipients.handlers import RecipientsHandlers, RelationshipHandlers, ThoughtsHandlers
@@ -47,23 +46,8 @@ async def serve() -> None:
         thoughts_pb2.DESCRIPTOR.services_by_name["ThoughtsService"],
         ThoughtsHandlers(Thoughts(db=base.db, directory=directory), authenticator),
     )
-    common = settings.service
-    if common.consumers.enabled:
-        # Its share of the account-deletion saga (erasure.py), on auth's stream.
-        streams = streams_client(common.redis_url, common.consumers.block_ms)
-        base.host.on_close(streams.aclose)
-        erasure = RecipientsErasure(base.db, relationships)
-        base.host.add_background(
-            "account-erasure",
-            participant_consumer(
-                base.db,
-                streams,
-                common.consumers,
-                service=common.name,
-                auth_stream=events.events_stream(common.mesh_prefix, "auth"),
-                erase=erasure.erase,
-            ).run,
-        )
+    # Its share of the account-deletion saga (erasure.py).
+    take_part(base, RecipientsErasure(base.db, relationships).erase)
     if settings.service.outbox.relay_enabled:
         # Publishes the events committed in the outbox (requests, acceptances, thoughts).
         relay = outbox.Relay.for_service(base.db, base.cache.client, settings.service)

@@ -8,20 +8,16 @@ import json
 import uuid
 from typing import Any
 
-import asyncpg
 import httpx
 
 from launcher.stack import Stack
 from tests.auth.test_auth_http import PASSWORD, assert_problem, sign_up
 from tests.auth.test_grpcurl import grpcurl
 from tests.capsules.helpers import bearer, eventually, uid
+from tests.crashes import connect_db
 from tests.deletion.world import delete_me
 
 GET_DELETION = "capsule.auth.v1.AuthService/GetAccountDeletion"
-
-
-async def auth_db(stack: Stack) -> asyncpg.Connection:
-    return await asyncpg.connect(stack.database_urls["auth"].replace("postgresql+asyncpg://", "postgresql://"))
 
 
 async def test_refusals_name_the_password_and_delete_nothing(client: httpx.AsyncClient) -> None:
@@ -66,7 +62,7 @@ async def test_after_deletion_tokens_are_refused_and_names_held_for_30_days(
     assert_problem(renamed, 409, "USERNAME_TAKEN", ["user.username"])
 
     # 30 days later (moved here rather than waited for): both free again, for a new account.
-    db = await auth_db(stack)
+    db = await connect_db(stack, "auth")
     try:
         moved = await db.execute(
             "UPDATE account_deletions SET names_free_at = now() - interval '1 second' WHERE user_id = $1",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -24,9 +23,9 @@ from launcher import infra as infra_mod
 from launcher.keys import KeyPair
 from launcher.stack import Stack
 from tests.capsules.helpers import bearer, connect, eventually, new_user, recipient_of, send, uid
-from tests.conftest import CAPSULE_LEAD_SECONDS, start_test_stack
-from tests.deletion.world import NIL, PARTICIPANTS, build, completed, connect_db, delete_me, left_over, reports
-from tests.notifications.test_crash_exactly_once import died_at_the_failpoint, restart
+from tests.conftest import CAPSULE_LEAD_SECONDS
+from tests.crashes import connect_db, died_at_the_failpoint, restart, start_crash_stack, start_the_dead
+from tests.deletion.world import NIL, PARTICIPANTS, build, completed, delete_me, left_over, reports
 
 pytestmark = pytest.mark.slow(60)
 
@@ -51,13 +50,10 @@ EVERYWHERE = {
 
 @pytest.fixture(scope="module")
 def stack_of_our_own(infra: infra_mod.Infra, jwt_keys: KeyPair) -> Iterator[Stack]:
-    stack = start_test_stack(
+    stack = start_crash_stack(
         infra,
         jwt_keys,
-        instances={"auth": 1, "recipients": 1, "capsules": 1, "notifications": 1},
-        gateway_env={"GATEWAY_RATELIMIT_ENABLED": "0"},
-        service_env={
-            "FAILPOINTS": "",
+        {
             "CAPSULE_MIN_UNLOCK_LEAD_SECONDS": str(CAPSULE_LEAD_SECONDS),
             "STREAM_CLAIM_IDLE_MS": "1000",
             "ACCOUNT_DELETION_SETTLE_SECONDS": str(SETTLE_SECONDS),
@@ -230,11 +226,7 @@ async def test_a_kill_mid_saga_then_a_restart_finishes_the_deletion_once(
     stack_of_our_own: Stack, api: httpx.AsyncClient, service: str, failpoint: str
 ) -> None:
     stack = stack_of_our_own
-    # A previous case that failed may have left its victim dead: started again, unarmed.
-    stack.settings = replace(stack.settings, service_env={**stack.settings.service_env, "FAILPOINTS": ""})
-    for other in ("auth", "recipients", "capsules", "notifications"):
-        if not stack.instance(other, 0).running:
-            await stack.astart_instance(other, 0)
+    await start_the_dead(stack)  # a previous case that failed may have left its victim dead
     world = await build(api, rich=service != "auth")
     victim = uid(world.victim)
     probe = await new_user(api)

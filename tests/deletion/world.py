@@ -13,6 +13,7 @@ import httpx
 from launcher.stack import Stack
 from tests.auth.test_auth_http import PASSWORD
 from tests.capsules.helpers import at, bearer, connect, eventually, new_user, recipient_of, send, uid
+from tests.crashes import connect_db
 
 NIL = "00000000-0000-0000-0000-000000000000"
 PARTICIPANTS = ["capsules", "notifications", "recipients"]
@@ -108,10 +109,6 @@ async def build(api: httpx.AsyncClient, *, rich: bool = True) -> World:
     )
     assert replied.status_code == 200, replied.text
     return world
-
-
-async def connect_db(stack: Stack, service: str) -> asyncpg.Connection:
-    return await asyncpg.connect(stack.database_urls[service].replace("postgresql+asyncpg://", "postgresql://"))
 
 
 # Every row that names the account, per database (SPEC §14): all must be 0 once it is deleted.

@@ -18,12 +18,9 @@ read at start), waits for the exit code, then restarts it unarmed. Everything wa
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
@@ -33,10 +30,10 @@ from launcher import infra as infra_mod
 from launcher.keys import KeyPair
 from launcher.stack import Stack
 from services.common import events
-from services.common.failpoints import EXIT_CODE
 from services.notifications.consumers import GROUP
 from tests.capsules.helpers import at, bearer, eventually, new_user, pair, send, uid
-from tests.conftest import CAPSULE_LEAD_SECONDS, start_test_stack
+from tests.conftest import CAPSULE_LEAD_SECONDS
+from tests.crashes import connect_db, died_at_the_failpoint, restart, start_crash_stack
 from tests.notifications.helpers import all_of, drained, stream_of, unread
 
 pytestmark = pytest.mark.slow(30)
@@ -47,13 +44,10 @@ REQUEST = "NOTIFICATION_KIND_CONNECTION_REQUEST_RECEIVED"
 
 @pytest.fixture(scope="module")
 def stack_of_our_own(infra: infra_mod.Infra, jwt_keys: KeyPair) -> Iterator[Stack]:
-    stack = start_test_stack(
+    stack = start_crash_stack(
         infra,
         jwt_keys,
-        instances={"auth": 1, "recipients": 1, "capsules": 1, "notifications": 1},
-        gateway_env={"GATEWAY_RATELIMIT_ENABLED": "0"},
-        service_env={
-            "FAILPOINTS": "",
+        {
             # TEST-ONLY, as the session stack: capsules may unlock 1 s after they are sent, and
             # a consumer's unacked entries are taken over after 1 s.
             "CAPSULE_MIN_UNLOCK_LEAD_SECONDS": str(CAPSULE_LEAD_SECONDS),
@@ -79,44 +73,6 @@ async def streams(stack_of_our_own: Stack) -> AsyncIterator[redis.Redis]:
         yield client
     finally:
         await client.aclose()
-
-
-async def connect_db(stack: Stack, service: str) -> asyncpg.Connection:
-    return await asyncpg.connect(stack.database_urls[service].replace("postgresql+asyncpg://", "postgresql://"))
-
-
-async def restart(stack: Stack, api: httpx.AsyncClient, service: str, probe: dict[str, Any], failpoints: str) -> None:
-    """The service's one instance (dead at a failpoint, or stopped here) started again with
-    FAILPOINTS=`failpoints`; returns once the gateway reaches it (a read of `probe`'s)."""
-    instance = stack.instance(service, 0)
-    if instance.running:
-        await stack.astop_instance(instance)
-    stack.settings = replace(stack.settings, service_env={**stack.settings.service_env, "FAILPOINTS": failpoints})
-    await stack.astart_instance(service, 0)
-    route = {
-        "auth": "/v1/me",
-        "capsules": "/v1/capsules",
-        "recipients": "/v1/connections",
-        "notifications": "/v1/notifications:unreadCount",
-    }[service]
-
-    async def served() -> bool | None:
-        return True if (await api.get(route, headers=bearer(probe))).status_code == 200 else None
-
-    await eventually(served, within=30.0)
-    if service == "auth":
-        # The other services reach auth through Envoy, which ejected the dead instance: wait until
-        # it is back there too (a new user's first call makes recipients look the account up).
-        async def reached_through_envoy() -> bool | None:
-            fresh = await new_user(api)
-            return True if (await api.get("/v1/connections", headers=bearer(fresh))).status_code == 200 else None
-
-        await eventually(reached_through_envoy, within=30.0)
-
-
-async def died_at_the_failpoint(stack: Stack, service: str) -> None:
-    code = await asyncio.to_thread(stack.instance(service, 0).process.wait, 30)
-    assert code == EXIT_CODE, f"{service} exited with {code}, not at its failpoint"
 
 
 async def read_all(streams: redis.Redis, stream: str) -> list[tuple[str, dict[str, str]]]:

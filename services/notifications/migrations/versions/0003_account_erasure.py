@@ -11,11 +11,14 @@ Create Date: 2026-11-30
 from alembic import op
 
 from services.common import outbox
+from services.common.migrations import create_indexes_concurrently, drop_indexes_concurrently
 
 revision = "0003_account_erasure"
 down_revision = "0002_devices"
 branch_labels = None
 depends_on = None
+
+INDEXES = {"notifications_other_user_idx": "notifications (other_user_id) WHERE other_user_id IS NOT NULL"}
 
 
 def upgrade() -> None:
@@ -32,16 +35,11 @@ def upgrade() -> None:
         """
     )
     # CONCURRENTLY: notifications is written by every consumer.
-    with op.get_context().autocommit_block():
-        op.execute(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS notifications_other_user_idx ON notifications (other_user_id) "
-            "WHERE other_user_id IS NOT NULL"
-        )
+    create_indexes_concurrently(INDEXES)
 
 
 def downgrade() -> None:
-    with op.get_context().autocommit_block():
-        op.execute("DROP INDEX CONCURRENTLY IF EXISTS notifications_other_user_idx")
+    drop_indexes_concurrently(INDEXES)
     op.execute("DROP TABLE erased_accounts")
     for statement in outbox.drop_table_sql():
         op.execute(statement)

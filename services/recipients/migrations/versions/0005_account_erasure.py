@@ -7,7 +7,7 @@ Revises: 0004_outbox
 Create Date: 2026-11-30
 """
 
-from alembic import op
+from services.common.migrations import create_indexes_concurrently, drop_indexes_concurrently
 
 revision = "0005_account_erasure"
 down_revision = "0004_outbox"
@@ -24,12 +24,8 @@ INDEXES = {
 
 
 def upgrade() -> None:
-    with op.get_context().autocommit_block():
-        for name, target in INDEXES.items():
-            op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {target}")
+    create_indexes_concurrently(INDEXES)
 
 
 def downgrade() -> None:
-    with op.get_context().autocommit_block():
-        for name in INDEXES:
-            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    drop_indexes_concurrently(INDEXES)
