@@ -20,6 +20,7 @@ from gateway.fields import WRAPPERS, enum_values, is_map, is_nested_message, set
 from gateway.httpcache import cache_control
 from gateway.routing import Route
 from gateway.transcoding import Transcoder
+from services.common import field_rules
 
 Schema = dict[str, Any]
 FD = FieldDescriptor
@@ -245,7 +246,7 @@ class _Builder:
                 "additionalProperties": self.single(field.message_type.fields_by_name["value"], query=query),
             }
         elif field.is_repeated:
-            schema = {"type": "array", "items": self.single(field, query=query)}
+            schema = {"type": "array", "items": self.single(field, query=query), **field_rules.array_keywords(field)}
         else:
             schema = self.single(field, query=query)
         behaviors = set(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
@@ -266,7 +267,8 @@ class _Builder:
             return self.message_ref(field.message_type)
         if field.enum_type is not None:
             return self.enum_schema(field.enum_type, query=query)
-        return dict(_SCALARS[field.type])
+        # The limits the services enforce, declared once in the proto (services/common/field_rules.py).
+        return {**_SCALARS[field.type], **field_rules.json_schema_keywords(field)}
 
     def message_ref(self, descriptor: Descriptor) -> Schema:
         if descriptor.full_name in _WELL_KNOWN:
@@ -294,6 +296,10 @@ class _Builder:
             schema["description"] = (
                 "; ".join("at most one of " + ", ".join(f.json_name for f in o.fields) for o in oneofs) + "."
             )
+        required_oneofs = field_rules.required_oneofs(descriptor)
+        if required_oneofs:
+            names = {field.name: field.json_name for field in descriptor.fields}
+            schema["allOf"] = [{"anyOf": [{"required": [names[name]]} for name in oneof]} for oneof in required_oneofs]
         return schema
 
     def enum_schema(self, descriptor: EnumDescriptor, *, query: bool) -> Schema:

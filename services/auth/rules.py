@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from services.auth.countries import ISO_3166_ALPHA2
+from services.common.countries import ISO_3166_ALPHA2
 from services.common.errors import FieldErrors
 
 USERNAME_RE = re.compile(r"[a-z0-9_.]{3,30}")

@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from services.common import field_rules
 from services.common.errors import FieldErrors, InvalidArgument
 from services.common.ids import parse_uuid
 
@@ -50,34 +51,44 @@ def text(errors: FieldErrors, value: str, field: str, maximum: int) -> str:
     return value
 
 
-# Hostile strings and out-of-range enums, checked in every request before any handler runs
-# (services.common.server): Postgres cannot store NUL (it would fail the statement, a 500), a lone
-# surrogate is not text, and proto3 enums are open, so a gRPC caller can send any number.
+# The request walk, run on every request before any handler (services.common.server): the rules the
+# protos declare (services/common/field_rules.py: normalizing strings in place, lengths, formats,
+# ranges, required fields) and the hostile input SPEC §3 names for every field: Postgres cannot
+# store NUL (it would fail the statement, a 500), a lone surrogate is not text, and proto3 enums are
+# open, so a gRPC caller can send any number.
 
 # A protobuf string never holds a lone surrogate (the parser and the setters refuse what is not
 # UTF-8: see Undecodable below), so NUL is all the walk has to look for.
 _NUL = "\x00"
 NUL_OR_SURROGATE = "must not contain a NUL character or a lone surrogate"
-_STRING, _ENUM, _MESSAGE = 0, 1, 2
+_STRING, _ENUM, _MESSAGE, _INTEGER = 0, 1, 2, 3
 
 
 class _Plan:
-    """What to check in one message type: by field number, the kind of check and its data."""
+    """What to check in one message type: by field number, the kind of check and its data, and the
+    required fields to look for when they are not set."""
 
-    __slots__ = ("fields",)
+    __slots__ = ("fields", "oneofs", "required")
 
     def __init__(self) -> None:
-        # number → (name, kind, repeated, map value plan or enum numbers or sub-plan, enum choices)
-        self.fields: dict[int, tuple[str, int, bool, Any, str]] = {}
+        # number → (name, kind, repeated, data, text): data is a StringRule (or None), the enum's
+        # numbers, an IntegerRule, a sub-plan or ("map", plan); text the enum's choices or, for a
+        # repeated field, its item limit.
+        self.fields: dict[int, tuple[str, int, bool, Any, Any]] = {}
+        self.required: tuple[tuple[int, str], ...] = ()  # (number, name)
+        self.oneofs: tuple[tuple[str, ...], ...] = ()  # the field names of each required oneof
 
 
-_PLANS: dict[str, _Plan | None] = {}
+_PLANS: dict[tuple[str, bool], _Plan | None] = {}
 
 
-def request_checker(descriptor: Descriptor) -> Callable[[Message], list[tuple[str, str]]] | None:
-    """The check of one request type, prepared once (None when the type holds no string or enum
-    at any depth: nothing to check). It returns the violations, named by proto field path."""
-    plan = _plan(descriptor)
+def request_checker(
+    descriptor: Descriptor, *, declared: bool = True
+) -> Callable[[Message], list[tuple[str, str]]] | None:
+    """The check of one request type, prepared once (None when the type holds nothing to check at
+    any depth). It normalizes the request's strings in place and returns the violations, named by
+    proto field path. `declared=False`: the hostile-input checks alone (bench/validation.py)."""
+    plan = _plan(descriptor, declared)
     if plan is None:
         return None
 
@@ -89,36 +100,50 @@ def request_checker(descriptor: Descriptor) -> Callable[[Message], list[tuple[st
     return check
 
 
-def _plan(descriptor: Descriptor) -> _Plan | None:
-    name = descriptor.full_name
-    if name in _PLANS:
-        return _PLANS[name]
-    plan = _PLANS[name] = _Plan()  # placed before the fields: recursive types (Struct) end here
+def _plan(descriptor: Descriptor, declared: bool) -> _Plan | None:
+    key = (descriptor.full_name, declared)
+    if key in _PLANS:
+        return _PLANS[key]
+    plan = _PLANS[key] = _Plan()  # placed before the fields: recursive types (Struct) end here
+    required: list[tuple[int, str]] = []
     for field in descriptor.fields:
         repeated = field.is_repeated
         if field.name == "page_token":
             # Opaque and signed (services/common/pagination.py): anything we did not issue, NUL
             # included, is MALFORMED_PAGE_TOKEN there (SPEC §3), before any SQL.
             continue
+        must_be_set = declared and field_rules.is_required(field) and not repeated
+        limit = field_rules.max_items(field) if declared else 0
         if field.type == FieldDescriptor.TYPE_STRING:
-            plan.fields[field.number] = (field.name, _STRING, repeated, None, "")
+            rule = field_rules.string_rule(field) if declared else None
+            plan.fields[field.number] = (field.name, _STRING, repeated, rule, limit)
+            if must_be_set:
+                required.append((field.number, field.name))
         elif field.type == FieldDescriptor.TYPE_ENUM:
             enum = field.enum_type
             choices = ", ".join(v.name for v in enum.values)
             plan.fields[field.number] = (field.name, _ENUM, repeated, frozenset(enum.values_by_number), choices)
+            if must_be_set:
+                required.append((field.number, field.name))
         elif field.message_type is not None:
             entry = field.message_type
+            if must_be_set:
+                required.append((field.number, field.name))
             if entry.GetOptions().map_entry:
                 # A map's keys and values are checked; a violation names the map field.
-                entry_plan = _plan(entry)
+                entry_plan = _plan(entry, declared)
                 if entry_plan is not None:
-                    plan.fields[field.number] = (field.name, _MESSAGE, True, ("map", entry_plan), "")
+                    plan.fields[field.number] = (field.name, _MESSAGE, True, ("map", entry_plan), 0)
             else:
-                sub = _plan(entry)
+                sub = _plan(entry, declared)
                 if sub is not None:
-                    plan.fields[field.number] = (field.name, _MESSAGE, repeated, sub, "")
-    if not plan.fields:
-        _PLANS[name] = None
+                    plan.fields[field.number] = (field.name, _MESSAGE, repeated, sub, limit)
+        elif declared and (integer := field_rules.integer_rule(field)) is not None:
+            plan.fields[field.number] = (field.name, _INTEGER, repeated, integer, limit)
+    plan.required = tuple(required)
+    plan.oneofs = tuple(field_rules.required_oneofs(descriptor)) if declared else ()
+    if not plan.fields and not plan.required and not plan.oneofs:
+        _PLANS[key] = None
         return None
     return plan
 
@@ -127,25 +152,46 @@ def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str
     # ListFields yields only what is set, so an empty request costs one call; paths are built
     # only for what is reported or descended into.
     fields = plan.fields
-    for field, value in message.ListFields():
+    present = message.ListFields()
+    for field, value in present:
         entry = fields.get(field.number)
         if entry is None:
             continue
-        name, kind, repeated, data, choices = entry
+        name, kind, repeated, data, extra = entry
+        if repeated and kind != _ENUM and extra and len(value) > extra:
+            violations.append((prefix + name, f"must have at most {extra} items"))
+            continue
         if kind == _STRING:
             if repeated:
                 for index, item in enumerate(value):
                     if _NUL in item:
                         violations.append((f"{prefix}{name}[{index}]", NUL_OR_SURROGATE))
+                    elif data is not None:
+                        normalized, wrong = data.check(item)
+                        if wrong is not None:
+                            violations.append((f"{prefix}{name}[{index}]", wrong))
+                        elif normalized != item:
+                            value[index] = normalized
             elif _NUL in value:
                 violations.append((prefix + name, NUL_OR_SURROGATE))
+            elif data is not None:
+                normalized, wrong = data.check(value)
+                if wrong is not None:
+                    violations.append((prefix + name, wrong))
+                elif normalized != value:
+                    setattr(message, name, normalized)
         elif kind == _ENUM:
             if repeated:
                 for index, item in enumerate(value):
                     if item not in data:
-                        violations.append((f"{prefix}{name}[{index}]", f"must be one of {choices}"))
+                        violations.append((f"{prefix}{name}[{index}]", f"must be one of {extra}"))
             elif value not in data:
-                violations.append((prefix + name, f"must be one of {choices}"))
+                violations.append((prefix + name, f"must be one of {extra}"))
+        elif kind == _INTEGER:
+            items = enumerate(value) if repeated else ((-1, value),)
+            for index, item in items:
+                if (wrong := data.check(item)) is not None:
+                    violations.append((prefix + name + ("" if index < 0 else f"[{index}]"), wrong))
         elif isinstance(data, tuple):  # a map: its key and value, named by the map field
             _walk_map(value, data[1], prefix + name, violations)
         elif repeated:
@@ -153,6 +199,21 @@ def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str
                 _walk(item, data, f"{prefix}{name}[{index}].", violations)
         else:
             _walk(value, data, f"{prefix}{name}.", violations)
+    if plan.required or plan.oneofs:
+        _absent(message, plan, present, prefix, violations)
+
+
+def _absent(message: Message, plan: _Plan, present: Any, prefix: str, violations: list[tuple[str, str]]) -> None:
+    """Required fields that are not set: proto3 does not send a string or enum at its zero value
+    (a set string that is blank was judged by its rule)."""
+    numbers = {field.number for field, _ in present}
+    for number, name in plan.required:
+        if number not in numbers:
+            violations.append((prefix + name, "is required"))
+    for names in plan.oneofs:
+        # Set and not blank (a oneof's string is present even when empty).
+        if not any(not isinstance(value, str) or value.strip() for field, value in present if field.name in names):
+            violations.append((prefix + names[0], "is required: give one of " + ", ".join(names)))
 
 
 def _walk_map(container: Any, plan: _Plan, path: str, violations: list[tuple[str, str]]) -> None:
