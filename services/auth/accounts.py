@@ -20,7 +20,7 @@ import orjson
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.auth import rules, storage
+from services.auth import storage
 from services.auth.blocklist import BlockList
 from services.auth.login_limits import LoginLimits
 from services.auth.passwords import Passwords
@@ -35,12 +35,11 @@ from services.common import idempotency
 from services.common.cache import Cache
 from services.common.db import Database, violated_constraint
 from services.common.errors import AlreadyExists, FieldErrors, InvalidArgument, Unauthenticated
-from services.common.ids import new_id, parse_uuid
+from services.common.ids import new_id
 from services.common.kept import KeptCopies
 from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.tokens import Caller
 
-MAX_BATCH_IDS = 100
 # A profile's cached value once its account was deleted (forget): reads as no account.
 NO_ACCOUNT = b""
 SEARCH_DEFAULT_PAGE, SEARCH_MAX_PAGE = 10, 50
@@ -101,16 +100,16 @@ class Accounts:
         country: str = "",
         idempotency_key: str | None = None,
     ) -> Session:
+        # The fields come judged and normalized by their declared rules (SignUpRequest in auth.proto).
         errors = FieldErrors()
         fields = {
-            "email": rules.email(errors, email),
-            "username": rules.username(errors, username),
-            "first_name": rules.name(errors, first_name, "first_name"),
-            "last_name": rules.name(errors, last_name, "last_name"),
-            "avatar_url": rules.avatar_url(errors, avatar_url),
-            "country": rules.country(errors, country),
+            "email": email,
+            "username": username,
+            "first_name": first_name,
+            "last_name": last_name,
+            "avatar_url": avatar_url,
+            "country": country,
         }
-        rules.password(errors, password)
         idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
 
@@ -151,17 +150,7 @@ class Accounts:
             return await self._start_session(conn, credentials.user)
 
     async def log_in(self, *, email: str, username: str, password: str, client_ip: str) -> Session:
-        errors = FieldErrors()
-        if email:
-            email = rules.email(errors, email)
-        elif username:
-            username = rules.username(errors, username)
-        else:
-            errors.add("email", "give an email or a username")
-        if not password:
-            errors.add("password", "is required")
-        errors.raise_if_any()
-
+        # One of email and username, and the password: LogInRequest's declared rules.
         async with self.db.read() as conn:
             credentials = await storage.credentials(conn, email=email, username=username)
         # One count per account however it is named (login_limits.py), checked before Argon2.
@@ -269,7 +258,10 @@ class Accounts:
         changes: dict[str, str] = {}
         for path in dict.fromkeys(paths):
             if path in storage.UPDATABLE_COLUMNS:
-                changes[path] = _validate_profile_field(errors, path, values.get(path, ""))
+                # Judged by the declared rules of User's fields; only a username cannot be cleared.
+                changes[path] = values.get(path, "")
+                if path == "username" and not changes[path]:
+                    errors.add("user.username", "is required")
             elif path == "email":
                 errors.add("update_mask", "email cannot be changed")
             elif path in ("id", "created_at", "updated_at"):
@@ -305,9 +297,6 @@ class Accounts:
         await self.profile_changed(user_id)
 
     async def username_available(self, username: str) -> tuple[str, bool]:
-        errors = FieldErrors()
-        username = rules.username(errors, username)
-        errors.raise_if_any()
         async with self.db.read() as conn:
             if await storage.username_taken(conn, username):
                 return username, False
@@ -317,20 +306,8 @@ class Accounts:
     async def profiles(self, ids: list[str]) -> list[UserRecord]:
         """Users by id, in the order asked, leaving out unknown ids; one cache round trip and at
         most one query."""
-        if len(ids) > MAX_BATCH_IDS:
-            raise InvalidArgument(
-                f"at most {MAX_BATCH_IDS} ids per call", violations=[("ids", f"at most {MAX_BATCH_IDS}")]
-            )
-        errors = FieldErrors()
-        wanted: list[uuid.UUID] = []
-        for index, raw in enumerate(ids):
-            parsed = parse_uuid(raw)
-            if parsed is None:
-                errors.add(f"ids[{index}]", "must be a UUID")
-            else:
-                wanted.append(parsed)
-        errors.raise_if_any()
-        wanted = list(dict.fromkeys(wanted))
+        # At most 100, each a UUID: GetUsersRequest's declared rules.
+        wanted = list(dict.fromkeys(uuid.UUID(raw) for raw in ids))
         found: dict[uuid.UUID, UserRecord] = {}
         missing = wanted
         trusted = await self.kept.trusted()
@@ -389,9 +366,6 @@ class Accounts:
     # --- search -----------------------------------------------------------------------------
 
     async def search(self, caller: Caller, query: str, requested_page_size: int, page_token: str) -> Page[SearchHit]:
-        errors = FieldErrors()
-        query = rules.search_query(errors, query)
-        errors.raise_if_any()
         size = page_size(requested_page_size, default=SEARCH_DEFAULT_PAGE, maximum=SEARCH_MAX_PAGE)
         list_name = "users:search:" + query.lower()
         after = page_after(page_token, list_name, int, str, caller=caller.user_id)
@@ -419,17 +393,6 @@ class Accounts:
         page = orjson.loads(raw)
         hits = [SearchHit(**{**h, "id": uuid.UUID(h["id"])}) for h in page["hits"]]
         return Page(hits, page["next"])
-
-
-def _validate_profile_field(errors: FieldErrors, path: str, value: str) -> str:
-    field = f"user.{path}"
-    if path == "username":
-        return rules.username(errors, value, field)
-    if path == "country":
-        return rules.country(errors, value, field)
-    if path == "avatar_url":
-        return rules.avatar_url(errors, value, field)
-    return rules.name(errors, value, field)
 
 
 def _uniqueness_error(exc: sqlalchemy.exc.IntegrityError, *, prefix: str) -> Exception:

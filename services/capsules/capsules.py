@@ -161,16 +161,16 @@ class Capsules:
     ) -> CapsuleView:
         now = self.clock()
         errors = FieldErrors()
-        rid = validation.uuid_field(errors, recipient_id, "recipient_id", required=True)
-        title = rules.title(errors, title)
-        body = rules.body(errors, body)
-        theme = validation.uuid_field(errors, theme_id, "theme_id", required=False)
+        # Lengths, formats and ranges were judged by CreateCapsuleRequest's declared rules; what
+        # needs the clock or a setting is judged here.
+        rid = uuid.UUID(recipient_id)
+        theme = uuid.UUID(theme_id) if theme_id else None
         unlocks = rules.unlocks_at(errors, unlocks_at, now, self.min_lead)
-        delay = rules.reveal_delay(errors, reveal_delay_seconds)
+        delay = rules.REVEAL_DELAY_DEFAULT if reveal_delay_seconds is None else reveal_delay_seconds
         disappear = disappearing.after_open_seconds(errors, disappear_after_open_seconds, self.min_disappear)
         idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
-        assert rid is not None and unlocks is not None
+        assert unlocks is not None
 
         # A retry of a create that succeeded returns its capsule whatever changed since (a block,
         # a removed connection): checked before asking the recipients service. The claim below
@@ -337,12 +337,15 @@ class Capsules:
         changes: dict[str, object] = {}
         for path in dict.fromkeys(paths):
             value = values.get(path)
+            # The values were judged by the declared rules of Capsule's fields.
             if path == "title":
-                changes["title"] = rules.title(errors, value or "", "capsule.title")
+                changes["title"] = value or ""
             elif path == "body":
-                changes["body"] = rules.body(errors, value or "", "capsule.body")
+                body = value or ""
+                errors.check(bool(body.strip()), "capsule.body", "is required")
+                changes["body"] = body
             elif path == "theme_id":
-                changes["theme_id"] = validation.uuid_field(errors, value or "", "capsule.theme_id", required=False)
+                changes["theme_id"] = uuid.UUID(value) if value else None
             elif path == "unlocks_at":
                 changes["unlocks_at"] = rules.unlocks_at(errors, value, now, self.min_lead, "capsule.unlocks_at")
             elif path in ("anonymous", "reveal_delay_seconds", "recipient_id", disappearing.FIELD):

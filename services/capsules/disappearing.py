@@ -56,7 +56,8 @@ ERASED = Counter("capsule_bodies_erased_total", "Bodies of disappearing capsules
 def after_open_seconds(
     errors: FieldErrors, value: int | None, minimum: int = MIN_SECONDS, field: str = FIELD
 ) -> int | None:
-    """None: the letter never disappears. Otherwise minimum..86,400 seconds."""
+    """None: the letter never disappears. Otherwise minimum..86,400 seconds (the maximum is
+    declared in capsules.proto; the minimum is a setting)."""
     if value is None:
         return None
     if not minimum <= value <= MAX_SECONDS:

@@ -21,8 +21,9 @@ Decisions:
   removed connection. (That check is a call to another service, made before the transaction, as
   capsule creation does: a block landing between the two is not seen.)
 - Emoji: compared as code points after NFC and with the emoji variation selectors (U+FE0E, U+FE0F)
-  removed, so "❤" and "❤️" are the same heart; stored in one canonical spelling (EMOJI). Skin tones
-  and other sequences are not among the seven.
+  removed, so "❤" and "❤️" are the same heart; stored in one canonical spelling (the list declared
+  in replies.proto, judged before the handler). Skin tones and other sequences are not among the
+  seven.
 - Text: optional, trimmed, NFC-normalised, at most 60 code points (what Python's len and Postgres's
   char_length count), no control characters.
 """
@@ -30,7 +31,6 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -47,32 +47,10 @@ from services.common.ids import new_id
 from services.common.tokens import Caller
 
 CREATE_OPERATION = "reply-create"
-TEXT_MAX = 60
-# SPEC §13's seven, canonical spelling: ❤️ (U+2764 U+FE0F) 🥹 😊 😎 😢 🤍 🙏.
-EMOJI = ("\u2764\ufe0f", "\U0001f979", "\U0001f60a", "\U0001f60e", "\U0001f622", "\U0001f90d", "\U0001f64f")
-_SELECTORS = {0xFE0E: None, 0xFE0F: None}
-_CANONICAL = {e.translate(_SELECTORS): e for e in EMOJI}
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def emoji(errors: FieldErrors, value: str, field: str = "emoji") -> str:
-    """The canonical spelling of one of the seven emoji, or a violation."""
-    bare = unicodedata.normalize("NFC", value.strip()).translate(_SELECTORS)
-    if not bare:
-        errors.add(field, "is required")
-        return ""
-    canonical = _CANONICAL.get(bare)
-    if canonical is None:
-        errors.add(field, "must be one of " + " ".join(EMOJI))
-        return ""
-    return canonical
-
-
-def reply_text(errors: FieldErrors, value: str, field: str = "text") -> str:
-    return validation.text(errors, unicodedata.normalize("NFC", value), field, TEXT_MAX)
 
 
 class Replies:
@@ -86,8 +64,9 @@ class Replies:
     ) -> ReplyRow:
         cid = validation.resource_id(capsule_id, "capsule_id")
         errors = FieldErrors()
-        words = reply_text(errors, text)
-        chosen = emoji(errors, emoji_value)
+        # NFC, at most 60 characters; one of the seven emoji, in its canonical spelling: judged
+        # and normalized by CreateReplyRequest's declared rules.
+        words, chosen = text, emoji_value
         idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
 

@@ -54,34 +54,12 @@ from services.common.tokens import Caller
 CREATE_OPERATION = "self-letter-create"
 LIST_NAME = "self-letters"
 
-BODY_MIN, BODY_MAX = 20, 500
-TITLE_MAX = 200
-MOOD_MAX = 32
-CITY_MAX = 100
 LIFE_AREAS = ("self", "work", "family", "money", "health")
 ANSWERS = ("yes", "no", "skipped")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-# --- field rules -----------------------------------------------------------------------------------
-
-
-def check_body(errors: FieldErrors, value: str, field: str = "body") -> str:
-    if len(value.strip()) < BODY_MIN or len(value) > BODY_MAX:
-        errors.add(field, f"must be {BODY_MIN} to {BODY_MAX} characters")
-    return value
-
-
-def check_life_area(errors: FieldErrors, value: str | None, field: str = "life_area") -> str:
-    """`value`: the area's word, or None when the request named none."""
-    if value is None:
-        errors.add(field, "is required: one of " + ", ".join(LIFE_AREAS))
-        return ""
-    assert value in LIFE_AREAS
-    return value
 
 
 # --- what the author sees --------------------------------------------------------------------------
@@ -129,11 +107,9 @@ class SelfLetters:
     ) -> SelfLetterView:
         now = self.clock()
         errors = FieldErrors()
-        title = validation.text(errors, title, "title", TITLE_MAX)
-        body = check_body(errors, body)
-        mood = validation.text(errors, mood, "mood", MOOD_MAX)
-        area = check_life_area(errors, life_area)
-        city = validation.text(errors, city, "city", CITY_MAX)
+        # Lengths and the life area were judged by CreateSelfLetterRequest's declared rules.
+        area = life_area
+        assert area in LIFE_AREAS  # required and one of the enum's: judged before the handler
         opens = rules.unlocks_at(errors, opens_at, now, self.min_lead, "opens_at")
         idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
@@ -215,11 +191,7 @@ class SelfLetters:
 
     async def reflect(self, caller: Caller, letter_id: str, answer: str | None) -> SelfLetterView:
         lid = validation.resource_id(letter_id)
-        if answer is None:
-            errors = FieldErrors()
-            errors.add("answer", "is required: one of " + ", ".join(ANSWERS))
-            errors.raise_if_any()
-        assert answer in ANSWERS
+        assert answer in ANSWERS  # required and one of the enum's: judged before the handler
         now = self.clock()
         async with self.db.write(touching=(caller.user_id,)) as conn:
             row = await storage.letter(conn, lid, for_update=True)

@@ -42,7 +42,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mesh.catalog import mesh_services, method_callers
+from mesh.catalog import mesh_services, method_callers, needs_token
 from mesh.credentials import MeshTLS, add_port, caller_workload
 from services.common import admin_http, tracing
 from services.common.background import BackgroundTasks, Job, cancel_and_wait
@@ -53,6 +53,7 @@ from services.common.reflection import add_reflection
 from services.common.registration import Registrar, advertised_host
 from services.common.settings import ServiceSettings
 from services.common.telemetry import RPC_LATENCY, RPC_REQUESTS
+from services.common.tokens import Authenticator
 from services.common.validation import Undecodable, lenient_parser, request_checker
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ def instrument(servicer: Any, descriptor: ServiceDescriptor, *, identities: bool
     checked (validation.request_checker), and ServiceError → status with google.rpc details;
     anything unexpected → INTERNAL, logged. Done once at registration rather than with a server
     interceptor, which would rebuild the handler on every call."""
+    # A handler class keeps its Authenticator as `auth`: a request that breaks its declared rules is
+    # refused as unauthenticated first when the method needs a token (401 before 400, as the
+    # handler itself would have answered).
+    authenticator = getattr(servicer, "auth", None)
     for method in descriptor.methods:
         if method.client_streaming or method.server_streaming:
             continue
@@ -78,6 +83,7 @@ def instrument(servicer: Any, descriptor: ServiceDescriptor, *, identities: bool
             getattr(servicer, method.name),
             request_checker(method.input_type),
             method_callers(method) if identities else None,
+            authenticator.require if isinstance(authenticator, Authenticator) and needs_token(method) else None,
         )
         # Tracing on: the call's server span around all of it (services/common/tracing.py).
         setattr(servicer, method.name, tracing.server_handler(f"/{descriptor.full_name}/{method.name}", handler))
@@ -90,6 +96,7 @@ def _instrumented(
     inner: Callable[[Any, Any], Awaitable[Any]],
     check: Callable[[Any], list[tuple[str, str]]] | None = None,
     callers: frozenset[str] | None = None,
+    authenticate: Callable[[grpc.aio.ServicerContext], Awaitable[Any]] | None = None,
 ) -> Any:
     full_method = f"/{service}/{method}"
     latency = RPC_LATENCY.labels(service, method)
@@ -122,6 +129,8 @@ def _instrumented(
             if type(request) is Undecodable:
                 raise request.error()
             if check is not None and (violations := check(request)):
+                if authenticate is not None:
+                    await authenticate(context)
                 fields = ", ".join(dict.fromkeys(f for f, _ in violations))
                 raise InvalidArgument(f"the request has invalid fields: {fields}", violations=violations)
             return await inner(request, context)

@@ -68,7 +68,7 @@ class _Plan:
     """What to check in one message type: by field number, the kind of check and its data, and the
     required fields to look for when they are not set."""
 
-    __slots__ = ("fields", "oneofs", "required")
+    __slots__ = ("fields", "numbers", "oneofs", "required")
 
     def __init__(self) -> None:
         # number → (name, kind, repeated, data, text): data is a StringRule (or None), the enum's
@@ -77,6 +77,7 @@ class _Plan:
         self.fields: dict[int, tuple[str, int, bool, Any, Any]] = {}
         self.required: tuple[tuple[int, str], ...] = ()  # (number, name)
         self.oneofs: tuple[tuple[str, ...], ...] = ()  # the field names of each required oneof
+        self.numbers: dict[str, int] = {}  # field name → number: violations in the message's order
 
 
 _PLANS: dict[tuple[str, bool], _Plan | None] = {}
@@ -141,6 +142,7 @@ def _plan(descriptor: Descriptor, declared: bool) -> _Plan | None:
         elif declared and (integer := field_rules.integer_rule(field)) is not None:
             plan.fields[field.number] = (field.name, _INTEGER, repeated, integer, limit)
     plan.required = tuple(required)
+    plan.numbers = {field.name: field.number for field in descriptor.fields}
     plan.oneofs = tuple(field_rules.required_oneofs(descriptor)) if declared else ()
     if not plan.fields and not plan.required and not plan.oneofs:
         _PLANS[key] = None
@@ -152,6 +154,7 @@ def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str
     # ListFields yields only what is set, so an empty request costs one call; paths are built
     # only for what is reported or descended into.
     fields = plan.fields
+    first = len(violations)
     present = message.ListFields()
     for field, value in present:
         entry = fields.get(field.number)
@@ -200,7 +203,14 @@ def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str
         else:
             _walk(value, data, f"{prefix}{name}.", violations)
     if plan.required or plan.oneofs:
+        start = len(violations)
         _absent(message, plan, present, prefix, violations)
+        if len(violations) > start:
+            # Unset fields are found last: this message's violations go back in field order.
+            numbers, skip = plan.numbers, len(prefix)
+            violations[first:] = sorted(
+                violations[first:], key=lambda v: numbers.get(re.split(r"[.\[]", v[0][skip:], maxsplit=1)[0], 0)
+            )
 
 
 def _absent(message: Message, plan: _Plan, present: Any, prefix: str, violations: list[tuple[str, str]]) -> None:

@@ -27,20 +27,14 @@ from services.notifications.push import storage
 from services.notifications.push.storage import DeviceRow
 
 LIST_NAME = "devices"
-FCM_MAX = 4096
 APNS_RE = re.compile(r"[0-9a-fA-F]{64}")
-FCM_RE = re.compile(r"[A-Za-z0-9_:.\-]+")
 PLATFORMS = ("fcm", "apns")
 
 
-def check_token(errors: FieldErrors, token: str, platform: str | None) -> None:
-    """The token's shape for its platform (either, when the platform is unknown)."""
-    if not token:
-        errors.add("token", "is required")
-    elif platform == "apns" and not APNS_RE.fullmatch(token):
+def check_token(errors: FieldErrors, token: str, platform: str) -> None:
+    """An APNs token's shape (RegisterDeviceRequest declares what every token must be)."""
+    if platform == "apns" and not APNS_RE.fullmatch(token):
         errors.add("token", "an APNs token is 64 hexadecimal characters")
-    elif platform != "apns" and (len(token) > FCM_MAX or not FCM_RE.fullmatch(token)):
-        errors.add("token", f"an FCM token is 1 to {FCM_MAX} characters: letters, digits, '-', '_', ':', '.'")
 
 
 class Devices:
@@ -48,10 +42,9 @@ class Devices:
         self.db = db
 
     async def register(self, caller: Caller, token: str, platform: str) -> DeviceRow:
+        assert platform in PLATFORMS  # required and one of the enum's: judged before the handler
         errors = FieldErrors()
-        if platform not in PLATFORMS:
-            errors.add("platform", "must be fcm or apns")
-        check_token(errors, token, platform if platform in PLATFORMS else None)
+        check_token(errors, token, platform)
         errors.raise_if_any()
         me = caller.user_id
         # APNs tokens are hex: one spelling, so the same phone is never two rows.
@@ -72,9 +65,6 @@ class Devices:
         raise RuntimeError("device registration kept conflicting")  # three concurrent first inserts
 
     async def unregister(self, caller: Caller, token: str) -> None:
-        errors = FieldErrors()
-        check_token(errors, token, None if not APNS_RE.fullmatch(token) else "apns")
-        errors.raise_if_any()
         candidates = {token, token.lower()} if APNS_RE.fullmatch(token) else {token}
         async with self.db.write(touching=(caller.user_id,)) as conn:
             for candidate in candidates:

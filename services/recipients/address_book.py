@@ -15,14 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common import validation
 from services.common.db import Database, violated_constraint
-from services.common.errors import AlreadyExists, FailedPrecondition, FieldErrors, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, FieldErrors, NotFound
 from services.common.ids import new_id
 from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.tokens import Caller
-from services.recipients import rules, storage
+from services.recipients import storage
 from services.recipients.storage import RecipientRow
-
-QUERY_MAX = 100
 
 
 class AddressBook:
@@ -30,11 +28,9 @@ class AddressBook:
         self.db = db
 
     async def create(self, caller: Caller, *, name: str, email: str, linked_user_id: str) -> RecipientRow:
-        errors = FieldErrors()
-        name = rules.recipient_name(errors, name)
-        address = rules.optional_email(errors, email)
-        linked = validation.uuid_field(errors, linked_user_id, "linked_user_id", required=False)
-        errors.raise_if_any()
+        # Judged and normalized by CreateRecipientRequest's declared rules.
+        address = email or None
+        linked = uuid.UUID(linked_user_id) if linked_user_id else None
         try:
             async with self.db.write(touching=(caller.user_id,)) as conn:
                 if linked is not None:
@@ -62,12 +58,14 @@ class AddressBook:
         linked: uuid.UUID | None = None
         for path in dict.fromkeys(paths):
             value = values.get(path, "")
+            # The values were judged by the declared rules of Recipient's fields.
             if path == "name":
-                changes["name"] = rules.recipient_name(errors, value, "recipient.name")
+                changes["name"] = value
+                errors.check(bool(value), "recipient.name", "is required")
             elif path == "email":
-                changes["email"] = rules.optional_email(errors, value, "recipient.email")
+                changes["email"] = value or None
             elif path == "linked_user_id":
-                linked = validation.uuid_field(errors, value, "recipient.linked_user_id", required=False)
+                linked = uuid.UUID(value) if value else None
                 changes["linked_user"] = linked
             elif path in ("id", "created_at", "updated_at"):
                 errors.add("update_mask", f"{path} is set by the service and cannot be changed")
@@ -96,11 +94,7 @@ class AddressBook:
             raise _not_found()
 
     async def list(self, caller: Caller, *, query: str, requested_size: int, token: str) -> Page[RecipientRow]:
-        query = " ".join(query.split())
-        if len(query) > QUERY_MAX:
-            raise InvalidArgument(
-                "query is too long", violations=[("query", f"must be at most {QUERY_MAX} characters")]
-            )
+        # Whitespace collapsed, at most 100 characters: ListRecipientsRequest's declared rules.
         size = page_size(requested_size)
         name = "recipients:" + query.lower()
         after = page_after(token, name, str, uuid.UUID, caller=caller.user_id)

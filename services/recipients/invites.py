@@ -32,13 +32,14 @@ from __future__ import annotations
 import uuid
 
 import sqlalchemy.exc
+from capsule.recipients.v1 import recipients_pb2
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common import validation
+from services.common import field_rules, validation
 from services.common.db import Database, violated_constraint
 from services.common.errors import FailedPrecondition, FieldErrors, InvalidArgument
 from services.common.ids import new_id
-from services.recipients import rules, storage
+from services.recipients import storage
 from services.recipients.relationships import Relationships
 
 # The name of a linked recipient when there is nothing better (the accept path's, too).
@@ -138,10 +139,14 @@ class Invites:
         return linked.id
 
 
+# A recipient's name as Recipient.name declares it (recipients.proto).
+NAME_MAX = field_rules.declared(recipients_pb2.Recipient.DESCRIPTOR.fields_by_name["name"]).max_length  # type: ignore[union-attr]
+
+
 def claimer_side_name(display_name: str) -> str:
     """The claimer's recipient's name: the sender's display name, whitespace collapsed and cut to
     the recipients' limit; DEFAULT_NAME when empty."""
-    name = " ".join(display_name.split())[: rules.NAME_MAX].rstrip()
+    name = " ".join(display_name.split())[:NAME_MAX].rstrip()
     return name or DEFAULT_NAME
 
 

@@ -33,7 +33,7 @@ from services.common.ids import new_id
 from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.people import Directory, Profile
 from services.common.tokens import Caller
-from services.recipients import rules, storage
+from services.recipients import storage
 from services.recipients.storage import BlockRow, ConnectionRow, RequestRow
 
 DAILY_REQUEST_LIMIT = 5
@@ -64,12 +64,11 @@ class Relationships:
     # --- sending -----------------------------------------------------------------------------
 
     async def send(self, caller: Caller, to_user_id: str, message: str, idempotency_key: str | None) -> RequestRow:
+        # to_user_id and message were judged by SendConnectionRequestRequest's declared rules.
         errors = FieldErrors()
-        to_user = validation.uuid_field(errors, to_user_id, "to_user_id")
-        message = validation.text(errors, message, "message", rules.MESSAGE_MAX)
+        to_user = uuid.UUID(to_user_id)
         idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
-        assert to_user is not None
         me = caller.user_id
         if to_user == me:
             raise InvalidArgument(
@@ -190,9 +189,6 @@ class Relationships:
 
     async def decline(self, caller: Caller, request_id: str, reason: str) -> RequestRow:
         rid = _required_uuid(request_id, "id")
-        errors = FieldErrors()
-        reason = validation.text(errors, reason, "reason", rules.REASON_MAX)
-        errors.raise_if_any()
         touched = {caller.user_id}
         async with self.db.write(touching=touched) as conn:
             row = await storage.request_by_id(conn, rid, for_update=True)

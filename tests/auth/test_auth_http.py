@@ -276,7 +276,7 @@ async def test_update_me_refusals(client: httpx.AsyncClient) -> None:
     taken = await client.patch("/v1/me", json={"username": other["user"]["username"]}, headers=bearer(session))
     assert_problem(taken, 409, "USERNAME_TAKEN", ["user.username"])
     bad = await client.patch("/v1/me", json={"country": "XX", "avatarUrl": "ftp://x"}, headers=bearer(session))
-    assert_problem(bad, 400, "INVALID_FIELDS", ["user.country", "user.avatarUrl"])  # in the body's order
+    assert_problem(bad, 400, "INVALID_FIELDS", ["user.avatarUrl", "user.country"])  # in User's field order
     email = await client.patch("/v1/me", json={"email": "new@example.com"}, headers=bearer(session))
     assert_problem(email, 400, "INVALID_FIELDS", ["updateMask"])
     assert_problem(await client.patch("/v1/me", json={"firstName": "x"}), 401, "UNAUTHENTICATED")

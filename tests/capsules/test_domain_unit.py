@@ -56,21 +56,6 @@ def test_unlock_time_bounds_with_the_default_minute() -> None:
     assert fields(missing) == ["unlocks_at"]
 
 
-def test_text_and_delay_bounds() -> None:
-    errors = FieldErrors()
-    rules.title(errors, "x" * 200)
-    rules.body(errors, "x" * 20_000)
-    assert rules.reveal_delay(errors, None) == 21600
-    rules.reveal_delay(errors, 0)
-    rules.reveal_delay(errors, 259_200)
-    assert not errors
-    rules.title(errors, "x" * 201)
-    rules.body(errors, "")
-    rules.body(errors, "x" * 20_001)
-    rules.reveal_delay(errors, 259_201)
-    assert fields(errors) == ["title", "body", "body", "reveal_delay_seconds"]
-
-
 def test_status_is_derived_from_the_clock() -> None:
     capsule = row()
     assert status_at(capsule, NOW) == "sealed"

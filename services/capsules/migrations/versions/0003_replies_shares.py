@@ -12,7 +12,7 @@ down_revision = "0002_self_letters"
 branch_labels = None
 depends_on = None
 
-# The seven emoji of SPEC §13 in their canonical spelling (services/capsules/replies.py EMOJI).
+# The seven emoji of SPEC §13 in their canonical spelling (the list declared in replies.proto).
 EMOJI = ("\u2764\ufe0f", "\U0001f979", "\U0001f60a", "\U0001f60e", "\U0001f622", "\U0001f90d", "\U0001f64f")
 
 
