@@ -228,6 +228,8 @@ class _Builder:
             name = f"{json_prefix}{field.json_name}"
             if settable_from_text(field):
                 parameter: dict[str, Any] = {"name": name, "in": "query", "schema": self.field(field, query=True)}
+                if field_rules.is_required(field):
+                    parameter["required"] = True
                 if field.is_repeated:
                     parameter["explode"] = True
                 parameters.append(parameter)

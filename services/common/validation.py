@@ -1,5 +1,5 @@
-"""Field rules every service shares. Each adds its violations (proto field paths) to a FieldErrors
-and returns the normalised value, so a request reports all of its problems at once."""
+"""The request walk every service runs before its handlers (the declared field rules and hostile
+input), UUID helpers for the ids handlers parse, and requests protobuf cannot parse."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ from google.protobuf.message import DecodeError, Message
 from services.common import field_rules
 from services.common.errors import FieldErrors, InvalidArgument
 from services.common.ids import parse_uuid
-
-# Control characters other than the layout ones (tab, line feed, carriage return).
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def uuid_field(errors: FieldErrors, value: str, field: str, *, required: bool = True) -> uuid.UUID | None:
@@ -39,16 +36,6 @@ def resource_id(value: str, field: str = "id") -> uuid.UUID:
     if parsed is None:
         raise InvalidArgument(f"{field} must be a UUID", violations=[(field, "must be a UUID")])
     return parsed
-
-
-def text(errors: FieldErrors, value: str, field: str, maximum: int) -> str:
-    """Free text up to `maximum` characters, trimmed, without control characters."""
-    value = value.strip()
-    if len(value) > maximum:
-        errors.add(field, f"must be at most {maximum} characters")
-    elif CONTROL_RE.search(value):
-        errors.add(field, "must not contain control characters")
-    return value
 
 
 # The request walk, run on every request before any handler (services.common.server): the rules the
