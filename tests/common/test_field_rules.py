@@ -168,7 +168,9 @@ def test_a_reply_refuses_other_emoji_and_long_text() -> None:
 
 
 def test_self_letter_bodies_have_a_minimum_without_their_surrounding_spaces() -> None:
-    short = self_letters_pb2.CreateSelfLetterRequest(body=" " * 10 + "x" * 19, life_area=1)
+    short = self_letters_pb2.CreateSelfLetterRequest(
+        body=" " * 10 + "x" * 19, life_area=self_letters_pb2.LIFE_AREA_WORK
+    )
     short.opens_at.GetCurrentTime()
     assert judge(short) == [("body", "must be 20 to 500 characters")]
     assert judge(self_letters_pb2.CreateSelfLetterRequest(body="x" * 20)) == [
