@@ -3,9 +3,12 @@ per field: how a value is normalized, what it must hold, and the same rules as J
 for `/openapi.json`. The services run them in the request walk (services/common/validation.py)
 before any handler, so a rule lives in the proto and nowhere else.
 
-Why an option of our own rather than protovalidate: the same cost per call (`python -m
-bench.validation`), no second validation runtime beside protobuf, and rules that normalize (trim,
-lower-case, NFC) and hand the handler the normalized value, which CEL expressions cannot do.
+Why an option of our own rather than protovalidate (`python -m bench.validation`, µs per call on
+the 2-core machine): on valid requests the two cost the same (2-3 µs over the walk's 1-2), on a
+request with several violations protovalidate 2.1 costs 4-7x ours (it builds a violation object
+each, ~2.5 µs); it brings a second protobuf runtime (protobuf-py) and 40+ ms of import; and it
+cannot normalize (trim, lower-case, NFC, the emoji spelling) and hand the handler the normalized
+value, so each service would keep those rules, which is what this module removes.
 """
 
 from __future__ import annotations
