@@ -40,6 +40,13 @@ def import_roots() -> list[Path]:
     return [googleapis_root, well_known_root]
 
 
+def grpcurl_source(proto_file: str) -> list[str]:
+    """grpcurl's arguments to read a service from `proto_file` (relative to protos/) instead of
+    reflection, with the roots of its imports."""
+    roots = [PROTO_ROOT, *import_roots()]
+    return [*(arg for root in roots for arg in ("-import-path", str(root))), "-proto", proto_file]
+
+
 def generate() -> None:
     from grpc_tools import protoc
 

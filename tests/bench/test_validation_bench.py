@@ -4,6 +4,8 @@ table has a row per request and case."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bench import validation
@@ -32,7 +34,7 @@ def test_the_validation_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> No
         assert [row[1] for row in rows] == ["valid", rows[1][1]] and rows[1][2] == "violations", out
         # The last eight: bytes, parse, walk, walk+pv, ours (µs, all timed), then two differences and a ratio.
         assert all(float(figure) > 0 for row in rows for figure in row[-7:-3]), out
-    assert "CreateCapsuleRequest: recipient_id, title, theme_id" in out
+    assert re.search(r"CreateCapsuleRequest: [a-z_, ]*recipient_id", out), out
     assert "protovalidate 2." in out and "import protovalidate" in out
 
 

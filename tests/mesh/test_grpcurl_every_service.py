@@ -12,7 +12,7 @@ import asyncio
 import httpx
 from google.protobuf import descriptor_pool
 
-from launcher.bootstrap import REPO
+from launcher.protos import grpcurl_source
 from launcher.stack import Stack
 from mesh.catalog import allowed_callers, mesh_service_names, public_to
 from tests.auth.test_auth_http import sign_up
@@ -67,7 +67,7 @@ async def test_every_service_is_listed_described_and_reached_by_name(
             transport = stack.grpcurl_args(min(callers))
             descriptor = pool.FindServiceByName(service)
             if not public_to("gateway", descriptor):
-                transport += ["-import-path", str(REPO / "protos"), "-proto", descriptor.file.name]
+                transport += grpcurl_source(descriptor.file.name)
         async with slots:
             _, _, err = await grpcurl(transport, "-H", token, "-d", "{}", envoy_grpc, f"{service}/{method}")
         assert not any(marker in err for marker in NOT_REACHED), f"{service}/{method}: {err}"

@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from launcher.bootstrap import REPO
+from launcher.protos import grpcurl_source
 from launcher.stack import Stack
 from tests.auth.test_grpcurl import grpcurl
 from tests.recipients.helpers import bearer, connect, new_user, uid
@@ -28,7 +28,7 @@ async def test_describe_and_call_relationship_through_envoy(
     await client.post("/v1/blocks", json={"userId": uid(a)}, headers=bearer(c))
     token = ["-H", f"authorization: Bearer {a['accessToken']}"]
     # Reflection shows internal services to operators only: a workload's grpcurl reads the proto.
-    proto = ["-import-path", str(REPO / "protos"), "-proto", "capsule/recipients/v1/relationships.proto"]
+    proto = grpcurl_source("capsule/recipients/v1/relationships.proto")
     as_capsules, as_auth = [*stack.grpcurl_args("capsules"), *proto], [*stack.grpcurl_args("auth"), *proto]
 
     async def relationship(other: str) -> dict[str, bool]:
