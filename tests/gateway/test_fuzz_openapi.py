@@ -4,8 +4,8 @@ invalid values of every parameter and field), property-based fuzzing and statefu
 following the document's links, as a signed-up user. Required: no 5xx at all, and every answer —
 problem+json errors included — conforms to the schema the document declares.
 
-Bounded (EXAMPLES per operation and phase, a fixed seed: the same cases every run, ~1,300 requests,
-~20 s); `FUZZ_EXAMPLES=200 make test ARGS=tests/gateway/test_fuzz_openapi.py` digs deeper."""
+Bounded (EXAMPLES per operation and phase, a fixed seed: the same cases every run, ~3,000
+requests); `FUZZ_EXAMPLES=200 make test ARGS=tests/gateway/test_fuzz_openapi.py` digs deeper."""
 
 from __future__ import annotations
 
@@ -44,4 +44,7 @@ async def test_no_operation_answers_5xx_or_off_schema(client: httpx.AsyncClient,
     out, _ = await fuzz.communicate()
     report = out.decode(errors="replace")
     assert fuzz.returncode == 0, report[-8000:]
-    assert " passed" in report and "failed" not in report.split("SUMMARY")[-1], report[-4000:]
+    # "Test cases: N generated, N passed" (the summary's warnings may say "failed" of other things:
+    # "Authentication failed: 2 operations returned only 401/403 responses").
+    counts = report.split("Test cases:")[-1].strip().splitlines()[0] if "Test cases:" in report else ""
+    assert " passed" in counts and "fail" not in counts and "error" not in counts, report[-4000:]
