@@ -11,7 +11,8 @@ measures how much of it they do): the declared field rules (services/common/fiel
 optional string may also be empty (a blank optional value is not judged); no string holds NUL; a
 REQUIRED enum never takes its zero value; a REQUIRED field is a required query parameter; a oneof
 takes at most one of its fields; a key that names no field is refused; a body is required when {}
-would be refused; a PATCH's update mask names the fields its body may set.
+would be refused; a PATCH's update mask names the fields its body may set. Every body has an
+example built from the declared examples (`example_body`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,16 @@ from services.common import field_rules
 Schema = dict[str, Any]
 FD = FieldDescriptor
 MAX_QUERY_DEPTH = 4
+# How deep an example body follows nested messages (recursive types stop there).
+MAX_EXAMPLE_DEPTH = 4
+# A time far enough ahead for every "must be in the future" rule (an unlock time: 1 minute to 50
+# years ahead), fixed so the document is the same on every start.
+EXAMPLE_TIME = "2027-12-24T18:00:00Z"
+EXAMPLE_UUID = "0192f5e0-7c1a-7b3e-9d4f-1a2b3c4d5e6f"
+_NO_EXAMPLE: Any = object()
 # Fields of which a request must hold exactly one, where the proto cannot say it with a oneof (a
 # repeated field cannot be in one): message → the field names. Refused otherwise by the service
-# (services/notifications/notifications.py mark_read).
+# (services/notifications/notifications.py mark_read); the first is the one the example sets.
 EXACTLY_ONE_OF: dict[str, tuple[str, ...]] = {
     "capsule.notifications.v1.MarkReadRequest": ("ids", "up_to"),
 }
@@ -179,7 +187,11 @@ class _Builder:
             schema = self.single(leaf, in_path=True)
             if parameter.variable.pattern != "*":
                 schema = {**schema, "description": f"Matches the path pattern `{parameter.variable.pattern}`."}
-            parameters.append({"name": parameter.variable.field_path, "in": "path", "required": True, "schema": schema})
+            path_parameter = {"name": parameter.variable.field_path, "in": "path", "required": True, "schema": schema}
+            declared = _declared_example(leaf)
+            if declared is not _NO_EXAMPLE:
+                path_parameter["example"] = declared
+            parameters.append(path_parameter)
         if not transcoder.takes_body or transcoder.body_field is not None:
             bound = {p.field.names for p in transcoder.path_parameters}
             if transcoder.body_field is not None:
@@ -203,7 +215,12 @@ class _Builder:
             # An empty body reads as {} (e.g. POST .../{id}:open): required when {} would be refused.
             operation["requestBody"] = {
                 "required": _body_required(transcoder),
-                "content": {"application/json": {"schema": self.request_body_schema(transcoder)}},
+                "content": {
+                    "application/json": {
+                        "schema": self.request_body_schema(transcoder),
+                        "example": example_body(transcoder),
+                    }
+                },
             }
         ok: dict[str, Any] = {
             "description": "OK",
@@ -474,3 +491,138 @@ def _or_empty(schema: Schema) -> Schema:
     constraints = {k: v for k, v in schema.items() if k in _STRING_CONSTRAINTS}
     annotations = {k: v for k, v in schema.items() if k not in _STRING_CONSTRAINTS}
     return {**annotations, "anyOf": [constraints, {"const": ""}]}
+
+
+# --- example bodies ----------------------------------------------------------------------------------
+
+
+def example_body(transcoder: Transcoder) -> Any:
+    """A request body the services accept (as far as each field's own rules go): every REQUIRED
+    field and every field that declares an example (`(capsule.common.v1.field).example`), with
+    that example or a value fitting its type; never a field the path sets or a read-only one
+    (OUTPUT_ONLY, IMMUTABLE), at most one field of a oneof."""
+    if transcoder.body_field is not None:
+        return _field_example(transcoder.body_field, 0)
+    path_bound = {p.field.names[0] for p in transcoder.path_parameters if len(p.field.names) == 1}
+    return _message_example(transcoder.input_type.DESCRIPTOR, path_bound, 0)
+
+
+def _message_example(descriptor: Descriptor, exclude: set[str], depth: int) -> dict[str, Any]:
+    example: dict[str, Any] = {}
+    taken: set[str] = set()  # the oneofs that have their field
+    required_oneofs = {names[0] for names in field_rules.required_oneofs(descriptor)}
+    exactly_one = EXACTLY_ONE_OF.get(descriptor.full_name, ())
+    if exactly_one:
+        required_oneofs.add(exactly_one[0])
+        exclude = exclude | set(exactly_one[1:])
+    for field in descriptor.fields:
+        oneof = field.containing_oneof
+        if oneof is not None and len(oneof.fields) == 1 and oneof.name.startswith("_"):
+            oneof = None  # proto3 `optional`: presence, not a choice
+        if field.name in exclude or _read_only(field) or (oneof is not None and oneof.name in taken):
+            continue
+        wanted = _is_required(field) or field.name in required_oneofs or _declared_example(field) is not _NO_EXAMPLE
+        if not wanted:
+            continue
+        value = _field_example(field, depth)
+        if value is _NO_EXAMPLE:
+            continue
+        example[field.json_name] = value
+        if oneof is not None:
+            taken.add(oneof.name)
+    return example
+
+
+def _field_example(field: FieldDescriptor, depth: int) -> Any:
+    if is_map(field):
+        entry = field.message_type
+        key, value = (
+            _single_example(entry.fields_by_name["key"], depth),
+            _single_example(entry.fields_by_name["value"], depth),
+        )
+        return _NO_EXAMPLE if value is _NO_EXAMPLE else {str(key).lower(): value}
+    value = _single_example(field, depth)
+    if value is _NO_EXAMPLE or not field.is_repeated:
+        return value
+    return [value]
+
+
+_WELL_KNOWN_EXAMPLES: dict[str, Any] = {
+    "google.protobuf.Timestamp": EXAMPLE_TIME,
+    "google.protobuf.Duration": "60s",
+    "google.protobuf.Empty": {},
+    "google.protobuf.Struct": {},
+    "google.protobuf.ListValue": [],
+}
+
+
+def _single_example(field: FieldDescriptor, depth: int) -> Any:
+    declared = _declared_example(field)
+    if declared is not _NO_EXAMPLE:
+        return declared
+    if field.message_type is not None:
+        name = field.message_type.full_name
+        if name in WRAPPERS:
+            return _single_example(field.message_type.fields_by_name["value"], depth)
+        if name in _WELL_KNOWN_EXAMPLES:
+            return _WELL_KNOWN_EXAMPLES[name]
+        if name in _WELL_KNOWN or depth >= MAX_EXAMPLE_DEPTH:
+            return _NO_EXAMPLE  # a FieldMask, Any or Value has no value that fits every method
+        return _message_example(field.message_type, set(), depth + 1)
+    if field.enum_type is not None:
+        values = field.enum_type.values
+        return next((v.name for v in values if v.number != 0), values[0].name)
+    if field.type == FD.TYPE_BOOL:
+        return False
+    if field.type == FD.TYPE_BYTES:
+        return "ZXhhbXBsZQ=="
+    if field.type == FD.TYPE_STRING:
+        return _string_example(field)
+    rules = field_rules.declared(field)
+    number: float = rules.minimum if rules is not None and rules.HasField("minimum") else 0
+    if field.cpp_type in (FD.CPPTYPE_DOUBLE, FD.CPPTYPE_FLOAT):
+        return float(number)
+    if field.cpp_type in (FD.CPPTYPE_INT64, FD.CPPTYPE_UINT64):
+        return str(int(number))  # 64-bit integers are strings in proto3 JSON
+    return int(number)
+
+
+_FORMAT_EXAMPLES = {
+    field_rules.Rules.FORMAT_UUID: EXAMPLE_UUID,
+    field_rules.Rules.FORMAT_EMAIL: "name@example.com",
+    field_rules.Rules.FORMAT_HTTPS_URL: "https://example.com/",
+    field_rules.Rules.FORMAT_COUNTRY_CODE: "FR",
+}
+
+
+def _string_example(field: FieldDescriptor) -> str:
+    """A string for a field that declares no example: its format's, its list's first, or text as
+    long as its length rules want (a pattern without an example cannot be guessed)."""
+    rules = field_rules.declared(field)
+    if rules is None:
+        return "string"
+    if rules.format in _FORMAT_EXAMPLES:
+        return _FORMAT_EXAMPLES[rules.format]
+    if rules.one_of:
+        return str(rules.one_of[0])
+    text = "example"
+    if rules.min_length > len(text):
+        text = "example " * (rules.min_length // 8 + 1)
+    if rules.HasField("max_length"):
+        text = text[: rules.max_length]
+    return text.strip() if len(text.strip()) >= rules.min_length else text
+
+
+def _declared_example(field: FieldDescriptor) -> Any:
+    """The field's declared example, typed as JSON carries it; _NO_EXAMPLE when it declares none."""
+    rules = field_rules.declared(field)
+    if rules is None or not rules.example:
+        return _NO_EXAMPLE
+    text = rules.example
+    if field.cpp_type in (FD.CPPTYPE_INT32, FD.CPPTYPE_UINT32):
+        return int(text)
+    if field.cpp_type in (FD.CPPTYPE_DOUBLE, FD.CPPTYPE_FLOAT):
+        return float(text)
+    if field.cpp_type == FD.CPPTYPE_BOOL:
+        return text.lower() == "true"
+    return text

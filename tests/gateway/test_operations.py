@@ -106,8 +106,13 @@ async def test_openapi_parameters_and_schemas(api: httpx.AsyncClient) -> None:
 
     check = document["paths"]["/v1/usernames/{username}"]["get"]
     [username] = check["parameters"]
-    assert (username["name"], username["in"], username["required"]) == ("username", "path", True)
-    # The declared rule (protos: (capsule.common.v1.field)).
+    # The declared rule and example (protos: (capsule.common.v1.field)).
+    assert (username["name"], username["in"], username["required"], username["example"]) == (
+        "username",
+        "path",
+        True,
+        "ada_l",
+    )
     assert username["schema"]["pattern"] == "^[a-z0-9_.]{3,30}$"
 
     search = document["paths"]["/v1/users:search"]["get"]
@@ -122,6 +127,7 @@ async def test_openapi_parameters_and_schemas(api: httpx.AsyncClient) -> None:
     body = update["requestBody"]
     assert body["required"] is True
     assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/capsule.auth.v1.User"}
+    assert body["content"]["application/json"]["example"]["username"] == "ada_l"
     assert [p.get("name") for p in update["parameters"] if "name" in p] == ["updateMask"]
     assert update["responses"]["4XX"] == {"$ref": "#/components/responses/Problem"}
 
