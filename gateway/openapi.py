@@ -12,7 +12,8 @@ optional string may also be empty (a blank optional value is not judged); no str
 REQUIRED enum never takes its zero value; a REQUIRED field is a required query parameter; a oneof
 takes at most one of its fields; a key that names no field is refused; a body is required when {}
 would be refused; a PATCH's update mask names the fields its body may set. Every body has an
-example built from the declared examples (`example_body`).
+example built from the declared examples (`example_body`), and every operation lists each error
+status it can answer, as problem+json (gateway/openapi_errors.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from gateway import openapi_errors
 from gateway.fields import WRAPPERS, enum_values, is_map, is_nested_message, settable_from_text
 from gateway.httpcache import cache_control
 from gateway.routing import Route
@@ -138,12 +140,8 @@ def openapi_document(routes: Iterable[Route], title: str = "capsule-mesh API", v
         "paths": paths,
         "components": {
             "schemas": {**dict(sorted(builder.schemas.items())), "Problem": PROBLEM_SCHEMA},
-            "responses": {
-                "Problem": {
-                    "description": "An error.",
-                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-                }
-            },
+            # One problem+json response per status; each operation refers to those it can answer.
+            "responses": openapi_errors.problem_responses(),
             "parameters": {
                 "IdempotencyKey": {
                     "name": "Idempotency-Key",
@@ -158,8 +156,8 @@ def openapi_document(routes: Iterable[Route], title: str = "capsule-mesh API", v
             },
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
-        # Anonymous or bearer: the protos do not say which calls need a token; the services do.
-        "security": [{"bearerAuth": []}, {}],
+        # Each operation says whether it needs the token (gateway/openapi_errors.py ANONYMOUS_METHODS).
+        "security": [{"bearerAuth": []}],
     }
 
 
@@ -201,13 +199,14 @@ class _Builder:
             for query_parameter in parameters:
                 if query_parameter.get("name") == transcoder.mask_field.json_name:
                     query_parameter["schema"] = _update_mask_schema(transcoder)
-        if binding.verb != "GET":
+        if openapi_errors.takes_idempotency_key(route):
             parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
         operation: dict[str, Any] = {
             "operationId": operation_id,
             "tags": [rpc.service.rsplit(".", 1)[-1]],
             "summary": f"{rpc.service}.{rpc.name}",
             "x-grpc-method": rpc.path,
+            "security": [{"bearerAuth": []}] if openapi_errors.needs_token(route) else [],
         }
         if parameters:
             operation["parameters"] = parameters
@@ -234,11 +233,7 @@ class _Builder:
                     "schema": {"type": "string", "const": cache_control(caching)},
                 }
             }
-        operation["responses"] = {
-            "200": ok,
-            "4XX": {"$ref": "#/components/responses/Problem"},
-            "5XX": {"$ref": "#/components/responses/Problem"},
-        }
+        operation["responses"] = {"200": ok, **openapi_errors.operation_responses(route, transcoder)}
         return operation
 
     def request_body_schema(self, transcoder: Transcoder) -> Schema:

@@ -114,6 +114,7 @@ async def test_openapi_parameters_and_schemas(api: httpx.AsyncClient) -> None:
         "ada_l",
     )
     assert username["schema"]["pattern"] == "^[a-z0-9_.]{3,30}$"
+    assert check["security"] == []  # no token needed
 
     search = document["paths"]["/v1/users:search"]["get"]
     assert [(p["name"], p["in"], p.get("required", False)) for p in search["parameters"]] == [
@@ -122,6 +123,7 @@ async def test_openapi_parameters_and_schemas(api: httpx.AsyncClient) -> None:
         ("pageToken", "query", False),
     ]
     assert search["parameters"][1]["schema"] == {"type": "integer", "format": "int32", "minimum": 0, "examples": [20]}
+    assert search["security"] == [{"bearerAuth": []}]
 
     update = document["paths"]["/v1/me"]["patch"]
     body = update["requestBody"]
@@ -129,7 +131,12 @@ async def test_openapi_parameters_and_schemas(api: httpx.AsyncClient) -> None:
     assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/capsule.auth.v1.User"}
     assert body["content"]["application/json"]["example"]["username"] == "ada_l"
     assert [p.get("name") for p in update["parameters"] if "name" in p] == ["updateMask"]
-    assert update["responses"]["4XX"] == {"$ref": "#/components/responses/Problem"}
+    # One problem+json response per status the operation can answer.
+    assert set(update["responses"]) == {"200", "400", "401", "409", "413", "415", "429", "500", "503", "504"}
+    assert update["responses"]["409"]["$ref"] == "#/components/responses/Problem409"
+    problem409 = document["components"]["responses"]["Problem409"]["content"]["application/problem+json"]
+    assert problem409["schema"] == {"$ref": "#/components/schemas/Problem"}
+    assert problem409["example"]["status"] == 409
 
     user = schemas["capsule.auth.v1.User"]
     assert user["properties"]["createdAt"] == {"type": "string", "format": "date-time", "readOnly": True}
