@@ -3,12 +3,22 @@
 Schemas follow the proto3 JSON mapping the gateway speaks: lowerCamelCase properties, 64-bit
 integers as strings, Timestamp as a date-time string, Duration and FieldMask as strings, enums as
 string enums, repeated fields as arrays, maps as objects. `google.api.field_behavior` marks
-REQUIRED fields as required and OUTPUT_ONLY ones as read-only. Paths keep custom verbs literally
-(`/v1/auth:signup`); each operation is named after its RPC. Built once at start-up.
+REQUIRED fields as required and OUTPUT_ONLY and IMMUTABLE ones as read-only. Paths keep custom
+verbs literally (`/v1/auth:signup`); each operation is named after its RPC. Built once at start-up.
+
+The schemas say what the gateway and services accept, no more (tests/gateway/test_fuzz_accepted.py
+measures how much of it they do): the declared field rules (services/common/field_rules.py); an
+optional string may also be empty (a blank optional value is not judged); no string holds NUL; a
+REQUIRED enum never takes its zero value; a REQUIRED field is a required query parameter; a oneof
+takes at most one of its fields; a key that names no field is refused; a body is required when {}
+would be refused; a PATCH's update mask names the fields its body may set. Every body has an
+example built from the declared examples (`example_body`), and every operation lists each error
+status it can answer, as problem+json (gateway/openapi_errors.py).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +26,7 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from gateway import openapi_errors
 from gateway.fields import WRAPPERS, enum_values, is_map, is_nested_message, settable_from_text
 from gateway.httpcache import cache_control
 from gateway.routing import Route
@@ -25,6 +36,26 @@ from services.common import field_rules
 Schema = dict[str, Any]
 FD = FieldDescriptor
 MAX_QUERY_DEPTH = 4
+# How deep an example body follows nested messages (recursive types stop there).
+MAX_EXAMPLE_DEPTH = 4
+# A time far enough ahead for every "must be in the future" rule (an unlock time: 1 minute to 50
+# years ahead), fixed so the document is the same on every start.
+EXAMPLE_TIME = "2027-12-24T18:00:00Z"
+EXAMPLE_UUID = "0192f5e0-7c1a-7b3e-9d4f-1a2b3c4d5e6f"
+_NO_EXAMPLE: Any = object()
+# Fields of which a request must hold exactly one, where the proto cannot say it with a oneof (a
+# repeated field cannot be in one): message → the field names. Refused otherwise by the service
+# (services/notifications/notifications.py mark_read); the first is the one the example sets.
+EXACTLY_ONE_OF: dict[str, tuple[str, ...]] = {
+    "capsule.notifications.v1.MarkReadRequest": ("ids", "up_to"),
+}
+# The keywords that judge a string (the rest annotate it).
+_STRING_CONSTRAINTS = ("minLength", "maxLength", "pattern", "format", "enum", "allOf")
+# SPEC §3: a NUL character in any string is refused (services/common/validation.py).
+NO_NUL_PATTERN = r"^[^\x00]*$"
+# What an Idempotency-Key may be (gateway/headers.py, upstream.py, services/common/idempotency.py):
+# 1 to 200 characters of printable ASCII, no surrounding spaces (HTTP drops them).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 
 _SCALARS: dict[int, Schema] = {
     FD.TYPE_STRING: {"type": "string"},
@@ -109,25 +140,24 @@ def openapi_document(routes: Iterable[Route], title: str = "capsule-mesh API", v
         "paths": paths,
         "components": {
             "schemas": {**dict(sorted(builder.schemas.items())), "Problem": PROBLEM_SCHEMA},
-            "responses": {
-                "Problem": {
-                    "description": "An error.",
-                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-                }
-            },
+            # One problem+json response per status; each operation refers to those it can answer.
+            "responses": openapi_errors.problem_responses(),
             "parameters": {
                 "IdempotencyKey": {
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "description": "Makes a retried write return the first result instead of writing again.",
-                    "schema": {"type": "string", "maxLength": 200},
+                    "description": (
+                        "Makes a retried write return the first result instead of writing again: the same key "
+                        "from the same caller within 24 h (a different request with it is 409)."
+                    ),
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": IDEMPOTENCY_KEY_PATTERN},
                 }
             },
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
-        # Anonymous or bearer: the protos do not say which calls need a token; the services do.
-        "security": [{"bearerAuth": []}, {}],
+        # Each operation says whether it needs the token (gateway/openapi_errors.py ANONYMOUS_METHODS).
+        "security": [{"bearerAuth": []}],
     }
 
 
@@ -151,30 +181,45 @@ class _Builder:
         transcoder = Transcoder(binding, route.template)
         parameters: list[dict[str, Any]] = []
         for parameter in transcoder.path_parameters:
-            schema = self.single(parameter.field.leaf)
+            leaf = parameter.field.leaf
+            schema = self.single(leaf, in_path=True)
             if parameter.variable.pattern != "*":
                 schema = {**schema, "description": f"Matches the path pattern `{parameter.variable.pattern}`."}
-            parameters.append({"name": parameter.variable.field_path, "in": "path", "required": True, "schema": schema})
+            path_parameter = {"name": parameter.variable.field_path, "in": "path", "required": True, "schema": schema}
+            declared = _declared_example(leaf)
+            if declared is not _NO_EXAMPLE:
+                path_parameter["example"] = declared
+            parameters.append(path_parameter)
         if not transcoder.takes_body or transcoder.body_field is not None:
             bound = {p.field.names for p in transcoder.path_parameters}
             if transcoder.body_field is not None:
                 bound.add((transcoder.body_field.name,))
             parameters.extend(self.query_parameters(rpc.input_descriptor, (), "", bound, set()))
-        if binding.verb != "GET":
+        if transcoder.mask_field is not None:
+            for query_parameter in parameters:
+                if query_parameter.get("name") == transcoder.mask_field.json_name:
+                    query_parameter["schema"] = _update_mask_schema(transcoder)
+        if openapi_errors.takes_idempotency_key(route):
             parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
         operation: dict[str, Any] = {
             "operationId": operation_id,
             "tags": [rpc.service.rsplit(".", 1)[-1]],
             "summary": f"{rpc.service}.{rpc.name}",
             "x-grpc-method": rpc.path,
+            "security": [{"bearerAuth": []}] if openapi_errors.needs_token(route) else [],
         }
         if parameters:
             operation["parameters"] = parameters
         if transcoder.takes_body:
-            # Not required: an empty body reads as {} (e.g. POST .../{id}:open).
+            # An empty body reads as {} (e.g. POST .../{id}:open): required when {} would be refused.
             operation["requestBody"] = {
-                "required": False,
-                "content": {"application/json": {"schema": self.request_body_schema(transcoder)}},
+                "required": _body_required(transcoder),
+                "content": {
+                    "application/json": {
+                        "schema": self.request_body_schema(transcoder),
+                        "example": example_body(transcoder),
+                    }
+                },
             }
         ok: dict[str, Any] = {
             "description": "OK",
@@ -188,11 +233,7 @@ class _Builder:
                     "schema": {"type": "string", "const": cache_control(caching)},
                 }
             }
-        operation["responses"] = {
-            "200": ok,
-            "4XX": {"$ref": "#/components/responses/Problem"},
-            "5XX": {"$ref": "#/components/responses/Problem"},
-        }
+        operation["responses"] = {"200": ok, **openapi_errors.operation_responses(route, transcoder)}
         return operation
 
     def request_body_schema(self, transcoder: Transcoder) -> Schema:
@@ -228,7 +269,7 @@ class _Builder:
             name = f"{json_prefix}{field.json_name}"
             if settable_from_text(field):
                 parameter: dict[str, Any] = {"name": name, "in": "query", "schema": self.field(field, query=True)}
-                if field_rules.is_required(field):
+                if not prefix and _is_required(field) and not field.is_repeated:
                     parameter["required"] = True
                 if field.is_repeated:
                     parameter["explode"] = True
@@ -251,14 +292,14 @@ class _Builder:
             schema = {"type": "array", "items": self.single(field, query=query), **field_rules.array_keywords(field)}
         else:
             schema = self.single(field, query=query)
-        behaviors = set(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
-        if field_behavior_pb2.OUTPUT_ONLY in behaviors:
+        if _read_only(field):
             schema = {**schema, "readOnly": True}
+        behaviors = set(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
         if field_behavior_pb2.INPUT_ONLY in behaviors:
             schema = {**schema, "writeOnly": True}
         return schema
 
-    def single(self, field: FieldDescriptor, *, query: bool = False) -> Schema:
+    def single(self, field: FieldDescriptor, *, query: bool = False, in_path: bool = False) -> Schema:
         if field.message_type is not None:
             name = field.message_type.full_name
             if name in WRAPPERS:
@@ -268,9 +309,16 @@ class _Builder:
                 return dict(_WELL_KNOWN[name])
             return self.message_ref(field.message_type)
         if field.enum_type is not None:
-            return self.enum_schema(field.enum_type, query=query)
+            required = _is_required(field) and not field.is_repeated
+            return self.enum_schema(field.enum_type, query=query, required=required)
         # The limits the services enforce, declared once in the proto (services/common/field_rules.py).
-        return {**_SCALARS[field.type], **field_rules.json_schema_keywords(field)}
+        schema = {**_SCALARS[field.type], **field_rules.json_schema_keywords(field)}
+        if field.type == FD.TYPE_STRING:
+            schema = _without_nul(schema)
+            if not in_path and _may_be_empty(field):
+                # An optional string may be empty: its rules judge a value only when there is one.
+                schema = _or_empty(schema)
+        return schema
 
     def message_ref(self, descriptor: Descriptor) -> Schema:
         if descriptor.full_name in _WELL_KNOWN:
@@ -290,21 +338,52 @@ class _Builder:
             properties[field.json_name] = self.field(field)
             if field_behavior_pb2.REQUIRED in field.GetOptions().Extensions[field_behavior_pb2.field_behavior]:
                 required.append(field.json_name)
-        schema: Schema = {"type": "object", "title": descriptor.name, "properties": properties}
+        # A key that names no field is refused (gateway/fields.py merge_json_object).
+        schema: Schema = {
+            "type": "object",
+            "title": descriptor.name,
+            "properties": properties,
+            "additionalProperties": False,
+        }
         if required:
             schema["required"] = required
         oneofs = [o for o in descriptor.oneofs if len(o.fields) > 1 or not o.name.startswith("_")]
+        all_of: list[Schema] = []
         if oneofs:
             schema["description"] = (
                 "; ".join("at most one of " + ", ".join(f.json_name for f in o.fields) for o in oneofs) + "."
             )
+            # Two fields of one oneof in a body are refused (gateway/fields.py merge_json_object).
+            pairs = [
+                [a.json_name, b.json_name]
+                for o in oneofs
+                for i, a in enumerate(o.fields)
+                for b in o.fields[i + 1 :]
+                if a.name not in excluded and b.name not in excluded
+            ]
+            all_of.extend({"not": {"required": pair}} for pair in pairs)
         required_oneofs = field_rules.required_oneofs(descriptor)
         if required_oneofs:
             names = {field.name: field.json_name for field in descriptor.fields}
-            schema["allOf"] = [{"anyOf": [{"required": [names[name]]} for name in oneof]} for oneof in required_oneofs]
+            all_of.extend({"anyOf": [{"required": [names[name]]} for name in oneof]} for oneof in required_oneofs)
+        exactly_one = EXACTLY_ONE_OF.get(descriptor.full_name)
+        if exactly_one:
+            fields = [descriptor.fields_by_name[name] for name in exactly_one]
+            # Present and not empty: an empty list or string counts as not given.
+            schema["oneOf"] = [
+                {
+                    "required": [field.json_name],
+                    "properties": {field.json_name: {"minItems": 1} if field.is_repeated else {"minLength": 1}},
+                }
+                for field in fields
+            ]
+            note = "Exactly one of " + ", ".join(field.json_name for field in fields) + "."
+            schema["description"] = f"{schema['description']} {note}" if "description" in schema else note
+        if all_of:
+            schema["allOf"] = all_of
         return schema
 
-    def enum_schema(self, descriptor: EnumDescriptor, *, query: bool) -> Schema:
+    def enum_schema(self, descriptor: EnumDescriptor, *, query: bool, required: bool = False) -> Schema:
         key = descriptor.full_name
         if key not in self.schemas:
             self.schemas[key] = {
@@ -312,7 +391,233 @@ class _Builder:
                 "title": descriptor.name,
                 "enum": [value.name for value in descriptor.values],
             }
+        # A REQUIRED enum field is refused at its zero value (services/common/validation.py).
+        names = [value.name for value in descriptor.values if not (required and value.number == 0)]
         if query:
             # Query parameters also take the short lower-case form: direction=incoming.
-            return {"type": "string", "enum": enum_values(descriptor).short_names + [v.name for v in descriptor.values]}
+            return {"type": "string", "enum": enum_values(descriptor).short_names + names}
+        if required:
+            return {"type": "string", "title": descriptor.name, "enum": names}
         return {"$ref": f"#/components/schemas/{key}"}
+
+
+def _is_required(field: FieldDescriptor) -> bool:
+    return field_behavior_pb2.REQUIRED in field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+
+
+_READ_ONLY = frozenset({field_behavior_pb2.OUTPUT_ONLY, field_behavior_pb2.IMMUTABLE})
+
+
+def _read_only(field: FieldDescriptor) -> bool:
+    """Never sent in a request body that holds the field's message: OUTPUT_ONLY, or IMMUTABLE (set
+    when the resource is made, by a create request of its own, and refused by its update)."""
+    return not _READ_ONLY.isdisjoint(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
+
+
+def _may_be_empty(field: FieldDescriptor) -> bool:
+    """Whether the services take "" for the string field: not for a REQUIRED one, a member of a
+    oneof that must be set, or an item of a list (a blank item names nothing)."""
+    if field.is_repeated or _is_required(field):
+        return False
+    oneof = field.containing_oneof
+    return oneof is None or not any(field.name in names for names in field_rules.required_oneofs(field.containing_type))
+
+
+def _without_nul(schema: Schema) -> Schema:
+    """`schema` refusing NUL, unless a pattern of it already does (control characters, formats:
+    probed with its example, or "a", before and after a NUL is added)."""
+    if "enum" in schema:
+        return schema
+    examples = schema.get("examples") or ["a"]
+    probe = examples[0] if isinstance(examples[0], str) else "a"
+    patterns = [schema.get("pattern"), *(part.get("pattern") for part in schema.get("allOf", ()))]
+    for pattern in patterns:
+        if pattern is not None and re.search(pattern, probe) and not re.search(pattern, probe + "\x00"):
+            return schema
+    if "pattern" not in schema:
+        return {**schema, "pattern": NO_NUL_PATTERN}
+    return {**schema, "allOf": [*schema.get("allOf", ()), {"pattern": NO_NUL_PATTERN}]}
+
+
+def _body_required(transcoder: Transcoder) -> bool:
+    """Whether an empty body ({}) would be refused: the message has a required field outside the
+    path, a oneof that must be set, or fields of which one must be given."""
+    if transcoder.body_field is not None:
+        return _is_required(transcoder.body_field)
+    descriptor = transcoder.input_type.DESCRIPTOR
+    path_bound = {p.field.names[0] for p in transcoder.path_parameters}
+    return (
+        any(_is_required(field) and field.name not in path_bound for field in descriptor.fields)
+        or bool(field_rules.required_oneofs(descriptor))
+        or descriptor.full_name in EXACTLY_ONE_OF
+    )
+
+
+def _update_mask_schema(transcoder: Transcoder) -> Schema:
+    """The update mask of a PATCH: comma-separated names of the body's fields a client may set
+    (either spelling); left out, the body's keys are the mask."""
+    assert transcoder.body_field is not None
+    names: list[str] = []
+    for field in transcoder.body_field.message_type.fields:
+        if not _read_only(field):
+            names.extend(dict.fromkeys((field.json_name, field.name)))
+    one = "(" + "|".join(re.escape(name) for name in names) + ")"
+    return {
+        "type": "string",
+        "pattern": f"^({one}(,{one})*)?$",
+        "description": "Comma-separated fields of the body to change, e.g. `" + ",".join(names[:2]) + "`.",
+    }
+
+
+def _accepts_empty(schema: Schema) -> bool:
+    if schema.get("minLength", 0) > 0 or "format" in schema:
+        return False
+    if "enum" in schema:
+        return "" in schema["enum"]
+    return "pattern" not in schema or re.search(schema["pattern"], "") is not None
+
+
+def _or_empty(schema: Schema) -> Schema:
+    """`schema`, or the empty string when its rules would refuse that."""
+    if _accepts_empty(schema):
+        return schema
+    if "enum" in schema:
+        return {**schema, "enum": [*schema["enum"], ""]}
+    constraints = {k: v for k, v in schema.items() if k in _STRING_CONSTRAINTS}
+    annotations = {k: v for k, v in schema.items() if k not in _STRING_CONSTRAINTS}
+    return {**annotations, "anyOf": [constraints, {"const": ""}]}
+
+
+# --- example bodies ----------------------------------------------------------------------------------
+
+
+def example_body(transcoder: Transcoder) -> Any:
+    """A request body the services accept (as far as each field's own rules go): every REQUIRED
+    field and every field that declares an example (`(capsule.common.v1.field).example`), with
+    that example or a value fitting its type; never a field the path sets or a read-only one
+    (OUTPUT_ONLY, IMMUTABLE), at most one field of a oneof."""
+    if transcoder.body_field is not None:
+        return _field_example(transcoder.body_field, 0)
+    path_bound = {p.field.names[0] for p in transcoder.path_parameters if len(p.field.names) == 1}
+    return _message_example(transcoder.input_type.DESCRIPTOR, path_bound, 0)
+
+
+def _message_example(descriptor: Descriptor, exclude: set[str], depth: int) -> dict[str, Any]:
+    example: dict[str, Any] = {}
+    taken: set[str] = set()  # the oneofs that have their field
+    required_oneofs = {names[0] for names in field_rules.required_oneofs(descriptor)}
+    exactly_one = EXACTLY_ONE_OF.get(descriptor.full_name, ())
+    if exactly_one:
+        required_oneofs.add(exactly_one[0])
+        exclude = exclude | set(exactly_one[1:])
+    for field in descriptor.fields:
+        oneof = field.containing_oneof
+        if oneof is not None and len(oneof.fields) == 1 and oneof.name.startswith("_"):
+            oneof = None  # proto3 `optional`: presence, not a choice
+        if field.name in exclude or _read_only(field) or (oneof is not None and oneof.name in taken):
+            continue
+        wanted = _is_required(field) or field.name in required_oneofs or _declared_example(field) is not _NO_EXAMPLE
+        if not wanted:
+            continue
+        value = _field_example(field, depth)
+        if value is _NO_EXAMPLE:
+            continue
+        example[field.json_name] = value
+        if oneof is not None:
+            taken.add(oneof.name)
+    return example
+
+
+def _field_example(field: FieldDescriptor, depth: int) -> Any:
+    if is_map(field):
+        entry = field.message_type
+        key, value = (
+            _single_example(entry.fields_by_name["key"], depth),
+            _single_example(entry.fields_by_name["value"], depth),
+        )
+        return _NO_EXAMPLE if value is _NO_EXAMPLE else {str(key).lower(): value}
+    value = _single_example(field, depth)
+    if value is _NO_EXAMPLE or not field.is_repeated:
+        return value
+    return [value]
+
+
+_WELL_KNOWN_EXAMPLES: dict[str, Any] = {
+    "google.protobuf.Timestamp": EXAMPLE_TIME,
+    "google.protobuf.Duration": "60s",
+    "google.protobuf.Empty": {},
+    "google.protobuf.Struct": {},
+    "google.protobuf.ListValue": [],
+}
+
+
+def _single_example(field: FieldDescriptor, depth: int) -> Any:
+    declared = _declared_example(field)
+    if declared is not _NO_EXAMPLE:
+        return declared
+    if field.message_type is not None:
+        name = field.message_type.full_name
+        if name in WRAPPERS:
+            return _single_example(field.message_type.fields_by_name["value"], depth)
+        if name in _WELL_KNOWN_EXAMPLES:
+            return _WELL_KNOWN_EXAMPLES[name]
+        if name in _WELL_KNOWN or depth >= MAX_EXAMPLE_DEPTH:
+            return _NO_EXAMPLE  # a FieldMask, Any or Value has no value that fits every method
+        return _message_example(field.message_type, set(), depth + 1)
+    if field.enum_type is not None:
+        values = field.enum_type.values
+        return next((v.name for v in values if v.number != 0), values[0].name)
+    if field.type == FD.TYPE_BOOL:
+        return False
+    if field.type == FD.TYPE_BYTES:
+        return "ZXhhbXBsZQ=="
+    if field.type == FD.TYPE_STRING:
+        return _string_example(field)
+    rules = field_rules.declared(field)
+    number: float = rules.minimum if rules is not None and rules.HasField("minimum") else 0
+    if field.cpp_type in (FD.CPPTYPE_DOUBLE, FD.CPPTYPE_FLOAT):
+        return float(number)
+    if field.cpp_type in (FD.CPPTYPE_INT64, FD.CPPTYPE_UINT64):
+        return str(int(number))  # 64-bit integers are strings in proto3 JSON
+    return int(number)
+
+
+_FORMAT_EXAMPLES = {
+    field_rules.Rules.FORMAT_UUID: EXAMPLE_UUID,
+    field_rules.Rules.FORMAT_EMAIL: "name@example.com",
+    field_rules.Rules.FORMAT_HTTPS_URL: "https://example.com/",
+    field_rules.Rules.FORMAT_COUNTRY_CODE: "FR",
+}
+
+
+def _string_example(field: FieldDescriptor) -> str:
+    """A string for a field that declares no example: its format's, its list's first, or text as
+    long as its length rules want (a pattern without an example cannot be guessed)."""
+    rules = field_rules.declared(field)
+    if rules is None:
+        return "string"
+    if rules.format in _FORMAT_EXAMPLES:
+        return _FORMAT_EXAMPLES[rules.format]
+    if rules.one_of:
+        return str(rules.one_of[0])
+    text = "example"
+    if rules.min_length > len(text):
+        text = "example " * (rules.min_length // 8 + 1)
+    if rules.HasField("max_length"):
+        text = text[: rules.max_length]
+    return text.strip() if len(text.strip()) >= rules.min_length else text
+
+
+def _declared_example(field: FieldDescriptor) -> Any:
+    """The field's declared example, typed as JSON carries it; _NO_EXAMPLE when it declares none."""
+    rules = field_rules.declared(field)
+    if rules is None or not rules.example:
+        return _NO_EXAMPLE
+    text = rules.example
+    if field.cpp_type in (FD.CPPTYPE_INT32, FD.CPPTYPE_UINT32):
+        return int(text)
+    if field.cpp_type in (FD.CPPTYPE_DOUBLE, FD.CPPTYPE_FLOAT):
+        return float(text)
+    if field.cpp_type == FD.CPPTYPE_BOOL:
+        return text.lower() == "true"
+    return text

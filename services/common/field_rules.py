@@ -200,6 +200,18 @@ def max_items(field: FieldDescriptor) -> int:
 
 # --- the same rules as JSON Schema (gateway/openapi.py) ------------------------------------------
 
+# A character str.strip() keeps, in the subset of regular expressions Python and ECMA-262 read
+# alike: ECMA's \s lacks the separators U+001C-U+001F and U+0085 that Python strips (and has U+FEFF,
+# which Python keeps: a value of BOMs alone reads as blank here, stricter than the service).
+_KEPT = r"[^\s\x1c-\x1f\x85]"
+NOT_BLANK_PATTERN = _KEPT
+
+
+def _trimmed_length_pattern(minimum: int) -> str:
+    """Matches a string at least `minimum` characters long once trimmed (minimum >= 2): two kept
+    characters that far apart."""
+    return f"{_KEPT}[\\s\\S]{{{minimum - 2},}}{_KEPT}"
+
 
 def json_schema_keywords(field: FieldDescriptor) -> dict[str, Any]:
     """JSON Schema keywords for one value of `field` (an item, for a repeated field): what the
@@ -207,7 +219,7 @@ def json_schema_keywords(field: FieldDescriptor) -> dict[str, Any]:
     rules = declared(field)
     required = is_required(field) and field.type == FD.TYPE_STRING and not field.is_repeated
     if rules is None:
-        return {"minLength": 1, "pattern": r"\S"} if required else {}
+        return {"minLength": 1, "pattern": NOT_BLANK_PATTERN} if required else {}
     keywords: dict[str, Any] = {}
     if field.type == FD.TYPE_STRING:
         if required:  # not blank
@@ -225,12 +237,15 @@ def json_schema_keywords(field: FieldDescriptor) -> dict[str, Any]:
             keywords["format"] = _JSON_FORMATS[rules.format]
         elif rules.pattern:
             keywords["pattern"] = rules.pattern
-        if required and "pattern" not in keywords and "enum" not in keywords:
-            keywords["pattern"] = r"\S"
         if rules.single_line or rules.no_control_characters:
-            keywords["pattern"] = keywords.get("pattern") or (
-                r"^[^\x00-\x1f\x7f]*$" if rules.single_line else r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
-            )
+            controls = r"^[^\x00-\x1f\x7f]*$" if rules.single_line else r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+            _add_pattern(keywords, controls)
+        if "enum" not in keywords:
+            # Lengths are judged on the trimmed value (StringRule.check), blankness too.
+            if rules.min_length > 1:
+                _add_pattern(keywords, _trimmed_length_pattern(rules.min_length))
+            elif required and _may_be_blank(keywords):
+                _add_pattern(keywords, NOT_BLANK_PATTERN)
     if rules.HasField("minimum"):
         keywords["minimum"] = rules.minimum
     if rules.HasField("maximum"):
@@ -240,6 +255,20 @@ def json_schema_keywords(field: FieldDescriptor) -> dict[str, Any]:
     if rules.message:
         keywords["description"] = rules.message[0].upper() + rules.message[1:] + "."
     return keywords
+
+
+def _may_be_blank(keywords: dict[str, Any]) -> bool:
+    """Whether every pattern so far lets a blank value through (probed with one space)."""
+    patterns = [keywords.get("pattern"), *(part["pattern"] for part in keywords.get("allOf", ()))]
+    return all(re.search(pattern, " ") for pattern in patterns if pattern is not None)
+
+
+def _add_pattern(keywords: dict[str, Any], pattern: str) -> None:
+    """One more pattern the value must match (JSON Schema has one `pattern` per schema)."""
+    if "pattern" not in keywords:
+        keywords["pattern"] = pattern
+    else:
+        keywords.setdefault("allOf", []).append({"pattern": pattern})
 
 
 def array_keywords(field: FieldDescriptor) -> dict[str, Any]:

@@ -105,26 +105,43 @@ async def test_openapi_parameters_and_schemas(api: httpx.AsyncClient) -> None:
     schemas = document["components"]["schemas"]
 
     check = document["paths"]["/v1/usernames/{username}"]["get"]
-    assert check["parameters"] == [{"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}]
+    [username] = check["parameters"]
+    # The declared rule and example (protos: (capsule.common.v1.field)).
+    assert (username["name"], username["in"], username["required"], username["example"]) == (
+        "username",
+        "path",
+        True,
+        "ada_l",
+    )
+    assert username["schema"]["pattern"] == "^[a-z0-9_.]{3,30}$"
+    assert check["security"] == []  # no token needed
 
     search = document["paths"]["/v1/users:search"]["get"]
-    assert [(p["name"], p["in"]) for p in search["parameters"]] == [
-        ("query", "query"),
-        ("pageSize", "query"),
-        ("pageToken", "query"),
+    assert [(p["name"], p["in"], p.get("required", False)) for p in search["parameters"]] == [
+        ("query", "query", True),
+        ("pageSize", "query", False),
+        ("pageToken", "query", False),
     ]
-    assert search["parameters"][1]["schema"] == {"type": "integer", "format": "int32"}
+    assert search["parameters"][1]["schema"] == {"type": "integer", "format": "int32", "minimum": 0, "examples": [20]}
+    assert search["security"] == [{"bearerAuth": []}]
 
     update = document["paths"]["/v1/me"]["patch"]
-    assert update["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/capsule.auth.v1.User"
-    }
+    body = update["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/capsule.auth.v1.User"}
+    assert body["content"]["application/json"]["example"]["username"] == "ada_l"
     assert [p.get("name") for p in update["parameters"] if "name" in p] == ["updateMask"]
-    assert update["responses"]["4XX"] == {"$ref": "#/components/responses/Problem"}
+    # One problem+json response per status the operation can answer.
+    assert set(update["responses"]) == {"200", "400", "401", "409", "413", "415", "429", "500", "503", "504"}
+    assert update["responses"]["409"]["$ref"] == "#/components/responses/Problem409"
+    problem409 = document["components"]["responses"]["Problem409"]["content"]["application/problem+json"]
+    assert problem409["schema"] == {"$ref": "#/components/schemas/Problem"}
+    assert problem409["example"]["status"] == 409
 
     user = schemas["capsule.auth.v1.User"]
     assert user["properties"]["createdAt"] == {"type": "string", "format": "date-time", "readOnly": True}
-    assert user["properties"]["firstName"] == {"type": "string"}
+    assert user["properties"]["firstName"]["maxLength"] == 100
+    assert user["additionalProperties"] is False
     assert schemas["capsule.auth.v1.SignUpRequest"]["required"] == ["email", "username", "password"]
     assert schemas["capsule.auth.v1.CheckUsernameResponse"]["properties"]["available"] == {"type": "boolean"}
     assert schemas["capsule.auth.v1.SearchUsersResponse"]["properties"]["users"] == {
