@@ -156,7 +156,7 @@ def openapi_document(routes: Iterable[Route], title: str = "capsule-mesh API", v
             },
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
-        # Each operation says whether it needs the token (gateway/openapi_errors.py ANONYMOUS_METHODS).
+        # Each operation says whether it needs the token (`(capsule.common.v1.anonymous)`).
         "security": [{"bearerAuth": []}],
     }
 

@@ -5,9 +5,10 @@ happens.
 The statuses come from what the gateway does with every request (SPEC §3, §7: JSON and query
 parsing, body size, rate limits, the upstream's deadline and availability) and from what the
 services answer, mapped by the gateway as SPEC §3 says (gateway/problems.py `HTTP_STATUS`). What the
-services do per method is not declared in the protos, except what the descriptors show (path
-variables, body, field formats); the rest is the explicit method lists below, each saying where in
-the services it comes from, and tests/gateway/test_openapi_errors.py holds them to the handlers.
+protos declare decides what it can: path variables, body, field formats, and whether the method
+needs a token (`(capsule.common.v1.anonymous)`); the rest is the explicit method lists below, each
+saying where in the services it comes from, and tests/gateway/test_openapi_errors.py holds them to
+the handlers.
 """
 
 from __future__ import annotations
@@ -23,23 +24,6 @@ from gateway.problems import MEDIA_TYPE, TYPE_PREFIX
 from gateway.routing import Route
 from gateway.transcoding import Transcoder
 from services.common import field_rules
-
-# Methods that take no access token: their handlers never call `Authenticator.require`
-# (services/*/handlers.py). Every other method with an HTTP rule needs one. (No proto option says
-# it; tests/gateway/test_openapi_errors.py checks this list against the handlers.)
-ANONYMOUS_METHODS = frozenset(
-    {
-        "capsule.auth.v1.AuthService.SignUp",
-        "capsule.auth.v1.AuthService.LogIn",
-        "capsule.auth.v1.AuthService.Refresh",
-        "capsule.auth.v1.AuthService.LogOut",
-        "capsule.auth.v1.AuthService.CheckUsername",
-        "capsule.capsules.v1.ThemesService.ListThemes",
-        "capsule.capsules.v1.ThemesService.GetTheme",
-        "capsule.capsules.v1.SharesService.GetShare",
-        "capsule.capsules.v1.InvitesService.GetInvite",
-    }
-)
 
 # Anonymous methods that still answer 401: they judge credentials of their own
 # (services/auth/accounts.py: a wrong password is INVALID_CREDENTIALS; a refresh token that is not
@@ -121,7 +105,9 @@ def method_name(route: Route) -> str:
 
 
 def needs_token(route: Route) -> bool:
-    return method_name(route) not in ANONYMOUS_METHODS
+    """Every public method but those its proto declares `(capsule.common.v1.anonymous)`; the
+    services refuse a call without a valid token to the others (services/common/server.py)."""
+    return not route.binding.rpc.policy.anonymous
 
 
 def takes_idempotency_key(route: Route) -> bool:
@@ -134,7 +120,7 @@ def error_statuses(route: Route, transcoder: Transcoder) -> dict[int, str]:
     - 400 everywhere: JSON or query that does not parse or fit the message, a field rule broken,
       a page token not issued by the list, a refusal that depends on the state (FAILED_PRECONDITION).
     - 413 and 415 for an operation with a body: over the gateway's body limit, not JSON.
-    - 401 for an operation that needs an access token (not in ANONYMOUS_METHODS), and for the
+    - 401 for an operation that needs an access token (not declared anonymous), and for the
       anonymous ones that judge credentials of their own (CREDENTIAL_METHODS).
     - 403 where the service checks the caller's own credentials (PERMISSION_CHECKS).
     - 404 when the route has a path variable (the resource it names may not exist or not be the

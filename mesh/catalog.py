@@ -112,6 +112,8 @@ class MethodPolicy:
 
     http_cache: HttpCaching | None = None
     login: LogIn | None = None
+    # `(capsule.common.v1.anonymous)`: the method needs no access token.
+    anonymous: bool = False
 
 
 NO_POLICY = MethodPolicy()
@@ -131,9 +133,10 @@ def method_policy(method: MethodDescriptor) -> MethodPolicy:
     if options.HasExtension(options_pb2.rate_limit):
         limit = options.Extensions[options_pb2.rate_limit]
         login = _login(method, limit.login, tuple(limit.account_fields))
-    if http_cache is None and login is None:
+    anonymous = options.Extensions[options_pb2.anonymous]
+    if http_cache is None and login is None and not anonymous:
         return NO_POLICY
-    return MethodPolicy(http_cache=http_cache, login=login)
+    return MethodPolicy(http_cache=http_cache, login=login, anonymous=anonymous)
 
 
 def _login(method: MethodDescriptor, is_login: bool, account_fields: tuple[str, ...]) -> LogIn | None:
