@@ -43,12 +43,6 @@ MAX_EXAMPLE_DEPTH = 4
 EXAMPLE_TIME = "2027-12-24T18:00:00Z"
 EXAMPLE_UUID = "0192f5e0-7c1a-7b3e-9d4f-1a2b3c4d5e6f"
 _NO_EXAMPLE: Any = object()
-# Fields of which a request must hold exactly one, where the proto cannot say it with a oneof (a
-# repeated field cannot be in one): message → the field names. Refused otherwise by the service
-# (services/notifications/notifications.py mark_read); the first is the one the example sets.
-EXACTLY_ONE_OF: dict[str, tuple[str, ...]] = {
-    "capsule.notifications.v1.MarkReadRequest": ("ids", "up_to"),
-}
 # The keywords that judge a string (the rest annotate it).
 _STRING_CONSTRAINTS = ("minLength", "maxLength", "pattern", "format", "enum", "allOf")
 # SPEC §3: a NUL character in any string is refused (services/common/validation.py).
@@ -366,17 +360,17 @@ class _Builder:
         if required_oneofs:
             names = {field.name: field.json_name for field in descriptor.fields}
             all_of.extend({"anyOf": [{"required": [names[name]]} for name in oneof]} for oneof in required_oneofs)
-        exactly_one = EXACTLY_ONE_OF.get(descriptor.full_name)
-        if exactly_one:
+        for exactly_one in field_rules.exactly_one_groups(descriptor):  # the example sets the first
             fields = [descriptor.fields_by_name[name] for name in exactly_one]
             # Present and not empty: an empty list or string counts as not given.
-            schema["oneOf"] = [
+            one_of = [
                 {
                     "required": [field.json_name],
                     "properties": {field.json_name: {"minItems": 1} if field.is_repeated else {"minLength": 1}},
                 }
                 for field in fields
             ]
+            all_of.append({"oneOf": one_of})
             note = "Exactly one of " + ", ".join(field.json_name for field in fields) + "."
             schema["description"] = f"{schema['description']} {note}" if "description" in schema else note
         if all_of:
@@ -449,7 +443,7 @@ def _body_required(transcoder: Transcoder) -> bool:
     return (
         any(_is_required(field) and field.name not in path_bound for field in descriptor.fields)
         or bool(field_rules.required_oneofs(descriptor))
-        or descriptor.full_name in EXACTLY_ONE_OF
+        or bool(field_rules.exactly_one_groups(descriptor))
     )
 
 
@@ -506,8 +500,7 @@ def _message_example(descriptor: Descriptor, exclude: set[str], depth: int) -> d
     example: dict[str, Any] = {}
     taken: set[str] = set()  # the oneofs that have their field
     required_oneofs = {names[0] for names in field_rules.required_oneofs(descriptor)}
-    exactly_one = EXACTLY_ONE_OF.get(descriptor.full_name, ())
-    if exactly_one:
+    for exactly_one in field_rules.exactly_one_groups(descriptor):
         required_oneofs.add(exactly_one[0])
         exclude = exclude | set(exactly_one[1:])
     for field in descriptor.fields:

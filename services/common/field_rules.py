@@ -193,6 +193,19 @@ def required_oneofs(descriptor: Any) -> list[tuple[str, ...]]:
     return found
 
 
+def exactly_one_groups(descriptor: Any) -> list[tuple[str, ...]]:
+    """The groups of fields of `descriptor` of which exactly one must be set (MessageRules)."""
+    options = descriptor.GetOptions()
+    if not options.HasExtension(options_pb2.message):
+        return []
+    groups = [tuple(group.fields) for group in options.Extensions[options_pb2.message].exactly_one]
+    for group in groups:
+        unknown = [name for name in group if name not in descriptor.fields_by_name]
+        if unknown:
+            raise ValueError(f"{descriptor.full_name} (capsule.common.v1.message): no fields {unknown}")
+    return groups
+
+
 def max_items(field: FieldDescriptor) -> int:
     rules = declared(field)
     return rules.max_items if rules is not None and field.is_repeated else 0

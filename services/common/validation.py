@@ -55,7 +55,7 @@ class _Plan:
     """What to check in one message type: by field number, the kind of check and its data, and the
     required fields to look for when they are not set."""
 
-    __slots__ = ("fields", "numbers", "oneofs", "required")
+    __slots__ = ("exactly_one", "fields", "numbers", "oneofs", "required")
 
     def __init__(self) -> None:
         # number → (name, kind, repeated, data, text): data is a StringRule (or None), the enum's
@@ -64,6 +64,7 @@ class _Plan:
         self.fields: dict[int, tuple[str, int, bool, Any, Any]] = {}
         self.required: tuple[tuple[int, str], ...] = ()  # (number, name)
         self.oneofs: tuple[tuple[str, ...], ...] = ()  # the field names of each required oneof
+        self.exactly_one: tuple[tuple[str, ...], ...] = ()  # groups of which exactly one is set
         self.numbers: dict[str, int] = {}  # field name → number: violations in the message's order
 
 
@@ -131,7 +132,8 @@ def _plan(descriptor: Descriptor, declared: bool) -> _Plan | None:
     plan.required = tuple(required)
     plan.numbers = {field.name: field.number for field in descriptor.fields}
     plan.oneofs = tuple(field_rules.required_oneofs(descriptor)) if declared else ()
-    if not plan.fields and not plan.required and not plan.oneofs:
+    plan.exactly_one = tuple(field_rules.exactly_one_groups(descriptor)) if declared else ()
+    if not plan.fields and not plan.required and not plan.oneofs and not plan.exactly_one:
         _PLANS[key] = None
         return None
     return plan
@@ -158,6 +160,8 @@ def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str
                         violations.append((f"{prefix}{name}[{index}]", NUL_OR_SURROGATE))
                     elif data is not None:
                         normalized, wrong = data.check(item)
+                        if wrong is None and not normalized.strip():
+                            wrong = "is required"  # a blank item names nothing
                         if wrong is not None:
                             violations.append((f"{prefix}{name}[{index}]", wrong))
                         elif normalized != item:
@@ -189,7 +193,7 @@ def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str
                 _walk(item, data, f"{prefix}{name}[{index}].", violations)
         else:
             _walk(value, data, f"{prefix}{name}.", violations)
-    if plan.required or plan.oneofs:
+    if plan.required or plan.oneofs or plan.exactly_one:
         start = len(violations)
         _absent(message, plan, present, prefix, violations)
         if len(violations) > start:
@@ -207,10 +211,20 @@ def _absent(message: Message, plan: _Plan, present: Any, prefix: str, violations
     for number, name in plan.required:
         if number not in numbers:
             violations.append((prefix + name, "is required"))
+    for group in plan.exactly_one:
+        given = [field.name for field, value in present if field.name in group and _given(value)]
+        if len(given) != 1:
+            text = "exactly one of " + " and ".join(group)
+            violations.extend((prefix + name, text) for name in group)
     for names in plan.oneofs:
         # Set and not blank (a oneof's string is present even when empty).
-        if not any(not isinstance(value, str) or value.strip() for field, value in present if field.name in names):
+        if not any(_given(value) for field, value in present if field.name in names):
             violations.append((prefix + names[0], "is required: give one of " + ", ".join(names)))
+
+
+def _given(value: Any) -> bool:
+    """Set and not empty: a blank string or an empty list is not given."""
+    return not isinstance(value, str) or bool(value.strip())
 
 
 def _walk_map(container: Any, plan: _Plan, path: str, violations: list[tuple[str, str]]) -> None:

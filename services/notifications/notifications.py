@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.common.db import Database
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import NotFound
 from services.common.pagination import Page, page_after, page_size, take_page
 from services.common.tokens import Caller
 from services.notifications import storage
@@ -56,11 +56,7 @@ class Notifications:
         )
 
     async def mark_read(self, caller: Caller, ids: Sequence[str], up_to: str) -> Marked:
-        if bool(ids) == bool(up_to.strip()):
-            raise InvalidArgument(
-                "give exactly one of ids and up_to",
-                violations=[("ids", "exactly one of ids and up_to"), ("up_to", "exactly one of ids and up_to")],
-            )
+        # Exactly one of ids and up_to, each id a UUID, at most 100: MarkReadRequest's declared rules.
         # At most 100 ids, each a UUID, and up_to a UUID: MarkReadRequest's declared rules.
         parsed = [uuid.UUID(value) for value in ids]
         target = uuid.UUID(up_to) if up_to else None

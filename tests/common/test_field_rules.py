@@ -183,6 +183,20 @@ def test_lists_of_ids_are_capped_and_each_id_judged() -> None:
     assert judge(auth_pb2.GetUsersRequest(ids=[UUID] * 100)) == []
     assert judge(auth_pb2.GetUsersRequest(ids=[UUID] * 101)) == [("ids", "must have at most 100 items")]
     assert judge(notifications_pb2.MarkReadRequest(ids=[UUID, "nope"])) == [("ids[1]", "must be a UUID")]
+    # A blank item is refused (schemathesis found {"ids": [""]} a 500 when it was not).
+    assert judge(notifications_pb2.MarkReadRequest(ids=["", " "])) == [
+        ("ids[0]", "is required"),
+        ("ids[1]", "is required"),
+    ]
+
+
+def test_mark_read_takes_exactly_one_of_ids_and_up_to() -> None:
+    neither = [("ids", "exactly one of ids and up_to"), ("up_to", "exactly one of ids and up_to")]
+    assert judge(notifications_pb2.MarkReadRequest()) == neither
+    assert judge(notifications_pb2.MarkReadRequest(up_to="  ")) == neither
+    assert judge(notifications_pb2.MarkReadRequest(ids=[UUID], up_to=UUID)) == neither
+    assert judge(notifications_pb2.MarkReadRequest(ids=[UUID])) == []
+    assert judge(notifications_pb2.MarkReadRequest(up_to=UUID)) == []
 
 
 def test_recipient_names_collapse_spaces_and_emails_are_optional() -> None:

@@ -100,8 +100,9 @@ class Document:
     def valid_object(self, schema: Schema, depth: int = 0) -> dict[str, Any]:
         """The required properties (of a required oneof, its first field)."""
         required = set(schema.get("required", ()))
-        for anyof in schema.get("allOf", ()):
-            required.update(anyof["anyOf"][0]["required"])
+        for group in schema.get("allOf", ()):  # a required oneof, exactly one of a group
+            alternatives = group.get("anyOf") or group.get("oneOf") or ()
+            required.update(alternatives[0]["required"] if alternatives else ())
         return {
             name: self.valid(prop, depth)
             for name, prop in schema.get("properties", {}).items()
@@ -213,7 +214,11 @@ def _body_cases(
     prefix: str,
 ) -> Iterator[Sendable]:
     required = set(schema.get("required", ()))
-    oneofs = [[alternative["required"][0] for alternative in group["anyOf"]] for group in schema.get("allOf", ())]
+    oneofs = [
+        [alternative["required"][0] for alternative in group.get("anyOf") or group.get("oneOf")]
+        for group in schema.get("allOf", ())
+        if "anyOf" in group or "oneOf" in group
+    ]
     for prop_name, prop in schema.get("properties", {}).items():
         resolved = doc.resolve(prop)
         if resolved.get("readOnly") or prop.get("readOnly"):
