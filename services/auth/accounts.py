@@ -31,7 +31,7 @@ from services.auth.sessions import (
     refresh_token_hash,
 )
 from services.auth.storage import SearchHit, UserRecord
-from services.common import idempotency
+from services.common import idempotency, validation
 from services.common.cache import Cache
 from services.common.db import Database, violated_constraint
 from services.common.errors import AlreadyExists, FieldErrors, InvalidArgument, Unauthenticated
@@ -307,7 +307,7 @@ class Accounts:
         """Users by id, in the order asked, leaving out unknown ids; one cache round trip and at
         most one query."""
         # At most 100, each a UUID: GetUsersRequest's declared rules.
-        wanted = list(dict.fromkeys(uuid.UUID(raw) for raw in ids))
+        wanted = list(dict.fromkeys(validation.resource_id(raw, f"ids[{i}]") for i, raw in enumerate(ids)))
         found: dict[uuid.UUID, UserRecord] = {}
         missing = wanted
         trusted = await self.kept.trusted()

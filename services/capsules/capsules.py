@@ -163,8 +163,8 @@ class Capsules:
         errors = FieldErrors()
         # Lengths, formats and ranges were judged by CreateCapsuleRequest's declared rules; what
         # needs the clock or a setting is judged here.
-        rid = uuid.UUID(recipient_id)
-        theme = uuid.UUID(theme_id) if theme_id else None
+        rid = validation.resource_id(recipient_id, "recipient_id")
+        theme = validation.optional_id(theme_id, "theme_id")
         unlocks = rules.unlocks_at(errors, unlocks_at, now, self.min_lead)
         delay = rules.REVEAL_DELAY_DEFAULT if reveal_delay_seconds is None else reveal_delay_seconds
         disappear = disappearing.after_open_seconds(errors, disappear_after_open_seconds, self.min_disappear)
@@ -345,7 +345,7 @@ class Capsules:
                 errors.check(bool(body.strip()), "capsule.body", "is required")
                 changes["body"] = body
             elif path == "theme_id":
-                changes["theme_id"] = uuid.UUID(value) if value else None
+                changes["theme_id"] = validation.optional_id(value or "", "capsule.theme_id")
             elif path == "unlocks_at":
                 changes["unlocks_at"] = rules.unlocks_at(errors, value, now, self.min_lead, "capsule.unlocks_at")
             elif path in ("anonymous", "reveal_delay_seconds", "recipient_id", disappearing.FIELD):

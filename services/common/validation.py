@@ -1,5 +1,5 @@
 """The request walk every service runs before its handlers (the declared field rules and hostile
-input), UUID helpers for the ids handlers parse, and requests protobuf cannot parse."""
+input), the parsing of the ids it judged, and requests protobuf cannot parse."""
 
 from __future__ import annotations
 
@@ -13,29 +13,23 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from services.common import field_rules
-from services.common.errors import FieldErrors, InvalidArgument
+from services.common.errors import InvalidArgument
 from services.common.ids import parse_uuid
 
 
-def uuid_field(errors: FieldErrors, value: str, field: str, *, required: bool = True) -> uuid.UUID | None:
-    value = value.strip()
-    if not value:
-        if required:
-            errors.add(field, "is required")
-        return None
-    parsed = parse_uuid(value)
-    if parsed is None:
-        errors.add(field, "must be a UUID")
-    return parsed
-
-
 def resource_id(value: str, field: str = "id") -> uuid.UUID:
-    """The UUID a request names its resource by (Get, Update, Delete, …): alone in the request,
-    so a bad one is refused at once rather than collected."""
+    """The UUID in a request field that declares FORMAT_UUID (and REQUIRED): the walk has judged it
+    before the handler, so this parses; a caller that bypassed the walk (domain code called
+    directly) still gets INVALID_ARGUMENT naming the field, never a 500."""
     parsed = parse_uuid(value.strip())
     if parsed is None:
         raise InvalidArgument(f"{field} must be a UUID", violations=[(field, "must be a UUID")])
     return parsed
+
+
+def optional_id(value: str, field: str) -> uuid.UUID | None:
+    """resource_id of an optional UUID field: None when it is empty."""
+    return resource_id(value, field) if value else None
 
 
 # The request walk, run on every request before any handler (services.common.server): the rules the

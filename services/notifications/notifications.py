@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.common import validation
 from services.common.db import Database
 from services.common.errors import NotFound
 from services.common.pagination import Page, page_after, page_size, take_page
@@ -58,8 +59,8 @@ class Notifications:
     async def mark_read(self, caller: Caller, ids: Sequence[str], up_to: str) -> Marked:
         # Exactly one of ids and up_to, each id a UUID, at most 100: MarkReadRequest's declared rules.
         # At most 100 ids, each a UUID, and up_to a UUID: MarkReadRequest's declared rules.
-        parsed = [uuid.UUID(value) for value in ids]
-        target = uuid.UUID(up_to) if up_to else None
+        parsed = [validation.resource_id(value, f"ids[{i}]") for i, value in enumerate(ids)]
+        target = validation.optional_id(up_to, "up_to")
         me = caller.user_id
         async with self.db.write(touching=(me,)) as conn:
             if target is not None:

@@ -30,7 +30,7 @@ class AddressBook:
     async def create(self, caller: Caller, *, name: str, email: str, linked_user_id: str) -> RecipientRow:
         # Judged and normalized by CreateRecipientRequest's declared rules.
         address = email or None
-        linked = uuid.UUID(linked_user_id) if linked_user_id else None
+        linked = validation.optional_id(linked_user_id, "linked_user_id")
         try:
             async with self.db.write(touching=(caller.user_id,)) as conn:
                 if linked is not None:
@@ -65,7 +65,7 @@ class AddressBook:
             elif path == "email":
                 changes["email"] = value or None
             elif path == "linked_user_id":
-                linked = uuid.UUID(value) if value else None
+                linked = validation.optional_id(value, "recipient.linked_user_id")
                 changes["linked_user"] = linked
             elif path in ("id", "created_at", "updated_at"):
                 errors.add("update_mask", f"{path} is set by the service and cannot be changed")

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common import field_rules, validation
 from services.common.db import Database, violated_constraint
-from services.common.errors import FailedPrecondition, FieldErrors, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.ids import new_id
 from services.recipients import storage
 from services.recipients.relationships import Relationships
@@ -64,13 +64,10 @@ class Invites:
         sender_display_name: str,
     ) -> uuid.UUID:
         """The sender's recipient now linked to the claimer (see the module doc)."""
-        errors = FieldErrors()
-        invite = validation.uuid_field(errors, invite_id, "invite_id")
-        sender = validation.uuid_field(errors, sender_user_id, "sender_user_id")
-        invited = validation.uuid_field(errors, recipient_id, "recipient_id")
-        claimer = validation.uuid_field(errors, claimer_user_id, "claimer_user_id")
-        errors.raise_if_any()
-        assert invite is not None and sender is not None and invited is not None and claimer is not None
+        invite = validation.resource_id(invite_id, "invite_id")
+        sender = validation.resource_id(sender_user_id, "sender_user_id")
+        invited = validation.resource_id(recipient_id, "recipient_id")
+        claimer = validation.resource_id(claimer_user_id, "claimer_user_id")
         if sender == claimer:
             raise InvalidArgument(
                 "the sender cannot claim their own invite",

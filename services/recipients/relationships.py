@@ -66,7 +66,7 @@ class Relationships:
     async def send(self, caller: Caller, to_user_id: str, message: str, idempotency_key: str | None) -> RequestRow:
         # to_user_id and message were judged by SendConnectionRequestRequest's declared rules.
         errors = FieldErrors()
-        to_user = uuid.UUID(to_user_id)
+        to_user = validation.resource_id(to_user_id, "to_user_id")
         idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
         me = caller.user_id
@@ -154,7 +154,7 @@ class Relationships:
     # --- responding ----------------------------------------------------------------------------
 
     async def accept(self, caller: Caller, request_id: str) -> RequestRow:
-        rid = _required_uuid(request_id, "id")
+        rid = validation.resource_id(request_id)
         async with self.db.read() as conn:
             seen = await storage.request_by_id(conn, rid)
         if seen is None or seen.to_user != caller.user_id:
@@ -188,7 +188,7 @@ class Relationships:
         return result
 
     async def decline(self, caller: Caller, request_id: str, reason: str) -> RequestRow:
-        rid = _required_uuid(request_id, "id")
+        rid = validation.resource_id(request_id)
         touched = {caller.user_id}
         async with self.db.write(touching=touched) as conn:
             row = await storage.request_by_id(conn, rid, for_update=True)
@@ -199,7 +199,7 @@ class Relationships:
             return await storage.set_request_status(conn, rid, "declined", reason)
 
     async def cancel(self, caller: Caller, request_id: str) -> RequestRow:
-        rid = _required_uuid(request_id, "id")
+        rid = validation.resource_id(request_id)
         touched = {caller.user_id}
         async with self.db.write(touching=touched) as conn:
             row = await storage.request_by_id(conn, rid, for_update=True)
@@ -236,7 +236,7 @@ class Relationships:
         return Page([ConnectionWithProfile(r, profiles.get(r.other)) for r in rows], next_token)
 
     async def remove_connection(self, caller: Caller, user_id: str) -> None:
-        other = _required_uuid(user_id, "user_id")
+        other = validation.resource_id(user_id, "user_id")
         async with self.db.write(touching=(caller.user_id, other)) as conn:
             await storage.lock_pair(conn, caller.user_id, other)
             removed = await storage.delete_connection(conn, caller.user_id, other)
@@ -247,10 +247,7 @@ class Relationships:
     # --- blocks ----------------------------------------------------------------------------------
 
     async def block(self, caller: Caller, user_id: str) -> BlockRow:
-        errors = FieldErrors()
-        other = validation.uuid_field(errors, user_id, "user_id")
-        errors.raise_if_any()
-        assert other is not None
+        other = validation.resource_id(user_id, "user_id")
         if other == caller.user_id:
             raise InvalidArgument("you cannot block yourself", violations=[("user_id", "must be another user")])
         if other not in await self.directory.profiles(caller, [other]):
@@ -264,7 +261,7 @@ class Relationships:
         return row
 
     async def unblock(self, caller: Caller, user_id: str) -> None:
-        other = _required_uuid(user_id, "user_id")
+        other = validation.resource_id(user_id, "user_id")
         async with self.db.write(touching=(caller.user_id, other)) as conn:
             await storage.lock_pair(conn, caller.user_id, other)
             await storage.delete_block(conn, caller.user_id, other)
@@ -282,11 +279,8 @@ class Relationships:
     # --- internal API (cached) -------------------------------------------------------------------
 
     async def relationship(self, caller: Caller, user_id: str, other_user_id: str) -> Relationship:
-        errors = FieldErrors()
-        me = validation.uuid_field(errors, user_id, "user_id")
-        other = validation.uuid_field(errors, other_user_id, "other_user_id")
-        errors.raise_if_any()
-        assert me is not None and other is not None
+        me = validation.resource_id(user_id, "user_id")
+        other = validation.resource_id(other_user_id, "other_user_id")
         _require_self(caller, me)
         if me == other:
             return Relationship(connected=False, blocked=False)
@@ -298,9 +292,7 @@ class Relationships:
         return Relationship(connected=data["connected"], blocked=data["blocked"])
 
     async def blocked_with(self, caller: Caller, user_id: str) -> list[uuid.UUID]:
-        errors = FieldErrors()
-        me = validation.uuid_field(errors, user_id, "user_id", required=False) or caller.user_id
-        errors.raise_if_any()
+        me = validation.optional_id(user_id, "user_id") or caller.user_id
         _require_self(caller, me)
         raw = await self.cache.get_or_load("block_list", self._blocks_key(me), self.ttl, lambda: self._load_blocks(me))
         assert raw is not None
@@ -347,14 +339,6 @@ def _request_event(type_: str, row: RequestRow) -> events.Event:
 
 def _by_id(row: RequestRow | ConnectionRow | BlockRow) -> list[uuid.UUID]:
     return [row.id]
-
-
-def _required_uuid(value: str, field: str) -> uuid.UUID:
-    errors = FieldErrors()
-    parsed = validation.uuid_field(errors, value, field)
-    errors.raise_if_any()
-    assert parsed is not None
-    return parsed
 
 
 def _require_pending(row: RequestRow) -> None:

@@ -71,11 +71,10 @@ class Thoughts:
         self.clock = clock
 
     async def send(self, caller: Caller, to_user_id: str, idempotency_key: str | None) -> ThoughtRow:
+        to_user = validation.resource_id(to_user_id, "to_user_id")
         errors = FieldErrors()
-        to_user = validation.uuid_field(errors, to_user_id, "to_user_id")
         idempotency.check_key(errors, idempotency_key)
         errors.raise_if_any()
-        assert to_user is not None
         me = caller.user_id
         if to_user == me:
             raise InvalidArgument(
