@@ -263,7 +263,7 @@ class _Builder:
             name = f"{json_prefix}{field.json_name}"
             if settable_from_text(field):
                 parameter: dict[str, Any] = {"name": name, "in": "query", "schema": self.field(field, query=True)}
-                if not prefix and _is_required(field) and not field.is_repeated:
+                if not prefix and field_rules.is_required(field) and not field.is_repeated:
                     parameter["required"] = True
                 if field.is_repeated:
                     parameter["explode"] = True
@@ -303,7 +303,7 @@ class _Builder:
                 return dict(_WELL_KNOWN[name])
             return self.message_ref(field.message_type)
         if field.enum_type is not None:
-            required = _is_required(field) and not field.is_repeated
+            required = field_rules.is_required(field) and not field.is_repeated
             return self.enum_schema(field.enum_type, query=query, required=required)
         # The limits the services enforce, declared once in the proto (services/common/field_rules.py).
         schema = {**_SCALARS[field.type], **field_rules.json_schema_keywords(field)}
@@ -330,7 +330,7 @@ class _Builder:
             if field.name in excluded:
                 continue
             properties[field.json_name] = self.field(field)
-            if field_behavior_pb2.REQUIRED in field.GetOptions().Extensions[field_behavior_pb2.field_behavior]:
+            if field_rules.is_required(field):
                 required.append(field.json_name)
         # A key that names no field is refused (gateway/fields.py merge_json_object).
         schema: Schema = {
@@ -395,10 +395,6 @@ class _Builder:
         return {"$ref": f"#/components/schemas/{key}"}
 
 
-def _is_required(field: FieldDescriptor) -> bool:
-    return field_behavior_pb2.REQUIRED in field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
-
-
 _READ_ONLY = frozenset({field_behavior_pb2.OUTPUT_ONLY, field_behavior_pb2.IMMUTABLE})
 
 
@@ -411,7 +407,7 @@ def _read_only(field: FieldDescriptor) -> bool:
 def _may_be_empty(field: FieldDescriptor) -> bool:
     """Whether the services take "" for the string field: not for a REQUIRED one, a member of a
     oneof that must be set, or an item of a list (a blank item names nothing)."""
-    if field.is_repeated or _is_required(field):
+    if field.is_repeated or field_rules.is_required(field):
         return False
     oneof = field.containing_oneof
     return oneof is None or not any(field.name in names for names in field_rules.required_oneofs(field.containing_type))
@@ -437,11 +433,11 @@ def _body_required(transcoder: Transcoder) -> bool:
     """Whether an empty body ({}) would be refused: the message has a required field outside the
     path, a oneof that must be set, or fields of which one must be given."""
     if transcoder.body_field is not None:
-        return _is_required(transcoder.body_field)
+        return field_rules.is_required(transcoder.body_field)
     descriptor = transcoder.input_type.DESCRIPTOR
     path_bound = {p.field.names[0] for p in transcoder.path_parameters}
     return (
-        any(_is_required(field) and field.name not in path_bound for field in descriptor.fields)
+        any(field_rules.is_required(field) and field.name not in path_bound for field in descriptor.fields)
         or bool(field_rules.required_oneofs(descriptor))
         or bool(field_rules.exactly_one_groups(descriptor))
     )
@@ -509,7 +505,11 @@ def _message_example(descriptor: Descriptor, exclude: set[str], depth: int) -> d
             oneof = None  # proto3 `optional`: presence, not a choice
         if field.name in exclude or _read_only(field) or (oneof is not None and oneof.name in taken):
             continue
-        wanted = _is_required(field) or field.name in required_oneofs or _declared_example(field) is not _NO_EXAMPLE
+        wanted = (
+            field_rules.is_required(field)
+            or field.name in required_oneofs
+            or _declared_example(field) is not _NO_EXAMPLE
+        )
         if not wanted:
             continue
         value = _field_example(field, depth)

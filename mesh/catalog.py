@@ -200,11 +200,9 @@ def method_callers(method: MethodDescriptor) -> frozenset[str]:
 def needs_token(method: MethodDescriptor) -> bool:
     """Whether `method` is public (it has an HTTP rule) and refuses callers without an access
     token: every public method but those declaring `(capsule.common.v1.anonymous)`."""
-    from capsule.common.v1 import options_pb2
     from google.api import annotations_pb2
 
-    options = method.GetOptions()
-    return options.HasExtension(annotations_pb2.http) and not options.Extensions[options_pb2.anonymous]
+    return method.GetOptions().HasExtension(annotations_pb2.http) and not method_policy(method).anonymous
 
 
 @functools.cache

@@ -34,9 +34,10 @@ UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-
 # the domain, no whitespace or control characters.
 EMAIL_PATTERN = r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f.]+$"
 HTTPS_URL_PATTERN = r"^https://[^/?#\s\x00-\x1f]+([/?#][^\s\x00-\x1f]*)?$"
-# C0 controls and DEL; the second keeps tab, line feed and carriage return (text with lines).
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-CONTROL_BUT_LAYOUT_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 controls and DEL; the second keeps tab, line feed and carriage return (text with lines). One
+# character class each, read by the services (re) and by JSON Schema (ECMA-262) alike.
+CONTROLS = r"\x00-\x1f\x7f"
+CONTROLS_BUT_LAYOUT = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
 # Emoji presentation selectors: "❤" and "❤️" are the same heart.
 _SELECTORS = {0xFE0E: None, 0xFE0F: None}
 
@@ -45,8 +46,9 @@ _FORMATS: dict[int, tuple[str, str]] = {  # format → (pattern, what a violatio
     Rules.FORMAT_UUID: (UUID_PATTERN, "must be a UUID"),
     Rules.FORMAT_EMAIL: (EMAIL_PATTERN, "must be an email address such as name@example.com"),
     Rules.FORMAT_HTTPS_URL: (HTTPS_URL_PATTERN, "must be an https URL"),
-    Rules.FORMAT_COUNTRY_CODE: ("^[A-Z]{2}$", "must be an ISO 3166-1 alpha-2 country code such as FR or US"),
 }
+# A country code is a closed list: the assigned ones.
+COUNTRY_TEXT = "must be an ISO 3166-1 alpha-2 country code such as FR or US"
 
 
 def _collapse(value: str) -> str:
@@ -99,7 +101,6 @@ class StringRule:
     choices: dict[str, str] | None  # spelling without selectors → the declared spelling
     choices_text: str
     controls: re.Pattern[str] | None
-    country: bool
 
     def check(self, raw: str) -> tuple[str, str | None]:
         value = self.normalize(raw)
@@ -117,9 +118,7 @@ class StringRule:
             if canonical is None:
                 return value, self.choices_text
             return canonical, None
-        if self.pattern is not None and (
-            not self.pattern.search(value) or (self.country and value not in ISO_3166_ALPHA2)
-        ):
+        if self.pattern is not None and not self.pattern.search(value):
             return value, self.pattern_text
         return value, None
 
@@ -139,19 +138,23 @@ class IntegerRule:
 def string_rule(field: FieldDescriptor) -> StringRule | None:
     """The compiled rules of a string field (None: it declares none and is not required)."""
     rules = declared(field)
-    required = is_required(field) and not field.is_repeated
     if rules is None:
         # Only whether it is blank is judged; kept as sent (a password is not trimmed).
-        return StringRule(_as_written, True, 0, None, None, "", None, "", None, False) if required else None
+        required = is_required(field) and not field.is_repeated
+        return StringRule(_as_written, True, 0, None, None, "", None, "", None) if required else None
+    # An item of a list is never optional: a blank one names nothing.
+    required = is_required(field) or field.is_repeated
     pattern_source, pattern_text = _FORMATS.get(rules.format, (rules.pattern, "must match " + rules.pattern))
-    choices = None
+    choices, choices_text = None, "must be one of " + ", ".join(rules.one_of)
     if rules.one_of:
         choices = {choice.translate(_SELECTORS): choice for choice in rules.one_of}
+    elif rules.format == Rules.FORMAT_COUNTRY_CODE:
+        choices, choices_text = {code: code for code in ISO_3166_ALPHA2}, COUNTRY_TEXT
     controls = None
     if rules.single_line:
-        controls = CONTROL_RE
+        controls = re.compile(f"[{CONTROLS}]")
     elif rules.no_control_characters:
-        controls = CONTROL_BUT_LAYOUT_RE
+        controls = re.compile(f"[{CONTROLS_BUT_LAYOUT}]")
     return StringRule(
         normalize=_NORMALIZERS[rules.normalize],
         required=required,
@@ -160,9 +163,8 @@ def string_rule(field: FieldDescriptor) -> StringRule | None:
         pattern=re.compile(pattern_source) if pattern_source else None,
         pattern_text=rules.message or pattern_text,
         choices=choices,
-        choices_text=rules.message or "must be one of " + ", ".join(rules.one_of),
+        choices_text=rules.message or choices_text,
         controls=controls,
-        country=rules.format == Rules.FORMAT_COUNTRY_CODE,
     )
 
 
@@ -251,8 +253,7 @@ def json_schema_keywords(field: FieldDescriptor) -> dict[str, Any]:
         elif rules.pattern:
             keywords["pattern"] = rules.pattern
         if rules.single_line or rules.no_control_characters:
-            controls = r"^[^\x00-\x1f\x7f]*$" if rules.single_line else r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
-            _add_pattern(keywords, controls)
+            _add_pattern(keywords, f"^[^{CONTROLS if rules.single_line else CONTROLS_BUT_LAYOUT}]*$")
         if "enum" not in keywords:
             # Lengths are judged on the trimmed value (StringRule.check), blankness too.
             if rules.min_length > 1:

@@ -154,8 +154,6 @@ def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str
                         violations.append((f"{prefix}{name}[{index}]", NUL_OR_SURROGATE))
                     elif data is not None:
                         normalized, wrong = data.check(item)
-                        if wrong is None and not normalized.strip():
-                            wrong = "is required"  # a blank item names nothing
                         if wrong is not None:
                             violations.append((f"{prefix}{name}[{index}]", wrong))
                         elif normalized != item:
@@ -189,7 +187,7 @@ def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str
             _walk(value, data, f"{prefix}{name}.", violations)
     if plan.required or plan.oneofs or plan.exactly_one:
         start = len(violations)
-        _absent(message, plan, present, prefix, violations)
+        _absent(plan, present, prefix, violations)
         if len(violations) > start:
             # Unset fields are found last: this message's violations go back in field order.
             numbers, skip = plan.numbers, len(prefix)
@@ -198,7 +196,7 @@ def _walk(message: Message, plan: _Plan, prefix: str, violations: list[tuple[str
             )
 
 
-def _absent(message: Message, plan: _Plan, present: Any, prefix: str, violations: list[tuple[str, str]]) -> None:
+def _absent(plan: _Plan, present: Any, prefix: str, violations: list[tuple[str, str]]) -> None:
     """Required fields that are not set: proto3 does not send a string or enum at its zero value
     (a set string that is blank was judged by its rule)."""
     numbers = {field.number for field, _ in present}
