@@ -16,7 +16,7 @@ from launcher import infra as infra_mod
 from launcher.keys import KeyPair
 from launcher.stack import Stack
 from services.common.failpoints import EXIT_CODE
-from tests.capsules.helpers import bearer, eventually, new_user
+from tests.capsules.helpers import bearer, eventually
 from tests.conftest import start_test_stack
 
 # A route of each service that a signed-up user may read: "the gateway reaches it".
@@ -61,14 +61,13 @@ async def restart(stack: Stack, api: httpx.AsyncClient, service: str, probe: dic
         return True if (await api.get(SERVED_BY[service], headers=bearer(probe))).status_code == 200 else None
 
     await eventually(served, within=30.0)
-    if service == "auth":
-        # The other services reach auth through Envoy, which ejected the dead instance: wait until
-        # it is back there too (a new user's first call makes recipients look the account up).
-        async def reached_through_envoy() -> bool | None:
-            fresh = await new_user(api)
-            return True if (await api.get("/v1/connections", headers=bearer(fresh))).status_code == 200 else None
+    await routable_through_envoy(stack, service)
 
-        await eventually(reached_through_envoy, within=30.0)
+
+async def routable_through_envoy(stack: Stack, service: str) -> None:
+    """The other services reach this one through Envoy, which ejected the dead instance: wait until
+    Envoy routes to it again (a capsule sent right after a recipients restart was 503 before)."""
+    await stack.await_envoy_health(service, healthy=[stack.instance(service, 0).grpc_address], timeout=30.0)
 
 
 async def start_the_dead(stack: Stack) -> None:
@@ -77,6 +76,7 @@ async def start_the_dead(stack: Stack) -> None:
     for service in SERVED_BY:
         if not stack.instance(service, 0).running:
             await stack.astart_instance(service, 0)
+            await routable_through_envoy(stack, service)
 
 
 async def died_at_the_failpoint(stack: Stack, service: str) -> None:
